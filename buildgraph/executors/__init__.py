@@ -1,0 +1,173 @@
+"""The executor interface and the lazy registry of step kinds.
+
+An executor wraps one tool (a shell command, torch.onnx.export, the TensorRT builder...). Its
+interface is deliberately small and stable:
+
+* ``kind`` and ``version`` (bump ``version`` whenever the executor's output may change: it is
+  part of every action key);
+* ``Params``: a pydantic model validating the step's ``with:`` block;
+* ``fingerprint(params)``: the environment that can change the result (tool versions, target,
+  GPU); it must be cheap and must not import heavy libraries;
+* ``extra_inputs(params, ctx)``: files that are inputs without being named in the recipe, such as
+  the source code of a model;
+* ``run(task)``: do the work, write the declared outputs under ``task.outputs``, optionally return
+  JSON-able metadata (node counts, errors measured) that is stored with the result.
+
+Executors never touch the store or the lock file. The registry maps kinds to ``"module:Class"``
+strings and imports a module only when a recipe uses that kind (doit's plugin pattern), so
+``import buildgraph`` stays light. Third-party packages add kinds through the
+``buildgraph.executors`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Mapping, Optional, Type, Union
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import BuildgraphError, StepFailed
+
+ENTRY_POINT_GROUP = "buildgraph.executors"
+
+BUILTIN_KINDS: Dict[str, str] = {
+    "shell": "buildgraph.executors.shell:ShellExecutor",
+    "python": "buildgraph.executors.python:PythonExecutor",
+}
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ResolveContext:
+    """What an executor may look at while the recipe is being resolved (no I/O beyond it)."""
+
+    recipe_dir: Path
+    models: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    """Everything ``Executor.run`` gets. Picklable: it crosses into worker processes.
+
+    ``inputs`` maps the names of the step's declared files and of its extra inputs to paths;
+    ``upstream`` maps each upstream step id to its outputs; ``outputs`` maps each declared
+    output to the path the executor must create (file or directory); ``threads`` is how many
+    CPU slots the scheduler granted.
+    """
+
+    step_id: str
+    kind: str
+    params: Dict[str, Any]
+    inputs: Dict[str, Path]
+    upstream: Dict[str, Dict[str, Path]]
+    outputs: Dict[str, Path]
+    work_dir: Path
+    recipe_dir: Path
+    log_path: Path
+    threads: int = 1
+    models: Dict[str, Any] = field(default_factory=dict)
+    upstream_meta: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    upstream_kinds: Dict[str, str] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        """Append one line to the step's log (kept under the build directory)."""
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(message.rstrip("\n") + "\n")
+
+
+class Executor:
+    """Base class of step kinds. Subclasses set the class attributes and implement ``run``."""
+
+    kind: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Params: ClassVar[Type[BaseModel]] = NoParams
+    outputs: ClassVar[Dict[str, str]] = {}
+    """Default outputs (name -> file name) when the recipe declares none."""
+    resources: ClassVar[Dict[str, Union[int, str]]] = {}
+    """Default pools held while running, e.g. ``{"gpu": 1}``; the recipe may override."""
+    isolation: ClassVar[str] = "thread"
+    """``"thread"``: run in the engine process (the executor spawns its own processes);
+    ``"worker"``: run in a persistent worker process, so a crash fails one step only."""
+    expand_params: ClassVar[bool] = True
+    """Substitute ``${in.*}``/``${out.*}`` in string params before ``run`` (shell does its own,
+    with quoting)."""
+
+    def fingerprint(self, params: BaseModel) -> Dict[str, str]:
+        return {}
+
+    def extra_inputs(self, params: BaseModel, ctx: ResolveContext) -> Dict[str, Path]:
+        return {}
+
+    def run(self, task: Task) -> Optional[Dict[str, Any]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+_cache: Dict[str, Type[Executor]] = {}
+_entry_points: Optional[Dict[str, str]] = None
+
+
+def _plugin_kinds() -> Dict[str, str]:
+    global _entry_points
+    if _entry_points is None:
+        from importlib.metadata import entry_points
+
+        _entry_points = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return _entry_points
+
+
+def known_kinds() -> Dict[str, str]:
+    """All step kinds: built-ins and those of installed plugins, ``kind -> "module:Class"``."""
+    kinds = dict(_plugin_kinds())
+    kinds.update(BUILTIN_KINDS)
+    return dict(sorted(kinds.items()))
+
+
+def is_known(kind: str) -> bool:
+    return kind in BUILTIN_KINDS or kind in _plugin_kinds()
+
+
+def load_executor(kind: str) -> Type[Executor]:
+    """Import the executor class of ``kind`` (once per process)."""
+    cls = _cache.get(kind)
+    if cls is not None:
+        return cls
+    target = BUILTIN_KINDS.get(kind) or _plugin_kinds().get(kind)
+    if target is None:
+        raise KeyError(kind)
+    cls = import_object(target, what=f"step kind '{kind}'")
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise BuildgraphError(f"step kind '{kind}' points at {target}, which is not an "
+                              "Executor subclass")
+    _cache[kind] = cls
+    return cls
+
+
+def import_object(target: str, what: str) -> Any:
+    """Import ``"module:attr"``; a failure names the plugin, not just the module."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr) if attr else module
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+        raise BuildgraphError(f"cannot load {what} from '{target}': {type(exc).__name__}: {exc}",
+                              hint="is the package that provides it installed in this "
+                                   "environment?") from None
+
+
+def run_task(executor_target: str, kind: str, task: Task) -> Optional[Dict[str, Any]]:
+    """Validate params again and call ``run``: the entry point for threads and workers."""
+    cls = load_executor(kind) if kind in BUILTIN_KINDS or not executor_target else \
+        import_object(executor_target, f"step kind '{kind}'")
+    executor = cls()
+    os.makedirs(task.work_dir, exist_ok=True)
+    return executor.run(task)
+
+
+__all__ = ["Executor", "Task", "ResolveContext", "NoParams", "StepFailed", "known_kinds",
+           "load_executor", "is_known", "BUILTIN_KINDS", "ENTRY_POINT_GROUP"]

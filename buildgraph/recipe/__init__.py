@@ -1,0 +1,1 @@
+"""Recipes: YAML files describing a DAG of build steps (see :mod:`buildgraph.recipe.load`)."""

@@ -1,0 +1,530 @@
+"""Recipe file → :class:`buildgraph.graph.Graph`.
+
+Order of work: parse YAML keeping positions; apply ``--set`` overrides and resolve ``vars``;
+expand matrices; interpolate ``${vars.*}``/``${matrix.*}``; validate with the pydantic schema
+and each step kind's ``Params``; resolve references (``from``, ``${in.STEP.OUT}``), file inputs
+and resources; reject cycles. Every problem becomes a :class:`RecipeError` that names
+``file:line:col``, the key path and what was expected (DVC's strictyaml approach, done with
+pydantic's ``loc``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+import typing
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .. import executors
+from ..errors import Location, RecipeError, did_you_mean
+from ..graph import Graph, StepNode, find_cycle, topological_order
+from .interpolate import (RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs,
+                          resolve_vars, scope_lookup, substitute)
+from .schema import ID_PATTERN, Recipe, StepSpec
+from .yamlpos import Positions, load_with_positions
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+FILENAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+DEFAULT_POOLS = {"gpu": 1}
+
+
+class _Source:
+    """Maps key paths of the (expanded) recipe back to positions in the file."""
+
+    def __init__(self, path: Path, positions: Positions, origin: Dict[str, str]):
+        self.path = path
+        self.positions = positions
+        self.origin = origin  # expanded step id -> id in the file
+
+    def _file_path(self, path: Sequence[Any]) -> Tuple[Any, ...]:
+        path = tuple(path)
+        if len(path) >= 2 and path[0] == "steps" and path[1] in self.origin:
+            path = ("steps", self.origin[path[1]]) + path[2:]
+        return path
+
+    def location(self, path: Sequence[Any], value: bool = False) -> Location:
+        path = self._file_path(path)
+        if value and path + ("<value>",) in self.positions:
+            line, col = self.positions[path + ("<value>",)]
+            return Location(str(self.path), line, col)
+        while path:
+            if path in self.positions:
+                line, col = self.positions[path]
+                return Location(str(self.path), line, col)
+            path = path[:-1]
+        line, col = self.positions.get((), (1, 1))
+        return Location(str(self.path), line, col)
+
+    def error(self, path: Sequence[Any], message: str, hint: str = "",
+              value: bool = False) -> RecipeError:
+        return RecipeError(message, hint=hint, location=self.location(path, value=value),
+                           key=_dotted(self._file_path(path)))
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path if p != "<value>")
+
+
+def parse_overrides(items: Union[Mapping[str, Any], Sequence[str], None]) -> Dict[str, Any]:
+    """``["batch=8", "name=x"]`` → ``{"batch": 8, "name": "x"}`` (values parsed as YAML)."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    result: Dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise RecipeError(f"--set expects NAME=VALUE; got '{item}'")
+        try:
+            result[name.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            result[name.strip()] = text
+    return result
+
+
+def load_recipe(path: Union[str, Path], overrides: Union[Mapping[str, Any], Sequence[str],
+                                                           None] = None) -> Graph:
+    """Load, validate and resolve a recipe. Raises :class:`RecipeError` on any problem."""
+    recipe_path = Path(path)
+    try:
+        text = recipe_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", location=Location(str(path)),
+                          hint="check the path; recipes are YAML files such as "
+                               "recipes/hello.yaml") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe: {exc}", location=Location(str(path))) from None
+    recipe_path = recipe_path.resolve()
+    data, positions = load_with_positions(text, str(path))
+    src = _Source(Path(str(path)), positions, {})
+    if not isinstance(data, dict):
+        raise src.error((), "a recipe must be a mapping with at least 'steps:'; got "
+                        + ("an empty file" if data is None else type(data).__name__))
+    return _Resolver(data, src, recipe_path, parse_overrides(overrides)).resolve()
+
+
+class _Resolver:
+    def __init__(self, data: Dict[str, Any], src: _Source, recipe_path: Path,
+                 overrides: Dict[str, Any]):
+        self.data = data
+        self.src = src
+        self.recipe_path = recipe_path
+        self.recipe_dir = recipe_path.parent
+        self.overrides = overrides
+
+    # --- variables and matrices ------------------------------------------------------------
+    def _vars(self) -> Dict[str, Any]:
+        raw = self.data.get("vars") or {}
+        if not isinstance(raw, dict):
+            raise self.src.error(("vars",), f"expected a mapping of variables; got "
+                                 f"{type(raw).__name__}", value=True)
+        raw = dict(raw)
+        for name, value in self.overrides.items():
+            if name not in raw:
+                raise RecipeError(f"--set {name}: the recipe has no variable '{name}'"
+                                  f"{did_you_mean(name, raw)}",
+                                  hint="variables: " + (", ".join(raw) or "(none)"),
+                                  location=Location(str(self.src.path)))
+            raw[name] = value
+        try:
+            return resolve_vars(raw)
+        except InterpolationError as exc:
+            raise self.src.error(exc.path, str(exc), hint=exc.hint, value=True) from None
+
+    def _expand(self, variables: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
+        steps = self.data.get("steps")
+        if not isinstance(steps, dict):
+            raise self.src.error(("steps",), "expected a mapping of step ids to steps; got "
+                                 + ("nothing" if steps is None else type(steps).__name__),
+                                 value="steps" in self.data)
+        expanded: Dict[str, Any] = {}
+        combos: Dict[str, Dict[str, Any]] = {}
+        for base_id, body in steps.items():
+            base_id = str(base_id)
+            if not NAME_RE.match(base_id):
+                raise self.src.error(("steps", base_id), f"invalid step id '{base_id}': use "
+                                     "letters, digits, '_' and '-', starting with a letter")
+            if not isinstance(body, dict):
+                raise self.src.error(("steps", base_id), "expected a mapping with 'uses:'; got "
+                                     + ("nothing" if body is None else type(body).__name__),
+                                     value=True)
+            matrix = body.get("matrix")
+            for exp_id, combo in self._matrix(base_id, matrix, variables):
+                if exp_id in expanded:
+                    raise self.src.error(("steps", base_id, "matrix"),
+                                         f"matrix expansion gives step id '{exp_id}' twice",
+                                         hint="matrix values must differ after being turned "
+                                              "into ids (letters, digits, '_', '-')")
+                self.src.origin[exp_id] = base_id
+                scopes = {"vars": variables, "matrix": combo}
+                rest = {k: v for k, v in body.items() if k != "matrix"}
+                try:
+                    expanded[exp_id] = substitute(rest, scope_lookup(scopes), ("steps", base_id),
+                                                  keep=RUNTIME_NAMESPACES)
+                except InterpolationError as exc:
+                    raise self.src.error(exc.path, str(exc), hint=exc.hint, value=True) from None
+                combos[exp_id] = combo
+        return expanded, combos
+
+    def _matrix(self, base_id: str, matrix: Any,
+                variables: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+        if matrix is None:
+            return [(base_id, {})]
+        where = ("steps", base_id, "matrix")
+        if not isinstance(matrix, dict) or not matrix:
+            raise self.src.error(where, "expected a mapping of axis: [values]", value=True)
+        try:
+            matrix = substitute(matrix, scope_lookup({"vars": variables}), where,
+                                keep=RUNTIME_NAMESPACES)
+        except InterpolationError as exc:
+            raise self.src.error(exc.path, str(exc), hint=exc.hint, value=True) from None
+        exclude = matrix.get("exclude", []) or []
+        include = matrix.get("include", []) or []
+        axes = {k: v for k, v in matrix.items() if k not in ("exclude", "include")}
+        for axis, values in axes.items():
+            if not NAME_RE.match(str(axis)):
+                raise self.src.error(where + (axis,), f"invalid matrix axis name '{axis}'")
+            if not isinstance(values, list):
+                raise self.src.error(where + (axis,), "expected a list of values; got "
+                                     f"{type(values).__name__}", value=True)
+            for i, v in enumerate(values):
+                if not isinstance(v, (str, int, float, bool)):
+                    raise self.src.error(where + (axis, i), "matrix values must be scalars "
+                                         f"(strings, numbers, booleans); got {type(v).__name__}")
+        for kind, entries in (("exclude", exclude), ("include", include)):
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise self.src.error(where + (kind,), "expected a list of {axis: value} "
+                                     "mappings", value=True)
+            for i, entry in enumerate(entries):
+                for key in entry:
+                    if key not in axes:
+                        raise self.src.error(where + (kind, i, key),
+                                             f"'{key}' is not a matrix axis"
+                                             f"{did_you_mean(str(key), axes)}")
+        names = list(axes)
+        result: List[Dict[str, Any]] = []
+        for values in itertools.product(*(axes[n] for n in names)):
+            combo = dict(zip(names, values))
+            if any(all(combo.get(k) == v for k, v in ex.items()) for ex in exclude):
+                continue
+            result.append(combo)
+        for i, entry in enumerate(include):
+            if set(entry) != set(names):
+                raise self.src.error(where + ("include", i), "an include entry must give every"
+                                     " axis: " + ", ".join(names))
+            if entry not in result:
+                result.append(dict(entry))
+        if not result:
+            raise self.src.error(where, "the matrix expands to no steps",
+                                 hint="an axis has an empty list, or 'exclude' removes every "
+                                      "combination")
+        return [(base_id + "@" + "-".join(_slug(c[n]) for n in names), c) for c in result]
+
+    # --- validation --------------------------------------------------------------------------
+    def resolve(self) -> Graph:
+        variables = self._vars()
+        steps, combos = self._expand(variables)
+        data = dict(self.data)
+        data["vars"] = variables
+        data["steps"] = steps
+        try:
+            recipe = Recipe.model_validate(data)
+        except ValidationError as exc:
+            raise self._validation_error(exc, (), Recipe) from None
+        name = recipe.name or _default_name(self.recipe_path)
+        pools = dict(DEFAULT_POOLS)
+        pools.update(recipe.pools)
+        ctx = executors.ResolveContext(recipe_dir=self.recipe_dir,
+                                       models={k: v for k, v in recipe.models.items()})
+        prepared: Dict[str, Dict[str, Any]] = {}
+        for sid, spec in recipe.steps.items():
+            prepared[sid] = self._prepare_step(sid, spec, ctx, pools)
+        edges = self._edges(recipe, prepared, combos)
+        cycle = find_cycle(edges)
+        if cycle:
+            arrows = " -> ".join(reversed(cycle))
+            raise self.src.error(("steps", cycle[0]), f"the steps form a cycle: {arrows}",
+                                 hint="a step cannot depend, directly or not, on its own "
+                                      "outputs; remove one of these references")
+        order = topological_order(list(recipe.steps), edges)
+        nodes: Dict[str, StepNode] = {}
+        for sid in order:
+            p = prepared[sid]
+            spec = recipe.steps[sid]
+            nodes[sid] = StepNode(
+                id=sid, base_id=self.src.origin.get(sid, sid), kind=spec.uses,
+                params=p["params"], raw_params=p["raw_params"], upstream=tuple(edges[sid]),
+                inputs=p["inputs"], input_labels=p["labels"], outputs=p["outputs"],
+                resources=p["resources"], matrix=combos.get(sid, {}), timeout=spec.timeout,
+                cache=spec.cache, description=spec.description,
+                location=self.src.location(("steps", sid)))
+        return Graph(name=name, recipe_path=self.recipe_path, steps=nodes, pools=pools,
+                     models=dict(recipe.models), vars=variables, cache_salt=recipe.cache_salt)
+
+    def _prepare_step(self, sid: str, spec: StepSpec, ctx: executors.ResolveContext,
+                      pools: Dict[str, int]) -> Dict[str, Any]:
+        where = ("steps", sid)
+        if not executors.is_known(spec.uses):
+            kinds = list(executors.known_kinds())
+            raise self.src.error(where + ("uses",), f"unknown step kind '{spec.uses}'"
+                                 f"{did_you_mean(spec.uses, kinds)}",
+                                 hint="known kinds: " + ", ".join(kinds), value=True)
+        try:
+            cls = executors.load_executor(spec.uses)
+        except Exception as exc:  # noqa: BLE001 - plugin failures become recipe errors
+            raise self.src.error(where + ("uses",), str(exc), value=True) from None
+        try:
+            params = cls.Params.model_validate(spec.with_)
+        except ValidationError as exc:
+            raise self._validation_error(exc, where + ("with",), cls.Params) from None
+        raw_params = params.model_dump(mode="json", by_alias=True)
+        # outputs
+        declared = spec.outputs if spec.outputs is not None else dict(cls.outputs)
+        if isinstance(declared, list):
+            declared = {n: n for n in declared}
+        outputs: Dict[str, str] = {}
+        for out_name, filename in declared.items():
+            if not NAME_RE.match(out_name):
+                raise self.src.error(where + ("outputs",), f"invalid output name '{out_name}':"
+                                     " use letters, digits, '_' and '-'")
+            if not isinstance(filename, str) or not FILENAME_RE.match(filename) \
+                    or filename in (".", ".."):
+                raise self.src.error(where + ("outputs", out_name),
+                                     f"invalid output file name {filename!r}: outputs live "
+                                     "inside the step's build directory, so a plain file name "
+                                     "(no '/', no '..', no leading '.') is required",
+                                     value=True)
+            outputs[out_name] = filename
+        if len(set(outputs.values())) != len(outputs):
+            raise self.src.error(where + ("outputs",), "two outputs share one file name")
+        # file inputs
+        inputs: Dict[str, Path] = {}
+        labels: Dict[str, str] = {}
+        items = spec.inputs.items() if isinstance(spec.inputs, dict) else \
+            [(p, p) for p in spec.inputs]
+        for index, (in_name, rel) in enumerate(items):
+            key = where + ("inputs", in_name if isinstance(spec.inputs, dict) else index)
+            if isinstance(spec.inputs, dict) and not NAME_RE.match(in_name):
+                raise self.src.error(key, f"invalid input name '{in_name}'")
+            target = (self.recipe_dir / rel)
+            if not target.exists():
+                raise self.src.error(key, f"input file '{rel}' does not exist (looked in "
+                                     f"{self.recipe_dir})",
+                                     hint="paths are relative to the recipe's directory",
+                                     value=True)
+            inputs[in_name] = target.resolve()
+            labels[in_name] = rel
+        try:
+            extra = cls().extra_inputs(params, ctx)
+        except RecipeError as exc:
+            if exc.location is None:
+                exc.location = self.src.location(where + ("with",))
+                exc.key = exc.key or _dotted(self.src._file_path(where + ("with",)))
+            raise
+        for in_name, p in extra.items():
+            if not Path(p).exists():
+                raise self.src.error(where + ("with",), f"file '{p}' needed by this step does "
+                                     "not exist")
+            inputs[in_name] = Path(p).resolve()
+            labels[in_name] = _relative(Path(p), self.recipe_dir)
+        # resources
+        resources: Dict[str, int] = {"cpu": 1}
+        for pool, amount in list(cls.resources.items()) + list(spec.resources.items()):
+            if pool != "cpu" and pool not in pools:
+                raise self.src.error(where + ("resources", pool), f"unknown pool '{pool}'"
+                                     f"{did_you_mean(pool, list(pools) + ['cpu'])}",
+                                     hint="declare it at the top level: pools: {"
+                                          f"{pool}: CAPACITY}}")
+            if amount == "all":
+                resources[pool] = -1 if pool == "cpu" else pools[pool]
+            elif isinstance(amount, int) and amount < 0:
+                raise self.src.error(where + ("resources", pool), "amount must be >= 0",
+                                     value=True)
+            elif pool != "cpu" and amount > pools[pool]:
+                raise self.src.error(where + ("resources", pool),
+                                     f"asks for {amount} of pool '{pool}', whose capacity is "
+                                     f"{pools[pool]}", value=True)
+            else:
+                resources[pool] = int(amount)
+        return {"params": params, "raw_params": raw_params, "outputs": outputs,
+                "inputs": inputs, "labels": labels, "resources": resources, "spec": spec}
+
+    def _edges(self, recipe: Recipe, prepared: Dict[str, Dict[str, Any]],
+               combos: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]:
+        by_base: Dict[str, List[str]] = {}
+        for sid in recipe.steps:
+            by_base.setdefault(self.src.origin.get(sid, sid), []).append(sid)
+        all_names = sorted(set(by_base) | set(recipe.steps))
+
+        def bind(sid: str, ref: str, path: Tuple[Any, ...], single: bool) -> List[str]:
+            if ref in recipe.steps and ref not in by_base:  # an expanded id, named exactly
+                return [ref]
+            if ref not in by_base:
+                raise self.src.error(path, f"no step named '{ref}'{did_you_mean(ref, all_names)}",
+                                     hint="steps: " + ", ".join(all_names), value=True)
+            candidates = by_base[ref]
+            mine = combos.get(sid, {})
+            shared = [c for c in candidates
+                      if all(combos[c].get(k) == v for k, v in mine.items()
+                             if k in combos.get(c, {}))]
+            if single and len(shared) != 1:
+                raise self.src.error(path, f"'{ref}' expands to {len(shared)} steps "
+                                     f"({', '.join(shared)}); name one of them",
+                                     value=True)
+            if not shared:
+                raise self.src.error(path, f"no expansion of '{ref}' matches this step's "
+                                     f"matrix values {mine}", value=True)
+            return shared
+
+        edges: Dict[str, List[str]] = {}
+        for sid, spec in recipe.steps.items():
+            where = ("steps", sid)
+            ups: List[str] = []
+            for i, ref in enumerate(spec.from_):
+                if ref == self.src.origin.get(sid, sid) or ref == sid:
+                    raise self.src.error(where + ("from", i) if len(spec.from_) > 1 else
+                                         where + ("from",),
+                                         f"step '{sid}' cannot consume its own outputs",
+                                         value=True)
+                path = where + (("from", i) if len(spec.from_) > 1 else ("from",))
+                ups.extend(u for u in bind(sid, ref, path, single=False) if u not in ups)
+            p = prepared[sid]
+            for path, parts in find_runtime_refs(spec.with_):
+                full = where + ("with",) + path
+                ref_text = "${" + ".".join(parts) + "}"
+                if parts[0] == "out":
+                    if len(parts) != 2 or parts[1] not in p["outputs"]:
+                        name = parts[1] if len(parts) > 1 else ""
+                        raise self.src.error(full, f"{ref_text}: this step declares no output "
+                                             f"'{name}'{did_you_mean(name, p['outputs'])}",
+                                             hint="declare it under 'outputs:' (declared: "
+                                                  + (", ".join(p["outputs"]) or "none") + ")",
+                                             value=True)
+                    continue
+                if len(parts) == 2:
+                    if parts[1] not in p["inputs"]:
+                        raise self.src.error(full, f"{ref_text}: no input named '{parts[1]}'"
+                                             f"{did_you_mean(parts[1], p['inputs'])}",
+                                             hint="declare it under 'inputs:', or write "
+                                                  "${in.STEP.OUTPUT} for an upstream output",
+                                             value=True)
+                    continue
+                if len(parts) != 3:
+                    raise self.src.error(full, f"{ref_text}: expected ${{in.NAME}} or "
+                                         "${in.STEP.OUTPUT}", value=True)
+                targets = bind(sid, parts[1], full, single=True)
+                up = targets[0]
+                if up == sid:
+                    raise self.src.error(full, f"step '{sid}' cannot consume its own outputs",
+                                         value=True)
+                if parts[2] not in prepared[up]["outputs"]:
+                    outs = prepared[up]["outputs"]
+                    raise self.src.error(full, f"{ref_text}: step '{up}' has no output "
+                                         f"'{parts[2]}'{did_you_mean(parts[2], outs)}",
+                                         hint="its outputs: " + (", ".join(outs) or "none"),
+                                         value=True)
+                if up not in ups:
+                    ups.append(up)
+            edges[sid] = ups
+        return edges
+
+    def _validation_error(self, exc: ValidationError, prefix: Tuple[Any, ...],
+                          model: Type[BaseModel]) -> RecipeError:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        loc = tuple(first["loc"])
+        path = prefix + loc
+        kind = first["type"]
+        more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this)" \
+            if len(errors) > 1 else ""
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            message = f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), allowed)}"
+            hint = "allowed here: " + ", ".join(allowed) if allowed else ""
+            return self.src.error(path, message + more, hint=hint)
+        if kind == "missing":
+            return self.src.error(path[:-1], f"required key '{loc[-1]}' is missing{more}")
+        message = first["msg"]
+        message = re.sub(r"^Input should be ", "expected ", message)
+        message = re.sub(r"^Value error, ", "", message)
+        message = message[0].lower() + message[1:] if message else message
+        got = first.get("input")
+        if kind == "literal_error" and isinstance(got, str):
+            choices = re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", "")))
+            message += f"; got '{got}'{did_you_mean(got, choices)}"
+        elif not isinstance(got, (dict, list)) and got is not None:
+            message += f"; got {got!r}"
+        elif isinstance(got, (dict, list)) and kind not in ("too_short",):
+            message += f"; got a {'mapping' if isinstance(got, dict) else 'list'}"
+        return self.src.error(path, message + more, value=True)
+
+
+def _allowed_keys(model: Type[BaseModel], loc: Tuple[Any, ...]) -> List[str]:
+    """Keys accepted at ``loc`` inside ``model`` (for 'did you mean' on unknown keys)."""
+    current: Any = model
+    i = 0
+    while i < len(loc):
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = None
+            for name, info in current.model_fields.items():
+                if loc[i] in (name, info.alias):
+                    field = info
+            if field is None:
+                return []
+            current = field.annotation
+            i += 1
+            continue
+        origin = typing.get_origin(current)
+        args = typing.get_args(current)
+        if origin in (dict, Dict) and len(args) == 2:
+            current = args[1]
+            i += 1
+        elif origin in (list, List) and args:
+            current = args[0]
+            i += 1
+        elif origin is Union:
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            containers = [a for a in args if typing.get_origin(a) in (dict, list, Dict, List)]
+            if models:
+                current = models[0]
+            elif containers:
+                current = containers[0]
+            else:
+                return []
+        else:
+            return []
+    while typing.get_origin(current) is Union:
+        models = [a for a in typing.get_args(current)
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            return []
+        current = models[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return []
+
+
+def _slug(value: Any) -> str:
+    text = "true" if value is True else "false" if value is False else str(value)
+    text = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
+    return text or "_"
+
+
+def _default_name(path: Path) -> str:
+    stem = path.name
+    for suffix in (".yaml", ".yml"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "recipe"
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)

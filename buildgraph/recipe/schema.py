@@ -1,0 +1,111 @@
+"""The recipe's schema: pydantic models that are the single source of truth.
+
+``buildgraph schema`` generates the JSON Schema from these models, and
+:mod:`buildgraph.recipe.load` validates against them; nothing else describes the format.
+Models are frozen and forbid unknown keys so that a typo is an error, not a silently ignored
+setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Scalar = Union[str, int, float, bool]
+
+ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+"""Step, model and output ids: a letter or underscore, then letters, digits, '_', '.', '-'."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TensorSpec(Strict):
+    """One example input of a model: its shape (ints, or names for dynamic dims) and dtype."""
+
+    shape: List[Union[int, str]] = Field(description="dims; a string names a dynamic dim")
+    dtype: Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int8",
+                   "uint8", "bool"] = "float32"
+    min: Optional[float] = Field(None, description="low end of random values (default 0 for"
+                                 " ints, a standard normal for floats)")
+    max: Optional[float] = Field(None, description="high end of random integer values")
+
+
+class ModelSpec(Strict):
+    """A PyTorch model the recipe builds from (see README, 'Model sources')."""
+
+    source: str = Field(description="'path/file.py:factory', 'package.module:factory', "
+                        "'torchvision:resnet50', or a saved model file (.pt/.pth, .pt2, "
+                        "TorchScript)")
+    kwargs: Dict[str, Any] = Field(default_factory=dict,
+                                   description="keyword arguments of the factory")
+    weights: Optional[str] = Field(None, description="state_dict or checkpoint file")
+    weights_key: Optional[str] = Field(None, description="key of the state_dict inside a "
+                                       "checkpoint dict, e.g. 'state_dict' or 'model'")
+    strict: bool = Field(True, description="load_state_dict(strict=...)")
+    trusted: bool = Field(False, description="allow unpickling a whole-model file (runs code)")
+    seed: int = Field(0, description="seed for deterministic initialisation without weights "
+                      "and for random example inputs")
+    inputs: Dict[str, TensorSpec] = Field(default_factory=dict,
+                                          description="example inputs, in forward() order")
+    sample_inputs: Optional[str] = Field(None, description=".npy/.npz/.pt file of real inputs")
+    dims: Dict[str, Dict[str, int]] = Field(
+        default_factory=dict,
+        description="ranges of named dynamic dims, e.g. {batch: {min: 1, opt: 8, max: 32}}")
+
+
+class MatrixSpec(Strict):
+    """How one step expands into several. Keys other than ``exclude``/``include`` are axes."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    exclude: List[Dict[str, Scalar]] = Field(default_factory=list)
+    include: List[Dict[str, Scalar]] = Field(default_factory=list)
+
+
+class StepSpec(Strict):
+    """One step of the recipe's DAG."""
+
+    uses: str = Field(description="the step kind (see `buildgraph kinds`)")
+    from_: List[str] = Field(default_factory=list, alias="from",
+                             description="upstream steps whose outputs this step consumes")
+    inputs: Union[Dict[str, str], List[str]] = Field(
+        default_factory=dict,
+        description="files or directories this step reads, relative to the recipe; "
+                    "a mapping gives them names for ${in.NAME}")
+    with_: Dict[str, Any] = Field(default_factory=dict, alias="with",
+                                  description="parameters of the step kind")
+    outputs: Optional[Union[List[str], Dict[str, str]]] = Field(
+        None, description="named outputs (a list of names, or name: file name); "
+                          "default: what the step kind declares")
+    matrix: Optional[Dict[str, Any]] = Field(
+        None, description="axis: [values] to expand this step into one step per combination;"
+                          " 'exclude'/'include' take lists of combinations")
+    resources: Dict[str, Union[int, Literal["all"]]] = Field(
+        default_factory=dict,
+        description="pools this step holds while it runs, e.g. {gpu: 1} or {cpu: all}")
+    timeout: Optional[float] = Field(None, gt=0, description="seconds before the step is killed")
+    description: str = ""
+    cache: bool = Field(True, description="false: always run this step")
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Recipe(Strict):
+    """A whole recipe file."""
+
+    name: Optional[str] = Field(None, pattern=ID_PATTERN,
+                                description="defaults to the file name without extension")
+    description: str = ""
+    vars: Dict[str, Any] = Field(default_factory=dict,
+                                 description="variables for ${vars.NAME}; --set NAME=VALUE")
+    pools: Dict[str, int] = Field(default_factory=dict,
+                                  description="extra resource pools and their capacity")
+    models: Dict[str, ModelSpec] = Field(default_factory=dict)
+    cache_salt: str = Field("", description="change to invalidate every cached result")
+    steps: Dict[str, StepSpec] = Field(min_length=1)
