@@ -61,7 +61,7 @@ class Store:
     """The cache directory. Cheap to create: nothing is touched until used."""
 
     def __init__(self, root: Optional[Path] = None, warn: Optional[Callable[[str], None]] = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = (Path(root) if root is not None else default_cache_dir()).absolute()
         self.objects = self.root / "objects"
         self.actions = self.root / "actions"
         self.tmp = self.root / "tmp"

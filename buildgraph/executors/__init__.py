@@ -74,6 +74,7 @@ class Task:
     models: Dict[str, Any] = field(default_factory=dict)
     upstream_meta: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     upstream_kinds: Dict[str, str] = field(default_factory=dict)
+    timeout: Optional[float] = None
 
     def log(self, message: str) -> None:
         """Append one line to the step's log (kept under the build directory)."""
@@ -158,15 +159,6 @@ def import_object(target: str, what: str) -> Any:
         raise BuildgraphError(f"cannot load {what} from '{target}': {type(exc).__name__}: {exc}",
                               hint="is the package that provides it installed in this "
                                    "environment?") from None
-
-
-def run_task(executor_target: str, kind: str, task: Task) -> Optional[Dict[str, Any]]:
-    """Validate params again and call ``run``: the entry point for threads and workers."""
-    cls = load_executor(kind) if kind in BUILTIN_KINDS or not executor_target else \
-        import_object(executor_target, f"step kind '{kind}'")
-    executor = cls()
-    os.makedirs(task.work_dir, exist_ok=True)
-    return executor.run(task)
 
 
 __all__ = ["Executor", "Task", "ResolveContext", "NoParams", "StepFailed", "known_kinds",

@@ -1,0 +1,31 @@
+"""buildgraph: a declarative, YAML-driven build system with content-hash caching for deploying
+deep-learning models.
+
+The Python API mirrors the CLI::
+
+    import buildgraph
+    result = buildgraph.run("recipes/hello.yaml", targets=["upper"], set={"greeting": "hey"})
+    result.ok, result["upper"].outputs
+
+Importing this package imports no heavy ML library; executors import theirs when they run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import load, plan, run  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "plan", "load"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'buildgraph' has no attribute '{name}'")
+
+
+__all__ = ["run", "plan", "load", "__version__"]

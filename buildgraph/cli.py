@@ -1,0 +1,311 @@
+"""The ``buildgraph`` command line (also ``python -m buildgraph``).
+
+Commands: ``run``, ``plan``, ``graph``, ``cache {ls,du,verify,gc,clear}``, ``schema``,
+``kinds``, ``log``. Errors on bad input print one block (``file:line:col: key: message`` and a
+hint) and exit 2; failed steps exit 1; an interrupted run exits 130. No traceback unless
+``BUILDGRAPH_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from .errors import BuildgraphError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="buildgraph", description="Build deployable model "
+                                "artifacts from a YAML recipe, with content-hash caching.")
+    p.add_argument("--version", action="version", version=f"buildgraph {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
+        sp.add_argument("recipe", help="the recipe YAML file")
+        if targets:
+            sp.add_argument("targets", nargs="*", metavar="STEP",
+                            help="build only these steps and what they need")
+        sp.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="NAME=VALUE", help="override a recipe variable")
+        sp.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
+                        "or .cache)")
+        sp.add_argument("--build-dir", help="where outputs are materialized (default: "
+                        "build/RECIPE_NAME)")
+
+    run = sub.add_parser("run", help="build the recipe (cached steps are skipped)")
+    recipe_args(run)
+    run.add_argument("-j", "--jobs", type=int, default=0,
+                     help="steps run at once (default: number of CPU cores)")
+    run.add_argument("-k", "--keep-going", action="store_true",
+                     help="after a failure, still build everything that does not depend on it")
+    run.add_argument("--force", action="append", default=[], metavar="STEP",
+                     help="re-run STEP even if cached (repeatable)")
+    run.add_argument("-B", "--always-make", action="store_true", help="re-run every step")
+    run.add_argument("--no-cache", action="store_true",
+                     help="ignore cached results (still stores new ones)")
+    run.add_argument("--link", choices=["hardlink", "copy"], default="hardlink",
+                     help="how outputs are placed in the build directory")
+    run.add_argument("--json", action="store_true", help="write JSON-lines events to stdout")
+    run.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+
+    plan = sub.add_parser("plan", help="show what would run, and why")
+    recipe_args(plan)
+    plan.add_argument("--force", action="append", default=[], metavar="STEP")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+
+    graph = sub.add_parser("graph", help="draw the DAG (Mermaid, Graphviz DOT, PNG/SVG)")
+    recipe_args(graph, targets=False)
+    graph.add_argument("--format", choices=["mermaid", "dot", "png", "svg"], default="mermaid")
+    graph.add_argument("-o", "--output", help="write to this file (required for png/svg)")
+    graph.add_argument("--status", action="store_true", help="colour steps by plan status")
+
+    cache = sub.add_parser("cache", help="inspect and maintain the cache")
+    cache.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
+                       "or .cache)")
+    csub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    ls = csub.add_parser("ls", help="list cached actions")
+    ls.add_argument("--json", action="store_true")
+    csub.add_parser("du", help="disk usage")
+    verify = csub.add_parser("verify", help="re-hash every object; check every action")
+    verify.add_argument("--repair", action="store_true",
+                        help="delete corrupt objects and the actions that use them")
+    gc = csub.add_parser("gc", help="delete unreferenced objects; evict LRU actions")
+    gc.add_argument("--max-size", help="evict least-recently-used actions until the cache "
+                    "fits, e.g. 5GiB")
+    csub.add_parser("clear", help="delete everything in the cache")
+
+    sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+    sub.add_parser("kinds", help="list the step kinds available")
+    log = sub.add_parser("log", help="print the log of a step's last build")
+    recipe_args(log, targets=False)
+    log.add_argument("step")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return _dispatch(args, parser)
+    except BuildgraphError as exc:
+        if os.environ.get("BUILDGRAPH_DEBUG"):
+            raise
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    command = args.command
+    if command == "run":
+        return _run(args)
+    if command == "plan":
+        from . import api
+        from .explain import plan_json, plan_text
+
+        graph = api.load(args.recipe, args.overrides)
+        decisions = api.plan(graph, args.targets, force=args.force, cache_dir=args.cache_dir,
+                             build_dir=args.build_dir)
+        print(plan_json(graph, decisions) if args.json else plan_text(graph, decisions,
+                                                                         args.verbose))
+        return 0
+    if command == "graph":
+        return _graph(args)
+    if command == "cache":
+        return _cache(args)
+    if command == "schema":
+        from .schema_export import recipe_json_schema
+
+        print(json.dumps(recipe_json_schema(), indent=2))
+        return 0
+    if command == "kinds":
+        from .executors import known_kinds, load_executor
+
+        for kind, target in known_kinds().items():
+            try:
+                cls = load_executor(kind)
+                doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+                summary = doc.splitlines()[0] if doc else ""
+            except BuildgraphError as exc:
+                summary = f"(cannot load: {exc.message})"
+            print(f"{kind:<18} {summary}")
+        return 0
+    if command == "log":
+        return _log(args)
+    parser.error(f"unknown command {command}")  # pragma: no cover
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import api
+    from .report import ConsoleReporter, JsonReporter
+
+    reporter = JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr,
+                                                                          verbose=args.verbose)
+    graph = api.load(args.recipe, args.overrides)
+    force = list(args.force)
+    if args.always_make:
+        force.extend(graph.steps)
+    for target in force:
+        graph.select([target])  # a misspelt --force is an error, not a silent no-op
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = api.run(graph, args.targets, jobs=args.jobs, keep_going=args.keep_going,
+                         force=force, no_cache=args.no_cache, cache_dir=args.cache_dir,
+                         build_dir=args.build_dir, link=args.link, reporter=reporter)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result.interrupted:
+        return 130
+    return 0 if result.ok else 1
+
+
+def _graph(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from . import api
+    from .explain import dot, mermaid
+
+    graph = api.load(args.recipe, args.overrides)
+    decisions = api.plan(graph, cache_dir=args.cache_dir, build_dir=args.build_dir) \
+        if args.status else None
+    if args.format == "mermaid":
+        text = mermaid(graph, decisions)
+    else:
+        text = dot(graph, decisions)
+    if args.format in ("png", "svg"):
+        if not args.output:
+            raise BuildgraphError(f"--format {args.format} needs -o FILE")
+        exe = shutil.which("dot")
+        if exe is None:
+            raise BuildgraphError("Graphviz 'dot' is not installed, so PNG/SVG cannot be drawn",
+                                  hint="install graphviz (apt-get install graphviz), or use "
+                                       "--format dot / mermaid")
+        proc = subprocess.run([exe, f"-T{args.format}", "-o", args.output], input=text.encode(),
+                              capture_output=True)
+        if proc.returncode != 0:
+            raise BuildgraphError(f"dot failed: {proc.stderr.decode(errors='replace').strip()}")
+        print(f"wrote {args.output}", file=sys.stderr)
+        return 0
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import datetime
+
+    from .store import Store, format_size, parse_size
+
+    store = Store(Path(args.cache_dir) if args.cache_dir else None,
+                  warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    action = args.cache_command
+    if action is None:
+        print("usage: buildgraph cache {ls,du,verify,gc,clear}", file=sys.stderr)
+        return 2
+    if action == "ls":
+        rows = []
+        for key, entry, st in store.iter_actions():
+            if entry is None:
+                rows.append({"key": key, "broken": True})
+                continue
+            size = sum(o.get("size", 0) for o in entry["outputs"].values())
+            rows.append({"key": key, "recipe": entry.get("recipe"), "step": entry.get("step"),
+                         "kind": entry.get("kind"), "size": size,
+                         "wall_s": entry.get("wall_s"),
+                         "last_used": datetime.datetime.fromtimestamp(st.st_mtime).isoformat(
+                             timespec="seconds")})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                if r.get("broken"):
+                    print(f"{r['key'][:16]}  (unreadable entry)")
+                    continue
+                print(f"{r['key'][:16]}  {r['last_used']}  {format_size(r['size']):>10}  "
+                      f"{r['recipe']}/{r['step']} ({r['kind']})")
+            print(f"{len(rows)} cached actions in {store.root}")
+        return 0
+    if action == "du":
+        usage = store.usage()
+        print(f"{format_size(usage['bytes'])} in {usage['objects']} objects, "
+              f"{usage['actions']} actions ({store.root})")
+        return 0
+    if action == "verify":
+        with store.using():
+            report = store.verify(repair=args.repair)
+        for digest in report.corrupt_blobs:
+            print(f"corrupt object {digest}" + (" (deleted)" if args.repair else ""))
+        for key in report.broken_actions:
+            print(f"broken action {key}" + (" (deleted)" if args.repair else ""))
+        print(f"checked {report.blobs} objects and {report.actions} actions: "
+              + ("ok" if report.ok else f"{len(report.corrupt_blobs)} corrupt objects, "
+                 f"{len(report.broken_actions)} broken actions"))
+        return 0 if report.ok or args.repair else 1
+    if action == "gc":
+        limit = parse_size(args.max_size) if args.max_size else None
+        with store.using(exclusive=True, timeout=10):
+            stats = store.gc(limit)
+        print(f"removed {stats['removed_actions']} actions and {stats['removed_objects']} "
+              f"objects ({format_size(stats['freed_bytes'])}); cache holds "
+              f"{format_size(stats['kept_bytes'])}")
+        return 0
+    if action == "clear":
+        with store.using(exclusive=True, timeout=10):
+            store.clear()
+        print(f"cleared {store.root}")
+        return 0
+    return 2  # pragma: no cover
+
+
+def _log(args: argparse.Namespace) -> int:
+    from . import api
+    from .scheduler import default_build_dir
+
+    graph = api.load(args.recipe, args.overrides)
+    ids: List[str] = graph.select([args.step])
+    ids = [i for i in ids if i == args.step or graph.steps[i].base_id == args.step]
+    build_dir = Path(args.build_dir) if args.build_dir else default_build_dir(graph)
+    status = 0
+    for sid in ids:
+        path = build_dir / ".logs" / f"{sid}.log"
+        if not path.exists():
+            print(f"{sid}: no log (the step has not run here; cached results keep theirs in the "
+                  "cache)", file=sys.stderr)
+            status = 1
+            continue
+        if len(ids) > 1:
+            print(f"== {sid}")
+        sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
+    return status

@@ -1,0 +1,140 @@
+"""Decide what each step needs, and say why: one code path for ``run`` and ``plan``.
+
+Like ninja's ``RecomputeOutputDirty``, every branch that makes a step stale records a reason.
+A decision is pure data (:class:`Decision`); ``explain`` renders it, and the scheduler acts on
+it. A step whose upstream will run has no key yet (its inputs are unknown until the upstream
+finishes, and an upstream that rebuilds to identical bytes leaves it cached); the planner says
+``waits`` and still lists the reasons it can already see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+
+from .errors import StepFailed
+from .executors import load_executor
+from .graph import Graph, StepNode
+from .hashing import path_digest
+from .keys import action_key, explain_difference, make_parts
+from .store import Store
+
+CACHED = "cached"      # in the cache and in the build directory: nothing to do
+RESTORE = "restore"    # in the cache; the build directory copy is missing or changed
+RUN = "run"            # must execute
+WAITS = "waits"        # depends on a step that will run; decided once that one finishes
+
+
+@dataclass(frozen=True)
+class Decision:
+    step_id: str
+    action: str
+    reasons: Tuple[str, ...] = ()
+    key: Optional[str] = None
+    parts: Optional[Dict[str, Any]] = None
+    entry: Optional[Dict[str, Any]] = field(default=None, compare=False)
+
+
+class Planner:
+    """Computes keys and decisions for the steps of one graph."""
+
+    def __init__(self, graph: Graph, store: Store, build_dir: Path,
+                 lock_entries: Mapping[str, Any], force: Set[str] = frozenset(),
+                 no_cache: bool = False):
+        self.graph = graph
+        self.store = store
+        self.build_dir = build_dir
+        self.lock = lock_entries
+        self.force = force
+        self.no_cache = no_cache
+        self._fingerprints: Dict[str, Dict[str, str]] = {}
+
+    def output_path(self, step: StepNode, name: str) -> Path:
+        return self.build_dir / step.id / step.outputs[name]
+
+    def fingerprint(self, step: StepNode) -> Dict[str, str]:
+        cached = self._fingerprints.get(step.id)
+        if cached is None:
+            executor = load_executor(step.kind)()
+            cached = {k: str(v) for k, v in executor.fingerprint(step.params).items()}
+            self._fingerprints[step.id] = cached
+        return cached
+
+    def input_digests(self, step: StepNode) -> Dict[str, str]:
+        digests = {}
+        for name, path in step.inputs.items():
+            try:
+                digests[name] = path_digest(path, self.store.stat_cache).digest
+            except FileNotFoundError:
+                raise StepFailed(f"input '{step.input_labels.get(name, name)}' of step "
+                                 f"'{step.id}' no longer exists") from None
+        return digests
+
+    def parts(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+        """Key parts; ``upstream`` maps each upstream id to its output manifest entries."""
+        up_digests = {f"{up}.{name}": entry["digest"]
+                      for up in step.upstream for name, entry in upstream[up].items()}
+        cls = load_executor(step.kind)
+        return make_parts(step.kind, cls.version, step.raw_params, step.outputs,
+                          self.input_digests(step), up_digests, self.fingerprint(step),
+                          self.graph.cache_salt)
+
+    def decide(self, step: StepNode,
+               upstream: Optional[Mapping[str, Mapping[str, Any]]]) -> Decision:
+        """Decide one step; ``upstream`` is None when some upstream has yet to run."""
+        previous = self.lock.get(step.id, {}).get("parts") if isinstance(
+            self.lock.get(step.id), dict) else None
+        labels = dict(step.input_labels)
+        if upstream is None:
+            reasons = ["upstream " + ", ".join(f"'{u}'" for u in step.upstream) + " may change"]
+            if previous:
+                partial = make_parts(step.kind, load_executor(step.kind).version,
+                                     step.raw_params, step.outputs, self.input_digests(step),
+                                     previous.get("upstream", {}), self.fingerprint(step),
+                                     self.graph.cache_salt)
+                diff = explain_difference(previous, partial, labels)
+                if diff != ["not in the cache (evicted, or built elsewhere)"]:
+                    reasons = diff + reasons
+            else:
+                reasons = ["never built"]
+            return Decision(step.id, WAITS, tuple(reasons))
+        parts = self.parts(step, upstream)
+        key = action_key(parts)
+        forced = []
+        if step.id in self.force or step.base_id in self.force:
+            forced.append("forced (--force)")
+        if self.no_cache:
+            forced.append("--no-cache")
+        if not step.cache:
+            forced.append("cache: false")
+        if forced:
+            return Decision(step.id, RUN, tuple(forced), key, parts)
+        entry = self.store.get_action(key)
+        if entry is not None and all(name in entry["outputs"] for name in step.outputs) and \
+                all(self.store.check_output(entry["outputs"][name]) for name in step.outputs):
+            stale = [name for name in step.outputs
+                     if not self.store.is_materialized(entry["outputs"][name],
+                                                       self.output_path(step, name))]
+            if stale:
+                return Decision(step.id, RESTORE,
+                                tuple(f"output {n} missing or modified in the build directory"
+                                      for n in stale), key, parts, entry)
+            return Decision(step.id, CACHED, (), key, parts, entry)
+        reasons = explain_difference(previous, parts, labels)
+        if entry is not None:
+            reasons = ["cached result is incomplete or corrupt"]
+        return Decision(step.id, RUN, tuple(reasons), key, parts)
+
+    def plan(self, selected: List[str]) -> Dict[str, Decision]:
+        """Decisions for ``selected`` (topological order), as if nothing ran in between."""
+        decisions: Dict[str, Decision] = {}
+        outputs: Dict[str, Dict[str, Any]] = {}
+        for sid in selected:
+            step = self.graph.steps[sid]
+            known = all(up in outputs for up in step.upstream)
+            decision = self.decide(step, {u: outputs[u] for u in step.upstream} if known else None)
+            decisions[sid] = decision
+            if decision.action in (CACHED, RESTORE) and decision.entry is not None:
+                outputs[sid] = {n: decision.entry["outputs"][n] for n in step.outputs}
+        return decisions
