@@ -8,17 +8,25 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 from .graph import Graph
 from .lockfile import lock_path, read_lock
 from .plan import Decision, Planner
-from .recipe.load import load_recipe
 from .report import Reporter
 from .scheduler import RunOptions, RunResult, Scheduler, default_build_dir
-from .store import Store
+from .store import Store, default_cache_dir
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]
 
 
-def load(recipe: Union[str, Path], set: Overrides = None) -> Graph:  # noqa: A002 - mirrors --set
-    """Load and validate a recipe (raises RecipeError with file:line on problems)."""
-    return load_recipe(recipe, set)
+def load(recipe: Union[str, Path], set: Overrides = None,  # noqa: A002 - mirrors --set
+         cache_dir: Optional[Union[str, Path]] = None, use_cache: bool = True) -> Graph:
+    """Load and validate a recipe (raises RecipeError with file:line on problems).
+
+    Resolved recipes are cached in the cache directory (see ``recipe.cache``)."""
+    if not use_cache:
+        from .recipe.load import load_recipe
+
+        return load_recipe(recipe, set)
+    from .recipe.cache import load_graph
+
+    return load_graph(recipe, set, Path(cache_dir) if cache_dir else default_cache_dir())
 
 
 def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overrides = None,  # noqa: A002
@@ -27,7 +35,7 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
         reporter: Optional[Reporter] = None) -> RunResult:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results."""
-    graph = recipe if isinstance(recipe, Graph) else load_recipe(recipe, set)
+    graph = recipe if isinstance(recipe, Graph) else load(recipe, set, cache_dir)
     reporter = reporter or Reporter()
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
@@ -44,7 +52,7 @@ def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Over
          cache_dir: Optional[Union[str, Path]] = None,
          build_dir: Optional[Union[str, Path]] = None) -> Dict[str, Decision]:
     """What ``run`` would do for each selected step, and why."""
-    graph = recipe if isinstance(recipe, Graph) else load_recipe(recipe, set)
+    graph = recipe if isinstance(recipe, Graph) else load(recipe, set, cache_dir)
     store = Store(Path(cache_dir) if cache_dir else None)
     try:
         planner = Planner(graph, store, Path(build_dir) if build_dir else

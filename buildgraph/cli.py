@@ -126,7 +126,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from . import api
         from .explain import plan_json, plan_text
 
-        graph = api.load(args.recipe, args.overrides)
+        graph = api.load(args.recipe, args.overrides, args.cache_dir)
         decisions = api.plan(graph, args.targets, force=args.force, cache_dir=args.cache_dir,
                              build_dir=args.build_dir)
         print(plan_json(graph, decisions) if args.json else plan_text(graph, decisions,
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
 
     reporter = JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr,
                                                                           verbose=args.verbose)
-    graph = api.load(args.recipe, args.overrides)
+    graph = api.load(args.recipe, args.overrides, args.cache_dir)
     force = list(args.force)
     if args.always_make:
         force.extend(graph.steps)
@@ -194,7 +194,7 @@ def _graph(args: argparse.Namespace) -> int:
     from . import api
     from .explain import dot, mermaid
 
-    graph = api.load(args.recipe, args.overrides)
+    graph = api.load(args.recipe, args.overrides, args.cache_dir)
     decisions = api.plan(graph, cache_dir=args.cache_dir, build_dir=args.build_dir) \
         if args.status else None
     if args.format == "mermaid":
@@ -293,7 +293,7 @@ def _log(args: argparse.Namespace) -> int:
     from . import api
     from .scheduler import default_build_dir
 
-    graph = api.load(args.recipe, args.overrides)
+    graph = api.load(args.recipe, args.overrides, args.cache_dir)
     ids: List[str] = graph.select([args.step])
     ids = [i for i in ids if i == args.step or graph.steps[i].base_id == args.step]
     build_dir = Path(args.build_dir) if args.build_dir else default_build_dir(graph)

@@ -2,7 +2,8 @@
 
 A :class:`Graph` is what :func:`buildgraph.recipe.load.load_recipe` produces and everything
 downstream (planner, scheduler, ``graph`` command) reads. It is frozen: nothing after loading
-edits it.
+edits it. It holds plain data only (no pydantic objects), so that a resolved graph can be
+cached and reloaded without importing pydantic or any executor (see ``recipe.cache``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ class StepNode:
     id: str
     base_id: str
     kind: str
-    params: Any  # the executor's validated pydantic Params instance
-    raw_params: Dict[str, Any]  # params as canonical JSON-able data (for keys and display)
+    executor_version: str
+    raw_params: Dict[str, Any]  # validated params as canonical JSON data (keys, display, run)
     upstream: Tuple[str, ...]
     inputs: Dict[str, Path]  # declared files: name -> absolute path
     input_labels: Dict[str, str]  # name -> path as written (relative to the recipe)
@@ -33,6 +34,9 @@ class StepNode:
     cache: bool = True
     description: str = ""
     location: Optional[Location] = None
+    fingerprint: Optional[Dict[str, str]] = None
+    """The executor's environment fingerprint, computed at load; None when it must be
+    recomputed at every plan (``Executor.volatile_fingerprint``, e.g. the GPU in use)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Graph:
     recipe_path: Path
     steps: Dict[str, StepNode]
     pools: Dict[str, int]
-    models: Dict[str, Any]
+    models: Dict[str, Dict[str, Any]]  # model name -> ModelSpec as plain data
     vars: Dict[str, Any]
     cache_salt: str = ""
 

@@ -51,22 +51,29 @@ def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
     Read-modify-write happens under an inter-process lock so that two concurrent runs of the
     same recipe do not lose each other's entries.
     """
-    from filelock import FileLock
-
     from .hashing import digest_bytes
     from .store import atomic_write
+
+    def render(current: Dict[str, Any]) -> str:
+        merged = {sid: entry for sid, entry in current.items() if sid in keep}
+        merged.update(updates)
+        document = {"schema": LOCK_SCHEMA, "recipe": recipe_name,
+                    "steps": dict(sorted(merged.items()))}
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+    keep = set(keep)
+    try:  # the common no-op case: nothing changed, so no lock and no write
+        if path.read_text(encoding="utf-8") == render(read_lock(path)):
+            return False
+    except (OSError, ValueError):
+        pass
+    from filelock import FileLock
 
     lock_dir.mkdir(parents=True, exist_ok=True)
     guard = FileLock(str(lock_dir / f"lockfile-{digest_bytes(str(path.resolve()).encode())[:16]}"
                                     ".lock"))
     with guard:
-        current = read_lock(path)
-        keep = set(keep)
-        merged = {sid: entry for sid, entry in current.items() if sid in keep}
-        merged.update(updates)
-        document = {"schema": LOCK_SCHEMA, "recipe": recipe_name,
-                    "steps": dict(sorted(merged.items()))}
-        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        text = render(read_lock(path))
         try:
             if path.read_text(encoding="utf-8") == text:
                 return False

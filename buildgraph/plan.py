@@ -54,10 +54,12 @@ class Planner:
         return self.build_dir / step.id / step.outputs[name]
 
     def fingerprint(self, step: StepNode) -> Dict[str, str]:
+        if step.fingerprint is not None:
+            return step.fingerprint
         cached = self._fingerprints.get(step.id)
         if cached is None:
             executor = load_executor(step.kind)()
-            cached = {k: str(v) for k, v in executor.fingerprint(step.params).items()}
+            cached = {k: str(v) for k, v in executor.fingerprint(step.raw_params).items()}
             self._fingerprints[step.id] = cached
         return cached
 
@@ -75,8 +77,7 @@ class Planner:
         """Key parts; ``upstream`` maps each upstream id to its output manifest entries."""
         up_digests = {f"{up}.{name}": entry["digest"]
                       for up in step.upstream for name, entry in upstream[up].items()}
-        cls = load_executor(step.kind)
-        return make_parts(step.kind, cls.version, step.raw_params, step.outputs,
+        return make_parts(step.kind, step.executor_version, step.raw_params, step.outputs,
                           self.input_digests(step), up_digests, self.fingerprint(step),
                           self.graph.cache_salt)
 
@@ -89,7 +90,7 @@ class Planner:
         if upstream is None:
             reasons = ["upstream " + ", ".join(f"'{u}'" for u in step.upstream) + " may change"]
             if previous:
-                partial = make_parts(step.kind, load_executor(step.kind).version,
+                partial = make_parts(step.kind, step.executor_version,
                                      step.raw_params, step.outputs, self.input_digests(step),
                                      previous.get("upstream", {}), self.fingerprint(step),
                                      self.graph.cache_salt)

@@ -299,7 +299,7 @@ class Scheduler:
         task = Task(step_id=step.id, kind=step.kind, params=params, inputs=dict(step.inputs),
                     upstream=upstream, outputs=outputs, work_dir=work_dir,
                     recipe_dir=self.graph.recipe_dir, log_path=log_path, threads=threads,
-                    models={k: v.model_dump() for k, v in self.graph.models.items()},
+                    models=dict(self.graph.models),
                     upstream_kinds={u: self.graph.steps[u].kind for u in step.upstream},
                     upstream_meta=self._upstream_meta(step), timeout=step.timeout)
         try:

@@ -475,11 +475,12 @@ class Store:
                 removed_blobs += 1
                 freed += size
         tmp = self.clean_tmp()
+        shutil.rmtree(self.root / "recipes", ignore_errors=True)  # resolved recipes: regenerable
         return {"removed_actions": removed_actions, "removed_objects": removed_blobs,
                 "freed_bytes": freed, "kept_bytes": live, "removed_tmp": tmp}
 
     def clear(self) -> None:
-        for sub in (self.objects, self.actions, self.tmp, self.locks):
+        for sub in (self.objects, self.actions, self.tmp, self.locks, self.root / "recipes"):
             if sub.exists():
                 _rmtree_writable(sub)
         self.stat_cache.close()

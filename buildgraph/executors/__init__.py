@@ -25,11 +25,12 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Mapping, Optional, Type, Union
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Type, Union
 
 from ..errors import BuildgraphError, StepFailed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
 
 ENTRY_POINT_GROUP = "buildgraph.executors"
 
@@ -39,8 +40,20 @@ BUILTIN_KINDS: Dict[str, str] = {
 }
 
 
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def no_params_model() -> "Type[BaseModel]":
+    """The Params of a kind that takes none: an empty model that rejects every key."""
+    global _no_params
+    if _no_params is None:
+        from pydantic import BaseModel, ConfigDict
+
+        class NoParams(BaseModel):
+            model_config = ConfigDict(extra="forbid", frozen=True)
+
+        _no_params = NoParams
+    return _no_params
+
+
+_no_params: Any = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,8 @@ class Executor:
 
     kind: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    Params: ClassVar[Type[BaseModel]] = NoParams
+    Params: ClassVar[Optional[Type["BaseModel"]]] = None
+    """pydantic model of the ``with:`` block (None: the kind takes no parameters)."""
     outputs: ClassVar[Dict[str, str]] = {}
     """Default outputs (name -> file name) when the recipe declares none."""
     resources: ClassVar[Dict[str, Union[int, str]]] = {}
@@ -99,10 +113,22 @@ class Executor:
     """Substitute ``${in.*}``/``${out.*}`` in string params before ``run`` (shell does its own,
     with quoting)."""
 
-    def fingerprint(self, params: BaseModel) -> Dict[str, str]:
+    volatile_fingerprint: ClassVar[bool] = False
+    """True when ``fingerprint`` reads something that can change between runs without the
+    Python environment changing (the GPU in the machine): it is then recomputed at every plan
+    instead of being cached with the resolved recipe."""
+
+    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
+        """Versions and settings outside the params that can change the result.
+
+        ``params`` is the validated ``with:`` block as plain data. Must be cheap and must not
+        import heavy libraries (use ``importlib.metadata.version``)."""
         return {}
 
-    def extra_inputs(self, params: BaseModel, ctx: ResolveContext) -> Dict[str, Path]:
+    def extra_inputs(self, params: Any, ctx: ResolveContext) -> Dict[str, Path]:
+        """Files this step reads beyond its declared inputs (model source code, weights).
+
+        ``params`` is the validated Params instance. Raise RecipeError for bad references."""
         return {}
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:  # pragma: no cover - interface
@@ -161,5 +187,5 @@ def import_object(target: str, what: str) -> Any:
                                    "environment?") from None
 
 
-__all__ = ["Executor", "Task", "ResolveContext", "NoParams", "StepFailed", "known_kinds",
+__all__ = ["Executor", "Task", "ResolveContext", "no_params_model", "StepFailed", "known_kinds",
            "load_executor", "is_known", "BUILTIN_KINDS", "ENTRY_POINT_GROUP"]

@@ -57,7 +57,7 @@ class PythonExecutor(Executor):
     Params = PythonParams
     isolation = "worker"
 
-    def fingerprint(self, params: BaseModel) -> Dict[str, str]:
+    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
         return {"python": "%d.%d" % sys.version_info[:2]}
 
     def extra_inputs(self, params: PythonParams, ctx: ResolveContext) -> Dict[str, Path]:

@@ -16,7 +16,7 @@ gives an int); elsewhere values are formatted into the string. ``$${`` writes a 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 REF = re.compile(r"\$(\$?)\{([^{}]*)\}")
 RUNTIME_NAMESPACES = ("in", "out")
@@ -184,3 +184,25 @@ def expand_runtime(value: Any, inputs: Mapping[str, str], upstream: Mapping[str,
         return quote(str(found)) if quote else str(found)
 
     return substitute(value, lookup)
+
+
+def parse_overrides(items: Union[Mapping[str, Any], Sequence[str], None]) -> Dict[str, Any]:
+    """``["batch=8", "name=x"]`` → ``{"batch": 8, "name": "x"}`` (values parsed as YAML)."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    result: Dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            from ..errors import RecipeError
+
+            raise RecipeError(f"--set expects NAME=VALUE; got '{item}'")
+        import yaml
+
+        try:
+            result[name.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            result[name.strip()] = text
+    return result

@@ -23,7 +23,7 @@ from .. import executors
 from ..errors import Location, RecipeError, did_you_mean
 from ..graph import Graph, StepNode, find_cycle, topological_order
 from .interpolate import (RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs,
-                          resolve_vars, scope_lookup, substitute)
+                          parse_overrides, resolve_vars, scope_lookup, substitute)
 from .schema import ID_PATTERN, Recipe, StepSpec
 from .yamlpos import Positions, load_with_positions
 
@@ -67,24 +67,6 @@ class _Source:
 
 def _dotted(path: Iterable[Any]) -> str:
     return ".".join(str(p) for p in path if p != "<value>")
-
-
-def parse_overrides(items: Union[Mapping[str, Any], Sequence[str], None]) -> Dict[str, Any]:
-    """``["batch=8", "name=x"]`` → ``{"batch": 8, "name": "x"}`` (values parsed as YAML)."""
-    if not items:
-        return {}
-    if isinstance(items, Mapping):
-        return dict(items)
-    result: Dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise RecipeError(f"--set expects NAME=VALUE; got '{item}'")
-        try:
-            result[name.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            result[name.strip()] = text
-    return result
 
 
 def load_recipe(path: Union[str, Path], overrides: Union[Mapping[str, Any], Sequence[str],
@@ -258,13 +240,15 @@ class _Resolver:
             spec = recipe.steps[sid]
             nodes[sid] = StepNode(
                 id=sid, base_id=self.src.origin.get(sid, sid), kind=spec.uses,
-                params=p["params"], raw_params=p["raw_params"], upstream=tuple(edges[sid]),
+                executor_version=p["version"], raw_params=p["raw_params"],
+                upstream=tuple(edges[sid]), fingerprint=p["fingerprint"],
                 inputs=p["inputs"], input_labels=p["labels"], outputs=p["outputs"],
                 resources=p["resources"], matrix=combos.get(sid, {}), timeout=spec.timeout,
                 cache=spec.cache, description=spec.description,
                 location=self.src.location(("steps", sid)))
         return Graph(name=name, recipe_path=self.recipe_path, steps=nodes, pools=pools,
-                     models=dict(recipe.models), vars=variables, cache_salt=recipe.cache_salt)
+                     models={k: v.model_dump(mode="json") for k, v in recipe.models.items()},
+                     vars=variables, cache_salt=recipe.cache_salt)
 
     def _prepare_step(self, sid: str, spec: StepSpec, ctx: executors.ResolveContext,
                       pools: Dict[str, int]) -> Dict[str, Any]:
@@ -278,10 +262,11 @@ class _Resolver:
             cls = executors.load_executor(spec.uses)
         except Exception as exc:  # noqa: BLE001 - plugin failures become recipe errors
             raise self.src.error(where + ("uses",), str(exc), value=True) from None
+        params_model = cls.Params or executors.no_params_model()
         try:
-            params = cls.Params.model_validate(spec.with_)
+            params = params_model.model_validate(spec.with_)
         except ValidationError as exc:
-            raise self._validation_error(exc, where + ("with",), cls.Params) from None
+            raise self._validation_error(exc, where + ("with",), params_model) from None
         raw_params = params.model_dump(mode="json", by_alias=True)
         # outputs
         declared = spec.outputs if spec.outputs is not None else dict(cls.outputs)
@@ -351,7 +336,11 @@ class _Resolver:
                                      f"{pools[pool]}", value=True)
             else:
                 resources[pool] = int(amount)
+        fingerprint = None
+        if not cls.volatile_fingerprint:
+            fingerprint = {k: str(v) for k, v in cls().fingerprint(raw_params).items()}
         return {"params": params, "raw_params": raw_params, "outputs": outputs,
+                "version": str(cls.version), "fingerprint": fingerprint,
                 "inputs": inputs, "labels": labels, "resources": resources, "spec": spec}
 
     def _edges(self, recipe: Recipe, prepared: Dict[str, Dict[str, Any]],
