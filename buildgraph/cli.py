@@ -100,7 +100,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
+    if extra and hasattr(args, "targets") and not any(e.startswith("-") for e in extra):
+        args.targets = list(args.targets) + extra
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     if not args.command:
         parser.print_help(sys.stderr)
         return 2

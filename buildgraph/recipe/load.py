@@ -364,13 +364,16 @@ class _Resolver:
             if single and len(shared) != 1:
                 raise self.src.error(path, f"'{ref}' expands to {len(shared)} steps "
                                      f"({', '.join(shared)}); name one of them",
-                                     value=True)
+                                     hint=f"e.g. ${{in.{shared[0]}.OUTPUT}}, or give this step "
+                                          "the same matrix axis so each expansion binds to "
+                                          "its own", value=True)
             if not shared:
                 raise self.src.error(path, f"no expansion of '{ref}' matches this step's "
                                      f"matrix values {mine}", value=True)
             return shared
 
         edges: Dict[str, List[str]] = {}
+        rewrites: Dict[str, Dict[Tuple[str, ...], Tuple[str, ...]]] = {}
         for sid, spec in recipe.steps.items():
             where = ("steps", sid)
             ups: List[str] = []
@@ -419,7 +422,16 @@ class _Resolver:
                                          value=True)
                 if up not in ups:
                     ups.append(up)
+                if up != parts[1]:
+                    rewrites.setdefault(sid, {})[parts] = ("in", up, parts[2])
             edges[sid] = ups
+        for sid, mapping in rewrites.items():  # ${in.BASE.OUT} -> the bound ${in.BASE@x.OUT}
+            def lookup(parts: Tuple[str, ...], _: Tuple[Any, ...],
+                       mapping: Dict[Tuple[str, ...], Tuple[str, ...]] = mapping) -> str:
+                return "${" + ".".join(mapping.get(parts, parts)) + "}"
+
+            prepared[sid]["raw_params"] = substitute(prepared[sid]["raw_params"], lookup,
+                                                     keep=("out",))
         return edges
 
     def _validation_error(self, exc: ValidationError, prefix: Tuple[Any, ...],

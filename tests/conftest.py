@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated project directory with its own cache and build directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Project:
+    """A scratch project: write recipes and files, run the CLI in-process or as a process."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cache = root / ".cache"
+        self.build = root / "build"
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    def cli(self, *args: str, check: Optional[int] = None) -> "subprocess.CompletedProcess[str]":
+        """Run ``python -m buildgraph ARGS`` in the project directory."""
+        env = dict(os.environ)
+        env["BUILDGRAPH_CACHE_DIR"] = str(self.cache)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.run([sys.executable, "-m", "buildgraph", *args], cwd=self.root,
+                              capture_output=True, text=True, env=env, timeout=300)
+        if check is not None:
+            assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
+        return proc
+
+    def run(self, recipe: str = "r.yaml", *args: str, check: Optional[int] = 0) -> List[dict]:
+        """``buildgraph run --json``; returns the events."""
+        proc = self.cli("run", recipe, "--json", *args, check=check)
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    @staticmethod
+    def statuses(events: List[dict]) -> dict:
+        return {e["step"]: e["status"] for e in events if e["event"] == "step_finished"}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUILDGRAPH_CACHE_DIR", str(tmp_path / ".cache"))
+    return Project(tmp_path)
