@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from .graph import Graph
 from .lockfile import lock_path, read_lock
-from .plan import Decision, Planner
+from .planner import Decision, Planner
 from .report import Reporter
 from .scheduler import RunOptions, RunResult, Scheduler, default_build_dir
 from .store import Store, default_cache_dir

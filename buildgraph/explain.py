@@ -9,7 +9,7 @@ import json
 from typing import Any, Dict, List
 
 from .graph import Graph
-from .plan import CACHED, RESTORE, RUN, WAITS, Decision
+from .planner import CACHED, RESTORE, RUN, WAITS, Decision
 
 _WORDS = {CACHED: "cached", RESTORE: "restore", RUN: "run", WAITS: "run?"}
 

@@ -28,7 +28,7 @@ from .errors import BuildgraphError, StepFailed
 from .executors import Task, load_executor
 from .graph import Graph, StepNode
 from .lockfile import lock_path, read_lock, write_lock
-from .plan import CACHED, RESTORE, RUN, Decision, Planner
+from .planner import CACHED, RESTORE, RUN, Decision, Planner
 from .recipe.interpolate import expand_runtime
 from .store import Store
 

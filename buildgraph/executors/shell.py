@@ -2,7 +2,8 @@
 
 ``${in.NAME}``, ``${in.STEP.OUTPUT}`` and ``${out.NAME}`` are replaced by shell-quoted absolute
 paths. The command runs under ``bash -e -o pipefail`` (``sh -e`` where bash is missing) in a
-scratch directory; its output goes to the step's log. Environment variables the command reads
+scratch directory, with ``$BUILDGRAPH_STEP`` and ``$BUILDGRAPH_RECIPE_DIR`` set; its output
+goes to the step's log. Environment variables the command reads
 are not part of the key unless given under ``env:``.
 """
 
@@ -43,6 +44,7 @@ class ShellExecutor(Executor):
         env = dict(os.environ)
         env.update(task.params.get("env") or {})
         env["BUILDGRAPH_STEP"] = task.step_id
+        env["BUILDGRAPH_RECIPE_DIR"] = str(task.recipe_dir)
         with open(task.log_path, "ab") as log:
             log.write(f"$ {cmd}\n".encode())
             log.flush()

@@ -1,0 +1,102 @@
+"""Killed, interrupted and concurrent runs never corrupt the cache or the build directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO
+
+
+def _spawn(project, *args):
+    env = dict(os.environ, BUILDGRAPH_CACHE_DIR=str(project.cache),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "buildgraph", *args], cwd=project.root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+CRASH_RECIPE = """
+steps:
+  done1: {uses: shell, with: {cmd: 'echo one > ${out.o}'}, outputs: [o]}
+  slow:
+    uses: shell
+    from: done1
+    with: {cmd: 'echo partial > ${out.o}; touch $BUILDGRAPH_RECIPE_DIR/started; sleep 60; echo end >> ${out.o}'}
+    outputs: [o]
+"""
+
+
+def test_sigkill_mid_step_leaves_cache_valid_and_next_run_resumes(project):
+    project.write("r.yaml", CRASH_RECIPE)
+    proc = _spawn(project, "run", "r.yaml", "-j", "1")
+    _wait_for(project.root / "started")
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group, workers and the sleeping shell too
+    proc.wait()
+    assert not (project.build / "r" / "slow" / "o").exists()
+    verify = project.cli("cache", "verify")
+    assert verify.returncode == 0, verify.stdout
+    assert "ok" in verify.stdout
+    # done1 completed before the kill: the next run takes it from the cache
+    project.write("r.yaml", CRASH_RECIPE.replace("sleep 60", "true"))
+    statuses = project.statuses(project.run())
+    assert statuses == {"done1": "cached", "slow": "built"}
+    assert not any((project.cache / "tmp").iterdir())  # the dead run's scratch was cleaned
+
+
+def test_sigterm_interrupts_cleanly(project):
+    project.write("r.yaml", CRASH_RECIPE)
+    proc = _spawn(project, "run", "r.yaml", "-j", "1")
+    _wait_for(project.root / "started")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not (project.build / "r" / "slow" / "o").exists()
+    assert not any((project.cache / "tmp").iterdir())
+    lock = json.loads((project.root / "r.lock.json").read_text())
+    assert list(lock["steps"]) == ["done1"]  # completed work is recorded, the rest is not
+
+
+def test_four_processes_on_one_cache_build_each_step_once(project):
+    counter = project.root / "executions.log"
+    steps = ["steps:"]
+    for i in range(6):
+        up = f", from: s{i - 1}" if i else ""
+        steps.append(f"  s{i}: {{uses: shell{up}, with: {{cmd: 'echo s{i} >> {counter}; "
+                     f"sleep 0.3; echo {i} > ${{out.o}}'}}, outputs: [o]}}")
+    project.write("r.yaml", "\n".join(steps) + "\n")
+    procs = [_spawn(project, "run", "r.yaml", "--json", "--build-dir", f"b{n}") for n in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    executions = counter.read_text().split()
+    assert sorted(executions) == [f"s{i}" for i in range(6)]  # no step built twice
+    for n in range(4):
+        assert (project.root / f"b{n}" / "s5" / "o").read_text() == "5\n"
+    assert project.cli("cache", "verify").returncode == 0
+
+
+def test_concurrent_runs_merge_the_lock_file(project):
+    project.write("r.yaml", """
+        steps:
+          a: {uses: shell, with: {cmd: 'sleep 0.5; echo a > ${out.o}'}, outputs: [o]}
+          b: {uses: shell, with: {cmd: 'sleep 0.5; echo b > ${out.o}'}, outputs: [o]}
+    """)
+    p1 = _spawn(project, "run", "r.yaml", "a")
+    p2 = _spawn(project, "run", "r.yaml", "b")
+    p1.communicate(timeout=60)
+    p2.communicate(timeout=60)
+    lock = json.loads((project.root / "r.lock.json").read_text())
+    assert set(lock["steps"]) == {"a", "b"}

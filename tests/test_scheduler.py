@@ -1,0 +1,109 @@
+"""Parallelism, resource pools and topological order, observed through step timestamps."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buildgraph.graph import find_cycle, topological_order
+
+
+def _intervals(project, names):
+    spans = {}
+    for name in names:
+        start, end = (project.root / f"{name}.t").read_text().split()
+        spans[name] = (float(start), float(end))
+    return spans
+
+
+def _timed(name, extra=""):
+    return (f"  {name}: {{uses: shell{extra}, cache: false, with: {{cmd: 'date +%s.%N > "
+            f"$BUILDGRAPH_RECIPE_DIR/{name}.t; sleep 0.6; date +%s.%N >> $BUILDGRAPH_RECIPE_DIR/{name}.t'}}}}")
+
+
+def _overlap(a, b):
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_independent_steps_run_in_parallel(project):
+    project.write("r.yaml", "steps:\n" + "\n".join([_timed("a"), _timed("b")]) + "\n")
+    project.run("r.yaml", "-j", "2")
+    spans = _intervals(project, "ab")
+    assert _overlap(spans["a"], spans["b"])
+
+
+def test_j1_serialises(project):
+    project.write("r.yaml", "steps:\n" + "\n".join([_timed("a"), _timed("b")]) + "\n")
+    project.run("r.yaml", "-j", "1")
+    spans = _intervals(project, "ab")
+    assert not _overlap(spans["a"], spans["b"])
+
+
+def test_gpu_pool_is_never_oversubscribed(project):
+    project.write("r.yaml", "steps:\n" + "\n".join(
+        [_timed(n, ", resources: {gpu: 1}") for n in "abc"] + [_timed("d")]) + "\n")
+    project.run("r.yaml", "-j", "4")
+    spans = _intervals(project, "abcd")
+    for x, y in itertools.combinations("abc", 2):
+        assert not _overlap(spans[x], spans[y]), (x, y)
+    assert any(_overlap(spans["d"], spans[x]) for x in "abc")  # the cpu step ran beside them
+
+
+def test_cpu_all_runs_alone(project):
+    project.write("r.yaml", "steps:\n" + "\n".join(
+        [_timed("tune", ", resources: {cpu: all}"), _timed("b"), _timed("c")]) + "\n")
+    project.run("r.yaml", "-j", "3")
+    spans = _intervals(project, ["tune", "b", "c"])
+    assert not _overlap(spans["tune"], spans["b"]) and not _overlap(spans["tune"], spans["c"])
+
+
+def test_declared_pool_capacity(project):
+    project.write("r.yaml", "pools: {net: 2}\nsteps:\n" + "\n".join(
+        [_timed(n, ", resources: {net: 1}") for n in "abc"]) + "\n")
+    project.run("r.yaml", "-j", "3")
+    spans = _intervals(project, "abc")
+    assert not (_overlap(spans["a"], spans["b"]) and _overlap(spans["b"], spans["c"])
+                and _overlap(spans["a"], spans["c"]))
+
+
+@st.composite
+def dags(draw):
+    n = draw(st.integers(min_value=1, max_value=30))
+    names = [f"n{i}" for i in range(n)]
+    edges = {name: [] for name in names}
+    for i in range(n):
+        for j in range(i):
+            if draw(st.booleans()) and draw(st.booleans()):
+                edges[names[i]].append(names[j])
+    order = draw(st.permutations(names))
+    return list(order), edges
+
+
+@given(dags())
+@settings(max_examples=200, deadline=None)
+def test_topological_order_respects_every_edge(dag):
+    order, edges = dag
+    assert find_cycle(edges) is None
+    result = topological_order(order, edges)
+    position = {n: i for i, n in enumerate(result)}
+    assert sorted(result) == sorted(order)
+    for node, ups in edges.items():
+        for up in ups:
+            assert position[up] < position[node]
+
+
+@given(dags(), st.data())
+@settings(max_examples=100, deadline=None)
+def test_find_cycle_finds_an_added_back_edge(dag, data):
+    order, edges = dag
+    linked = [(n, u) for n, ups in edges.items() for u in ups]
+    if not linked:
+        return
+    node, up = data.draw(st.sampled_from(linked))
+    edges[up] = edges[up] + [node]  # up now also depends on node: a cycle
+    cycle = find_cycle(edges)
+    assert cycle is not None and cycle[0] == cycle[-1]
+    for a, b in zip(cycle, cycle[1:]):
+        assert b in edges[a]
