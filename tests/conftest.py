@@ -15,6 +15,25 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (minutes each: real tuning, big models)")
+    parser.addoption("--run-gpu", action="store_true", default=False,
+                     help="also run tests marked gpu (need an NVIDIA GPU; TensorRT for some)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    skip_slow = pytest.mark.skip(reason="slow (minutes): the default run and CI skip it; "
+                                        "run with --run-slow")
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (and TensorRT where it builds "
+                                       "engines); CI machines have neither; run with --run-gpu")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not config.getoption("--run-gpu"):
+            item.add_marker(skip_gpu)
+
+
 class Project:
     """A scratch project: write recipes and files, run the CLI in-process or as a process."""
 

@@ -69,8 +69,9 @@ class StepSpec(Strict):
     """One step of the recipe's DAG."""
 
     uses: str = Field(description="the step kind (see `buildgraph kinds`)")
-    from_: List[str] = Field(default_factory=list, alias="from",
-                             description="upstream steps whose outputs this step consumes")
+    from_: Union[List[str], str] = Field(default_factory=list, alias="from",
+                                         description="upstream step(s) whose outputs this "
+                                                     "step consumes")
     inputs: Union[Dict[str, str], List[str]] = Field(
         default_factory=dict,
         description="files or directories this step reads, relative to the recipe; "
