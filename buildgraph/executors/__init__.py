@@ -34,10 +34,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ENTRY_POINT_GROUP = "buildgraph.executors"
 
-BUILTIN_KINDS: Dict[str, str] = {
+# One block per area so that each can be edited on its own.
+_GENERIC_KINDS: Dict[str, str] = {
     "shell": "buildgraph.executors.shell:ShellExecutor",
     "python": "buildgraph.executors.python:PythonExecutor",
 }
+_TORCH_KINDS: Dict[str, str] = {
+}
+_TVM_KINDS: Dict[str, str] = {
+}
+_TENSORRT_KINDS: Dict[str, str] = {
+}
+BUILTIN_KINDS: Dict[str, str] = {**_GENERIC_KINDS, **_TORCH_KINDS, **_TVM_KINDS,
+                                 **_TENSORRT_KINDS}
 
 
 def no_params_model() -> "Type[BaseModel]":
