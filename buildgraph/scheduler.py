@@ -301,7 +301,8 @@ class Scheduler:
                     recipe_dir=self.graph.recipe_dir, log_path=log_path, threads=threads,
                     models=dict(self.graph.models),
                     upstream_kinds={u: self.graph.steps[u].kind for u in step.upstream},
-                    upstream_meta=self._upstream_meta(step), timeout=step.timeout)
+                    upstream_meta=self._upstream_meta(step), timeout=step.timeout,
+                    cache_dir=self.store.root)
         try:
             log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
                                 f"# why: {'; '.join(decision.reasons)}\n", encoding="utf-8")

@@ -97,6 +97,9 @@ class Task:
     upstream_meta: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     upstream_kinds: Dict[str, str] = field(default_factory=dict)
     timeout: Optional[float] = None
+    cache_dir: Optional[Path] = None
+    """The cache directory (absolute), for executors that keep shared records there
+    (TVM tuning databases, TensorRT timing caches)."""
 
     def log(self, message: str) -> None:
         """Append one line to the step's log (kept under the build directory)."""
