@@ -101,6 +101,7 @@ class Scheduler:
         self.log_dir = self.build_dir / ".logs"
         self.lock_file = lock_path(graph.recipe_path)
         self._workers: Any = None
+        self._meta: Dict[str, Dict[str, Any]] = {}  # step id -> metadata of its result
 
     # --- public ------------------------------------------------------------------------------
     def run(self, targets: Sequence[str] = ()) -> RunResult:
@@ -174,6 +175,7 @@ class Scheduler:
                             decisions[sid] = decision
                         if decision.action in (CACHED, RESTORE):
                             results[sid] = self._hit(step, decision)
+                            self._meta[sid] = results[sid].meta
                             if results[sid].ok:
                                 outputs[sid] = {n: decision.entry["outputs"][n]  # type: ignore[index]
                                                 for n in step.outputs}
@@ -202,6 +204,7 @@ class Scheduler:
                     results[sid] = result
                     if result.ok:
                         outputs[sid] = result.meta.pop("_entries")
+                        self._meta[sid] = result.meta
                     elif not self.options.keep_going:
                         stop = True
                     self.reporter.step_finished(result)
@@ -379,7 +382,7 @@ class Scheduler:
             pass
 
     def _upstream_meta(self, step: StepNode) -> Dict[str, Dict[str, Any]]:
-        return {}
+        return {u: dict(self._meta.get(u, {})) for u in step.upstream}
 
     # --- lock file -----------------------------------------------------------------------------
     def _write_lock(self, results: Dict[str, StepResult], planner: Planner) -> None:
