@@ -40,6 +40,12 @@ _GENERIC_KINDS: Dict[str, str] = {
     "python": "buildgraph.executors.python:PythonExecutor",
 }
 _TORCH_KINDS: Dict[str, str] = {
+    "torch.save": "buildgraph.executors.torch_save:TorchSaveExecutor",
+    "torchscript": "buildgraph.executors.torchscript:TorchScriptExecutor",
+    "torch.export": "buildgraph.executors.torch_export:TorchExportExecutor",
+    "onnx.export": "buildgraph.executors.onnx_export:OnnxExportExecutor",
+    "onnx.simplify": "buildgraph.executors.onnx_simplify:OnnxSimplifyExecutor",
+    "verify": "buildgraph.executors.verify:VerifyExecutor",
 }
 _TVM_KINDS: Dict[str, str] = {
 }
