@@ -52,6 +52,7 @@ class ConsoleReporter(Reporter):
         self._lock = threading.Lock()
         self._total = 0
         self._finished = 0
+        self._hits = 0
 
     def start(self, graph: Any, selected: Sequence[str], jobs: int) -> None:
         self._total = len(selected)
@@ -78,7 +79,8 @@ class ConsoleReporter(Reporter):
                 now = time.monotonic()
                 for sid, since in list(reporter._running.items()):
                     table.add_row("[cyan]⠿[/]", sid, f"{now - since:5.1f}s")
-                table.add_row("", f"[dim]{reporter._finished}/{reporter._total} done[/]", "")
+                table.add_row("", f"[dim]{reporter._finished}/{reporter._total} done, "
+                                  f"{reporter._hits} from the cache[/]", "")
                 return table
 
         self._live = Live(_Panel(), console=Console(file=self.stream), refresh_per_second=8,
@@ -100,6 +102,7 @@ class ConsoleReporter(Reporter):
         with self._lock:
             self._running.pop(result.step_id, None)
             self._finished += 1
+            self._hits += result.status in ("cached", "restored")
             mark = STATUS_MARK.get(result.status, "?")
             if result.status == "cached" and not self.verbose:
                 return
