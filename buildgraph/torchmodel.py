@@ -306,20 +306,38 @@ def short_error(exc: BaseException, lines: int = 1) -> str:
     return f"{type(exc).__name__}: {head}" if head else type(exc).__name__
 
 
-def _user_frame(tb: Any, roots: Sequence[Path]) -> str:
-    """``file:line`` of the innermost traceback frame in a file under ``roots``."""
+def _user_frames(tb: Any, roots: Sequence[Path]) -> List[Tuple[str, int, str, str]]:
+    """(file, line, function, code) of the traceback frames in files under ``roots``."""
     import traceback
 
-    where = ""
+    frames = []
     for frame in traceback.extract_tb(tb):
         try:
             path = Path(frame.filename).resolve()
         except OSError:
             continue
         for root in roots:
-            if path.is_relative_to(root.resolve()):
-                where = f"{_rel_label(path, roots[0])}:{frame.lineno}"
-    return where
+            if path.is_relative_to(Path(root).resolve()):
+                frames.append((_rel_label(path, Path(roots[0])), frame.lineno or 0, frame.name,
+                               (frame.line or "").strip()))
+                break
+    return frames
+
+
+def _user_frame(tb: Any, roots: Sequence[Path]) -> str:
+    """``file:line`` of the innermost traceback frame in a file under ``roots``."""
+    frames = _user_frames(tb, roots)
+    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else ""
+
+
+def log_failure(exc: BaseException, roots: Sequence[Path]) -> None:
+    """Write the error and the user-code frames it passed through to stderr (the step's log
+    inside a worker): enough to find the line, without a library traceback that the console
+    would show as the log's tail."""
+    lines = [f"error: {type(exc).__name__}: {exc}".rstrip()]
+    for file, line, func, code in _user_frames(exc.__traceback__, roots):
+        lines.append(f"  at {file}:{line} in {func}: {code}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _import_source_module(path: Path, recipe_dir: Path) -> Any:
@@ -390,9 +408,7 @@ def _factory(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
     except StepFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the user's module
-        import traceback
-
-        traceback.print_exc()
+        log_failure(exc, [recipe_dir])
         where = _user_frame(exc.__traceback__, [recipe_dir])
         raise StepFailed(f"model '{name}': importing {path.name if path else module_name} "
                          f"failed{' at ' + where if where else ''}: {short_error(exc)}") from None
@@ -469,9 +485,7 @@ def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
         try:
             model = factory(**(spec.get("kwargs") or {}))
         except Exception as exc:  # noqa: BLE001 - user code
-            import traceback
-
-            traceback.print_exc()
+            log_failure(exc, [recipe_dir])
             where = _user_frame(exc.__traceback__, [recipe_dir])
             raise StepFailed(f"model '{name}': {source}(**kwargs) raised "
                              f"{short_error(exc)}{' at ' + where if where else ''}") from None
@@ -680,9 +694,8 @@ def run_eager(name: str, spec: Mapping[str, Any], model: Any, tensors: Sequence[
         with torch.inference_mode():
             return model(*tensors)
     except Exception as exc:  # noqa: BLE001 - user code
-        import traceback
-
-        traceback.print_exc()
+        if recipe_dir:
+            log_failure(exc, [recipe_dir])
         where = _user_frame(exc.__traceback__, [recipe_dir]) if recipe_dir else ""
         raise StepFailed(f"model '{name}' rejects its example inputs ({describe_inputs(spec, tensors)})"
                          f"{' at ' + where if where else ''}: {short_error(exc)}") from None

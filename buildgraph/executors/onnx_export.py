@@ -194,9 +194,7 @@ class OnnxExportExecutor(ModelExecutor):
         except StepFailed:
             raise
         except Exception as exc:  # noqa: BLE001 - exporter errors have many types
-            import traceback
-
-            task.log(traceback.format_exc())
+            task.log(f"{type(exc).__name__}: {exc}")
             raise StepFailed(onnx_error_message(exc, p.exporter, p.opset)) from None
         if target != dest:
             save_onnx(onnx.load(str(target)), dest, data)

@@ -110,9 +110,7 @@ class OnnxSimplifyExecutor(Executor):
         try:
             model, ok = onnxsim.simplify(str(source), **kwargs)
         except Exception as exc:  # noqa: BLE001
-            import traceback
-
-            task.log(traceback.format_exc())
+            task.log(f"{type(exc).__name__}: {exc}")
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise StepFailed(f"onnxsim failed: {type(exc).__name__}: {first[:300]}") from None
         if not ok:

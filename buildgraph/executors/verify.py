@@ -157,7 +157,7 @@ def compare(ref: List[Any], got: List[Any], tol: Mapping[str, Any], topk: int,
     atol = tol.get("atol")
     rtol = tol.get("rtol") or 0.0
     excess = err - rtol * mag
-    stat_value = statistic(excess, stat_name)
+    check_value = statistic(excess, stat_name)
     with np.errstate(divide="ignore", invalid="ignore"):
         need_rtol = np.where(mag > 0, (err - (atol or 0.0)) / np.where(mag > 0, mag, 1.0),
                              np.where(err <= (atol or 0.0), 0.0, np.inf))
@@ -182,7 +182,8 @@ def compare(ref: List[Any], got: List[Any], tol: Mapping[str, Any], topk: int,
         "mean_abs": float(err.mean()) if err.size else 0.0,
         "max_rel": float(rel.max()) if rel.size else 0.0,
         "statistic": stat_name,
-        "stat_value": stat_value,
+        "stat_value": statistic(err, stat_name),
+        "check_value": check_value,
         "cosine": cosine,
         "nonfinite": bad_nan,
     }
@@ -200,8 +201,8 @@ def compare(ref: List[Any], got: List[Any], tol: Mapping[str, Any], topk: int,
         result.update(top1=top1 / max(rows, 1), topk=overlap / max(rows, 1), k=k)
     if bad_nan:
         failures.append(f"{bad_nan} NaN/inf values where the reference is finite")
-    if atol is not None and stat_value > atol:
-        failures.append(f"{stat_name}(|err| - {rtol:g}*|ref|) = {stat_value:.3g} > atol "
+    if atol is not None and check_value > atol:
+        failures.append(f"{stat_name}(|err| - {rtol:g}*|ref|) = {check_value:.3g} > atol "
                         f"{atol:g}")
     if tol.get("min_cosine") is not None and not cosine >= tol["min_cosine"]:
         failures.append(f"cosine {cosine:.6f} < {tol['min_cosine']:g}")
@@ -211,7 +212,7 @@ def compare(ref: List[Any], got: List[Any], tol: Mapping[str, Any], topk: int,
         failures.append(f"top-{result.get('k')} agreement {result.get('topk'):.3f} < "
                         f"{tol['min_topk']:g}")
     result["min_passing"] = {
-        "atol": max(0.0, stat_value),
+        "atol": max(0.0, check_value),
         "rtol": (max(0.0, min_rtol) if np.isfinite(min_rtol) else None),
         "min_cosine": cosine,
         **({"min_top1": result["top1"], "min_topk": result["topk"]} if "top1" in result else {}),
@@ -223,7 +224,7 @@ def compare(ref: List[Any], got: List[Any], tol: Mapping[str, Any], topk: int,
 
 def table(rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]]) -> str:
     """Fixed-width table of (candidate, output, precision, metrics, tolerance), worst first."""
-    header = ["candidate", "output", "prec", "max|err|", "max rel", "stat", "cosine", "top1",
+    header = ["candidate", "output", "prec", "max|err|", "max rel", "stat |err|", "cosine", "top1",
               "atol", "rtol", "passes with atol", "result"]
     lines = []
     for cand, out, prec, m, tol in rows:
@@ -233,7 +234,7 @@ def table(rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]]) -> s
             continue
         lines.append([
             cand, out, prec, f"{m['max_abs']:.3g}", f"{m['max_rel']:.3g}",
-            f"{m['statistic']}={m['stat_value']:.3g}", f"{m['cosine']:.8f}",
+            f"{m['statistic']} {m['stat_value']:.3g}", f"{m['cosine']:.8f}",
             f"{m['top1']:.2f}" if "top1" in m else "-",
             "off" if tol.get("atol") is None else f"{tol['atol']:g}",
             "off" if tol.get("rtol") is None else f"{tol['rtol']:g}",
