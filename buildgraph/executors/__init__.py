@@ -48,6 +48,8 @@ _TORCH_KINDS: Dict[str, str] = {
     "verify": "buildgraph.executors.verify:VerifyExecutor",
 }
 _TVM_KINDS: Dict[str, str] = {
+    "tvm.compile": "buildgraph.executors.tvm_compile:TvmCompileExecutor",
+    "tvm.tune": "buildgraph.executors.tvm_tune:TvmTuneExecutor",
 }
 _TENSORRT_KINDS: Dict[str, str] = {
 }
