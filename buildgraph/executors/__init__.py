@@ -52,6 +52,10 @@ _TVM_KINDS: Dict[str, str] = {
     "tvm.tune": "buildgraph.executors.tvm_tune:TvmTuneExecutor",
 }
 _TENSORRT_KINDS: Dict[str, str] = {
+    "tensorrt.build": "buildgraph.executors.tensorrt_build:TensorRTBuildExecutor",
+    "tensorrt.refit": "buildgraph.executors.tensorrt_refit:TensorRTRefitExecutor",
+    "onnx.autocast": "buildgraph.executors.onnx_precision:AutocastExecutor",
+    "onnx.quantize": "buildgraph.executors.onnx_precision:QuantizeExecutor",
 }
 BUILTIN_KINDS: Dict[str, str] = {**_GENERIC_KINDS, **_TORCH_KINDS, **_TVM_KINDS,
                                  **_TENSORRT_KINDS}
