@@ -438,3 +438,46 @@ class OnnxParserRefitter:
         self.refitter.refitted = hashlib.sha256(raw).hexdigest()
         self.refitter.engine.data["weights"] = self.refitter.refitted
         return True
+
+
+def make_test_onnx(path: Any, channels: Tuple[int, int] = (32, 64), classes: int = 10,
+                   size: int = 16, seed: int = 0, dynamic_batch: bool = True,
+                   extra_op: Optional[str] = None, opset: int = 17) -> Any:
+    """A small CNN as ONNX (Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm), input ``x``
+    [batch, 3, size, size], output ``y`` [batch, classes]; weights from ``seed``.
+    ``extra_op`` appends a node of that (unsupported) op type, for parser-error tests."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c1, c2 = channels
+
+    def init(name: str, shape: Tuple[int, ...], scale: float) -> Any:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale)
+                                       .astype(np.float32), name)
+
+    inits = [init("w1", (c1, 3, 3, 3), (2 / 27) ** 0.5), init("b1", (c1,), 0.1),
+             init("w2", (c2, c1, 3, 3), (2 / (9 * c1)) ** 0.5), init("b2", (c2,), 0.1),
+             init("w3", (classes, c2), (1 / c2) ** 0.5), init("b3", (classes,), 0.1)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1] * 4,
+                              strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="pool"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y" if not extra_op else "y0"],
+                              name="fc", transB=1)]
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["y0"], ["y"], name="odd", domain=""))
+    batch: Any = "batch" if dynamic_batch else 1
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                      [batch, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="buildgraph-test")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return model
