@@ -90,6 +90,16 @@ def layer_summary(inspector_json: str) -> Dict[str, Any]:
     return {"layers": len(layers), "precisions": dict(sorted(precisions.items()))}
 
 
+def engine_precision(summary: Dict[str, Any]) -> str:
+    """The precision ``verify`` should judge an engine by, from :func:`layer_summary`: the
+    lowest precision any layer computes in (fp32 layers may use TF32: TensorRT's default)."""
+    found = summary.get("precisions") or {}
+    for name in ("fp8", "int8", "bf16", "fp16"):
+        if found.get(name):
+            return name
+    return "tf32"
+
+
 def _datatype(fmt: str) -> str:
     for word, name in (("Half", "fp16"), ("BFloat16", "bf16"), ("Int8", "int8"),
                        ("FP8", "fp8"), ("Float", "fp32"), ("Int32", "int32"),
@@ -453,11 +463,11 @@ class TensorRTBuildExecutor(Executor):
             # build a config only to combine and count caches
             logger = make_logger(trt, "ERROR", [])
             config = trt.Builder(logger).create_builder_config()
-            merged = store.merge(scope, result.timing_cache, trt_combiner(config),
-                                 count_entries=lambda b: len(cache_keys(
-                                     config.create_timing_cache(b))))
-            task.log(f"{merged.message} ({merged.size} bytes, {merged.path})")
-            meta["shared"] = merged.status
+            outcome = store.merge(scope, result.timing_cache, trt_combiner(config),
+                                  count_entries=lambda b: len(cache_keys(
+                                      config.create_timing_cache(b))))
+            task.log(f"{outcome.message} ({outcome.size} bytes, {outcome.path})")
+            meta["shared"] = outcome.status
         elif mode == "shared":
             meta["shared"] = "unchanged (nothing new was timed)"
         return meta
