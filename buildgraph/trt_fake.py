@@ -145,8 +145,10 @@ class Builder:
         log(_Severity.INFO, f"[fake] building {len(network.layers)} layers")
         cache = config.cache or ITimingCache({"header": config.header(), "entries": {}})
         for layer in network.layers:
-            key = hashlib.sha256(json.dumps([layer, sorted(config.flags)]).encode()
-                                 ).hexdigest()[:16]
+            from .trt_spec import TACTIC_FLAGS
+
+            tactic = sorted(f.name for f in config.flags if f.name in TACTIC_FLAGS)
+            key = hashlib.sha256(json.dumps([layer, tactic]).encode()).hexdigest()[:16]
             if key in cache.entries:
                 log(_Severity.VERBOSE, f"[fake] {layer[0]}: tactic from timing cache")
             else:

@@ -280,12 +280,10 @@ def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: List[T
         raise StepFailed(parser_failure(issues))
     config = builder.create_builder_config()
     configure(trt, builder, config, desc)
-    cache_status = "none"
-    cache = None
-    keys_before: Set[str] = set()
-    if desc.timing_cache != "off" or cache_blob:
-        cache, cache_status = attach_timing_cache(config, cache_blob)
-        keys_before = cache_keys(cache)
+    # always a cache of our own (empty with timing_cache: off), so that this build's timings
+    # can be written out as the 'timing_cache' output
+    cache, cache_status = attach_timing_cache(config, cache_blob)
+    keys_before = cache_keys(cache)
     start = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     build_s = time.monotonic() - start
@@ -294,7 +292,7 @@ def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: List[T
         raise StepFailed("TensorRT could not build the engine"
                          + (f": {errors[-1][:300]}" if errors else " (see the log)"))
     engine_bytes = bytes(serialized)
-    after = config.get_timing_cache() if cache is not None else None
+    after = config.get_timing_cache()
     blob_after = bytes(after.serialize()) if after is not None else None
     inspector_json = inspect_engine(trt, logger, engine_bytes, desc)
     return BuildResult(engine_bytes, inspector_json, blob_after, keys_before, cache_keys(after),
