@@ -162,3 +162,44 @@ def load(path: Path, meta: Optional[Dict[str, Any]] = None) -> TensorRTRuntime:
                                                         meta=meta or {}, device="cuda"))
     loaded._load()
     return loaded
+
+
+def benchmark_step(inputs: Dict[str, Path], outputs: Dict[str, Path],
+                   batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 20,
+                   iterations: int = 200, seed: int = 0) -> Dict[str, Any]:
+    """A ``python`` step: latency and throughput of every upstream engine per batch size.
+
+    ``inputs`` holds the upstream outputs as ``STEP.OUTPUT``; every ``.engine``/``.plan`` among
+    them is loaded with :class:`TensorRTRuntime` and run on seeded random inputs whose first
+    axis is each batch size (other dims from the profile's opt shape). Writes a JSON report to
+    ``outputs['report']`` and returns it as the step's metadata."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    report: Dict[str, Any] = {"batch_sizes": list(batch_sizes), "iterations": iterations,
+                              "engines": {}}
+    engines = {k: Path(v) for k, v in sorted(inputs.items()) if str(v).endswith(SUFFIXES)}
+    if not engines:
+        raise StepFailed("benchmark: no .engine/.plan among the upstream outputs")
+    for label, path in engines.items():
+        rt = load(path)
+        try:
+            rows = {}
+            for batch in batch_sizes:
+                arrays = []
+                for name in rt.inputs:
+                    _, opt, _ = rt.shape_range(name)
+                    shape = (batch,) + tuple(opt[1:])
+                    np_dtype, _ = rt._dtype(name)
+                    arrays.append(rng.standard_normal(shape).astype(np_dtype))
+                stats = rt.benchmark(arrays, warmup, iterations)
+                stats["images_per_s"] = batch * 1000.0 / stats["median_ms"]
+                rows[str(batch)] = {k: round(v, 4) for k, v in stats.items()}
+            report["engines"][label] = {"precision": rt.precision, "latency": rows}
+        finally:
+            rt.close()
+    if "report" in outputs:
+        outputs["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
