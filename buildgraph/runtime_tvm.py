@@ -97,18 +97,6 @@ def load_library(path: Path, device: str = "cpu") -> Tuple[Any, Any]:
     return vm, dev
 
 
-def set_threads(threads: int) -> None:
-    """Size TVM's CPU thread pool (``runtime.config_threadpool``; kBig mode)."""
-    try:
-        import tvm_ffi
-
-        config = tvm_ffi.get_global_func("runtime.config_threadpool", allow_missing=True)
-        if config is not None:
-            config(1, max(1, int(threads)))
-    except Exception:  # noqa: BLE001 - an older runtime without it keeps TVM_NUM_THREADS
-        pass
-
-
 def _to_numpy(value: Any) -> List[Any]:
     if hasattr(value, "numpy"):
         return [value.numpy()]
@@ -133,10 +121,11 @@ class TvmRuntime(Runtime):
         import os
 
         threads = max(1, self.ctx.threads)
-        # TVM's CPU thread pool reads this when it first starts; later loads reconfigure it
-        os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        # TVM's CPU thread pool reads this when it first starts. (runtime.config_threadpool
+        # would resize it later, but it also pins the calling thread to cores, which then
+        # slows everything else this process runs.)
+        os.environ["TVM_NUM_THREADS"] = str(threads)
         self.vm, self.dev = load_library(self.path, self.ctx.device)
-        set_threads(threads)
         lib, manifest = locate(self.path)
         self.manifest = manifest
         self.details["target"] = manifest.get("target_text", "")

@@ -164,11 +164,11 @@ def host_arch() -> str:
 
 
 def host_cores() -> int:
-    """CPU cores this process may use (the default ``num-cores`` of host targets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    """This machine's logical CPU count: the default ``num-cores`` of host targets.
+
+    Deliberately not the process's affinity mask: TVM's thread pool pins the calling thread
+    when it is configured, which would change the count (and every key) mid-process."""
+    return max(1, os.cpu_count() or 1)
 
 
 def host_cpu_description() -> str:

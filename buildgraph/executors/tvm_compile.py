@@ -425,6 +425,29 @@ def exporter(target: Mapping[str, Any], cc: Optional[str], export: str
                                f"device with: gcc -shared -o model.so *.o")
 
 
+def file_inputs(params: Any, ctx: Any) -> Dict[str, Path]:
+    """``model:`` and ``database:`` given as paths are inputs of the step (their content is in
+    the key); ``${in.STEP.OUTPUT}`` references are upstream outputs, keyed already."""
+    out: Dict[str, Path] = {}
+    for name in ("model", "database"):
+        value = getattr(params, name, None)
+        if not value or "${" in value:
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            path = ctx.recipe_dir / path
+        if not path.exists():
+            from ..errors import RecipeError
+
+            raise RecipeError(f"{name}: '{value}' does not exist (paths are relative to the "
+                              "recipe's directory)")
+        out[name] = path
+        data = path.with_name(path.name + ".data")
+        if name == "model" and data.is_file():
+            out["model_data"] = data  # ONNX external weights
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the executor
 # --------------------------------------------------------------------------------------------
@@ -443,6 +466,9 @@ class TvmCompileExecutor(Executor):
         fp = dict(tvm_versions())
         fp.update(tvmtarget.fingerprint(params["target"]))
         return fp
+
+    def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
+        return file_inputs(params, ctx)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         p = task.params

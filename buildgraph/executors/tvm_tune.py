@@ -37,8 +37,8 @@ from pydantic import Field
 from .. import tvmtarget
 from ..errors import StepFailed
 from . import Executor, Task
-from .tvm_compile import (TvmParams, check_ffi_for_tuning, find_model, import_tvm, load_relax,
-                          make_target, prepare, symbolic_dims, tvm_versions)
+from .tvm_compile import (TvmParams, check_ffi_for_tuning, file_inputs, find_model, import_tvm,
+                          load_relax, make_target, prepare, symbolic_dims, tvm_versions)
 
 MANIFEST_SCHEMA = 1
 
@@ -289,6 +289,9 @@ class TvmTuneExecutor(Executor):
                 except PackageNotFoundError:
                     continue
         return fp
+
+    def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
+        return file_inputs(params, ctx)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         from ..tunedb import SharedTuneDB, TuneDatabase, merge, read_db, write_db

@@ -1,0 +1,195 @@
+"""``tvm.compile`` on tiny models with the real TVM: ONNX and torch.export front ends, static
+and dynamic batch, cross-compilation, target spellings in the key, the runtime, the loader
+snippet of docs/tvm.md, and CUDA (GPU machines only)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvm_helpers import eager, log_of, needs_tvm, run, write_project
+
+needs_tvm()
+pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parent.parent
+
+STEPS = """
+onnx: {uses: onnx.export, with: {model: net_a, exporter: legacy, opset: 18}}
+pt2: {uses: torch.export, with: {model: net_a}}
+lib: {uses: tvm.compile, from: onnx, with: {target: native, dims: {batch: 1}}}
+lib_dyn: {uses: tvm.compile, from: onnx, with: {target: "llvm -mcpu=native"}}
+lib_pt2: {uses: tvm.compile, from: pt2, with: {target: native}}
+lib_arm: {uses: tvm.compile, from: onnx, with: {target: "llvm -mtriple=aarch64-linux-gnu"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("tvm_compile")
+    recipe = write_project(root, STEPS)
+    result = run(recipe, root)
+    assert result.ok, {s: (r.status, r.message, r.log_tail) for s, r in result.steps.items()}
+    return root, recipe, result
+
+
+def _runtime(path: Path):
+    from buildgraph.runtime_tvm import TvmRuntime
+    from buildgraph.runtimes import RuntimeContext
+
+    return TvmRuntime.load(path, RuntimeContext(threads=1, kind="tvm.compile"))
+
+
+def test_static_onnx_library_matches_pytorch(built):
+    root, _, result = built
+    out = result["lib"].outputs["model"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.so"]
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["target"] == {"kind": "llvm", "mcpu": "native"}
+    assert manifest["tvm_target"]["mcpu"] != "native"  # resolved to this CPU's LLVM name
+    assert manifest["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]
+    meta = result["lib"].meta
+    assert meta["tuned"] is False and meta["with_record"] == 0 and meta["functions"] >= 3
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
+    got = _runtime(out).run([x])[0]
+    np.testing.assert_allclose(got, eager(root, "net_a", 0, x), rtol=1e-4, atol=1e-5)
+    assert "functions: " in log_of(result, "lib") and "untuned: " in log_of(result, "lib")
+
+
+def test_dynamic_batch_runs_any_batch(built):
+    root, _, result = built
+    manifest = json.loads((result["lib_dyn"].outputs["model"] / "model.json").read_text())
+    assert manifest["dynamic_dims"] == ["batch"]
+    rt = _runtime(result["lib_dyn"].outputs["model"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype("float32")
+        np.testing.assert_allclose(rt.run([x])[0], eager(root, "net_a", 0, x), rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_torch_export_program_compiles(built):
+    root, _, result = built
+    manifest = json.loads((result["lib_pt2"].outputs["model"] / "model.json").read_text())
+    assert manifest["inputs"][0]["shape"][1:] == [3, 16, 16]
+    rt = _runtime(result["lib_pt2"].outputs["model"])
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype("float32")
+    np.testing.assert_allclose(rt.run([x])[0], eager(root, "net_a", 0, x), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_cross_compiled_library_is_built_but_not_run(built):
+    from buildgraph.runtime_tvm import NotRunnableHere, runnable
+
+    _, _, result = built
+    out = result["lib_arm"].outputs["model"]
+    meta = result["lib_arm"].meta
+    assert meta["runnable_on_build_host"] is False
+    assert "cross-compiled for aarch64" in meta["not_runnable_reason"]
+    lib = out / meta["library"]
+    assert lib.stat().st_size > 1000
+    ok, why = runnable(out)
+    assert not ok and "cross-compiled for aarch64" in why
+    with pytest.raises(NotRunnableHere) as info:
+        _runtime(out)
+    assert info.value.skip and "cross-compiled for aarch64" in info.value.message
+    if lib.suffix == ".tar":  # no aarch64 cross compiler here: object files for the device
+        import tarfile
+
+        names = tarfile.open(lib).getnames()
+        assert any(n.endswith(".o") for n in names)
+        assert "link on the device" in log_of(result, "lib_arm")
+
+
+def test_a_rerun_is_cached_and_target_spellings_share_one_key(built):
+    from buildgraph import api
+
+    root, recipe, _ = built
+    again = run(recipe, root)
+    assert again.count("cached") == len(again.steps)
+    onnx_file = again["onnx"].outputs["model"]
+    spellings = write_project(root, f"""
+a: {{uses: tvm.compile, with: {{model: {onnx_file}, target: "llvm -mcpu=skylake -mattr=+fma,+avx2"}}}}
+b: {{uses: tvm.compile, with: {{model: {onnx_file}, target: {{kind: llvm, mcpu: skylake, mattr: [+avx2, +fma]}}}}}}
+c: {{uses: tvm.compile, with: {{model: {onnx_file}, target: '{{"kind": "llvm", "mcpu": "skylake", "mattr": "+avx2,+fma"}}'}}}}
+d: {{uses: tvm.compile, with: {{model: {onnx_file}, target: "llvm -mcpu=znver4"}}}}
+m:
+  uses: tvm.compile
+  matrix: {{t: [native, "llvm -mtriple=aarch64-linux-gnu"]}}
+  with: {{model: {onnx_file}, target: "${{matrix.t}}"}}
+""", filename="spellings.yaml")
+    plan = api.plan(spellings, cache_dir=root / ".cache", build_dir=root / "build")
+    keys = {sid: d.key for sid, d in plan.items()}
+    assert keys["a"] == keys["b"] == keys["c"] != keys["d"]
+    assert plan["a"].parts["params"]["target"] == {"kind": "llvm", "mattr": ["+avx2", "+fma"],
+                                                   "mcpu": "skylake"}
+    matrix = sorted(s for s in plan if s.startswith("m"))
+    assert len(matrix) == 2 and keys[matrix[0]] != keys[matrix[1]]
+    assert "target" in plan["a"].parts["env"] and "apache-tvm" in plan["a"].parts["env"]
+
+
+def test_bad_target_is_a_recipe_error_with_position(tmp_path: Path):
+    from buildgraph import api
+    from buildgraph.errors import RecipeError
+
+    recipe = write_project(tmp_path, """
+lib: {uses: tvm.compile, with: {model: nets.onnx, target: "llvm mcpu=skylake"}}
+""")
+    (tmp_path / "nets.onnx").write_bytes(b"")
+    with pytest.raises(RecipeError) as info:
+        api.load(recipe, cache_dir=tmp_path / ".cache")
+    text = info.value.render()
+    assert re.search(r"r\.yaml:\d+:\d+", text) and "cannot read 'mcpu=skylake'" in text
+
+
+def test_cuda_target_without_gpu_fails_with_one_message(tmp_path: Path, built):
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a GPU: see test_cuda_compile_runs_on_the_gpu")
+    _, _, result = built
+    recipe = write_project(tmp_path, f"""
+lib: {{uses: tvm.compile, with: {{model: {result['onnx'].outputs['model']}, target: "cuda -arch=sm_90"}}}}
+""")
+    res = run(recipe, tmp_path)
+    assert res["lib"].status == "failed"
+    assert res["lib"].message.startswith("target cuda: ")
+    assert "GPU" in res["lib"].message and "\n" not in res["lib"].message
+
+
+def test_readme_loader_snippet_runs(built):
+    """The Python loader in docs/tvm.md, run as written against a built library."""
+    _, _, result = built
+    text = (REPO / "docs" / "tvm.md").read_text(encoding="utf-8")
+    snippet = re.search(r"<!-- loader -->\s*```python\n(.*?)```", text, re.S)
+    assert snippet, "docs/tvm.md has no loader snippet marked <!-- loader -->"
+    code = snippet.group(1)
+    path = result["lib_dyn"].outputs["model"] / "model.so"
+    code = code.replace("build/tvm_cpu/lib/model/model.so", str(path))
+    namespace: dict = {}
+    exec(compile(code, "docs/tvm.md", "exec"), namespace)  # noqa: S102 - our own docs
+    assert namespace["out"].shape == (1, 4)
+
+
+@pytest.mark.gpu
+def test_cuda_compile_runs_on_the_gpu(tmp_path: Path, built):
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        pytest.fail("--run-gpu given but TVM sees no CUDA device")
+    root, _, result = built
+    recipe = write_project(tmp_path, f"""
+lib: {{uses: tvm.compile, with: {{model: {result['onnx'].outputs['model']}, target: cuda, dims: {{batch: 2}}}}}}
+""")
+    res = run(recipe, tmp_path)
+    assert res.ok, (res["lib"].message, res["lib"].log_tail)
+    from buildgraph.runtime_tvm import TvmRuntime
+    from buildgraph.runtimes import RuntimeContext
+
+    rt = TvmRuntime.load(res["lib"].outputs["model"], RuntimeContext(device="cuda"))
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
+    np.testing.assert_allclose(rt.run([x])[0], eager(root, "net_a", 0, x), rtol=1e-3,
+                               atol=1e-4)
