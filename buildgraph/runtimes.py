@@ -15,9 +15,10 @@ format runs through its own runtime. A runtime is a small class::
 
 Built-ins: ``torch.eager`` (the reference: the recipe's model, fp32), ``torch.save`` (state_dict,
 checkpoint or whole-model pickle, told apart by reading the file), ``torchscript``
-(``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``) and
-``onnxruntime``. Other issues add theirs (TVM's relax VirtualMachine, the TensorRT runtime)
-with :func:`register_runtime` or through the ``buildgraph.runtimes`` entry-point group
+(``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``),
+``onnxruntime``, and, in their own modules, ``tvm.relax`` (TVM's relax VirtualMachine,
+:mod:`buildgraph.runtime_tvm`) and ``tensorrt`` (:mod:`buildgraph.runtime_tensorrt`). More
+come with :func:`register_runtime` or through the ``buildgraph.runtimes`` entry-point group
 (``name = "module:Class"``); like executors, the registry holds strings and imports a
 runtime's module only when it is used, and no runtime imports its library before ``load``.
 """
@@ -39,6 +40,8 @@ RUNTIMES: Dict[str, str] = {
     "torchscript": "buildgraph.runtimes:TorchScriptRuntime",
     "torch.export": "buildgraph.runtimes:ExportedProgramRuntime",
     "onnxruntime": "buildgraph.runtimes:OnnxRuntime",
+    "tvm.relax": "buildgraph.runtime_tvm:TvmRuntime",
+    "tensorrt": "buildgraph.runtime_tensorrt:TensorRTRuntime",
 }
 """Runtime name -> ``"module:Class"``."""
 
@@ -48,6 +51,11 @@ KIND_RUNTIMES: Dict[str, str] = {
     "torch.export": "torch.export",
     "onnx.export": "onnxruntime",
     "onnx.simplify": "onnxruntime",
+    "onnx.autocast": "onnxruntime",
+    "onnx.quantize": "onnxruntime",
+    "tvm.compile": "tvm.relax",
+    "tensorrt.build": "tensorrt",
+    "tensorrt.refit": "tensorrt",
 }
 """Step kind -> the runtime that loads its ``model`` output."""
 
@@ -57,6 +65,8 @@ SUFFIX_RUNTIMES: Dict[str, str] = {
     ".ts": "torchscript",
     ".pt": "torch.save",
     ".pth": "torch.save",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
 }
 """File suffix -> runtime, for artifacts of other step kinds (``python``, ``shell``)."""
 
@@ -336,14 +346,23 @@ class OnnxRuntime(Runtime):
     def _precision(self) -> str:
         import onnx
 
+        quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
+        if self.ctx.meta.get("precision") in ("fp32", "fp16", "bf16", "int8", "fp8"):
+            return str(self.ctx.meta["precision"])
+        known_ops = self.ctx.meta.get("ops")
+        floats = {i.type for i in self.inputs}
+        if isinstance(known_ops, Mapping) and not set(known_ops) & quantized:
+            # the producing step listed its ops (no parse of a large file needed)
+            return "fp16" if floats == {"tensor(float16)"} else "fp32"
         model = onnx.load(str(self.path), load_external_data=False)
         ops = {n.op_type for n in model.graph.node}
-        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
+        if ops & quantized:
             return "int8"
         types = {i.data_type for i in model.graph.initializer}
-        if onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types:
+        # mixed precision (AutoCast keeps some fp32) counts as the lower one
+        if onnx.TensorProto.FLOAT16 in types:
             return "fp16"
-        if onnx.TensorProto.BFLOAT16 in types and onnx.TensorProto.FLOAT not in types:
+        if onnx.TensorProto.BFLOAT16 in types:
             return "bf16"
         return "fp32"
 

@@ -153,8 +153,10 @@ def test_runtime_registry(tmp_path):
     assert runtimes.runtime_for("onnx.simplify", Path("m.onnx")) == "onnxruntime"
     assert runtimes.runtime_for("python", Path("x.pt2")) == "torch.export"
     assert runtimes.runtime_for(None, Path("x.ts")) == "torchscript"
-    with pytest.raises(StepFailed, match="no runtime loads x.engine"):
-        runtimes.runtime_for("tensorrt.build", Path("x.engine"))
+    assert runtimes.runtime_for("tensorrt.build", Path("x.engine")) == "tensorrt"
+    assert runtimes.runtime_for("tvm.compile", Path("lib.so")) == "tvm.relax"
+    with pytest.raises(StepFailed, match="no runtime loads x.bin \\(made by a 'mystery' step\\)"):
+        runtimes.runtime_for("mystery", Path("x.bin"))
     runtimes.register_runtime("echo", "test_torch_model:EchoRuntime", kinds=("echo.kind",),
                               suffixes=(".echo",))
     try:

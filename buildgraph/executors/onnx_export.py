@@ -148,8 +148,8 @@ class OnnxExportExecutor(ModelExecutor):
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         import warnings
 
+        torch = self.import_torch()
         import onnx
-        import torch
 
         p: OnnxExportParams = self.params(task)
         spec, model = self.model(task, p.model)
@@ -164,8 +164,9 @@ class OnnxExportExecutor(ModelExecutor):
         sizes = torchmodel.export_sizes(spec, dynamic, task.log) if p.exporter == "dynamo" \
             else torchmodel.dim_sizes(spec)
         example = torchmodel.shaped_inputs(spec, int(spec.get("seed", 0)), sizes)
-        eager = torchmodel.flatten_outputs(
-            torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir))
+        with self.timed("eager"):
+            eager = torchmodel.flatten_outputs(
+                torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir))
         in_names = p.input_names or [n for n, _ in torchmodel.input_specs(spec)]
         out_names = p.output_names or [n for n, _ in eager]
         if len(in_names) != len(example):
@@ -175,7 +176,7 @@ class OnnxExportExecutor(ModelExecutor):
             > PROTOBUF_LIMIT * 0.9
         target = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self.timed("export"):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 if p.exporter == "dynamo":
                     program = torch.onnx.export(
@@ -197,16 +198,20 @@ class OnnxExportExecutor(ModelExecutor):
             task.log(f"{type(exc).__name__}: {exc}")
             raise StepFailed(onnx_error_message(exc, p.exporter, p.opset)) from None
         if target != dest:
-            save_onnx(onnx.load(str(target)), dest, data)
+            with self.timed("save"):
+                save_onnx(onnx.load(str(target)), dest, data)
         if p.check:
-            check_onnx(dest, task.log)
-        summary = graph_summary(onnx.load(str(dest), load_external_data=False))
+            with self.timed("check"):
+                check_onnx(dest, task.log)
+        with self.timed("summary"):
+            summary = graph_summary(onnx.load(str(dest), load_external_data=False))
         if summary["opset"] != p.opset:
             raise StepFailed(f"asked for opset {p.opset}, but the {p.exporter} exporter wrote "
                              f"opset {summary['opset']}")
         summary.update(exporter=p.exporter, external_data=data is not None,
                        bytes=dest.stat().st_size + (data.stat().st_size if data else 0),
-                       example=torchmodel.describe_inputs(spec, example))
+                       example=torchmodel.describe_inputs(spec, example),
+                       seconds=self.seconds)
         return summary
 
     @staticmethod

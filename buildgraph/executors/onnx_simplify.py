@@ -9,6 +9,7 @@ is installed; it is never substituted silently for a missing onnxsim.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any, Dict, List, Literal, Optional
 
@@ -16,7 +17,7 @@ from pydantic import Field
 
 from ..errors import StepFailed
 from .onnx_export import check_onnx, graph_summary, save_onnx
-from .torchbase import StrictParams, artifact_of, out_path, single_upstream
+from .torchbase import StrictParams, Timed, artifact_of, out_path, single_upstream
 from . import Executor
 
 
@@ -39,7 +40,7 @@ class OnnxSimplifyParams(StrictParams):
     check: bool = Field(True, description="onnx.checker and shape inference on the result")
 
 
-class OnnxSimplifyExecutor(Executor):
+class OnnxSimplifyExecutor(Timed, Executor):
     """onnxsim (or onnxslim) on an upstream ONNX model; node counts before/after."""
 
     kind = "onnx.simplify"
@@ -55,24 +56,31 @@ class OnnxSimplifyExecutor(Executor):
         return package_versions("onnx", backend, "onnxruntime")
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
+        start = time.perf_counter()
         import onnx
 
+        self.seconds["import"] = round(time.perf_counter() - start, 4)
         assert self.Params is not None
         p: OnnxSimplifyParams = self.Params.model_validate(task.params)
         up = single_upstream(task, "onnx.simplify")
         source = artifact_of(task, up)
         if source.suffix != ".onnx":
             raise StepFailed(f"step '{up}' produced {source.name}, not an .onnx model")
-        before = onnx.load(str(source), load_external_data=False)
-        if p.backend == "onnxsim":
-            simplified = self._onnxsim(task, p, source)
-        else:
-            simplified = self._onnxslim(task, source)
+        with self.timed("summary"):
+            before = onnx.load(str(source), load_external_data=False)
+        with self.timed("simplify"):
+            if p.backend == "onnxsim":
+                simplified = self._onnxsim(task, p, source)
+            else:
+                simplified = self._onnxslim(task, source)
         dest = out_path(task)
-        save_onnx(simplified, dest, task.outputs.get("data"))
+        with self.timed("save"):
+            save_onnx(simplified, dest, task.outputs.get("data"))
         if p.check:
-            check_onnx(dest, task.log)
-        after = graph_summary(onnx.load(str(dest), load_external_data=False))
+            with self.timed("check"):
+                check_onnx(dest, task.log)
+        with self.timed("summary"):
+            after = graph_summary(onnx.load(str(dest), load_external_data=False))
         ops_before = Counter(n.op_type for n in before.graph.node)
         ops_after = Counter(after["ops"])
         changed = {op: ops_after.get(op, 0) - ops_before.get(op, 0)
@@ -83,7 +91,7 @@ class OnnxSimplifyExecutor(Executor):
                 "nodes_after": after["nodes"], "ops_changed": changed,
                 "check_n": p.check_n if p.backend == "onnxsim" else 0,
                 "opset": after["opset"], "inputs": after["inputs"], "outputs": after["outputs"],
-                "bytes": dest.stat().st_size}
+                "bytes": dest.stat().st_size, "seconds": self.seconds}
 
     @staticmethod
     def _onnxsim(task: Any, p: OnnxSimplifyParams, source: Any) -> Any:

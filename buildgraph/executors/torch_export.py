@@ -54,14 +54,16 @@ class TorchExportExecutor(ModelExecutor):
     outputs = {"model": "model.pt2"}
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
-        import torch
+        torch = self.import_torch()
 
         p: TorchExportParams = self.params(task)
         spec, model = self.model(task, p.model)
-        program, dynamic, example = export_program(task, p.model, spec, model, p.dynamic,
-                                                   p.strict)
+        with self.timed("export"):
+            program, dynamic, example = export_program(task, p.model, spec, model, p.dynamic,
+                                                       p.strict)
         dest = out_path(task)
-        torch.export.save(program, str(dest))
+        with self.timed("save"):
+            torch.export.save(program, str(dest))
         nodes = list(program.graph.nodes)
         return {"nodes": len(nodes),
                 "ops": sum(1 for n in nodes if n.op == "call_function"),
@@ -69,4 +71,4 @@ class TorchExportExecutor(ModelExecutor):
                 "range_constraints": {str(k): str(v)
                                       for k, v in program.range_constraints.items()},
                 "example": torchmodel.describe_inputs(spec, example),
-                "bytes": dest.stat().st_size}
+                "bytes": dest.stat().st_size, "seconds": self.seconds}

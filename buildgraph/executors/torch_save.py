@@ -42,7 +42,7 @@ class TorchSaveExecutor(ModelExecutor):
     needs_inputs = False
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
-        import torch
+        torch = self.import_torch()
 
         p: TorchSaveParams = self.params(task)
         spec, model = self.model(task, p.model)
@@ -52,10 +52,12 @@ class TorchSaveExecutor(ModelExecutor):
                                 "parameters": int(sum(t.numel() for t in model.parameters())),
                                 "class": f"{type(model).__module__}.{type(model).__qualname__}"}
         if p.form == "state_dict":
-            torch.save(state, dest)
+            with self.timed("save"):
+                torch.save(state, dest)
         elif p.form == "model":
             try:
-                torch.save(model, dest)
+                with self.timed("save"):
+                    torch.save(model, dest)
             except Exception as exc:  # noqa: BLE001 - e.g. a lambda or a local class
                 raise StepFailed(f"the model cannot be pickled whole: {type(exc).__name__}: "
                                  f"{exc} (save form: state_dict instead)") from None
@@ -72,7 +74,8 @@ class TorchSaveExecutor(ModelExecutor):
                 raise StepFailed(f"unknown optimizer torch.optim.{p.optimizer}"
                                  f"{did_you_mean(p.optimizer, names)}")
             try:
-                optimizer = opt_cls(model.parameters(), **p.optimizer_args)
+                with self.timed("optimizer"):
+                    optimizer = opt_cls(model.parameters(), **p.optimizer_args)
             except TypeError as exc:
                 raise StepFailed(f"torch.optim.{p.optimizer}(**optimizer_args): {exc}") from None
             clash = sorted({"epoch", "state_dict", "optimizer"} & set(p.extra))
@@ -80,7 +83,9 @@ class TorchSaveExecutor(ModelExecutor):
                 raise StepFailed(f"extra: '{clash[0]}' is a reserved checkpoint key")
             checkpoint = {"epoch": p.epoch, "state_dict": state,
                           "optimizer": optimizer.state_dict(), **p.extra}
-            torch.save(checkpoint, dest)
+            with self.timed("save"):
+                torch.save(checkpoint, dest)
             meta.update(keys=list(checkpoint), optimizer=p.optimizer, epoch=p.epoch)
         meta["bytes"] = dest.stat().st_size
+        meta["seconds"] = self.seconds
         return meta

@@ -8,8 +8,11 @@ validate parameters, and ``import buildgraph`` + ``buildgraph plan`` must stay l
 from __future__ import annotations
 
 import sys
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +29,28 @@ class ModelParams(StrictParams):
     model: str = Field(description="name of a model in the recipe's 'models:' section")
 
 
-class ModelExecutor(Executor):
+class Timed:
+    """Records the time of library calls by phase (see ``seconds``)."""
+
+    @property
+    def seconds(self) -> Dict[str, float]:
+        """Time spent in library calls, by phase (returned as metadata ``seconds``): the step's
+        wall time minus their sum is buildgraph's overhead."""
+        if not hasattr(self, "_seconds"):
+            self._seconds: Dict[str, float] = {}
+        return self._seconds
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0)
+                                        + time.perf_counter() - start, 4)
+
+
+class ModelExecutor(Timed, Executor):
     """Base of the step kinds that build a model from the recipe's ``models:`` section."""
 
     isolation = "worker"
@@ -47,11 +71,68 @@ class ModelExecutor(Executor):
         assert self.Params is not None
         return self.Params.model_validate(task.params)
 
+    def import_torch(self) -> Any:
+        """``torch``; its import time is recorded when this worker had not imported it."""
+        import_torch(self.seconds)
+        import torch
+
+        return torch
+
     def model(self, task: Task, name: str) -> Tuple[Dict[str, Any], Any]:
-        """(model spec, the model in eval mode), with the step's CPU slots applied."""
+        """(model spec, the model in eval mode), with the step's CPU slots applied.
+
+        A persistent worker keeps the last models it built and hands out deep copies: the
+        steps of one recipe build the same model several times, and copying is several times
+        cheaper than running the factory and its initialisation again."""
+        import_torch(self.seconds)
         torchmodel.set_threads(task.threads)
         spec = torchmodel.model_spec(task.models, name)
-        return spec, torchmodel.load_model(name, spec, task.recipe_dir)
+        with self.timed("load_model"):
+            return spec, _memo_model(task, name, spec)
+
+_MODELS: "OrderedDict[str, Any]" = OrderedDict()
+_MEMO_SIZE = 2
+
+
+def _memo_model(task: Task, name: str, spec: Dict[str, Any]) -> Any:
+    import copy
+    import json
+    import os
+
+    if torchmodel.source_kind(spec["source"]) == "file":
+        return torchmodel.load_model(name, spec, task.recipe_dir)  # scripted/exported: no copy
+    files = sorted((str(p), os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                   for k, p in task.inputs.items() if k.startswith(f"model:{name}:"))
+    key = json.dumps([str(task.recipe_dir), name, spec, files], sort_keys=True, default=str)
+    cached = _MODELS.get(key)
+    if cached is not None:
+        try:
+            import torch
+
+            torch.manual_seed(int(spec.get("seed", 0)))  # same global RNG state as a build
+            model = copy.deepcopy(cached)
+            _MODELS.move_to_end(key)
+            return model
+        except Exception:  # noqa: BLE001 - a module that cannot be copied is built again
+            _MODELS.pop(key, None)
+    model = torchmodel.load_model(name, spec, task.recipe_dir)
+    try:
+        _MODELS[key] = copy.deepcopy(model)
+        while len(_MODELS) > _MEMO_SIZE:
+            _MODELS.popitem(last=False)
+    except Exception:  # noqa: BLE001
+        pass
+    return model
+
+
+def import_torch(seconds: Dict[str, float]) -> None:
+    """Import torch, recording the time when this worker had not imported it yet."""
+    if "torch" in sys.modules:
+        return
+    start = time.perf_counter()
+    import torch  # noqa: F401
+
+    seconds["import"] = round(time.perf_counter() - start, 4)
 
 
 def artifact_of(task: Task, step: str) -> Path:

@@ -72,32 +72,37 @@ class TorchScriptExecutor(ModelExecutor):
     outputs = {"model": "model.ts"}
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
-        import torch
+        torch = self.import_torch()
 
         p: TorchScriptParams = self.params(task)
         spec, model = self.model(task, p.model)
         example = torchmodel.make_inputs(spec, int(spec.get("seed", 0)))
-        eager_out = torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir)
+        with self.timed("eager"):
+            eager_out = torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir)
         meta: Dict[str, Any] = {"mode": p.mode,
                                 "example": torchmodel.describe_inputs(spec, example)}
         if p.mode == "script":
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), self.timed("script"):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     compiled = torch.jit.script(model)
             except Exception as exc:  # noqa: BLE001 - frontend errors have several types
                 task.log(str(exc))
                 raise StepFailed(script_error_message(exc, task.recipe_dir)) from None
         else:
-            compiled, tracer_warnings = self._trace(task, model, example)
+            with self.timed("trace"):
+                compiled, tracer_warnings = self._trace(task, model, example)
             meta["tracer_warnings"] = tracer_warnings
             if p.divergence != "off":
-                meta["divergence"] = self._check_divergence(task, p, spec, model, compiled,
+                with self.timed("check"):
+                    meta["divergence"] = self._check_divergence(task, p, spec, model, compiled,
                                                             example, tracer_warnings)
-        if p.freeze:
-            compiled = torch.jit.freeze(compiled.eval())
-        torch.jit.save(compiled, str(out_path(task)))
+        with self.timed("save"):
+            if p.freeze:
+                compiled = torch.jit.freeze(compiled.eval())
+            torch.jit.save(compiled, str(out_path(task)))
         meta["outputs"] = [n for n, _ in torchmodel.flatten_outputs(eager_out)]
+        meta["seconds"] = self.seconds
         return meta
 
     def _trace(self, task: Any, model: Any, example: List[Any]) -> Tuple[Any, List[str]]:

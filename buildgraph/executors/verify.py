@@ -84,6 +84,8 @@ class VerifyParams(ModelParams):
                                        description="sizes of named dims the random sets cycle "
                                                    "through, e.g. {batch: [1, 4]}")
     topk: int = Field(5, ge=1, description="k of top-k agreement for classifier outputs")
+    device: str = Field("cpu", description="device the candidates' runtimes use (cpu, cuda); "
+                                           "the reference always runs on the CPU")
     classifier: Optional[bool] = Field(None, description="compute top-k agreement (default: "
                                        "for 2-D float outputs)")
     tolerances: Dict[str, Tolerance] = Field(
@@ -260,6 +262,7 @@ class VerifyExecutor(ModelExecutor):
     dists = ("torch", "onnx", "onnxruntime", "numpy")
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
+        self.import_torch()
         import numpy as np
 
         from ..runtimes import EagerRuntime, RuntimeContext, load_runtime, runtime_for
@@ -274,11 +277,12 @@ class VerifyExecutor(ModelExecutor):
         reference = EagerRuntime.from_module(model, ctx)
         ref_out: List[List[Any]] = []
         out_names: List[str] = []
-        for label, tensors in sets:
-            out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
-            flat = torchmodel.flatten_outputs(out)
-            out_names = [n for n, _ in flat]
-            ref_out.append([torchmodel.to_numpy(t) for _, t in flat])
+        with self.timed("reference"):
+            for label, tensors in sets:
+                out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
+                flat = torchmodel.flatten_outputs(out)
+                out_names = [n for n, _ in flat]
+                ref_out.append([torchmodel.to_numpy(t) for _, t in flat])
         np_sets = [[torchmodel.to_numpy(t) for t in tensors] for _, tensors in sets]
         report: Dict[str, Any] = {
             "schema": 1, "model": p.model,
@@ -294,7 +298,7 @@ class VerifyExecutor(ModelExecutor):
             entry: Dict[str, Any] = {"kind": kind, "artifact": path.name}
             cctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
                                   kind=kind, meta=task.upstream_meta.get(cand, {}),
-                                  threads=task.threads, trusted=True)
+                                  threads=task.threads, device=p.device, trusted=True)
             start = time.perf_counter()
             got: List[List[Any]] = []
             problem = ""
@@ -319,6 +323,9 @@ class VerifyExecutor(ModelExecutor):
             finally:
                 if runtime is not None:
                     runtime.close()
+                self.seconds["candidates"] = round(self.seconds.get("candidates", 0.0)
+                                                   + entry.get("load_s", 0.0)
+                                                   + entry.get("run_s", 0.0), 4)
             detected = runtime.precision if runtime is not None else "fp32"
             entry["outputs"] = {}
             if not problem and got and len(got[0]) != len(out_names):
@@ -344,9 +351,10 @@ class VerifyExecutor(ModelExecutor):
                                for n, m in entry["outputs"].items() if "max_abs" in m))
         rows.sort(key=lambda r: (r[3]["passed"], -r[3].get("max_abs", float("inf"))))
         text = table(rows)
-        write_json(task.outputs["report"], report)
-        self._save_tensors(task.outputs["tensors"], sets, np_sets, ref_out, out_names,
-                           [n for n, _ in torchmodel.input_specs(spec)])
+        with self.timed("report"):
+            write_json(task.outputs["report"], report)
+            self._save_tensors(task.outputs["tensors"], sets, np_sets, ref_out, out_names,
+                               [n for n, _ in torchmodel.input_specs(spec)])
         if not report["passed"]:
             task.log("verification report:\n" + json.dumps(report, indent=1, default=str))
             task.log("\nworst errors (tolerance that would have passed in 'passes with atol'):")
@@ -360,7 +368,7 @@ class VerifyExecutor(ModelExecutor):
             raise StepFailed(f"verification failed: {c}.{o}: {'; '.join(m['failures'])}"
                              f"{hint}{more}; table in the log")
         task.log(text)
-        return {"passed": True, "inputs": len(sets),
+        return {"passed": True, "inputs": len(sets), "seconds": self.seconds,
                 "max_abs": {c: {o: m.get("max_abs") for o, m in e["outputs"].items()}
                             for c, e in report["candidates"].items()}}
 

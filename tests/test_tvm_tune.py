@@ -1,0 +1,160 @@
+"""``tvm.tune`` with real MetaSchedule runs at a tiny trial budget: records are shared through
+the cache so that a second model sharing a layer with a tuned one tunes only its new
+workloads; compiled libraries prove they applied records; an interrupted tuning keeps what it
+measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvm_helpers import TUNE, eager, log_of, needs_tvm, run, write_project
+
+needs_tvm()
+pytest.importorskip("torch")
+pytest.importorskip("xgboost")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_CONV = "fused_conv2d_add_relu"  # conv 3->8 + bias + relu on 16x16: in both models
+
+
+def steps(net: str, extra: str = "") -> str:
+    return f"""
+onnx: {{uses: onnx.export, with: {{model: {net}, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(TUNE)}}}
+lib: {{uses: tvm.compile, from: [onnx, tune], with: {{target: native, dims: {{batch: 1}}, require_records: all}}}}
+{extra}"""
+
+
+def test_a_second_model_tunes_only_its_new_workloads(tmp_path: Path):
+    # --- model A: everything is tuned --------------------------------------------------------
+    recipe_a = write_project(tmp_path, steps("net_a", """
+tune_dynamic: {uses: tvm.tune, from: onnx, with: {target: native, trials: 4}}
+tune_cross: {uses: tvm.tune, from: onnx, with: {target: "llvm -mtriple=aarch64-linux-gnu", dims: {batch: 1}, trials: 4}}
+"""), name="a", filename="a.yaml")
+    a = run(recipe_a, tmp_path, keep_going=True)
+    for sid in ("onnx", "tune", "lib"):
+        assert a[sid].ok, (sid, a[sid].message, a[sid].log_tail)
+    tune_a = a["tune"].meta
+    assert tune_a["reused"] == 0 and tune_a["tuned"] == tune_a["tasks"] >= 3
+    assert tune_a["trials"] == TUNE["trials"]
+    assert a["lib"].meta["with_record"] == a["lib"].meta["functions"]  # require_records: all
+    # tuning needs static shapes and a CPU it can measure on; both say so in one line
+    assert a["tune_dynamic"].status == "failed"
+    assert "tuning needs static shapes" in a["tune_dynamic"].message
+    assert "dims: {batch: 1}" in a["tune_dynamic"].message
+    assert a["tune_cross"].status == "failed"
+    assert "does not run here" in a["tune_cross"].message
+
+    # --- model B shares the first conv: only its other workloads are tuned -------------------
+    recipe_b = write_project(tmp_path, steps("net_b", """
+lib_other_cpu: {uses: tvm.compile, from: [onnx, tune], with: {target: "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a76", dims: {batch: 1}}}
+"""), name="b", filename="b.yaml")
+    b = run(recipe_b, tmp_path, keep_going=True)
+    for sid in ("onnx", "tune", "lib"):
+        assert b[sid].ok, (sid, b[sid].message, b[sid].log_tail)
+    tune_b = b["tune"].meta
+    print(f"\nmodel B: {tune_b['tasks']} tasks, {tune_b['reused']} skipped (tuned for model A): "
+          f"{tune_b['skipped_tasks']}; {tune_b['tuned']} tuned in {tune_b['tune_s']} s")
+    assert tune_b["skipped_tasks"] == [SHARED_CONV]
+    assert tune_b["reused"] == 1 and tune_b["tuned"] == tune_b["tasks"] - 1
+    log = log_of(b, "tune")
+    assert f"skip {SHARED_CONV}: " in log and "1 of 4 tasks already tuned" in log
+    manifest = json.loads((b["tune"].outputs["database"] / "tunedb.json").read_text())
+    assert {t["task"]: t["status"] for t in manifest["tasks"]}[SHARED_CONV] == "reused"
+    assert all(t["records"] > 0 for t in manifest["tasks"])
+    # the library applied a record to every function, reused ones included, and is correct
+    lib = b["lib"].meta
+    assert lib["tuned"] and lib["with_record"] == lib["functions"] and lib["without_record"] == 0
+    assert f"tuned:   {SHARED_CONV}" in log_of(b, "lib")
+    from buildgraph.runtime_tvm import TvmRuntime
+    from buildgraph.runtimes import RuntimeContext
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
+    got = TvmRuntime.load(b["lib"].outputs["model"], RuntimeContext()).run([x])[0]
+    np.testing.assert_allclose(got, eager(tmp_path, "net_b", 1, x), rtol=1e-4, atol=1e-5)
+    # records tuned for this CPU are not applied to another one: a tuned build with none fails
+    other = b["lib_other_cpu"]
+    assert other.status == "failed"
+    assert "applied to none of the" in other.message and "0 records for this target" in other.message
+
+    # --- the shared records, as `buildgraph tune-db list` shows them ---------------------------
+    from buildgraph import tunedb
+
+    rows = json.loads(_tune_db(tmp_path, "list", "--json"))
+    assert len(rows) == tune_a["tasks"] + tune_b["tasks"] - 1  # the shared conv once
+    conv = [r for r in rows if r["task"] == SHARED_CONV]
+    assert len(conv) == 1 and conv[0]["trials"] > 0
+    assert tunedb.SharedTuneDB(tmp_path / ".cache").root.is_dir()
+
+    # --- a rerun of B is cached; tuning again with reuse off measures everything -------------
+    again = run(recipe_b, tmp_path, keep_going=True)
+    assert again["tune"].status == "cached" and again["lib"].status == "cached"
+
+
+def _tune_db(root: Path, *argv: str) -> str:
+    import io
+
+    from buildgraph import tunedb
+
+    out = io.StringIO()
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    tunedb._fill_parser(parser)
+    args = parser.parse_args(["--cache-dir", str(root / ".cache"), *argv])
+    assert tunedb.run_command(args, out) == 0
+    return out.getvalue()
+
+
+def test_interrupted_tuning_keeps_its_records(tmp_path: Path):
+    """Ctrl-C in the middle of tuning: the records of every batch measured so far are in the
+    shared area, and the next run skips the tasks they cover."""
+    long_tune = dict(TUNE, trials=400)
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: net_b, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(long_tune)}}}
+""")
+    env = dict(os.environ, BUILDGRAPH_CACHE_DIR=str(tmp_path / ".cache"),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "buildgraph", "run", str(recipe),
+                             "--build-dir", str(tmp_path / "build")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shared = tmp_path / ".cache" / "tunedb" / "v1"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            published = [p for p in shared.rglob("*.json") if p.name != "target.json"] \
+                if shared.is_dir() else []
+            if len(published) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.5)
+        else:
+            pytest.fail("no records were published within 180 s")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    entries = [json.loads(p.read_text()) for p in shared.rglob("*.json")
+               if p.name != "target.json"]
+    kept = {e["task"] for e in entries if e["records"]}
+    assert kept, entries
+    # the next run (any budget) skips what the interrupted one measured
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: net_b, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(dict(TUNE, trials=0))}}}
+""")
+    res = run(recipe, tmp_path)
+    assert res.ok, (res["tune"].message, res["tune"].log_tail)
+    assert set(res["tune"].meta["skipped_tasks"]) == kept
