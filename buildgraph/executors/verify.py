@@ -18,7 +18,6 @@ and the tensors used (inputs and reference outputs) are the step's outputs.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -356,7 +355,6 @@ class VerifyExecutor(ModelExecutor):
             self._save_tensors(task.outputs["tensors"], sets, np_sets, ref_out, out_names,
                                [n for n, _ in torchmodel.input_specs(spec)])
         if not report["passed"]:
-            task.log("verification report:\n" + json.dumps(report, indent=1, default=str))
             task.log("\nworst errors (tolerance that would have passed in 'passes with atol'):")
             task.log(text)
             failed = [(c, o, m) for c, o, _, m, _ in rows if not m["passed"]]
