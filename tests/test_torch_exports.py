@@ -25,13 +25,15 @@ ckpt:
 trace: {uses: torchscript, with: {model: tiny, mode: trace}}
 script: {uses: torchscript, with: {model: tiny, mode: script}}
 ep: {uses: torch.export, with: {model: tiny}}
+ep_fixed: {uses: torch.export, with: {model: fixed, dynamic: {x: {0: batch}}}}
 """
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
-    write_recipe(root, STEPS)
+    write_recipe(root, STEPS, {"tiny": MODEL,
+                               "fixed": model(inputs={"x": {"shape": [1, 3, 16, 16]}}, dims=None)})
     result = buildgraph.run(root / "r.yaml", cache_dir=root / "cache", build_dir=root / "build")
     assert result.ok, {s: r.message for s, r in result.steps.items()}
     return root, result
@@ -47,7 +49,7 @@ def reference(root: Path):
 
 def test_every_form_builds_then_everything_is_cached(built):
     root, result = built
-    assert result.count("built") == 6
+    assert result.count("built") == 7
     again = buildgraph.run(root / "r.yaml", cache_dir=root / "cache", build_dir=root / "build")
     assert again.ok and again.count("built") == 0
 
@@ -126,6 +128,14 @@ def test_pt2_keeps_the_dynamic_batch(built):
     assert meta["dynamic"] == {"x": {"0": "batch"}}
     assert "[1, 8]" in "".join(meta["range_constraints"].values())
     assert meta["example"] == "x: float32[2, 3, 16, 16]"  # batch 1 raised to 2 for export
+
+
+def test_a_step_can_make_an_integer_dim_dynamic(built):
+    root, result = built
+    program = torch.export.load(str(root / "build/ep_fixed/model.pt2"))
+    with torch.no_grad():
+        assert program.module()(torch.randn(3, 3, 16, 16)).shape == (3, 10)
+    assert result["ep_fixed"].meta["example"] == "x: float32[2, 3, 16, 16]"
 
 
 def test_trace_divergence_can_be_a_warning(project, capsys):
