@@ -98,7 +98,7 @@ torch = pytest.importorskip("torch")
 
 import buildgraph  # noqa: E402
 from buildgraph.cli import run_cli  # noqa: E402
-from torch_helpers import model, write_recipe  # noqa: E402
+from torch_helpers import write_recipe  # noqa: E402
 
 STEPS = """
 state: {uses: torch.save, with: {model: tiny}}

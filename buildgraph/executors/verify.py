@@ -262,8 +262,6 @@ class VerifyExecutor(ModelExecutor):
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         self.import_torch()
-        import numpy as np
-
         from ..runtimes import EagerRuntime, RuntimeContext, load_runtime, runtime_for
 
         p: VerifyParams = self.params(task)
