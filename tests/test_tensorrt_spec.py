@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from buildgraph import trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.executors.tensorrt_build import (ParserIssue, layer_summary, parser_failure)
+from buildgraph.executors.tensorrt_build import (ParserIssue, engine_precision, layer_summary,
+                                                 parser_failure)
 from buildgraph.trt_fake import make_test_onnx
 from buildgraph.trt_spec import (DescriptionError, InputSpec, ShapeRange, TensorRTBuildParams,
                                  check_profiles, default_profiles, describe_build,
@@ -274,3 +275,9 @@ def test_layer_summary_counts_precisions():
     assert layer_summary(text) == {"layers": 4, "precisions": {"fp16": 2, "fp32": 1,
                                                                "int8": 1}}
     assert layer_summary("not json") == {}
+    fp = ('{"Layers": [{"Outputs": [{"Format/Datatype": "Row major linear FP32"}]}, '
+          '{"Outputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == '
+          '0"}]}, {"Outputs": [{"Format/Datatype": "BFloat16"}]}, "Reformat_1"]}')
+    assert layer_summary(fp)["precisions"] == {"bf16": 1, "fp16": 1, "fp32": 1}
+    assert engine_precision(layer_summary(fp)) == "bf16"
+    assert engine_precision({"precisions": {"fp32": 3}}) == "tf32"

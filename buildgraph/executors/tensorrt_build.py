@@ -21,6 +21,7 @@ flags on TensorRT <= 10 and is refused, with that advice, on 11.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +102,14 @@ def engine_precision(summary: Dict[str, Any]) -> str:
 
 
 def _datatype(fmt: str) -> str:
-    for word, name in (("Half", "fp16"), ("BFloat16", "bf16"), ("Int8", "int8"),
-                       ("FP8", "fp8"), ("Float", "fp32"), ("Int32", "int32"),
-                       ("Int64", "int64"), ("Bool", "bool")):
-        if word.lower() in fmt.lower():
-            return name
+    """``Row major linear FP16 format`` / ``... Half`` / ``Int8 NC/32HW32`` -> fp16 / int8."""
+    words = set(re.findall(r"[a-z0-9]+", fmt.lower()))
+    for names, dtype in (({"fp8", "e4m3", "float8"}, "fp8"), ({"int8"}, "int8"),
+                         ({"bf16", "bfloat16"}, "bf16"), ({"fp16", "half"}, "fp16"),
+                         ({"fp32", "float"}, "fp32"), ({"int32"}, "int32"),
+                         ({"int64"}, "int64"), ({"bool"}, "bool")):
+        if words & names:
+            return dtype
     return ""
 
 
