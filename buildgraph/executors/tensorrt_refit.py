@@ -74,6 +74,8 @@ def build_seconds(log: Optional[Path]) -> Optional[float]:
 
 
 class TensorRTRefitExecutor(Executor):
+    """Put new ONNX weights into a refittable TensorRT engine (Refitter), instead of a build."""
+
     kind = "tensorrt.refit"
     version = "1"
     Params = TensorRTRefitParams
