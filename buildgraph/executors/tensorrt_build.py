@@ -320,8 +320,7 @@ def inspect_engine(trt: Any, logger: Any, engine_bytes: bytes, desc: BuildDescri
 # --------------------------------------------------------------------------------------------
 
 class TensorRTBuildExecutor(Executor):
-    """Build a TensorRT engine from ONNX (tensorrt API, strongly typed, profiles, shared
-    timing caches)."""
+    """Build a TensorRT engine from ONNX: strongly typed, profiles, shared timing caches."""
 
     kind = "tensorrt.build"
     version = "1"
