@@ -267,6 +267,12 @@ def test_pinned_cache_rebuilds_without_timing_or_fails(fake, tmp_path, onnx_file
     with pytest.raises(StepFailed, match="could not build the engine: \\[fake\\] timing cache "
                                          "miss for odd"):
         run(build_task(tmp_path, params, other, "b3", inputs={"timing_cache_file": pinned}))
+    foreign = tmp_path / "foreign.cache"
+    data = json.loads(pinned.read_bytes())
+    data["header"]["gpu"] = "Another GPU"
+    foreign.write_text(json.dumps(data))
+    with pytest.raises(StepFailed, match="pinned cache was rejected: TensorRT refused it"):
+        run(build_task(tmp_path, params, onnx_file, "b4", inputs={"timing_cache_file": foreign}))
 
 
 # --- refit --------------------------------------------------------------------------------

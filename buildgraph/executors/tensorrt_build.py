@@ -287,6 +287,9 @@ def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: List[T
     # always a cache of our own (empty with timing_cache: off), so that this build's timings
     # can be written out as the 'timing_cache' output
     cache, cache_status = attach_timing_cache(config, cache_blob)
+    if desc.timing_cache == "pinned" and cache_status.startswith("rejected"):
+        raise StepFailed(f"timing_cache: pinned, but the pinned cache was {cache_status}: a "
+                         "bit-exact rebuild needs a cache made by this GPU and TensorRT version")
     keys_before = cache_keys(cache)
     start = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
