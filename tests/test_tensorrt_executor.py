@@ -389,3 +389,20 @@ steps:
     out = proc.stderr + proc.stdout
     assert "r2.yaml:4:" in out
     assert "profiles[0].x: rank 3 given, but input 'x' of tiny.onnx has rank 4" in out
+
+
+def test_an_unwritable_shared_cache_never_fails_the_build(fake, tmp_path, onnx_file,
+                                                           monkeypatch):
+    fake()
+    from buildgraph import trt_timing_cache
+
+    def broken(*args, **kwargs):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(trt_timing_cache.TimingCacheStore, "merge", broken)
+    monkeypatch.setattr(trt_timing_cache.TimingCacheStore, "load", broken)
+    task = build_task(tmp_path, {"profiles": [PROFILE]}, onnx_file)
+    meta = run(task)
+    assert meta["timing_cache"]["shared"] == "not updated (OSError)"
+    assert "could not update the shared timing cache" in task.log_path.read_text()
+    assert task.outputs["model"].exists()

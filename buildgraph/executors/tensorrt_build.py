@@ -31,7 +31,7 @@ from .. import trt_env
 from ..errors import RecipeError, StepFailed
 from ..trt_spec import (BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams,
                         check_profiles, default_profiles, describe_build, model_spec_inputs,
-                        onnx_inputs, tactic_flags)
+                        onnx_inputs, tactic_flags, trt_major)
 from . import Executor, ResolveContext, Task
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -396,8 +396,7 @@ class TensorRTBuildExecutor(Executor):
         network_key = _network_key(onnx_path, desc)
         sink: List[Tuple[str, str]] = []
         try:
-            result = build_engine(trt, desc, onnx_path, sink, blob,
-                                  int(version.split(".")[0] or 0))
+            result = build_engine(trt, desc, onnx_path, sink, blob, trt_major(version))
         finally:
             self._write_log(task, sink, desc, loaded_message)
         if "log" in task.outputs:
@@ -441,7 +440,10 @@ class TensorRTBuildExecutor(Executor):
             return path.read_bytes(), f"timing cache: pinned to {path.name} (misses are errors)"
         if mode == "off":
             return None, "timing cache: off (an empty cache, not shared)"
-        loaded = store.load(scope)
+        try:
+            loaded = store.load(scope)
+        except OSError as exc:  # the shared cache is an optimisation: never fatal
+            return None, f"shared timing cache unreadable ({exc}); starting from an empty one"
         return (loaded.blob if loaded.usable else None), loaded.message
 
     def _finish_cache(self, task: Task, p: TensorRTBuildParams, store: Any, scope: Any,
@@ -463,16 +465,25 @@ class TensorRTBuildExecutor(Executor):
         if mode in ("shared", "readonly"):
             learned = tc.learned_needed(before, result.keys_after, known)
             if learned is not None:
-                store.record_needed(scope, network_key, learned)
+                try:
+                    store.record_needed(scope, network_key, learned)
+                except OSError as exc:
+                    task.log(f"warning: could not record the network's timing keys: {exc}")
         if mode == "shared" and result.timing_cache and stats.timed:
             # build a config only to combine and count caches
             logger = make_logger(trt, "ERROR", [])
             config = trt.Builder(logger).create_builder_config()
-            outcome = store.merge(scope, result.timing_cache, trt_combiner(config),
-                                  count_entries=lambda b: len(cache_keys(
-                                      config.create_timing_cache(b))))
-            task.log(f"{outcome.message} ({outcome.size} bytes, {outcome.path})")
-            meta["shared"] = outcome.status
+            try:
+                outcome = store.merge(scope, result.timing_cache, trt_combiner(config),
+                                      count_entries=lambda b: len(cache_keys(
+                                          config.create_timing_cache(b))))
+            except Exception as exc:  # noqa: BLE001 - the engine is built; the cache is extra
+                task.log(f"warning: could not update the shared timing cache: "
+                         f"{type(exc).__name__}: {exc}")
+                meta["shared"] = f"not updated ({type(exc).__name__})"
+            else:
+                task.log(f"{outcome.message} ({outcome.size} bytes, {outcome.path})")
+                meta["shared"] = outcome.status
         elif mode == "shared":
             meta["shared"] = "unchanged (nothing new was timed)"
         return meta
