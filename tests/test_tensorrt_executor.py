@@ -406,3 +406,20 @@ def test_an_unwritable_shared_cache_never_fails_the_build(fake, tmp_path, onnx_f
     assert meta["timing_cache"]["shared"] == "not updated (OSError)"
     assert "could not update the shared timing cache" in task.log_path.read_text()
     assert task.outputs["model"].exists()
+
+
+def test_check_upstream_hook_raises_recipe_errors(tmp_path, onnx_file):
+    from buildgraph.errors import RecipeError
+
+    executor = TensorRTBuildExecutor()
+    good = {"profiles": [PROFILE]}
+    executor.check_upstream(good, {"onnx": {"model": onnx_file}})
+    with pytest.raises(RecipeError) as err:
+        executor.check_upstream({"profiles": [{"images": PROFILE["x"]}]},
+                                {"onnx": {"model": onnx_file}})
+    assert err.value.message.startswith("profiles[0].images: the ONNX model (model.onnx) has "
+                                        "no input 'images'")
+    models = {"tiny": {"dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
+    executor.check_upstream({"model": "tiny"}, {"onnx": {"model": onnx_file}}, models)
+    with pytest.raises(RecipeError, match="no optimization profile"):
+        executor.check_upstream({}, {"onnx": {"model": onnx_file}})

@@ -510,7 +510,25 @@ class TensorRTBuildExecutor(Executor):
         if "timing_cache" in task.outputs:
             task.outputs["timing_cache"].write_bytes(result.timing_cache or b"")
 
-    # --- proposed engine hook -------------------------------------------------------------
+    # --- proposed engine hooks ------------------------------------------------------------
+    def check_upstream(self, params: Dict[str, Any], upstream: Dict[str, Dict[str, Path]],
+                       models: Optional[Dict[str, Any]] = None) -> None:
+        """Check the profiles against the upstream ONNX model once it exists, before the step
+        is keyed or run; a problem is a RecipeError (the engine attaches the step's file and
+        line). (Called by the scheduler once the engine supports this hook; until then
+        ``run`` makes the same check and fails the step with the same message.)"""
+        p = TensorRTBuildParams.model_validate(params)
+        if p.onnx:
+            return  # checked when the recipe loaded
+        onnx_files = [path for outs in upstream.values() for path in outs.values()
+                      if str(path).endswith(".onnx")]
+        if len(onnx_files) != 1 or not Path(onnx_files[0]).is_file():
+            return  # run() reports a missing or ambiguous model
+        dims = ((models or {}).get(p.model) or {}).get("dims") or {} if p.model else {}
+        _raise_problems(p, onnx_inputs(Path(onnx_files[0])),
+                        f"the ONNX model ({Path(onnx_files[0]).name})", dims)
+
+    # --- proposed engine hook: weight-agnostic keys ---------------------------------------
     def upstream_digest(self, params: Dict[str, Any], output: str, path: Path, digest: str
                         ) -> str:
         """The digest of an upstream output that goes into this step's key.
