@@ -423,3 +423,20 @@ def test_check_upstream_hook_raises_recipe_errors(tmp_path, onnx_file):
     executor.check_upstream({"model": "tiny"}, {"onnx": {"model": onnx_file}}, models)
     with pytest.raises(RecipeError, match="no optimization profile"):
         executor.check_upstream({}, {"onnx": {"model": onnx_file}})
+
+
+def test_cli_run_with_the_fake_builds_in_workers_and_shares_the_cache(trt_project,
+                                                                      monkeypatch):
+    monkeypatch.setenv(trt_env.MODULE_ENV, "buildgraph.trt_fake")
+    events = trt_project.run("r.yaml")
+    assert trt_project.statuses(events) == {"onnx": "built", "engine@3": "built",
+                                            "engine@5": "built", "after": "built"}
+    finished = {e["step"]: e for e in events if e["event"] == "step_finished"}
+    engine = json.loads((trt_project.build / "r" / "engine@5" / "model.engine").read_bytes())
+    assert engine["optimization_level"] == 5
+    assert engine["profiles"] == [{"x": [[1, 3, 16, 16], [4, 3, 16, 16], [8, 3, 16, 16]]}]
+    scopes = list((trt_project.cache / "trt-timing").iterdir())
+    assert len(scopes) == 1 and (scopes[0] / "cache.bin").is_file()
+    assert set(finished) == {"onnx", "engine@3", "engine@5", "after"}
+    again = trt_project.run("r.yaml")
+    assert set(trt_project.statuses(again).values()) == {"cached"}
