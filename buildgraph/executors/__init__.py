@@ -54,6 +54,7 @@ _TVM_KINDS: Dict[str, str] = {
 _TENSORRT_KINDS: Dict[str, str] = {
     "tensorrt.build": "buildgraph.executors.tensorrt_build:TensorRTBuildExecutor",
     "tensorrt.refit": "buildgraph.executors.tensorrt_refit:TensorRTRefitExecutor",
+    "trtexec": "buildgraph.executors.trtexec:TrtexecExecutor",
     "onnx.autocast": "buildgraph.executors.onnx_precision:AutocastExecutor",
     "onnx.quantize": "buildgraph.executors.onnx_precision:QuantizeExecutor",
 }
