@@ -16,8 +16,7 @@ can name (the tables and flag literals of :mod:`buildgraph.trt_spec`).
 from __future__ import annotations
 
 import ast
-from pathlib import Path
-from typing import Dict, Iterable, List, Set, Tuple
+from typing import List, Set, Tuple
 
 import pytest
 
