@@ -35,6 +35,9 @@ class StepNode:
     description: str = ""
     location: Optional[Location] = None
     fingerprint: Optional[Dict[str, str]] = None
+    hooks: Tuple[str, ...] = ()
+    """Optional executor hooks this step's kind implements (see ``executors.OPTIONAL_HOOKS``),
+    recorded at load so that planning a step without hooks never imports its executor."""
     """The executor's environment fingerprint, computed at load; None when it must be
     recomputed at every plan (``Executor.volatile_fingerprint``, e.g. the GPU in use)."""
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
-from .errors import StepFailed
+from .errors import RecipeError, StepFailed
 from .executors import load_executor
 from .graph import Graph, StepNode
-from .hashing import path_digest
+from .hashing import digest_json, path_digest
 from .keys import action_key, explain_difference, make_parts
-from .store import Store
+from .store import Store, atomic_write
 
 CACHED = "cached"      # in the cache and in the build directory: nothing to do
 RESTORE = "restore"    # in the cache; the build directory copy is missing or changed
@@ -73,9 +73,52 @@ class Planner:
                                  f"'{step.id}' no longer exists") from None
         return digests
 
+    def upstream_path(self, up: str, name: str, entry: Mapping[str, Any]) -> Path:
+        """Where an upstream output can be read now: the build directory, else the store."""
+        step = self.graph.steps[up]
+        path = self.build_dir / up / step.outputs[name]
+        if path.exists() or entry.get("type") != "file":
+            return path
+        return self.store.blob_path(entry["digest"])
+
+    def check_upstream(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> None:
+        """Run the executor's ``check_upstream`` hook; a RecipeError gets the step's location."""
+        if "check_upstream" not in step.hooks:
+            return
+        paths = {u: {n: self.upstream_path(u, n, e) for n, e in upstream[u].items()}
+                 for u in step.upstream}
+        try:
+            load_executor(step.kind)().check_upstream(step.raw_params, paths,  # type: ignore[attr-defined]
+                                                      dict(self.graph.models))
+        except RecipeError as exc:
+            if exc.location is None:
+                exc.location = step.location
+                exc.key = exc.key or f"steps.{step.base_id}.with"
+            raise
+
+    def _upstream_digest(self, step: StepNode, up: str, name: str,
+                         entry: Mapping[str, Any]) -> str:
+        if "upstream_digest" not in step.hooks:
+            return entry["digest"]
+        memo_key = digest_json({"kind": step.kind, "version": step.executor_version,
+                                "params": step.raw_params, "output": name,
+                                "digest": entry["digest"]})
+        memo = self.store.root / "derived" / memo_key[:2] / memo_key[2:]
+        try:
+            return memo.read_text(encoding="utf-8")
+        except OSError:
+            pass
+        derived = load_executor(step.kind)().upstream_digest(  # type: ignore[attr-defined]
+            step.raw_params, name, self.upstream_path(up, name, entry), entry["digest"])
+        try:
+            atomic_write(memo, str(derived).encode("utf-8"))
+        except OSError:
+            pass
+        return str(derived)
+
     def parts(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
         """Key parts; ``upstream`` maps each upstream id to its output manifest entries."""
-        up_digests = {f"{up}.{name}": entry["digest"]
+        up_digests = {f"{up}.{name}": self._upstream_digest(step, up, name, entry)
                       for up in step.upstream for name, entry in upstream[up].items()}
         return make_parts(step.kind, step.executor_version, step.raw_params, step.outputs,
                           self.input_digests(step), up_digests, self.fingerprint(step),
@@ -100,6 +143,7 @@ class Planner:
             else:
                 reasons = ["never built"]
             return Decision(step.id, WAITS, tuple(reasons))
+        self.check_upstream(step, upstream)
         parts = self.parts(step, upstream)
         key = action_key(parts)
         forced = []

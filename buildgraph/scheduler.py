@@ -166,7 +166,7 @@ class Scheduler:
                                 decision = planner.decide(step, {u: outputs[u]
                                                                  for u in step.upstream})
                             except BuildgraphError as exc:
-                                results[sid] = StepResult(sid, FAILED, message=exc.message)
+                                results[sid] = StepResult(sid, FAILED, message=exc.render())
                                 self.reporter.step_finished(results[sid])
                                 pending.remove(sid)
                                 progressed = True

@@ -475,12 +475,14 @@ class Store:
                 removed_blobs += 1
                 freed += size
         tmp = self.clean_tmp()
-        shutil.rmtree(self.root / "recipes", ignore_errors=True)  # resolved recipes: regenerable
+        for regenerable in ("recipes", "derived"):  # resolved recipes, memoised digests
+            shutil.rmtree(self.root / regenerable, ignore_errors=True)
         return {"removed_actions": removed_actions, "removed_objects": removed_blobs,
                 "freed_bytes": freed, "kept_bytes": live, "removed_tmp": tmp}
 
     def clear(self) -> None:
-        for sub in (self.objects, self.actions, self.tmp, self.locks, self.root / "recipes"):
+        for sub in (self.objects, self.actions, self.tmp, self.locks, self.root / "recipes",
+                    self.root / "derived"):
             if sub.exists():
                 _rmtree_writable(sub)
         self.stat_cache.close()

@@ -25,7 +25,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Type, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, Union
 
 from ..errors import BuildgraphError, StepFailed
 
@@ -158,6 +158,22 @@ class Executor:
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+OPTIONAL_HOOKS = ("check_upstream", "upstream_digest")
+"""Methods an executor may define, called by the planner once upstream outputs exist:
+
+* ``check_upstream(params, upstream, models) -> None``: validate the step against its upstream
+  files (e.g. TensorRT profiles against the ONNX model's inputs); raise RecipeError, and the
+  planner attaches the step's file and line;
+* ``upstream_digest(params, output, path, digest) -> str``: the digest of an upstream output
+  that enters this step's key, when the executor depends on only part of it (a weight-agnostic
+  TensorRT build keys an ONNX model by its structure). Results are memoised per digest.
+"""
+
+
+def implemented_hooks(cls: Type[Executor]) -> Tuple[str, ...]:
+    return tuple(h for h in OPTIONAL_HOOKS if callable(getattr(cls, h, None)))
 
 
 _cache: Dict[str, Type[Executor]] = {}

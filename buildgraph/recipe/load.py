@@ -241,7 +241,7 @@ class _Resolver:
             nodes[sid] = StepNode(
                 id=sid, base_id=self.src.origin.get(sid, sid), kind=spec.uses,
                 executor_version=p["version"], raw_params=p["raw_params"],
-                upstream=tuple(edges[sid]), fingerprint=p["fingerprint"],
+                upstream=tuple(edges[sid]), fingerprint=p["fingerprint"], hooks=p["hooks"],
                 inputs=p["inputs"], input_labels=p["labels"], outputs=p["outputs"],
                 resources=p["resources"], matrix=combos.get(sid, {}), timeout=spec.timeout,
                 cache=spec.cache, description=spec.description,
@@ -341,6 +341,7 @@ class _Resolver:
             fingerprint = {k: str(v) for k, v in cls().fingerprint(raw_params).items()}
         return {"params": params, "raw_params": raw_params, "outputs": outputs,
                 "version": str(cls.version), "fingerprint": fingerprint,
+                "hooks": executors.implemented_hooks(cls),
                 "inputs": inputs, "labels": labels, "resources": resources, "spec": spec}
 
     def _edges(self, recipe: Recipe, prepared: Dict[str, Dict[str, Any]],
