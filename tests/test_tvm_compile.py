@@ -174,6 +174,22 @@ def test_readme_loader_snippet_runs(built):
     assert namespace["out"].shape == (1, 4)
 
 
+def test_verify_runs_tvm_libraries_against_pytorch(tmp_path: Path, built):
+    from buildgraph import runtimes
+
+    if "tvm.compile" not in runtimes.KIND_RUNTIMES:
+        pytest.skip("buildgraph.runtimes does not map tvm.compile to the tvm.relax runtime "
+                    "(buildgraph.runtime_tvm:TvmRuntime) yet")
+    root, recipe, _ = built
+    text = recipe.read_text() + ("  check: {uses: verify, from: [lib, lib_dyn, lib_pt2], "
+                                 "with: {model: net_a}}\n")
+    (root / "verify.yaml").write_text(text.replace("name: tvmt", "name: tvmv"))
+    res = run(root / "verify.yaml", root)
+    assert res["check"].ok, (res["check"].message, res["check"].log_tail)
+    report = json.loads(res["check"].outputs["report"].read_text())
+    assert {c["runtime"] for c in report["candidates"].values()} == {"tvm.relax"}
+
+
 @pytest.mark.gpu
 def test_cuda_compile_runs_on_the_gpu(tmp_path: Path, built):
     import tvm

@@ -107,7 +107,17 @@ def light_tensor_intrin(target: Dict[str, Any]) -> None:
     import types
 
     name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules or target.get("kind") != "llvm":
+    if name in sys.modules:
+        if getattr(sys.modules[name], "_buildgraph_partial", False) and \
+                target.get("kind") != "llvm":
+            # an earlier CPU step in this worker registered only its CPU's intrinsics
+            for sub in ("cuda", "rocm", "metal"):
+                try:
+                    importlib.import_module(f"{name}.{sub}")
+                except Exception:  # noqa: BLE001
+                    pass
+        return
+    if target.get("kind") != "llvm":
         return
     arch = tvmtarget.triple_arch(str(target["mtriple"])) if target.get("mtriple") \
         else tvmtarget.host_arch()
@@ -120,6 +130,7 @@ def light_tensor_intrin(target: Dict[str, Any]) -> None:
     package.__path__ = list(spec.submodule_search_locations)
     package.__package__ = name
     package.__spec__ = spec
+    package._buildgraph_partial = True  # type: ignore[attr-defined]
     sys.modules[name] = package
     import tvm.s_tir
 
