@@ -464,7 +464,15 @@ class TvmCompileExecutor(Executor):
 
     def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
         fp = dict(tvm_versions())
-        fp.update(tvmtarget.fingerprint(params["target"]))
+        target = params["target"]
+        fp.update(tvmtarget.fingerprint(target))
+        if not tvmtarget.is_host_target(target) and target.get("kind") == "llvm" and \
+                params.get("export", "auto") == "auto":
+            # a .so when a cross compiler is on PATH, object files in a .tar otherwise
+            triple = str(target.get("mtriple", ""))
+            cc = params.get("cc") or next((c for c in (f"{triple}-gcc", f"{triple}-g++")
+                                           if shutil.which(c)), None)
+            fp["cross_cc"] = cc if cc and shutil.which(cc) else "none (exports a .tar)"
         return fp
 
     def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
