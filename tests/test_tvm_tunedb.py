@@ -8,7 +8,7 @@ import io
 import json
 import multiprocessing
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import pytest
 from hypothesis import given, settings

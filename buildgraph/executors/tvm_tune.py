@@ -367,10 +367,9 @@ class TvmTuneExecutor(Executor):
         ms_dir = Path(task.work_dir) / "ms"
         ms_dir.mkdir(parents=True, exist_ok=True)
         progress: Optional[_Progress] = None
-        interrupted = False
         tune_s = 0.0
         if to_tune and p.trials > 0:
-            progress, interrupted, tune_s = self._tune(task, p, ms, extracted, to_tune, names,
+            progress, tune_s = self._tune(task, p, ms, extracted, to_tune, names,
                                                        hashes, workloads, effective, ms_dir,
                                                        shared, version)
         elif to_tune:
@@ -404,7 +403,7 @@ class TvmTuneExecutor(Executor):
         manifest = {"schema": MANIFEST_SCHEMA, "tvm": version, "target": canonical,
                     "target_text": tvmtarget.target_text(canonical), "tvm_target": effective,
                     "identity": tvmtarget.target_identity(effective), "model": model_path.name,
-                    "dims": p.dims, "tasks": rows, "interrupted": interrupted}
+                    "dims": p.dims, "tasks": rows}
         (out_dir / "tunedb.json").write_text(json.dumps(manifest, indent=1, sort_keys=True)
                                              + "\n", encoding="utf-8")
         self._summary(task, rows)
@@ -418,13 +417,13 @@ class TvmTuneExecutor(Executor):
                 "untuned": len(rows) - with_records,
                 "trials": sum(r["trials"] for r in rows), "tune_s": round(tune_s, 2),
                 "records": len(out_db.records), "estimated_latency_us": round(estimate, 2),
-                "target": canonical, "tvm": version, "interrupted": interrupted}
+                "target": canonical, "tvm": version}
 
     # ----------------------------------------------------------------------------------------
     def _tune(self, task: Task, p: TvmTuneParams, ms: Any, extracted: List[Any],
               to_tune: List[int], names: List[str], hashes: List[str],
               workloads: Dict[str, str], effective: Dict[str, Any], ms_dir: Path,
-              shared: Any, version: str) -> Tuple[_Progress, bool, float]:
+              shared: Any, version: str) -> Tuple[_Progress, float]:
         import logging
 
         from ..tunedb import TuneDatabase, read_db
@@ -515,7 +514,7 @@ class TvmTuneExecutor(Executor):
             raise StepFailed("interrupted; the records measured so far are kept in the "
                              "cache's shared tuning records, and the next run skips the "
                              "tasks they cover")
-        return progress, interrupted, tune_s
+        return progress, tune_s
 
     @staticmethod
     def _summary(task: Task, rows: List[Dict[str, Any]]) -> None:
