@@ -233,6 +233,10 @@ def effective_target(target: Mapping[str, Any], system_cpu: Optional[str] = None
         out["mcpu"] = system_cpu
     if out.get("kind") == "llvm" and "num-cores" not in out and is_host_target(out):
         out["num-cores"] = num_cores or host_cores()
+    if out.get("kind") == "cuda" and "arch" not in out:
+        arch = detect_cuda_arch()
+        if arch:
+            out["arch"] = arch
     if isinstance(out.get("host"), Mapping):
         out["host"] = effective_target(out["host"], system_cpu, num_cores)
     return dict(sorted(out.items()))
@@ -264,9 +268,30 @@ def identity_digest(target: Mapping[str, Any]) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def detect_cuda_arch() -> Optional[str]:
+    """``sm_XY`` of the first NVIDIA GPU (``nvidia-smi``; no CUDA libraries loaded), or None."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0].strip() if out.strip() else ""
+    if not re.fullmatch(r"\d+\.\d+", first):
+        return None
+    return "sm_" + first.replace(".", "")
+
+
 def fingerprint(target: Mapping[str, Any]) -> Dict[str, str]:
     """What outside the params changes code built for ``target`` (for step fingerprints)."""
     fp: Dict[str, str] = {"target": json.dumps(dict(target), sort_keys=True)}
+    if target.get("kind") == "cuda" and "arch" not in target:
+        fp["cuda_arch"] = detect_cuda_arch() or "none"  # TVM builds for the GPU present
     if is_native(target):
         fp["host_cpu"] = host_cpu_description()
     if target.get("kind") == "llvm" and "num-cores" not in target and is_host_target(target):

@@ -134,3 +134,16 @@ def test_parsing_imports_no_tvm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_cuda_without_arch_keys_on_the_gpu_present(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 9.0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    cuda = canonical_target("cuda")
+    assert tvmtarget.fingerprint(cuda)["cuda_arch"] == "sm_90"
+    assert effective_target(cuda)["arch"] == "sm_90"
+    assert "cuda_arch" not in tvmtarget.fingerprint(canonical_target("cuda -arch=sm_80"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert tvmtarget.fingerprint(cuda)["cuda_arch"] == "none"
