@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                     "fits, e.g. 5GiB")
     csub.add_parser("clear", help="delete everything in the cache")
 
+    # the real parser lives in buildgraph.tunedb and is built only when this command is used
+    sub.add_parser("tune-db", help="list, merge, prune, import and export TVM tuning databases",
+                   add_help=False)
     sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
     sub.add_parser("kinds", help="list the step kinds available")
     log = sub.add_parser("log", help="print the log of a step's last build")
@@ -99,6 +102,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune-db"]:
+        from .tunedb import cli_main
+
+        try:
+            return cli_main(argv[1:])
+        except KeyboardInterrupt:
+            return 130
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
@@ -289,7 +300,8 @@ def _cache(args: argparse.Namespace) -> int:
     if action == "clear":
         with store.using(exclusive=True, timeout=10):
             store.clear()
-        print(f"cleared {store.root}")
+        print(f"cleared {store.root} (shared TVM tuning records and TensorRT timing caches are "
+              "kept: 'buildgraph tune-db clear' removes the former)")
         return 0
     return 2  # pragma: no cover
 

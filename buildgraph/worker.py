@@ -46,7 +46,7 @@ def _run_one(kind: str, task: object, devnull: int) -> tuple:
         meta = cls().run(task)  # type: ignore[arg-type]
         return ("ok", meta)
     except BuildgraphError as exc:
-        return ("failed", exc.message)
+        return ("failed", exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
     except KeyboardInterrupt:
         return ("failed", "cancelled")
     except BaseException as exc:  # noqa: BLE001 - report any failure of user code as a step failure
