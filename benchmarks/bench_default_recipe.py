@@ -227,16 +227,23 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     bg_walls, cached_walls, script_walls = [], [], []
     steps_runs, script_runs = [], []
-    for _ in range(args.repeat):
-        wall, cached, steps = run_buildgraph(work, args.jobs)
-        bg_walls.append(wall)
-        cached_walls.append(cached)
-        steps_runs.append(steps)
-        swall, times = run_script(work)
-        script_walls.append(swall)
-        script_runs.append(times)
+    load_before = os.getloadavg()[0]
+    try:
+        for _ in range(args.repeat):
+            wall, cached, steps = run_buildgraph(work, args.jobs)
+            bg_walls.append(wall)
+            cached_walls.append(cached)
+            steps_runs.append(steps)
+            swall, times = run_script(work)
+            script_walls.append(swall)
+            script_runs.append(times)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
     bg, sc = statistics.median(bg_walls), statistics.median(script_walls)
-    print(f"machine: {os.cpu_count()} CPU cores; {args.repeat} runs each, medians")
+    print(f"machine: {os.cpu_count()} CPU cores; load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after (other processes skew every figure); "
+          f"{args.repeat} runs each, alternating, medians")
     print(f"buildgraph run (cold)   {bg:7.2f} s   runs: "
           + ", ".join(f"{w:.2f}" for w in bg_walls))
     print(f"sequential script       {sc:7.2f} s   runs: "
