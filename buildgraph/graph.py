@@ -35,6 +35,8 @@ class StepNode:
     description: str = ""
     location: Optional[Location] = None
     fingerprint: Optional[Dict[str, str]] = None
+    key_data: Dict[str, Any] = field(default_factory=dict)
+    """Data from outside ``with:`` that enters the key (``Executor.key_data``)."""
     hooks: Tuple[str, ...] = ()
     """Optional executor hooks this step's kind implements (see ``executors.OPTIONAL_HOOKS``),
     recorded at load so that planning a step without hooks never imports its executor."""

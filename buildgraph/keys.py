@@ -18,10 +18,14 @@ KEY_SCHEMA = 1
 
 def make_parts(kind: str, executor_version: str, params: Mapping[str, Any],
                outputs: Mapping[str, str], inputs: Mapping[str, str],
-               upstream: Mapping[str, str], env: Mapping[str, str], salt: str) -> Dict[str, Any]:
-    return {"schema": KEY_SCHEMA, "kind": kind, "executor": executor_version,
-            "params": dict(params), "outputs": dict(outputs), "inputs": dict(inputs),
-            "upstream": dict(upstream), "env": dict(env), "salt": salt}
+               upstream: Mapping[str, str], env: Mapping[str, str], salt: str,
+               data: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    parts = {"schema": KEY_SCHEMA, "kind": kind, "executor": executor_version,
+             "params": dict(params), "outputs": dict(outputs), "inputs": dict(inputs),
+             "upstream": dict(upstream), "env": dict(env), "salt": salt}
+    if data:
+        parts["data"] = dict(data)
+    return parts
 
 
 def action_key(parts: Mapping[str, Any]) -> str:
@@ -70,6 +74,11 @@ def explain_difference(old: Optional[Mapping[str, Any]], new: Mapping[str, Any],
             reasons.append(f"param {name} removed")
         elif old_p[name] != new_p[name]:
             reasons.append(f"param {name} {_short(old_p[name])}→{_short(new_p[name])}")
+    old_d, new_d = _flatten(old.get("data", {})), _flatten(new.get("data", {}))
+    for name in sorted(set(old_d) | set(new_d)):
+        if old_d.get(name) != new_d.get(name):
+            reasons.append(f"{name.replace('.', ' ', 1)} {_short(old_d.get(name, '(none)'))}→"
+                           f"{_short(new_d.get(name, '(none)'))}")
     if old.get("outputs") != new.get("outputs"):
         reasons.append("declared outputs changed")
     for section, what in (("inputs", "input"), ("upstream", "upstream output")):

@@ -122,7 +122,7 @@ class Planner:
                       for up in step.upstream for name, entry in upstream[up].items()}
         return make_parts(step.kind, step.executor_version, step.raw_params, step.outputs,
                           self.input_digests(step), up_digests, self.fingerprint(step),
-                          self.graph.cache_salt)
+                          self.graph.cache_salt, step.key_data)
 
     def decide(self, step: StepNode,
                upstream: Optional[Mapping[str, Mapping[str, Any]]]) -> Decision:
@@ -136,7 +136,7 @@ class Planner:
                 partial = make_parts(step.kind, step.executor_version,
                                      step.raw_params, step.outputs, self.input_digests(step),
                                      previous.get("upstream", {}), self.fingerprint(step),
-                                     self.graph.cache_salt)
+                                     self.graph.cache_salt, step.key_data)
                 diff = explain_difference(previous, partial, labels)
                 if diff != ["not in the cache (evicted, or built elsewhere)"]:
                     reasons = diff + reasons

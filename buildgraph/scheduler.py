@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -101,6 +102,7 @@ class Scheduler:
         self.log_dir = self.build_dir / ".logs"
         self.lock_file = lock_path(graph.recipe_path)
         self._workers: Any = None
+        self._workers_lock = threading.Lock()
         self._meta: Dict[str, Dict[str, Any]] = {}  # step id -> metadata of its result
 
     # --- public ------------------------------------------------------------------------------
@@ -348,10 +350,11 @@ class Scheduler:
 
     def _invoke(self, cls: Any, step: StepNode, task: Task) -> Any:
         if cls.isolation == "worker":
-            if self._workers is None:
-                from .workers import WorkerPool
+            with self._workers_lock:  # two threads must not each start a pool
+                if self._workers is None:
+                    from .workers import WorkerPool
 
-                self._workers = WorkerPool(self.jobs)
+                    self._workers = WorkerPool(self.jobs)
             status, payload = self._workers.run(step.kind, task, step.timeout)
             if status != "ok":
                 raise StepFailed(payload)

@@ -21,12 +21,10 @@ unpickling runs code).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickletools
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -36,7 +34,6 @@ from .errors import RecipeError, StepFailed, did_you_mean
 HUBS = ("torchvision", "timm")
 """``NAME:model`` sources that build a model from an installed model zoo package."""
 
-SPEC_FORMAT = 1
 
 # Globals a weights-only pickle may name (tensors, storages, plain containers). Anything else
 # (an nn.Module subclass, an optimizer, a user class) means unpickling runs library or user code.
@@ -174,9 +171,7 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                        need_inputs: bool = True) -> Dict[str, Path]:
     """Files that are inputs of a step using model ``name`` (see the module docstring).
 
-    Also returns a ``model:NAME:spec`` file: the model's settings as canonical JSON, so that
-    changing its kwargs, seed, inputs or dims re-runs the steps using it (the engine keys steps
-    on their own params only; see docs/torch.md, "Engine notes").
+    The model's settings themselves enter the key through :func:`model_key_data`.
     """
     from .sources import _module_file, local_sources, resolve_callable
 
@@ -185,7 +180,6 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
     source = spec["source"]
     kind = source_kind(source)
     files: Dict[str, Path] = {}
-    packages: Dict[str, str] = {}
 
     def add_sources(entry: Path) -> None:
         for p in local_sources(entry, [recipe_dir]):
@@ -210,7 +204,6 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                                   f"{did_you_mean(top, local)}",
                                   hint="write 'path/to/file.py:factory' for a file, relative "
                                        "to the recipe")
-            packages[top] = _dist_version(top)
     elif kind in HUBS:
         import importlib.util
 
@@ -220,7 +213,6 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                               hint=f"pip install {kind} (a build matching torch "
                                    f"{_dist_version('torch')}), or define the model in a .py "
                                    "file and use 'file.py:factory'")
-        packages[kind] = _dist_version(kind)
     else:
         path = _existing_file(source, recipe_dir, "model file", name)
         files[f"model:{name}:file"] = path
@@ -254,30 +246,31 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
             if isinstance(dim, str) and not dim.isidentifier():
                 raise RecipeError(f"model '{name}': input '{tname}': dim '{dim}' is neither an "
                                   "integer nor a name")
-    files[f"model:{name}:spec"] = _spec_file(name, spec, packages)
     return files
 
 
-def _spec_file(name: str, spec: Mapping[str, Any], packages: Mapping[str, str]) -> Path:
-    """A content-addressed JSON file holding the model's settings (an input of the key).
+def model_key_data(name: str, models: Mapping[str, Any], recipe_dir: Path) -> Dict[str, Any]:
+    """The model's settings as key data (``Executor.key_data``): changing its kwargs, seed,
+    inputs or dims re-runs the steps using it, and ``plan`` names the setting that changed.
 
     Inputs are kept as an ordered list: their order is the order of forward()'s arguments.
+    Installed packages a model comes from (a module, torchvision, timm) count by version.
     """
-    data = {"format": SPEC_FORMAT, "name": name,
-            "spec": {k: v for k, v in sorted(spec.items()) if k != "inputs"},
-            "inputs": [[k, v] for k, v in (spec.get("inputs") or {}).items()],
-            "packages": dict(sorted(packages.items()))}
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    directory = Path(tempfile.gettempdir()) / f"buildgraph-{uid}" / "model-specs"
-    path = directory / f"{digest}.json"
-    if not path.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{digest}.{os.getpid()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    return path
+    from .sources import resolve_callable
+
+    spec = model_spec(models, name)
+    packages: Dict[str, str] = {}
+    kind = source_kind(spec["source"])
+    if kind == "callable":
+        path, module, _ = resolve_callable(spec["source"], Path(recipe_dir), what="factory")
+        if path is None:
+            packages[module.split(".")[0]] = _dist_version(module.split(".")[0])
+    elif kind in HUBS:
+        packages[kind] = _dist_version(kind)
+    return {"model": {"name": name,
+                      "spec": {k: v for k, v in sorted(spec.items()) if k != "inputs"},
+                      "inputs": [[k, v] for k, v in (spec.get("inputs") or {}).items()],
+                      "packages": dict(sorted(packages.items()))}}
 
 
 def package_versions(*dists: str) -> Dict[str, str]:

@@ -25,13 +25,39 @@ def test_extra_inputs_follow_local_imports_without_torch(tmp_path):
     files = torchmodel.model_extra_inputs("tiny", {"tiny": MODEL}, tmp_path)
     labels = sorted(k for k in files if ":source:" in k)
     assert labels == ["model:tiny:source:models/helpers.py", "model:tiny:source:models/tiny.py"]
-    spec = files["model:tiny:spec"]
-    # the settings file is content-addressed: same spec, same file; other kwargs, other file
-    assert torchmodel.model_extra_inputs("tiny", {"tiny": MODEL}, tmp_path)["model:tiny:spec"] \
-        == spec
+    assert not [k for k in files if k.endswith(":spec")]  # settings are key data, not files
+    data = torchmodel.model_key_data("tiny", {"tiny": MODEL}, tmp_path)
+    assert data == torchmodel.model_key_data("tiny", {"tiny": MODEL}, tmp_path)
     other = model(kwargs={"num_classes": 3})
-    assert torchmodel.model_extra_inputs("tiny", {"tiny": other}, tmp_path)["model:tiny:spec"] \
-        != spec
+    assert torchmodel.model_key_data("tiny", {"tiny": other}, tmp_path)["model"]["spec"][
+        "kwargs"] == {"num_classes": 3}
+
+
+def test_changing_a_model_setting_reruns_its_steps_and_plan_names_it(tmp_path):
+    import json
+
+    from buildgraph.cli import run_cli
+
+    write_models(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    text = (
+        "vars: {classes: 4}\n"
+        "models:\n  tiny:\n    source: models/tiny.py:tiny\n"
+        "    kwargs: {num_classes: '${vars.classes}'}\n"
+        "    inputs: {x: {shape: [1, 3, 8, 8]}}\n"
+        "steps:\n  sd: {uses: torch.save, with: {model: tiny, form: state_dict}}\n")
+    recipe.write_text(text)
+    import buildgraph
+
+    plan = buildgraph.plan(recipe, cache_dir=tmp_path / "c", set={"classes": 3})
+    assert plan["sd"].parts["data"]["model"]["spec"]["kwargs"] == {"num_classes": 3}
+    first = buildgraph.plan(recipe, cache_dir=tmp_path / "c")
+    assert first["sd"].key != plan["sd"].key
+    assert buildgraph.run(recipe, cache_dir=tmp_path / "c", build_dir=tmp_path / "b").ok
+    again = buildgraph.plan(recipe, cache_dir=tmp_path / "c", build_dir=tmp_path / "b",
+                            set={"classes": 3})
+    assert again["sd"].action == "run"
+    assert "model spec.kwargs.num_classes 4→3" in again["sd"].reasons
 
 
 def test_extra_inputs_errors(tmp_path):

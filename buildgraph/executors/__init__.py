@@ -156,6 +156,13 @@ class Executor:
         ``params`` is the validated Params instance. Raise RecipeError for bad references."""
         return {}
 
+    def key_data(self, params: Any, ctx: ResolveContext) -> Dict[str, Any]:
+        """Settings from outside the step's ``with:`` that change its result, as JSON data
+        (e.g. the recipe model a step builds: its kwargs, seed, example inputs). They enter the
+        action key, and ``plan`` shows a change in them as a diff. Called when the recipe loads.
+        """
+        return {}
+
     def run(self, task: Task) -> Optional[Dict[str, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -66,6 +66,9 @@ class ModelExecutor(Timed, Executor):
         return torchmodel.model_extra_inputs(params.model, ctx.models, ctx.recipe_dir,
                                              need_inputs=self.needs_inputs)
 
+    def key_data(self, params: Any, ctx: ResolveContext) -> Dict[str, Any]:
+        return torchmodel.model_key_data(params.model, ctx.models, ctx.recipe_dir)
+
     # --- run-time helpers -------------------------------------------------------------------
     def params(self, task: Task) -> Any:
         assert self.Params is not None

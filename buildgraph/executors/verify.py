@@ -299,6 +299,7 @@ class VerifyExecutor(ModelExecutor):
             start = time.perf_counter()
             got: List[List[Any]] = []
             problem = ""
+            skipped = ""
             runtime = None
             try:
                 entry["runtime"] = runtime_for(kind, path)
@@ -316,13 +317,21 @@ class VerifyExecutor(ModelExecutor):
                 entry["run_s"] = round(time.perf_counter() - start, 4)
                 entry.update(runtime.details)
             except StepFailed as exc:
-                problem = exc.message
+                if getattr(exc, "skip", False):  # e.g. a library cross-compiled for another CPU
+                    skipped = exc.message
+                else:
+                    problem = exc.message
             finally:
                 if runtime is not None:
                     runtime.close()
                 self.seconds["candidates"] = round(self.seconds.get("candidates", 0.0)
                                                    + entry.get("load_s", 0.0)
                                                    + entry.get("run_s", 0.0), 4)
+            if skipped:
+                entry.update(skipped=skipped, passed=True, outputs={})
+                report["candidates"][cand] = entry
+                task.log(f"{cand} ({entry.get('runtime', '?')}): skipped: {skipped}")
+                continue
             detected = runtime.precision if runtime is not None else "fp32"
             entry["outputs"] = {}
             if not problem and got and len(got[0]) != len(out_names):
@@ -365,6 +374,8 @@ class VerifyExecutor(ModelExecutor):
                              f"{hint}{more}; table in the log")
         task.log(text)
         return {"passed": True, "inputs": len(sets), "seconds": self.seconds,
+                "skipped": {c: e["skipped"] for c, e in report["candidates"].items()
+                            if e.get("skipped")},
                 "max_abs": {c: {o: m.get("max_abs") for o, m in e["outputs"].items()}
                             for c, e in report["candidates"].items()}}
 

@@ -214,6 +214,13 @@ class _Resolver:
         data = dict(self.data)
         data["vars"] = variables
         data["steps"] = steps
+        for section in ("models", "pools"):
+            if isinstance(data.get(section), dict):
+                try:
+                    data[section] = substitute(data[section], scope_lookup({"vars": variables}),
+                                               (section,), keep=RUNTIME_NAMESPACES)
+                except InterpolationError as exc:
+                    raise self.src.error(exc.path, str(exc), hint=exc.hint, value=True) from None
         try:
             recipe = Recipe.model_validate(data)
         except ValidationError as exc:
@@ -242,6 +249,7 @@ class _Resolver:
                 id=sid, base_id=self.src.origin.get(sid, sid), kind=spec.uses,
                 executor_version=p["version"], raw_params=p["raw_params"],
                 upstream=tuple(edges[sid]), fingerprint=p["fingerprint"], hooks=p["hooks"],
+                key_data=p["key_data"],
                 inputs=p["inputs"], input_labels=p["labels"], outputs=p["outputs"],
                 resources=p["resources"], matrix=combos.get(sid, {}), timeout=spec.timeout,
                 cache=spec.cache, description=spec.description,
@@ -336,12 +344,13 @@ class _Resolver:
                                      f"{pools[pool]}", value=True)
             else:
                 resources[pool] = int(amount)
+        key_data = _jsonable(cls().key_data(params, ctx))
         fingerprint = None
         if not cls.volatile_fingerprint:
             fingerprint = {k: str(v) for k, v in cls().fingerprint(raw_params).items()}
         return {"params": params, "raw_params": raw_params, "outputs": outputs,
                 "version": str(cls.version), "fingerprint": fingerprint,
-                "hooks": executors.implemented_hooks(cls),
+                "hooks": executors.implemented_hooks(cls), "key_data": key_data,
                 "inputs": inputs, "labels": labels, "resources": resources, "spec": spec}
 
     def _edges(self, recipe: Recipe, prepared: Dict[str, Dict[str, Any]],
@@ -526,7 +535,17 @@ def _default_name(path: Path) -> str:
 
 
 def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
+    """A label for a path: relative to the recipe, else to the working directory."""
+    resolved = Path(path).resolve()
+    for root in (base.resolve(), Path.cwd().resolve()):
+        try:
+            return str(resolved.relative_to(root))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _jsonable(data: Any) -> Dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(data, sort_keys=True, default=str)) if data else {}
