@@ -74,11 +74,19 @@ def explain_difference(old: Optional[Mapping[str, Any]], new: Mapping[str, Any],
             reasons.append(f"param {name} removed")
         elif old_p[name] != new_p[name]:
             reasons.append(f"param {name} {_short(old_p[name])}→{_short(new_p[name])}")
-    old_d, new_d = _flatten(old.get("data", {})), _flatten(new.get("data", {}))
-    for name in sorted(set(old_d) | set(new_d)):
-        if old_d.get(name) != new_d.get(name):
-            reasons.append(f"{name.replace('.', ' ', 1)} {_short(old_d.get(name, '(none)'))}→"
-                           f"{_short(new_d.get(name, '(none)'))}")
+    o_data, n_data = old.get("data") or {}, new.get("data") or {}
+    for top in sorted(set(o_data) | set(n_data)):
+        if top not in o_data:
+            reasons.append(f"{top} settings now part of the key")
+        elif top not in n_data:
+            reasons.append(f"{top} settings no longer part of the key")
+        elif o_data[top] != n_data[top]:
+            old_d, new_d = _flatten(o_data[top], top), _flatten(n_data[top], top)
+            for name in sorted(set(old_d) | set(new_d)):
+                if old_d.get(name) != new_d.get(name):
+                    reasons.append(f"{name.replace('.', ' ', 1)} "
+                                   f"{_short(old_d.get(name, '(none)'))}→"
+                                   f"{_short(new_d.get(name, '(none)'))}")
     if old.get("outputs") != new.get("outputs"):
         reasons.append("declared outputs changed")
     for section, what in (("inputs", "input"), ("upstream", "upstream output")):

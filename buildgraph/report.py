@@ -91,7 +91,8 @@ class ConsoleReporter(Reporter):
         with self._lock:
             self._running[step_id] = time.monotonic()
             self._ensure_live()
-            why = f"  ({'; '.join(reasons)})" if reasons else ""
+            shown = list(reasons[:3]) + ([f"+{len(reasons) - 3} more"] if len(reasons) > 3 else [])
+            why = f"  ({'; '.join(shown)})" if reasons else ""
             if self._live is None or self.verbose:
                 self._print(f"▶ {step_id}{why}")
 

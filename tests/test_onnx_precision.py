@@ -142,6 +142,14 @@ def test_quantize_fp8(tmp_path, fp32, calib, holdout):
     e = errors(run_ort(fp32, holdout), run_ort(out, holdout, basic=True))
     assert e["max_rel"] < 0.1 and e["top1"] >= 0.9, e
     assert meta["check"]["top1_agreement"] >= 0.9
+    # verify's onnxruntime runtime sees the float8 graph and runs it with basic optimizations
+    from buildgraph.runtimes import OnnxRuntime, RuntimeContext
+
+    runtime = OnnxRuntime.load(out, RuntimeContext(model="m", model_spec={},
+                                                   recipe_dir=tmp_path))
+    assert runtime.precision == "fp8"
+    got = runtime.run([holdout])[0]
+    assert errors(run_ort(fp32, holdout), got)["top1"] >= 0.9
 
 
 def test_npy_calibration_for_a_single_input(tmp_path, fp32, calib):

@@ -440,3 +440,48 @@ def test_cli_run_with_the_fake_builds_in_workers_and_shares_the_cache(trt_projec
     assert set(finished) == {"onnx", "engine@3", "engine@5", "after"}
     again = trt_project.run("r.yaml")
     assert set(trt_project.statuses(again).values()) == {"cached"}
+
+
+HOOK_RECIPE = """\
+vars: {weights: tiny.onnx}
+steps:
+  onnx:
+    uses: shell
+    inputs: {a: tiny.onnx, b: tiny_retrained.onnx}
+    with: {cmd: "cp $BUILDGRAPH_RECIPE_DIR/${vars.weights} ${out.model}"}
+    outputs: {model: model.onnx}
+  engine:
+    uses: tensorrt.build
+    from: onnx
+    with:
+      refit: true
+      refittable: true
+      profiles: [{PROFILE: {min: [1, 3, 16, 16], opt: [4, 3, 16, 16], max: [8, 3, 16, 16]}}]
+"""
+
+
+def test_planner_checks_profiles_against_the_upstream_onnx_with_file_and_line(project):
+    make_test_onnx(project.root / "tiny.onnx")
+    make_test_onnx(project.root / "tiny_retrained.onnx", seed=1)
+    project.write("r.yaml", HOOK_RECIPE.replace("PROFILE", "images"))
+    events = project.run("r.yaml", "--keep-going", check=1)
+    engine = [e for e in events if e.get("step") == "engine" and e["event"] == "step_finished"]
+    assert engine[0]["status"] == "failed"
+    assert engine[0]["message"].startswith("r.yaml:8:3: steps.engine.with: ")
+    assert "images" in engine[0]["message"]
+
+
+def test_refit_engine_is_keyed_on_structure_so_new_weights_keep_it(project, monkeypatch):
+    monkeypatch.setenv(trt_env.MODULE_ENV, "buildgraph.trt_fake")
+    make_test_onnx(project.root / "tiny.onnx")
+    make_test_onnx(project.root / "tiny_retrained.onnx", seed=1)  # same structure, new weights
+    project.write("r.yaml", HOOK_RECIPE.replace("PROFILE", "x"))
+    assert project.statuses(project.run("r.yaml")) == {"onnx": "built", "engine": "built"}
+    again = project.statuses(project.run("r.yaml", "--set", "weights=tiny_retrained.onnx"))
+    assert again == {"onnx": "built", "engine": "cached"}
+    # without refit the engine is keyed on the full ONNX bytes
+    project.write("r.yaml", HOOK_RECIPE.replace("PROFILE", "x").replace("refit: true",
+                                                                         "refit: false"))
+    project.run("r.yaml")
+    assert project.statuses(project.run("r.yaml", "--set", "weights=tiny_retrained.onnx")) == \
+        {"onnx": "restored", "engine": "built"}

@@ -143,6 +143,13 @@ class Executor:
     Python environment changing (the GPU in the machine): it is then recomputed at every plan
     instead of being cached with the resolved recipe."""
 
+    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
+        """Whether this step's fingerprint must be recomputed at every plan (default: the
+        class's ``volatile_fingerprint``); e.g. only a CUDA target without an explicit arch
+        depends on the GPU present. This host's CPU and Python environment are covered by the
+        resolved-recipe cache already."""
+        return self.volatile_fingerprint
+
     def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
         """Versions and settings outside the params that can change the result.
 

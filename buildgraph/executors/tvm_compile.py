@@ -460,7 +460,12 @@ class TvmCompileExecutor(Executor):
     Params = TvmCompileParams
     outputs = {"model": "model"}
     isolation = "worker"
-    volatile_fingerprint = True  # `native` means whatever CPU this host has
+    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
+        # the host CPU is covered by the resolved-recipe cache; the GPU present (cuda without
+        # -arch) and a cross compiler appearing on PATH are not
+        target = params["target"]
+        return (target.get("kind") == "cuda" and "arch" not in target) or \
+            not tvmtarget.is_host_target(target)
 
     def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
         fp = dict(tvm_versions())

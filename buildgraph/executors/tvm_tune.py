@@ -285,7 +285,10 @@ class TvmTuneExecutor(Executor):
     outputs = {"database": "tunedb"}
     resources = {"cpu": "all"}
     isolation = "worker"
-    volatile_fingerprint = True
+
+    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
+        target = params["target"]  # the GPU present matters only for cuda without -arch
+        return target.get("kind") == "cuda" and "arch" not in target
 
     def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version

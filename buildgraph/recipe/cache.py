@@ -6,7 +6,8 @@ manifest only when it changed, we keep the resolved :class:`Graph` (plain data) 
 under a token covering everything that can change it:
 
 * the recipe's bytes and path, and the ``--set`` overrides;
-* the Python environment: interpreter, and the modification times of the site-packages
+* the host (name, CPU model, core count) and the Python environment: interpreter, and the
+  modification times of the site-packages
   directories (installing or upgrading a package touches them, which also covers the tool
   versions that fingerprints record and the plugins that provide step kinds);
 * buildgraph's own source files (their stat signatures);
@@ -38,9 +39,22 @@ def _sig(path: str) -> Optional[Tuple[int, int, int]]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _host() -> List[Any]:
+    """This machine: a cache directory may be shared between hosts (network file systems)."""
+    import platform
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            cpu = next((line for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return [platform.node(), platform.machine(), os.cpu_count(), cpu]
+
+
 def environment_token() -> str:
-    """Changes when the interpreter, installed packages or buildgraph's sources change."""
-    parts: List[Any] = [sys.version, sys.executable, CACHE_FORMAT]
+    """Changes when the host, interpreter, installed packages or buildgraph's sources change."""
+    parts: List[Any] = [sys.version, sys.executable, CACHE_FORMAT] + _host()
     for entry in sys.path:
         if entry and ("site-packages" in entry or "dist-packages" in entry):
             parts.append((entry, _sig(entry)))

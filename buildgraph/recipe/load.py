@@ -346,7 +346,7 @@ class _Resolver:
                 resources[pool] = int(amount)
         key_data = _jsonable(cls().key_data(params, ctx))
         fingerprint = None
-        if not cls.volatile_fingerprint:
+        if not cls().fingerprint_is_volatile(raw_params):
             fingerprint = {k: str(v) for k, v in cls().fingerprint(raw_params).items()}
         return {"params": params, "raw_params": raw_params, "outputs": outputs,
                 "version": str(cls.version), "fingerprint": fingerprint,
