@@ -301,7 +301,7 @@ class Store:
     def put_action(self, key: str, entry: Dict[str, Any]) -> None:
         entry = dict(entry, schema=ACTION_SCHEMA, key=key)
         path = self.action_path(key)
-        _atomic_write(path, json.dumps(entry, sort_keys=True, indent=1).encode())
+        atomic_write(path, json.dumps(entry, sort_keys=True, indent=1).encode())
 
     def touch_action(self, key: str) -> None:
         """Record use for LRU eviction (``cache gc --max-size``)."""
@@ -500,7 +500,8 @@ def _files(root: Path) -> Iterator[Tuple[str, Path, None]]:
             yield p.relative_to(root).as_posix(), p, None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename (readers never see half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -512,11 +513,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename (readers never see half)."""
-    _atomic_write(path, data)
 
 
 def _alive(pid: int) -> bool:
