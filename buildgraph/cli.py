@@ -69,16 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
                        "or .cache)")
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
-    ls = csub.add_parser("ls", help="list cached actions")
+    # --cache-dir also after the action (`cache gc --cache-dir D`)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--cache-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    ls = csub.add_parser("ls", help="list cached actions", parents=[where])
     ls.add_argument("--json", action="store_true")
-    csub.add_parser("du", help="disk usage")
-    verify = csub.add_parser("verify", help="re-hash every object; check every action")
+    csub.add_parser("du", help="disk usage", parents=[where])
+    verify = csub.add_parser("verify", help="re-hash every object; check every action",
+                             parents=[where])
     verify.add_argument("--repair", action="store_true",
                         help="delete corrupt objects and the actions that use them")
-    gc = csub.add_parser("gc", help="delete unreferenced objects; evict LRU actions")
+    gc = csub.add_parser("gc", help="delete unreferenced objects; evict LRU actions",
+                         parents=[where])
     gc.add_argument("--max-size", help="evict least-recently-used actions until the cache "
                     "fits, e.g. 5GiB")
-    csub.add_parser("clear", help="delete everything in the cache")
+    csub.add_parser("clear", help="delete everything in the cache", parents=[where])
 
     # the real parser lives in buildgraph.tunedb and is built only when this command is used
     sub.add_parser("tune-db", help="list, merge, prune, import and export TVM tuning databases",
@@ -132,6 +137,14 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a directory we cannot create or write: one line, no traceback
+        if os.environ.get("BUILDGRAPH_DEBUG"):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}\n  hint: check that the cache and build "
+              "directories (--cache-dir, --build-dir) can be created and written",
+              file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

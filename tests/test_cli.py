@@ -97,3 +97,22 @@ def test_third_party_kind_through_entry_point(project):
 def test_no_command_prints_help(capsys):
     assert run_cli([]) == 2
     assert "usage: buildgraph" in capsys.readouterr().err
+
+
+def test_unusable_cache_dir_is_one_line_not_a_traceback(project, capsys):
+    project.write("r.yaml", RECIPE)
+    (project.root / "afile").write_text("")
+    assert run_cli(["run", "r.yaml", "--cache-dir", "afile/cache"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and "afile/cache" in err
+
+
+def test_cache_dir_may_follow_the_cache_action(project, capsys):
+    project.write("r.yaml", RECIPE)
+    assert run_cli(["run", "r.yaml", "--cache-dir", "elsewhere"]) == 0
+    capsys.readouterr()
+    assert run_cli(["cache", "du", "--cache-dir", "elsewhere"]) == 0
+    assert "2 actions" in capsys.readouterr().out
+    assert run_cli(["cache", "--cache-dir", "elsewhere", "du"]) == 0
+    assert "2 actions" in capsys.readouterr().out
