@@ -46,6 +46,8 @@ _TORCH_KINDS: Dict[str, str] = {
     "onnx.export": "buildgraph.executors.onnx_export:OnnxExportExecutor",
     "onnx.simplify": "buildgraph.executors.onnx_simplify:OnnxSimplifyExecutor",
     "verify": "buildgraph.executors.verify:VerifyExecutor",
+    "benchmark": "buildgraph.executors.benchmark:BenchmarkExecutor",
+    "release": "buildgraph.executors.benchmark:ReleaseExecutor",
 }
 _TVM_KINDS: Dict[str, str] = {
     "tvm.compile": "buildgraph.executors.tvm_compile:TvmCompileExecutor",
