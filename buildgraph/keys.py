@@ -44,6 +44,8 @@ def _json(value: Any) -> str:
 
 
 def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(value, dict) and not value and not prefix:
+        return {}  # no params at all: nothing to name
     if isinstance(value, dict) and value:
         out: Dict[str, Any] = {}
         for k, v in value.items():

@@ -50,10 +50,10 @@ class BenchmarkExecutor(ModelExecutor):
     dists = ("torch", "onnxruntime", "apache-tvm", "tensorrt", "numpy")
 
     def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        from ..recipe.cache import _host
+        from ..recipe.cache import host_identity
 
         fp = super().fingerprint(params)
-        node, machine, cores, cpu = _host()
+        node, machine, cores, cpu = host_identity()
         fp["host"] = f"{cpu.split(':', 1)[-1].strip() or machine}, {cores} cores"
         return fp
 

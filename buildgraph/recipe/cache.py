@@ -39,7 +39,7 @@ def _sig(path: str) -> Optional[Tuple[int, int, int]]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _host() -> List[Any]:
+def host_identity() -> List[Any]:
     """This machine: a cache directory may be shared between hosts (network file systems)."""
     import platform
 
@@ -54,7 +54,7 @@ def _host() -> List[Any]:
 
 def environment_token() -> str:
     """Changes when the host, interpreter, installed packages or buildgraph's sources change."""
-    parts: List[Any] = [sys.version, sys.executable, CACHE_FORMAT] + _host()
+    parts: List[Any] = [sys.version, sys.executable, CACHE_FORMAT] + host_identity()
     for entry in sys.path:
         if entry and ("site-packages" in entry or "dist-packages" in entry):
             parts.append((entry, _sig(entry)))
