@@ -82,7 +82,7 @@ def bench_noop(work: Path, repeat: int, env) -> None:
 
 def bench_hash(work: Path, repeat: int, env) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from buildgraph.hashing import StatCache, file_digest, hash_file
+    from buildgraph.engine.hashing import StatCache, file_digest, hash_file
 
     big = work / "big.bin"
     make_file(big, 1 << 30)
@@ -120,7 +120,7 @@ def bench_hash(work: Path, repeat: int, env) -> None:
     sparse = work / "sparse4g.bin"
     with open(sparse, "wb") as fh:
         fh.truncate(4 << 30)
-    code = ("import resource, sys; sys.path.insert(0, %r); from buildgraph.hashing import "
+    code = ("import resource, sys; sys.path.insert(0, %r); from buildgraph.engine.hashing import "
             "hash_file; before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "hash_file(%r); after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "print(before, after)" % (str(Path(__file__).resolve().parent.parent), str(sparse)))

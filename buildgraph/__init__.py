@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import load, plan, run  # noqa: F401
+    from buildgraph.api import load, plan, run  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "plan", "load"):
-        from . import api
+        from buildgraph import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'buildgraph' has no attribute '{name}'")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
-from .graph import Graph
-from .lockfile import lock_path, read_lock
-from .planner import Decision, Planner
-from .report import Reporter
-from .scheduler import RunOptions, RunResult, Scheduler, default_build_dir
-from .store import Store, default_cache_dir
+from buildgraph.engine.graph import Graph
+from buildgraph.engine.lockfile import lock_path, read_lock
+from buildgraph.engine.planner import Decision, Planner
+from buildgraph.report import Reporter
+from buildgraph.engine.scheduler import RunOptions, RunResult, Scheduler, default_build_dir
+from buildgraph.engine.store import Store, default_cache_dir
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]
 
@@ -21,10 +21,10 @@ def load(recipe: Union[str, Path], set: Overrides = None,  # noqa: A002 - mirror
 
     Resolved recipes are cached in the cache directory (see ``recipe.cache``)."""
     if not use_cache:
-        from .recipe.load import load_recipe
+        from buildgraph.recipe.load import load_recipe
 
         return load_recipe(recipe, set)
-    from .recipe.cache import load_graph
+    from buildgraph.recipe.cache import load_graph
 
     return load_graph(recipe, set, Path(cache_dir) if cache_dir else default_cache_dir())
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from .errors import BuildgraphError
+from buildgraph.errors import BuildgraphError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                     "fits, e.g. 5GiB")
     csub.add_parser("clear", help="delete everything in the cache", parents=[where])
 
-    # the real parser lives in buildgraph.tunedb and is built only when this command is used
+    # the real parser lives in buildgraph.backends.tvm.records and is built only when this command is used
     sub.add_parser("tune-db", help="list, merge, prune, import and export TVM tuning databases",
                    add_help=False)
     sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from buildgraph import __version__
 
     return __version__
 
@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["tune-db"]:
-        from .tunedb import cli_main
+        from buildgraph.backends.tvm.records import cli_main
 
         try:
             return cli_main(argv[1:])
@@ -152,8 +152,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if command == "run":
         return _run(args)
     if command == "plan":
-        from . import api
-        from .explain import plan_json, plan_text
+        from buildgraph import api
+        from buildgraph.explain import plan_json, plan_text
 
         graph = api.load(args.recipe, args.overrides, args.cache_dir)
         decisions = api.plan(graph, args.targets, force=args.force, cache_dir=args.cache_dir,
@@ -166,12 +166,12 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if command == "cache":
         return _cache(args)
     if command == "schema":
-        from .schema_export import recipe_json_schema
+        from buildgraph.recipe.json_schema import recipe_json_schema
 
         print(json.dumps(recipe_json_schema(), indent=2))
         return 0
     if command == "kinds":
-        from .executors import known_kinds, load_executor
+        from buildgraph.engine.executor import known_kinds, load_executor
 
         for kind, target in known_kinds().items():
             try:
@@ -189,8 +189,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import api
-    from .report import ConsoleReporter, JsonReporter
+    from buildgraph import api
+    from buildgraph.report import ConsoleReporter, JsonReporter
 
     reporter = JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr,
                                                                           verbose=args.verbose)
@@ -220,8 +220,8 @@ def _graph(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from . import api
-    from .explain import dot, mermaid
+    from buildgraph import api
+    from buildgraph.explain import dot, mermaid
 
     graph = api.load(args.recipe, args.overrides, args.cache_dir)
     decisions = api.plan(graph, cache_dir=args.cache_dir, build_dir=args.build_dir) \
@@ -255,7 +255,7 @@ def _graph(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import datetime
 
-    from .store import Store, format_size, parse_size
+    from buildgraph.engine.store import Store, format_size, parse_size
 
     store = Store(Path(args.cache_dir) if args.cache_dir else None,
                   warn=lambda m: print(f"warning: {m}", file=sys.stderr))
@@ -320,8 +320,8 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from . import api
-    from .scheduler import default_build_dir
+    from buildgraph import api
+    from buildgraph.engine.scheduler import default_build_dir
 
     graph = api.load(args.recipe, args.overrides, args.cache_dir)
     ids: List[str] = graph.select([args.step])

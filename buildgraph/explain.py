@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
-from .graph import Graph
-from .planner import CACHED, RESTORE, RUN, WAITS, Decision
+from buildgraph.engine.graph import Graph
+from buildgraph.engine.planner import CACHED, RESTORE, RUN, WAITS, Decision
 
 _WORDS = {CACHED: "cached", RESTORE: "restore", RUN: "run", WAITS: "run?"}
 

@@ -13,6 +13,14 @@ from typing import List, Optional
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+# Test doubles (the fake ``tensorrt`` module) live under tests/fakes, outside the product
+# package; worker processes started by a run must find them too, hence PYTHONPATH.
+if str(FAKES) not in sys.path:
+    sys.path.insert(0, str(FAKES))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(FAKES), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

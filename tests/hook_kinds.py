@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from buildgraph.errors import RecipeError
-from buildgraph.executors import Executor
-from buildgraph.hashing import digest_bytes
+from buildgraph.engine.executor import Executor
+from buildgraph.engine.hashing import digest_bytes
 
 
 class Params(BaseModel):

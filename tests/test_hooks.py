@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import buildgraph
-from buildgraph import executors
+from buildgraph.engine import executor as executors
 
 RECIPE = """
 vars: {second: two}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import buildgraph
-from buildgraph.keys import action_key, explain_difference, make_parts
+from buildgraph.engine.keys import action_key, explain_difference, make_parts
 
 scalars = st.one_of(st.integers(-5, 5), st.text(min_size=0, max_size=5), st.booleans())
 params = st.dictionaries(st.text(min_size=1, max_size=4), scalars, max_size=5)

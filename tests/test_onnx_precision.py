@@ -17,10 +17,9 @@ pytest.importorskip("modelopt.onnx.quantization", reason="needs nvidia-modelopt 
 ort = pytest.importorskip("onnxruntime")
 
 from buildgraph.errors import RecipeError, StepFailed  # noqa: E402
-from buildgraph.executors import ResolveContext, Task  # noqa: E402
-from buildgraph.executors.onnx_precision import (AutocastExecutor, QuantizeExecutor,  # noqa: E402
-                                                 load_samples)
-from buildgraph.trt_fake import make_test_onnx  # noqa: E402
+from buildgraph.engine.executor import ResolveContext, Task  # noqa: E402
+from buildgraph.backends.onnx.precision import AutocastExecutor, QuantizeExecutor, load_samples
+from trt_fake import make_test_onnx  # noqa: E402
 
 SAMPLES = 32
 
@@ -143,7 +142,7 @@ def test_quantize_fp8(tmp_path, fp32, calib, holdout):
     assert e["max_rel"] < 0.1 and e["top1"] >= 0.9, e
     assert meta["check"]["top1_agreement"] >= 0.9
     # verify's onnxruntime runtime sees the float8 graph and runs it with basic optimizations
-    from buildgraph.runtimes import OnnxRuntime, RuntimeContext
+    from buildgraph.engine.runtime import OnnxRuntime, RuntimeContext
 
     runtime = OnnxRuntime.load(out, RuntimeContext(model="m", model_spec={},
                                                    recipe_dir=tmp_path))

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildgraph.graph import find_cycle, topological_order
+from buildgraph.engine.graph import find_cycle, topological_order
 
 
 def _intervals(project, names):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from buildgraph.hashing import StatCache, file_digest, hash_file, path_digest
-from buildgraph.store import Store, parse_size
+from buildgraph.engine.hashing import StatCache, file_digest, hash_file, path_digest
+from buildgraph.engine.store import Store, parse_size
 
 RECIPE = """
 steps:

@@ -10,7 +10,7 @@ gone in 11) fails here.
 The names used are found by reading the source (ast): attribute accesses on the ``trt`` module
 and on the TensorRT objects the code holds (builder, network, parser, config...), the literal
 enum members passed to ``_enum(trt, ENUM, MEMBER)``, and the enum members the build description
-can name (the tables and flag literals of :mod:`buildgraph.trt_spec`).
+can name (the tables and flag literals of :mod:`buildgraph.backends.tensorrt.spec`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import pytest
 from conftest import REPO
 
 DATA = REPO / "tests" / "data"
-SOURCES = [REPO / "buildgraph" / "executors" / "tensorrt_build.py",
-           REPO / "buildgraph" / "executors" / "tensorrt_refit.py",
-           REPO / "buildgraph" / "runtime_tensorrt.py"]
-SPEC = REPO / "buildgraph" / "trt_spec.py"
+TRT = REPO / "buildgraph" / "backends" / "tensorrt"
+SOURCES = [TRT / "build.py", TRT / "refit.py", TRT / "runtime.py"]
+SPEC = TRT / "spec.py"
 
 # Variables that hold TensorRT objects in those files (the test fails if one is renamed away
 # from this list: see test_every_trt_object_variable_is_known).
@@ -92,7 +91,7 @@ def used_names(source: str) -> List[Tuple[str, str, bool]]:
 
 def description_members() -> List[Tuple[str, bool]]:
     """Enum members a BuildDescription can name: (member, legacy only)."""
-    from buildgraph import trt_spec
+    from buildgraph.backends.tensorrt import spec as trt_spec
 
     out: List[Tuple[str, bool]] = []
     for mapping in (trt_spec.MEMORY_POOLS, trt_spec.HARDWARE_COMPATIBILITY,

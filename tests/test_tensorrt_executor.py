@@ -1,5 +1,5 @@
 """``tensorrt.build`` / ``tensorrt.refit`` around the API call: run against the fake
-``tensorrt`` module (:mod:`buildgraph.trt_fake`, which records calls and keeps JSON engines and
+``tensorrt`` module (:mod:`trt_fake`, which records calls and keeps JSON engines and
 timing caches), and without TensorRT at all through the CLI (``plan`` shows the steps, ``run``
 fails them with one line, ``--keep-going`` builds the rest). The real API call is covered by
 the conformance test (names) and by the GPU tests (behaviour)."""
@@ -14,13 +14,13 @@ from typing import Any, Dict, Optional
 
 import pytest
 
-from buildgraph import trt_env
+from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.executors import Task
-from buildgraph.executors.tensorrt_build import TensorRTBuildExecutor
-from buildgraph.executors.tensorrt_refit import TensorRTRefitExecutor
-from buildgraph.trt_fake import make_test_onnx
-from buildgraph.trt_structure import structure_digest
+from buildgraph.engine.executor import Task
+from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
+from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
+from trt_fake import make_test_onnx
+from buildgraph.backends.tensorrt.structure import structure_digest
 
 PROFILE = {"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16]}}
 
@@ -28,11 +28,11 @@ PROFILE = {"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16,
 @pytest.fixture
 def fake(monkeypatch):
     """The fake TensorRT (11.4 unless the test sets BUILDGRAPH_FAKE_TRT_VERSION first)."""
-    monkeypatch.setenv(trt_env.MODULE_ENV, "buildgraph.trt_fake")
+    monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
 
     def load(version: str = "11.4.0.106") -> Any:
         monkeypatch.setenv("BUILDGRAPH_FAKE_TRT_VERSION", version)
-        import buildgraph.trt_fake as module
+        import trt_fake as module
 
         module = importlib.reload(module)
         module.CALLS.clear()
@@ -42,7 +42,7 @@ def fake(monkeypatch):
     yield load
     monkeypatch.delenv(trt_env.MODULE_ENV)
     monkeypatch.delenv("BUILDGRAPH_FAKE_TRT_VERSION", raising=False)
-    importlib.reload(importlib.import_module("buildgraph.trt_fake"))
+    importlib.reload(importlib.import_module("trt_fake"))
     trt_env._cached = None
 
 
@@ -394,7 +394,7 @@ steps:
 def test_an_unwritable_shared_cache_never_fails_the_build(fake, tmp_path, onnx_file,
                                                            monkeypatch):
     fake()
-    from buildgraph import trt_timing_cache
+    from buildgraph.backends.tensorrt import timing_cache as trt_timing_cache
 
     def broken(*args, **kwargs):
         raise OSError("read-only file system")
@@ -427,7 +427,7 @@ def test_check_upstream_hook_raises_recipe_errors(tmp_path, onnx_file):
 
 def test_cli_run_with_the_fake_builds_in_workers_and_shares_the_cache(trt_project,
                                                                       monkeypatch):
-    monkeypatch.setenv(trt_env.MODULE_ENV, "buildgraph.trt_fake")
+    monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
     events = trt_project.run("r.yaml")
     assert trt_project.statuses(events) == {"onnx": "built", "engine@3": "built",
                                             "engine@5": "built", "after": "built"}
@@ -472,7 +472,7 @@ def test_planner_checks_profiles_against_the_upstream_onnx_with_file_and_line(pr
 
 
 def test_refit_engine_is_keyed_on_structure_so_new_weights_keep_it(project, monkeypatch):
-    monkeypatch.setenv(trt_env.MODULE_ENV, "buildgraph.trt_fake")
+    monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
     make_test_onnx(project.root / "tiny.onnx")
     make_test_onnx(project.root / "tiny_retrained.onnx", seed=1)  # same structure, new weights
     project.write("r.yaml", HOOK_RECIPE.replace("PROFILE", "x"))

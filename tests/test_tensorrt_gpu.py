@@ -12,11 +12,11 @@ from typing import Any, Dict, Optional
 import numpy as np
 import pytest
 
-from buildgraph import trt_env
-from buildgraph.executors import Task
-from buildgraph.executors.tensorrt_build import TensorRTBuildExecutor
-from buildgraph.executors.tensorrt_refit import TensorRTRefitExecutor
-from buildgraph.trt_fake import make_test_onnx
+from buildgraph.backends.tensorrt import env as trt_env
+from buildgraph.engine.executor import Task
+from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
+from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
+from trt_fake import make_test_onnx
 
 pytestmark = pytest.mark.gpu
 
@@ -65,7 +65,7 @@ def tiny(tmp_path) -> Path:
 
 
 def test_build_run_and_compare(tmp_path, tiny):
-    from buildgraph.runtime_tensorrt import load
+    from buildgraph.backends.tensorrt.runtime import load
 
     task = build(tmp_path, tiny, {"profiles": [PROFILE], "tf32": False})
     layers = json.loads(task.outputs["layers"].read_text())
@@ -84,8 +84,8 @@ def test_build_run_and_compare(tmp_path, tiny):
 
 
 def test_fp16_graph_builds_strongly_typed(tmp_path, tiny):
-    from buildgraph.executors.onnx_precision import AutocastExecutor
-    from buildgraph.runtime_tensorrt import load
+    from buildgraph.backends.onnx.precision import AutocastExecutor
+    from buildgraph.backends.tensorrt.runtime import load
 
     out = tmp_path / "ac"
     (out / "work").mkdir(parents=True)
@@ -124,7 +124,7 @@ def test_pinned_cache_rebuild_is_bit_exact(tmp_path, tiny):
 
 
 def test_refit_new_weights(tmp_path, tiny):
-    from buildgraph.runtime_tensorrt import load
+    from buildgraph.backends.tensorrt.runtime import load
 
     task = build(tmp_path, tiny, {"profiles": [PROFILE], "refit": True})
     new = tmp_path / "new.onnx"

@@ -10,15 +10,12 @@ import pytest
 from onnx import numpy_helper
 from pydantic import ValidationError
 
-from buildgraph import trt_env
+from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.executors.tensorrt_build import (ParserIssue, engine_precision, layer_summary,
-                                                 parser_failure)
-from buildgraph.trt_fake import make_test_onnx
-from buildgraph.trt_spec import (DescriptionError, InputSpec, ShapeRange, TensorRTBuildParams,
-                                 check_profiles, default_profiles, describe_build,
-                                 model_spec_inputs, onnx_inputs, parse_size, tactic_flags)
-from buildgraph.trt_structure import structure_digest, weight_names
+from buildgraph.backends.tensorrt.build import ParserIssue, engine_precision, layer_summary, parser_failure
+from trt_fake import make_test_onnx
+from buildgraph.backends.tensorrt.spec import DescriptionError, InputSpec, ShapeRange, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, parse_size, tactic_flags
+from buildgraph.backends.tensorrt.structure import structure_digest, weight_names
 
 BATCH = {"x": {"min": [1, 3, 16, 16], "opt": [8, 3, 16, 16], "max": [32, 3, 16, 16]}}
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildgraph.trt_timing_cache import (SCHEMA, CacheRejected, CacheScope, TimingCacheStore,
-                                         default_root, hit_stats, learned_needed)
+from buildgraph.backends.tensorrt.timing_cache import SCHEMA, CacheRejected, CacheScope, TimingCacheStore, default_root, hit_stats, learned_needed
 
 L4 = CacheScope("NVIDIA L4", "8.9", "12.9", "11.4.0.106")
 L4_FP16 = CacheScope("NVIDIA L4", "8.9", "12.9", "10.16.1.11", ("FP16", "weakly-typed"))

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from buildgraph import trt_env
+from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.executors import Task
-from buildgraph.executors.trtexec import (TrtexecExecutor, trtexec_args, version_from_output,
-                                          _versions)
-from buildgraph.trt_fake import make_test_onnx
-from buildgraph.trt_spec import DescriptionError, TensorRTBuildParams, describe_build
+from buildgraph.engine.executor import Task
+from buildgraph.backends.tensorrt.trtexec import TrtexecExecutor, trtexec_args, version_from_output, _versions
+from trt_fake import make_test_onnx
+from buildgraph.backends.tensorrt.spec import DescriptionError, TensorRTBuildParams, describe_build
 
 PROFILE = {"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16]}}
 
@@ -86,8 +85,8 @@ def fake_gpu(monkeypatch, tmp_path):
     script.write_text(FAKE_TRTEXEC)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv(trt_env.MODULE_ENV, "buildgraph.trt_fake")
-    importlib.reload(importlib.import_module("buildgraph.trt_fake"))
+    monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
+    importlib.reload(importlib.import_module("trt_fake"))
     trt_env.probe(refresh=True)
     _versions.clear()
     yield bin_dir

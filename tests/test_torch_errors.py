@@ -67,7 +67,7 @@ def test_weights_that_do_not_match_list_the_first_keys(project, capsys):
 
     sys.path.insert(0, str(project.root / "models"))
     try:
-        from buildgraph.torchmodel import load_model
+        from buildgraph.backends.torch.model import load_model
 
         other = load_model("tiny", model(kwargs={"num_classes": 7, "width": 4}), project.root)
     finally:

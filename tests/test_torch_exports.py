@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 import buildgraph  # noqa: E402
 from buildgraph.cli import run_cli  # noqa: E402
-from buildgraph.torchmodel import load_model, make_inputs  # noqa: E402
+from buildgraph.backends.torch.model import load_model, make_inputs  # noqa: E402
 from torch_helpers import MODEL, model, write_recipe  # noqa: E402
 
 STEPS = """

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from buildgraph.errors import RecipeError, StepFailed
-from buildgraph import torchmodel
+from buildgraph.backends.torch import model as torchmodel
 from torch_helpers import MODEL, model, write_models
 
 
@@ -174,7 +174,7 @@ def test_flatten_outputs_names():
 
 
 def test_runtime_registry(tmp_path):
-    from buildgraph import runtimes
+    from buildgraph.engine import runtime as runtimes
 
     assert runtimes.runtime_for("onnx.simplify", Path("m.onnx")) == "onnxruntime"
     assert runtimes.runtime_for("python", Path("x.pt2")) == "torch.export"

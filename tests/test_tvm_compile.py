@@ -38,8 +38,8 @@ def built(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _runtime(path: Path):
-    from buildgraph.runtime_tvm import TvmRuntime
-    from buildgraph.runtimes import RuntimeContext
+    from buildgraph.backends.tvm.runtime import TvmRuntime
+    from buildgraph.engine.runtime import RuntimeContext
 
     return TvmRuntime.load(path, RuntimeContext(threads=1, kind="tvm.compile"))
 
@@ -82,7 +82,7 @@ def test_torch_export_program_compiles(built):
 
 
 def test_cross_compiled_library_is_built_but_not_run(built):
-    from buildgraph.runtime_tvm import NotRunnableHere, runnable
+    from buildgraph.backends.tvm.runtime import NotRunnableHere, runnable
 
     _, _, result = built
     out = result["lib_arm"].outputs["model"]
@@ -178,11 +178,11 @@ def test_readme_loader_snippet_runs(built):
 
 
 def test_verify_runs_tvm_libraries_against_pytorch(tmp_path: Path, built):
-    from buildgraph import runtimes
+    from buildgraph.engine import runtime as runtimes
 
     if "tvm.compile" not in runtimes.KIND_RUNTIMES:
-        pytest.skip("buildgraph.runtimes does not map tvm.compile to the tvm.relax runtime "
-                    "(buildgraph.runtime_tvm:TvmRuntime) yet")
+        pytest.skip("buildgraph.engine.runtime does not map tvm.compile to the tvm.relax runtime "
+                    "(buildgraph.backends.tvm.runtime:TvmRuntime) yet")
     root, recipe, _ = built
     text = recipe.read_text() + ("  check: {uses: verify, from: [lib, lib_dyn, lib_pt2], "
                                  "with: {model: net_a}}\n")
@@ -205,8 +205,8 @@ lib: {{uses: tvm.compile, with: {{model: {result['onnx'].outputs['model']}, targ
 """)
     res = run(recipe, tmp_path)
     assert res.ok, (res["lib"].message, res["lib"].log_tail)
-    from buildgraph.runtime_tvm import TvmRuntime
-    from buildgraph.runtimes import RuntimeContext
+    from buildgraph.backends.tvm.runtime import TvmRuntime
+    from buildgraph.engine.runtime import RuntimeContext
 
     rt = TvmRuntime.load(res["lib"].outputs["model"], RuntimeContext(device="cuda"))
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")

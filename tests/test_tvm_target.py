@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from buildgraph import tvmtarget
-from buildgraph.tvmtarget import (TargetError, canonical_target, effective_target,
-                                  identity_digest, runnable_here, target_identity, target_text)
+from buildgraph.backends.tvm import target as tvmtarget
+from buildgraph.backends.tvm.target import TargetError, canonical_target, effective_target, identity_digest, runnable_here, target_identity, target_text
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -124,9 +123,9 @@ def test_fingerprint_records_the_host_for_native_only():
 def test_parsing_imports_no_tvm():
     import subprocess
 
-    code = ("import sys; from buildgraph import tvmtarget, tunedb; "
+    code = ("import sys; from buildgraph.backends.tvm import target as tvmtarget, records as tunedb; "
             "tvmtarget.canonical_target('llvm -mcpu=skylake'); "
-            "from buildgraph.executors import load_executor; "
+            "from buildgraph.engine.executor import load_executor; "
             "e = load_executor('tvm.compile')(); e.fingerprint({'target': {'kind': 'llvm', "
             "'mcpu': 'native'}}); load_executor('tvm.tune')().fingerprint({'target': "
             "{'kind': 'llvm', 'mcpu': 'native'}}); "

@@ -75,8 +75,8 @@ lib_other_cpu: {uses: tvm.compile, from: [onnx, tune], with: {target: "llvm -mtr
     lib = b["lib"].meta
     assert lib["tuned"] and lib["with_record"] == lib["functions"] and lib["without_record"] == 0
     assert f"tuned:   {SHARED_CONV}" in log_of(b, "lib")
-    from buildgraph.runtime_tvm import TvmRuntime
-    from buildgraph.runtimes import RuntimeContext
+    from buildgraph.backends.tvm.runtime import TvmRuntime
+    from buildgraph.engine.runtime import RuntimeContext
 
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
     got = TvmRuntime.load(b["lib"].outputs["model"], RuntimeContext()).run([x])[0]
@@ -87,7 +87,7 @@ lib_other_cpu: {uses: tvm.compile, from: [onnx, tune], with: {target: "llvm -mtr
     assert "applied to none of the" in other.message and "0 records for this target" in other.message
 
     # --- the shared records, as `buildgraph tune-db list` shows them ---------------------------
-    from buildgraph import tunedb
+    from buildgraph.backends.tvm import records as tunedb
 
     rows = json.loads(_tune_db(tmp_path, "list", "--json"))
     assert len(rows) == tune_a["tasks"] + tune_b["tasks"] - 1  # the shared conv once
@@ -103,7 +103,7 @@ lib_other_cpu: {uses: tvm.compile, from: [onnx, tune], with: {target: "llvm -mtr
 def _tune_db(root: Path, *argv: str) -> str:
     import io
 
-    from buildgraph import tunedb
+    from buildgraph.backends.tvm import records as tunedb
 
     out = io.StringIO()
     import argparse

@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildgraph import tunedb
-from buildgraph.tunedb import (RECORD_FILE, WORKLOAD_FILE, SharedTuneDB, TuneDatabase, TuneDbError,
-                               merge, read_db, record_seconds, write_db)
+from buildgraph.backends.tvm import records as tunedb
+from buildgraph.backends.tvm.records import RECORD_FILE, WORKLOAD_FILE, SharedTuneDB, TuneDatabase, TuneDbError, merge, read_db, record_seconds, write_db
 
 ZEN = {"keys": ["cpu"], "kind": "llvm", "mcpu": "znver4", "num-cores": 2, "tag": ""}
 SKYLAKE = {"keys": ["cpu"], "kind": "llvm", "mcpu": "skylake", "num-cores": 2, "tag": ""}

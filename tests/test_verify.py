@@ -10,8 +10,7 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from buildgraph.executors.verify import (PRECISION_DEFAULTS, VerifyParams, compare,  # noqa: E402
-                                         resolve_tolerance, statistic)
+from buildgraph.backends.evaluate.verify import PRECISION_DEFAULTS, VerifyParams, compare, resolve_tolerance, statistic
 
 FP32 = {**PRECISION_DEFAULTS["fp32"], "min_top1": None, "min_topk": None}
 

@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..graph import Graph
-from ..hashing import canonical_json, digest_bytes
+from buildgraph.engine.graph import Graph
+from buildgraph.engine.hashing import canonical_json, digest_bytes
 
 CACHE_FORMAT = 1
 
@@ -59,30 +59,26 @@ def environment_token() -> str:
         if entry and ("site-packages" in entry or "dist-packages" in entry):
             parts.append((entry, _sig(entry)))
     package = Path(__file__).resolve().parent.parent
-    for directory in (package, package / "recipe", package / "executors"):
-        try:
-            with os.scandir(directory) as it:
-                for item in it:
-                    if item.name.endswith(".py"):
-                        st = item.stat()
-                        parts.append((item.path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            continue
+    for directory, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                st = _sig(os.path.join(directory, name))
+                parts.append((directory, name, st))
     return digest_bytes(repr(sorted(map(repr, parts))).encode())
 
 
 def load_graph(path: Union[str, Path], overrides: Any, cache_root: Optional[Path]) -> Graph:
     """Load ``path`` through the resolved-recipe cache in ``cache_root`` (None: no cache)."""
-    from .interpolate import parse_overrides
+    from buildgraph.recipe.interpolate import parse_overrides
 
     if cache_root is None:
-        from .load import load_recipe
+        from buildgraph.recipe.load import load_recipe
 
         return load_recipe(path, overrides)
     try:
         data = Path(path).read_bytes()
     except OSError:
-        from .load import load_recipe
+        from buildgraph.recipe.load import load_recipe
 
         return load_recipe(path, overrides)  # produces the proper error
     parsed = parse_overrides(overrides)
@@ -96,13 +92,13 @@ def load_graph(path: Union[str, Path], overrides: Any, cache_root: Optional[Path
             return graph
     except Exception:  # noqa: BLE001 - any unreadable entry is simply re-resolved
         pass
-    from .load import load_recipe
+    from buildgraph.recipe.load import load_recipe
 
     graph = load_recipe(path, overrides)
     watched = sorted({(str(p), _sig(str(p))) for step in graph.steps.values()
                       for p in step.inputs.values() if os.path.isfile(p)})
     try:
-        from ..store import atomic_write
+        from buildgraph.engine.store import atomic_write
 
         atomic_write(entry, pickle.dumps((graph, watched), protocol=pickle.HIGHEST_PROTOCOL))
     except OSError:

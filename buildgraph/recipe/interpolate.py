@@ -97,7 +97,7 @@ def _format(value: Any) -> str:
 
 def scope_lookup(scopes: Mapping[str, Mapping[str, Any]]) -> Lookup:
     """A lookup over ``{namespace: {name: value}}`` with helpful errors."""
-    from ..errors import did_you_mean
+    from buildgraph.errors import did_you_mean
 
     def lookup(parts: Tuple[str, ...], path: Tuple[Any, ...]) -> Any:
         ref = "${" + ".".join(parts) + "}"
@@ -196,7 +196,7 @@ def parse_overrides(items: Union[Mapping[str, Any], Sequence[str], None]) -> Dic
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
-            from ..errors import RecipeError
+            from buildgraph.errors import RecipeError
 
             raise RecipeError(f"--set expects NAME=VALUE; got '{item}'")
         import yaml

@@ -1,4 +1,4 @@
-"""Recipe file → :class:`buildgraph.graph.Graph`.
+"""Recipe file → :class:`buildgraph.engine.graph.Graph`.
 
 Order of work: parse YAML keeping positions; apply ``--set`` overrides and resolve ``vars``;
 expand matrices; interpolate ``${vars.*}``/``${matrix.*}``; validate with the pydantic schema
@@ -19,13 +19,12 @@ import typing
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .. import executors
-from ..errors import Location, RecipeError, did_you_mean
-from ..graph import Graph, StepNode, find_cycle, topological_order
-from .interpolate import (RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs,
-                          parse_overrides, resolve_vars, scope_lookup, substitute)
-from .schema import ID_PATTERN, Recipe, StepSpec
-from .yamlpos import Positions, load_with_positions
+from buildgraph.engine import executor as executors
+from buildgraph.errors import Location, RecipeError, did_you_mean
+from buildgraph.engine.graph import Graph, StepNode, find_cycle, topological_order
+from buildgraph.recipe.interpolate import RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs, parse_overrides, resolve_vars, scope_lookup, substitute
+from buildgraph.recipe.schema import ID_PATTERN, Recipe, StepSpec
+from buildgraph.recipe.yamlpos import Positions, load_with_positions
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 FILENAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")

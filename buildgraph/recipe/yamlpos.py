@@ -13,7 +13,7 @@ from typing import Any, Dict, Tuple
 
 import yaml
 
-from ..errors import Location, RecipeError
+from buildgraph.errors import Location, RecipeError
 
 try:  # libyaml is 10x faster; fall back to the pure-Python loader where it is missing
     _Loader = yaml.CSafeLoader

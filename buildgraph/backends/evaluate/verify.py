@@ -1,0 +1,440 @@
+"""``verify``: prove that each artifact computes what the PyTorch model computes.
+
+The reference is the recipe's model in eager PyTorch, fp32. Candidates are the upstream steps
+(``from: [ts, ep, onnx, sim]``), each loaded by its own runtime (:mod:`buildgraph.engine.runtime`).
+All run on ``random`` seeded random input sets plus the model's sample inputs, and for every
+output the report gives: max absolute error, max relative error, the chosen statistic of the
+error, cosine similarity and, for classifier outputs ([batch, classes]), top-1 and top-k
+agreement.
+
+The check, per candidate and output, is ``STAT(|cand - ref| - rtol*|ref|) <= atol``
+(``STAT = max`` is ``numpy.allclose``), plus ``cosine >= min_cosine`` and top-1/top-k agreement
+bounds when set. Tolerances come from defaults per precision, then ``tolerances.default``, then
+``tolerances.<candidate>``, then ``tolerances.<candidate>.outputs.<output>``; ``"off"`` disables
+one bound. A failure fails the step, with a table of the worst errors and the smallest
+tolerance that would have passed (in the log, whose tail the console shows). The JSON report
+and the tensors used (inputs and reference outputs) are the step's outputs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+
+from pydantic import Field, field_validator
+
+from buildgraph.backends.torch import model as torchmodel
+from buildgraph.errors import StepFailed, did_you_mean
+from buildgraph.backends.torch.base import ModelExecutor, ModelParams, StrictParams, artifact_of, write_json
+
+Bound = Union[float, Literal["off"], None]
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+STAT_RE = re.compile(r"^(max|mean|median|p\d{1,2}(\.\d+)?)$")
+
+PRECISION_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "fp32": {"atol": 1e-4, "rtol": 1e-3, "statistic": "max", "min_cosine": 0.9999},
+    "tf32": {"atol": 1e-2, "rtol": 1e-2, "statistic": "max", "min_cosine": 0.999},
+    "fp16": {"atol": 5e-2, "rtol": 1e-2, "statistic": "max", "min_cosine": 0.999},
+    "bf16": {"atol": 1e-1, "rtol": 5e-2, "statistic": "max", "min_cosine": 0.995},
+    "int8": {"atol": "off", "rtol": "off", "statistic": "p99", "min_cosine": 0.98},
+    "fp8": {"atol": "off", "rtol": "off", "statistic": "p99", "min_cosine": 0.97},
+}
+"""Defaults per precision: strict enough to catch a broken conversion (whose cosine falls well
+below 0.9), loose enough for the rounding a correct fp16/bf16/int8 build shows."""
+
+BOUNDS = ("atol", "rtol", "statistic", "min_cosine", "min_top1", "min_topk")
+
+
+class OutputTolerance(StrictParams):
+    atol: Bound = Field(None, description="absolute bound on STAT(|err| - rtol*|ref|)")
+    rtol: Bound = Field(None, description="relative part of that bound")
+    statistic: Optional[str] = Field(None, description="max, mean, median or pNN (quantile)")
+    min_cosine: Bound = Field(None, description="lowest cosine similarity accepted")
+    min_top1: Bound = Field(None, description="classifiers: lowest share of rows whose "
+                                              "argmax agrees")
+    min_topk: Bound = Field(None, description="classifiers: lowest mean overlap of top-k sets")
+
+    @field_validator("statistic")
+    @classmethod
+    def _stat(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not STAT_RE.match(value):
+            raise ValueError(f"statistic must be max, mean, median or pNN (e.g. p99); got "
+                             f"'{value}'")
+        return value
+
+
+class Tolerance(OutputTolerance):
+    precision: Optional[Literal["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]] = Field(
+        None, description="picks the defaults (default: what the runtime reports, else fp32)")
+    outputs: Dict[str, OutputTolerance] = Field(default_factory=dict,
+                                                description="per-output overrides")
+
+
+class VerifyParams(ModelParams):
+    candidates: Optional[List[str]] = Field(None, description="upstream steps to check "
+                                            "(default: every upstream step)")
+    random: int = Field(4, ge=0, description="number of seeded random input sets")
+    seed: Optional[int] = Field(None, description="seed of the first random set (default: "
+                                                  "the model's seed + 1)")
+    samples: bool = Field(True, description="also run the model's sample_inputs")
+    dims: Dict[str, List[int]] = Field(default_factory=dict,
+                                       description="sizes of named dims the random sets cycle "
+                                                   "through, e.g. {batch: [1, 4]}")
+    topk: int = Field(5, ge=1, description="k of top-k agreement for classifier outputs")
+    device: str = Field("cpu", description="device the candidates' runtimes use (cpu, cuda); "
+                                           "the reference always runs on the CPU")
+    classifier: Optional[bool] = Field(None, description="compute top-k agreement (default: "
+                                       "for 2-D float outputs)")
+    tolerances: Dict[str, Tolerance] = Field(
+        default_factory=dict, description="'default' and/or candidate step ids -> tolerance")
+
+
+# --------------------------------------------------------------------------------------------
+# metrics (numpy only; also used by benchmarks and tests)
+# --------------------------------------------------------------------------------------------
+
+def statistic(values: Any, name: str) -> float:
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return 0.0
+    if name == "max":
+        return float(values.max())
+    if name == "mean":
+        return float(values.mean())
+    if name == "median":
+        return float(np.median(values))
+    return float(np.quantile(values, float(name[1:]) / 100.0))
+
+
+def resolve_tolerance(params: VerifyParams, candidate: str, output: str,
+                      detected: str) -> Dict[str, Any]:
+    """Defaults for the precision, then tolerances.default, the candidate, its output."""
+    base = candidate.split("@")[0]
+    keys = ["default"] + ([base] if base != candidate else []) + [candidate]
+    layers: List[Any] = [params.tolerances[k] for k in keys if k in params.tolerances]
+    precision = detected
+    for layer in layers:
+        if layer.precision:
+            precision = layer.precision
+    merged: Dict[str, Any] = {"precision": precision, "min_top1": None, "min_topk": None}
+    merged.update(PRECISION_DEFAULTS.get(precision, PRECISION_DEFAULTS["fp32"]))
+    for layer in layers:
+        for part in (layer, layer.outputs.get(output)):
+            if part is None:
+                continue
+            for key in BOUNDS:
+                value = getattr(part, key)
+                if value is not None:
+                    merged[key] = value
+    return {k: (None if v == "off" else v) for k, v in merged.items()}
+
+
+def compare(ref: List[Any], got: List[Any], tol: Mapping[str, Any], topk: int,
+            classifier: Optional[bool]) -> Dict[str, Any]:
+    """Metrics of one output over all input sets (lists of arrays), and the verdict."""
+    import numpy as np
+
+    failures: List[str] = []
+    for r, g in zip(ref, got):
+        if tuple(np.shape(r)) != tuple(np.shape(g)):
+            return {"passed": False, "failures": [f"shape {list(np.shape(g))} vs reference "
+                                                  f"{list(np.shape(r))}"],
+                    "shape": list(np.shape(g))}
+    rs = [np.asarray(r, dtype=np.float64) for r in ref]
+    gs = [np.asarray(g, dtype=np.float64) for g in got]
+    r_all = np.concatenate([r.ravel() for r in rs]) if rs else np.zeros(0)
+    g_all = np.concatenate([g.ravel() for g in gs]) if gs else np.zeros(0)
+    bad_nan = int(np.sum(~np.isfinite(g_all) & np.isfinite(r_all)))
+    finite = np.isfinite(g_all) & np.isfinite(r_all)
+    err = np.abs(g_all - r_all)[finite]
+    mag = np.abs(r_all)[finite]
+    floor = max(float(mag.max()) * 1e-6, 1e-30) if mag.size else 1e-30
+    rel = err / np.maximum(mag, floor)
+    stat_name = tol.get("statistic") or "max"
+    atol = tol.get("atol")
+    rtol = tol.get("rtol") or 0.0
+    excess = err - rtol * mag
+    check_value = statistic(excess, stat_name)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need_rtol = np.where(mag > 0, (err - (atol or 0.0)) / np.where(mag > 0, mag, 1.0),
+                             np.where(err <= (atol or 0.0), 0.0, np.inf))
+    min_rtol = statistic(need_rtol, stat_name) if need_rtol.size else 0.0
+    cosines = []
+    for r, g in zip(rs, gs):
+        a, b = r.ravel(), g.ravel()
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        if not (np.isfinite(na) and np.isfinite(nb)):
+            cosines.append(float("nan"))
+        elif na == 0 and nb == 0:
+            cosines.append(1.0)
+        elif na == 0 or nb == 0:
+            cosines.append(0.0)
+        else:
+            cosines.append(float(np.dot(a, b) / (na * nb)))
+    cosine = min(cosines) if cosines else 1.0
+    result: Dict[str, Any] = {
+        "shape": list(np.shape(got[0])) if got else [],
+        "elements": int(r_all.size),
+        "max_abs": float(err.max()) if err.size else 0.0,
+        "mean_abs": float(err.mean()) if err.size else 0.0,
+        "max_rel": float(rel.max()) if rel.size else 0.0,
+        "statistic": stat_name,
+        "stat_value": statistic(err, stat_name),
+        "check_value": check_value,
+        "cosine": cosine,
+        "nonfinite": bad_nan,
+    }
+    is_classifier = classifier if classifier is not None else \
+        all(r.ndim == 2 and r.shape[1] >= 2 for r in rs)
+    if is_classifier and rs and all(r.ndim == 2 for r in rs):
+        k = min(topk, rs[0].shape[1])
+        top1, overlap, rows = 0, 0.0, 0
+        for r, g in zip(rs, gs):
+            top1 += int(np.sum(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
+            rk = np.argsort(-r, axis=1)[:, :k]
+            gk = np.argsort(-g, axis=1)[:, :k]
+            overlap += sum(len(set(a) & set(b)) / k for a, b in zip(rk, gk))
+            rows += r.shape[0]
+        result.update(top1=top1 / max(rows, 1), topk=overlap / max(rows, 1), k=k)
+    if bad_nan:
+        failures.append(f"{bad_nan} NaN/inf values where the reference is finite")
+    if atol is not None and check_value > atol:
+        failures.append(f"{stat_name}(|err| - {rtol:g}*|ref|) = {check_value:.3g} > atol "
+                        f"{atol:g}")
+    if tol.get("min_cosine") is not None and not cosine >= tol["min_cosine"]:
+        failures.append(f"cosine {cosine:.6f} < {tol['min_cosine']:g}")
+    if tol.get("min_top1") is not None and result.get("top1", 1.0) < tol["min_top1"]:
+        failures.append(f"top-1 agreement {result.get('top1'):.3f} < {tol['min_top1']:g}")
+    if tol.get("min_topk") is not None and result.get("topk", 1.0) < tol["min_topk"]:
+        failures.append(f"top-{result.get('k')} agreement {result.get('topk'):.3f} < "
+                        f"{tol['min_topk']:g}")
+    result["min_passing"] = {
+        "atol": max(0.0, check_value),
+        "rtol": (max(0.0, min_rtol) if np.isfinite(min_rtol) else None),
+        "min_cosine": cosine,
+        **({"min_top1": result["top1"], "min_topk": result["topk"]} if "top1" in result else {}),
+    }
+    result["passed"] = not failures
+    result["failures"] = failures
+    return result
+
+
+def table(rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]]) -> str:
+    """Fixed-width table of (candidate, output, precision, metrics, tolerance), worst first."""
+    header = ["candidate", "output", "prec", "max|err|", "max rel", "stat |err|", "cosine", "top1",
+              "atol", "rtol", "passes with atol", "result"]
+    lines = []
+    for cand, out, prec, m, tol in rows:
+        if "max_abs" not in m:
+            lines.append([cand, out, prec, "-", "-", "-", "-", "-", "-", "-", "-",
+                          "FAIL: " + "; ".join(m.get("failures", []))])
+            continue
+        lines.append([
+            cand, out, prec, f"{m['max_abs']:.3g}", f"{m['max_rel']:.3g}",
+            f"{m['statistic']} {m['stat_value']:.3g}", f"{m['cosine']:.8f}",
+            f"{m['top1']:.2f}" if "top1" in m else "-",
+            "off" if tol.get("atol") is None else f"{tol['atol']:g}",
+            "off" if tol.get("rtol") is None else f"{tol['rtol']:g}",
+            f">= {m['min_passing']['atol']:.3g}",
+            "ok" if m["passed"] else "FAIL: " + "; ".join(m["failures"])])
+    widths = [max(len(str(r[i])) for r in lines + [header]) for i in range(len(header) - 1)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    return "\n".join(fmt.format(*r) for r in [header] + lines)
+
+
+# --------------------------------------------------------------------------------------------
+# the executor
+# --------------------------------------------------------------------------------------------
+
+class VerifyExecutor(ModelExecutor):
+    """Compare upstream artifacts with eager PyTorch; the JSON report is an output."""
+
+    kind = "verify"
+    version = "1"
+    Params = VerifyParams
+    outputs = {"report": "report.json", "tensors": "tensors.npz"}
+    resources = {"cpu": "all"}
+    dists = ("torch", "onnx", "onnxruntime", "numpy")
+
+    def run(self, task: Any) -> Optional[Dict[str, Any]]:
+        self.import_torch()
+        from buildgraph.engine.runtime import EagerRuntime, RuntimeContext, load_runtime, runtime_for
+
+        p: VerifyParams = self.params(task)
+        candidates = self._candidates(task, p)
+        spec, model = self.model(task, p.model)
+        model.float()
+        sets = self._input_sets(task, p, spec)
+        ctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
+                             threads=task.threads, trusted=True)
+        reference = EagerRuntime.from_module(model, ctx)
+        ref_out: List[List[Any]] = []
+        out_names: List[str] = []
+        with self.timed("reference"):
+            for label, tensors in sets:
+                out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
+                flat = torchmodel.flatten_outputs(out)
+                out_names = [n for n, _ in flat]
+                ref_out.append([torchmodel.to_numpy(t) for _, t in flat])
+        np_sets = [[torchmodel.to_numpy(t) for t in tensors] for _, tensors in sets]
+        report: Dict[str, Any] = {
+            "schema": 1, "model": p.model,
+            "reference": {"runtime": reference.name, "precision": "fp32"},
+            "inputs": [{"name": label, "shapes": {n: list(t.shape) for (n, _), t in
+                                                   zip(torchmodel.input_specs(spec), tensors)}}
+                       for label, tensors in sets],
+            "outputs": out_names, "candidates": {}, "passed": True}
+        rows = []
+        for cand in candidates:
+            path = artifact_of(task, cand)
+            kind = task.upstream_kinds.get(cand)
+            entry: Dict[str, Any] = {"kind": kind, "artifact": path.name}
+            cctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
+                                  kind=kind, meta=task.upstream_meta.get(cand, {}),
+                                  threads=task.threads, device=p.device, trusted=True)
+            start = time.perf_counter()
+            got: List[List[Any]] = []
+            problem = ""
+            skipped = ""
+            runtime = None
+            try:
+                entry["runtime"] = runtime_for(kind, path)
+                runtime = load_runtime(path, cctx, entry["runtime"])
+                entry["load_s"] = round(time.perf_counter() - start, 4)
+                start = time.perf_counter()
+                for (label, _), arrays in zip(sets, np_sets):
+                    try:
+                        got.append(runtime.run(arrays))
+                    except StepFailed:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a runtime rejecting an input
+                        raise StepFailed(f"fails on input {label}: "
+                                         f"{torchmodel.short_error(exc)[:300]}") from None
+                entry["run_s"] = round(time.perf_counter() - start, 4)
+                entry.update(runtime.details)
+            except StepFailed as exc:
+                if getattr(exc, "skip", False):  # e.g. a library cross-compiled for another CPU
+                    skipped = exc.message
+                else:
+                    problem = exc.message
+            finally:
+                if runtime is not None:
+                    runtime.close()
+                self.seconds["candidates"] = round(self.seconds.get("candidates", 0.0)
+                                                   + entry.get("load_s", 0.0)
+                                                   + entry.get("run_s", 0.0), 4)
+            if skipped:
+                entry.update(skipped=skipped, passed=True, outputs={})
+                report["candidates"][cand] = entry
+                task.log(f"{cand} ({entry.get('runtime', '?')}): skipped: {skipped}")
+                continue
+            detected = runtime.precision if runtime is not None else "fp32"
+            entry["outputs"] = {}
+            if not problem and got and len(got[0]) != len(out_names):
+                problem = f"{len(got[0])} outputs; the reference has {len(out_names)}"
+            for i, name in enumerate(out_names):
+                tol = resolve_tolerance(p, cand, name, detected)
+                if problem:
+                    metrics = {"passed": False, "failures": [problem]}
+                else:
+                    metrics = compare([r[i] for r in ref_out], [g[i] for g in got], tol,
+                                      p.topk, p.classifier)
+                metrics["tolerance"] = tol
+                entry["outputs"][name] = metrics
+                rows.append((cand, name, tol["precision"], metrics, tol))
+            entry["precision"] = resolve_tolerance(p, cand, out_names[0] if out_names else "",
+                                                   detected)["precision"]
+            entry["passed"] = all(m["passed"] for m in entry["outputs"].values())
+            report["candidates"][cand] = entry
+            report["passed"] = report["passed"] and entry["passed"]
+            task.log(f"{cand} ({entry.get('runtime', '?')}): "
+                     + ("ok" if entry["passed"] else "FAILED")
+                     + "".join(f"; {n} max|err| {m['max_abs']:.3g}"
+                               for n, m in entry["outputs"].items() if "max_abs" in m))
+        rows.sort(key=lambda r: (r[3]["passed"], -r[3].get("max_abs", float("inf"))))
+        text = table(rows)
+        with self.timed("report"):
+            write_json(task.outputs["report"], report)
+            self._save_tensors(task.outputs["tensors"], sets, np_sets, ref_out, out_names,
+                               [n for n, _ in torchmodel.input_specs(spec)])
+        if not report["passed"]:
+            task.log("\nworst errors (tolerance that would have passed in 'passes with atol'):")
+            task.log(text)
+            failed = [(c, o, m) for c, o, _, m, _ in rows if not m["passed"]]
+            c, o, m = failed[0]
+            more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+            hint = ""
+            if "min_passing" in m:
+                hint = f"; passes with atol >= {m['min_passing']['atol']:.3g}"
+            raise StepFailed(f"verification failed: {c}.{o}: {'; '.join(m['failures'])}"
+                             f"{hint}{more}; table in the log")
+        task.log(text)
+        return {"passed": True, "inputs": len(sets), "seconds": self.seconds,
+                "skipped": {c: e["skipped"] for c, e in report["candidates"].items()
+                            if e.get("skipped")},
+                "max_abs": {c: {o: m.get("max_abs") for o, m in e["outputs"].items()}
+                            for c, e in report["candidates"].items()}}
+
+    @staticmethod
+    def _candidates(task: Any, p: VerifyParams) -> List[str]:
+        ups = list(task.upstream)
+        if p.candidates is None:
+            chosen = ups
+        else:
+            chosen = []
+            for c in p.candidates:
+                found = [u for u in ups if u == c or u.split("@")[0] == c]
+                if not found:
+                    raise StepFailed(f"candidate '{c}' is not an upstream step"
+                                     f"{did_you_mean(c, ups)}; list it under 'from:'")
+                chosen += [u for u in found if u not in chosen]
+        if not chosen:
+            raise StepFailed("nothing to verify: list the steps to check under 'from:'")
+        known = set(chosen) | {c.split("@")[0] for c in chosen} | {"default"}
+        for key in p.tolerances:
+            if key not in known:
+                raise StepFailed(f"tolerances: '{key}' is not a candidate"
+                                 f"{did_you_mean(key, sorted(known))}")
+        return chosen
+
+    @staticmethod
+    def _input_sets(task: Any, p: VerifyParams, spec: Mapping[str, Any]
+                    ) -> List[Tuple[str, List[Any]]]:
+        seed = p.seed if p.seed is not None else int(spec.get("seed", 0)) + 1
+        known = set(torchmodel.dim_sizes(spec))
+        for dim in p.dims:
+            if dim not in known:
+                raise StepFailed(f"dims: the model has no named dim '{dim}'"
+                                 f"{did_you_mean(dim, sorted(known))}")
+        sets = []
+        for i in range(p.random):
+            sizes = {d: v[i % len(v)] for d, v in p.dims.items() if v}
+            sets.append((f"random{i}", torchmodel.make_inputs(spec, seed + i, sizes)))
+        if p.samples:
+            samples = torchmodel.load_samples(p.model, spec, task.recipe_dir)
+            if samples:
+                sets.append(("sample", samples))
+        if not sets:
+            raise StepFailed("no inputs to verify with: random is 0 and the model has no "
+                             "sample_inputs")
+        return sets
+
+    @staticmethod
+    def _save_tensors(path: Path, sets: List[Tuple[str, List[Any]]], np_sets: List[List[Any]],
+                      ref_out: List[List[Any]], out_names: List[str], in_names: List[str]
+                      ) -> None:
+        """``SET.INPUT`` and ``SET.reference.OUTPUT`` arrays, e.g. ``random0.x``."""
+        import numpy as np
+
+        arrays: Dict[str, Any] = {}
+        for (label, _), arrays_in, outs in zip(sets, np_sets, ref_out):
+            for n, a in zip(in_names, arrays_in):
+                arrays[f"{label}.{n}"] = a
+            for n, a in zip(out_names, outs):
+                arrays[f"{label}.reference.{n}"] = a
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)

@@ -1,0 +1,205 @@
+"""The TensorRT runtime for ``verify`` and benchmarks: deserialize an engine and run it.
+
+Device memory goes through torch (``torch.empty(..., device="cuda")``): torch is already a
+dependency of the verify step, and its CUDA caching allocator and streams are all this needs,
+so cuda-python is not required. Inputs are numpy arrays in the engine's input order; shapes
+are set per call (``set_input_shape``) and must lie in one of the engine's optimization
+profiles (profile 0 unless ``ctx.meta['profile']`` says otherwise).
+
+Like every runtime, nothing imports TensorRT or torch before :meth:`Runtime.load`. The class
+registers as ``tensorrt`` for the ``tensorrt.build``/``tensorrt.refit`` kinds and the
+``.engine``/``.plan`` suffixes through :func:`register`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from buildgraph.errors import StepFailed
+from buildgraph.engine.runtime import Runtime, RuntimeContext
+
+NAME = "tensorrt"
+TARGET = "buildgraph.backends.tensorrt.runtime:TensorRTRuntime"
+KINDS = ("tensorrt.build", "tensorrt.refit")
+SUFFIXES = (".engine", ".plan")
+
+# trt.DataType member -> (numpy dtype name, torch dtype name)
+DTYPES: Dict[str, Tuple[str, str]] = {
+    "FLOAT": ("float32", "float32"), "HALF": ("float16", "float16"),
+    "BF16": ("float32", "bfloat16"), "INT8": ("int8", "int8"), "INT32": ("int32", "int32"),
+    "INT64": ("int64", "int64"), "BOOL": ("bool", "bool"), "UINT8": ("uint8", "uint8"),
+}
+
+
+def register() -> None:
+    """Make ``verify`` find this runtime for TensorRT engines."""
+    from buildgraph.engine.runtime import register_runtime
+
+    register_runtime(NAME, TARGET, kinds=KINDS, suffixes=SUFFIXES)
+
+
+class TensorRTRuntime(Runtime):
+    """A serialized TensorRT engine on the first visible CUDA device."""
+
+    name = NAME
+    kinds = KINDS
+    suffixes = SUFFIXES
+
+    def _load(self) -> None:
+        import torch
+
+        from buildgraph.backends.tensorrt import env as trt_env
+        from buildgraph.backends.tensorrt.build import make_logger
+
+        trt = trt_env.load_tensorrt()
+        if not torch.cuda.is_available():
+            raise StepFailed("the TensorRT runtime needs CUDA through torch; this torch has "
+                             "no CUDA (torch.cuda.is_available() is False)")
+        self.trt = trt
+        self.torch = torch
+        self.messages: List[Tuple[str, str]] = []
+        self.logger = make_logger(trt, "WARNING", self.messages)
+        self.runtime = trt.Runtime(self.logger)
+        self.runtime.engine_host_code_allowed = bool(self.ctx.meta.get("version_compatible"))
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            errors = "; ".join(m for _, m in self.messages[-2:])
+            raise StepFailed(f"TensorRT cannot deserialize {self.path.name} (built by another "
+                             f"TensorRT version or for another GPU?){': ' + errors if errors else ''}")
+        self.context = self.engine.create_execution_context()
+        self.profile = int(self.ctx.meta.get("profile", 0))
+        self.stream = torch.cuda.Stream()
+        if self.profile:
+            self.context.set_optimization_profile_async(self.profile, self.stream.cuda_stream)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self.precision = str(self.ctx.meta.get("precision") or self._precision())
+        self.details["inputs"] = self.inputs
+        self.details["outputs"] = self.outputs
+
+    def _precision(self) -> str:
+        """From the inspector JSON the build step wrote beside the engine (``layers``)."""
+        from buildgraph.backends.tensorrt.build import engine_precision, layer_summary
+
+        layers = self.path.parent / "layers.json"
+        try:
+            return engine_precision(layer_summary(layers.read_text(encoding="utf-8")))
+        except OSError:
+            return "tf32"
+
+    def _dtype(self, name: str) -> Tuple[str, str]:
+        dtype = self.engine.get_tensor_dtype(name)
+        key = getattr(dtype, "name", str(dtype)).split(".")[-1]
+        if key not in DTYPES:
+            raise StepFailed(f"tensor '{name}' has TensorRT type {key}, which this runtime "
+                             "does not handle")
+        return DTYPES[key]
+
+    def shape_range(self, name: str) -> Tuple[Tuple[int, ...], ...]:
+        """(min, opt, max) of input ``name`` in the runtime's profile."""
+        shapes = self.engine.get_tensor_profile_shape(name, self.profile)
+        return tuple(tuple(int(d) for d in s) for s in shapes)
+
+    def run(self, inputs: Sequence[Any]) -> List[Any]:
+        import numpy as np
+
+        torch = self.torch
+        if len(inputs) != len(self.inputs):
+            raise StepFailed(f"the engine takes {len(self.inputs)} inputs "
+                             f"({', '.join(self.inputs)}); got {len(inputs)}")
+        keep = []
+        for name, value in zip(self.inputs, inputs):
+            _, tdtype = self._dtype(name)
+            tensor = torch.as_tensor(np.ascontiguousarray(value)).to(
+                device="cuda", dtype=getattr(torch, tdtype)).contiguous()
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                lo, _, hi = self.shape_range(name)
+                raise StepFailed(f"input '{name}' shape {tuple(tensor.shape)} is outside "
+                                 f"the engine's profile {self.profile} ({lo} .. {hi})")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            keep.append(tensor)
+        outs = []
+        for name in self.outputs:
+            _, tdtype = self._dtype(name)
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            tensor = torch.empty(shape, dtype=getattr(torch, tdtype), device="cuda")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            outs.append(tensor)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise StepFailed("TensorRT failed to execute the engine: "
+                             + "; ".join(m for _, m in self.messages[-2:]))
+        self.stream.synchronize()
+        return [t.float().cpu().numpy() if t.dtype == torch.bfloat16 else t.cpu().numpy()
+                for t in outs]
+
+    def benchmark(self, inputs: Sequence[Any], warmup: int = 10, iterations: int = 100
+                  ) -> Dict[str, float]:
+        """Latency of ``run`` (host to host) in milliseconds: median, p90, mean."""
+        for _ in range(warmup):
+            self.run(inputs)
+        times = []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            self.run(inputs)
+            times.append((time.perf_counter() - start) * 1000)
+        times.sort()
+        return {"median_ms": times[len(times) // 2], "p90_ms": times[int(len(times) * 0.9)],
+                "mean_ms": sum(times) / len(times)}
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None
+        self.runtime = None
+
+
+def load(path: Path, meta: Optional[Dict[str, Any]] = None) -> TensorRTRuntime:
+    """Load an engine outside ``verify`` (tests, notebooks)."""
+    loaded = TensorRTRuntime(Path(path), RuntimeContext(kind="tensorrt.build",
+                                                        meta=meta or {}, device="cuda"))
+    loaded._load()
+    return loaded
+
+
+def benchmark_step(inputs: Dict[str, Path], outputs: Dict[str, Path],
+                   batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 20,
+                   iterations: int = 200, seed: int = 0) -> Dict[str, Any]:
+    """A ``python`` step: latency and throughput of every upstream engine per batch size.
+
+    ``inputs`` holds the upstream outputs as ``STEP.OUTPUT``; every ``.engine``/``.plan`` among
+    them is loaded with :class:`TensorRTRuntime` and run on seeded random inputs whose first
+    axis is each batch size (other dims from the profile's opt shape). Writes a JSON report to
+    ``outputs['report']`` and returns it as the step's metadata."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    report: Dict[str, Any] = {"batch_sizes": list(batch_sizes), "iterations": iterations,
+                              "engines": {}}
+    engines = {k: Path(v) for k, v in sorted(inputs.items()) if str(v).endswith(SUFFIXES)}
+    if not engines:
+        raise StepFailed("benchmark: no .engine/.plan among the upstream outputs")
+    for label, path in engines.items():
+        rt = load(path)
+        try:
+            rows = {}
+            for batch in batch_sizes:
+                arrays = []
+                for name in rt.inputs:
+                    _, opt, _ = rt.shape_range(name)
+                    shape = (batch,) + tuple(opt[1:])
+                    np_dtype, _ = rt._dtype(name)
+                    arrays.append(rng.standard_normal(shape).astype(np_dtype))
+                stats = rt.benchmark(arrays, warmup, iterations)
+                stats["images_per_s"] = batch * 1000.0 / stats["median_ms"]
+                rows[str(batch)] = {k: round(v, 4) for k, v in stats.items()}
+            report["engines"][label] = {"precision": rt.precision, "latency": rows}
+        finally:
+            rt.close()
+    if "report" in outputs:
+        outputs["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report

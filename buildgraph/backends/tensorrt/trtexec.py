@@ -1,0 +1,218 @@
+"""``trtexec``: build an engine with NVIDIA's ``trtexec`` binary, for machines that have it
+(TensorRT's tarball or containers) but not the Python bindings.
+
+Same parameters as ``tensorrt.build`` (and the same validation: profiles are checked against
+the ONNX inputs first), translated into ``trtexec`` options by :func:`trtexec_args` — the
+options of TensorRT 11's ``samples/common/sampleOptions.cpp``. Outputs: ``model`` (the engine),
+``log`` (trtexec's output), ``layers`` (``--exportLayerInfo``), ``timing_cache``. The shared
+timing cache is handed to ``--timingCacheFile`` (trtexec loads it and saves it back with the
+new timings); the result replaces the team cache only if nobody changed it meanwhile, since
+combining two caches needs the Python API (``tensorrt.build`` does that).
+
+The key includes the version trtexec reports (``[TensorRT v110400]``) and the GPU, as for
+``tensorrt.build``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from pydantic import Field
+
+from buildgraph.backends.tensorrt import env as trt_env
+from buildgraph.errors import StepFailed
+from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, tactic_flags
+from buildgraph.engine.executor import Task
+from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor, find_model
+
+POOLS = {"WORKSPACE": "workspace", "DLA_MANAGED_SRAM": "dlaSRAM",
+         "DLA_LOCAL_DRAM": "dlaLocalDRAM", "DLA_GLOBAL_DRAM": "dlaGlobalDRAM",
+         "TACTIC_SHARED_MEMORY": "tacticSharedMem"}
+FLAGS = {"REFIT": "--refit", "STRIP_PLAN": "--stripWeights", "SPARSE_WEIGHTS": "--sparsity=enable",
+         "VERSION_COMPATIBLE": "--versionCompatible",
+         "EXCLUDE_LEAN_RUNTIME": "--excludeLeanRuntime", "GPU_FALLBACK": "--allowGPUFallback",
+         "ERROR_ON_TIMING_CACHE_MISS": "--errorOnTimingCacheMiss", "TF32": "",
+         "FP16": "--fp16", "BF16": "--bf16", "INT8": "--int8", "FP8": "--fp8"}
+HWCOMPAT = {"NONE": "none", "AMPERE_PLUS": "ampere+",
+            "SAME_COMPUTE_CAPABILITY": "sameComputeCapability"}
+VERSION_RE = re.compile(r"\[TensorRT v(\d+)\]")
+
+
+class TrtexecParams(TensorRTBuildParams):
+    trtexec: str = Field("trtexec", description="the trtexec binary (name on PATH or path)")
+    extra_args: List[str] = Field(default_factory=list, description="more trtexec options, "
+                                  "appended as given (part of the key)")
+
+
+def shape_spec(shapes: List[Tuple[str, Tuple[int, ...]]]) -> str:
+    """``x:1x3x224x224,mask:1x128`` (names with ':' or ',' quoted, as trtexec accepts)."""
+    parts = []
+    for name, dims in shapes:
+        label = f"'{name}'" if re.search(r"[:,']", name) else name
+        parts.append(f"{label}:" + "x".join(str(d) for d in dims))
+    return ",".join(parts)
+
+
+def trtexec_args(desc: BuildDescription, onnx: Path, engine: Path, layers: Optional[Path],
+                 timing_cache: Optional[Path]) -> List[str]:
+    """The trtexec command line (without the binary) for ``desc``."""
+    args = [f"--onnx={onnx}", f"--saveEngine={engine}", "--skipInference"]
+    if desc.strongly_typed:
+        args.append("--stronglyTyped")  # TensorRT 10 needs it; 11 accepts it as a no-op
+    for flag in desc.builder_flags:
+        if flag not in FLAGS:
+            raise DescriptionError(f"trtexec has no option for builder flag {flag}")
+        if FLAGS[flag]:
+            args.append(FLAGS[flag])
+    if "TF32" in desc.cleared_flags:
+        args.append("--noTF32")
+    if desc.memory_pools:
+        specs = []
+        for pool, size in desc.memory_pools:
+            if pool not in POOLS:
+                raise DescriptionError(f"trtexec cannot limit the {pool.lower()} memory pool; "
+                                       "use tensorrt.build")
+            specs.append(f"{POOLS[pool]}:{size}B")
+        args.append("--memPoolSize=" + ",".join(specs))
+    if desc.optimization_level is not None:
+        args.append(f"--builderOptimizationLevel={desc.optimization_level}")
+    if desc.hardware_compatibility != "NONE":
+        args.append(f"--hardwareCompatibilityLevel={HWCOMPAT[desc.hardware_compatibility]}")
+    if desc.dla_core is not None:
+        args.append(f"--useDLACore={desc.dla_core}")
+    for lib in desc.plugins:
+        args.append(f"--staticPlugins={lib}")
+    if desc.max_aux_streams is not None:
+        args.append(f"--maxAuxStreams={desc.max_aux_streams}")
+    args.append(f"--profilingVerbosity={desc.profiling_verbosity.lower()}")
+    if ("NATIVE_INSTANCENORM", False) in desc.parser_flags:
+        args.append("--pluginInstanceNorm")
+    many = len(desc.profiles) > 1
+    for i, profile in enumerate(desc.profiles):
+        if many:
+            args.append(f"--profile={i}")
+        for option, index in (("--minShapes", 1), ("--optShapes", 2), ("--maxShapes", 3)):
+            args.append(f"{option}=" + shape_spec([(p[0], p[index]) for p in profile]))
+    if timing_cache is not None:
+        args.append(f"--timingCacheFile={timing_cache}")
+    if layers is not None:
+        args.append(f"--exportLayerInfo={layers}")
+    if desc.log_severity == "VERBOSE":
+        args.append("--verbose")
+    return args
+
+
+def version_from_output(text: str) -> Optional[str]:
+    """``[TensorRT v110400]`` -> ``11.4.0``."""
+    m = VERSION_RE.search(text)
+    if not m:
+        return None
+    n = int(m.group(1))
+    return f"{n // 10000}.{(n // 100) % 100}.{n % 100}"
+
+
+_versions: Dict[str, Optional[str]] = {}
+
+
+def trtexec_version(binary: str) -> Optional[str]:
+    """The TensorRT version a trtexec binary reports (its banner), once per process."""
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    if path not in _versions:
+        try:
+            proc = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60)
+            _versions[path] = version_from_output(proc.stdout + proc.stderr) or "unknown"
+        except (OSError, subprocess.SubprocessError):
+            _versions[path] = "unknown"
+    return _versions[path]
+
+
+class TrtexecExecutor(TensorRTBuildExecutor):
+    """Build a TensorRT engine with the trtexec binary (same parameters as tensorrt.build)."""
+
+    kind = "trtexec"
+    version = "1"
+    Params = TrtexecParams
+
+    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
+        env = trt_env.probe()
+        fp = env.fingerprint(params.get("hardware_compatibility", "none"))
+        fp["tensorrt"] = trtexec_version(params.get("trtexec", "trtexec")) or "(no trtexec)"
+        return fp
+
+    def run(self, task: Task) -> Optional[Dict[str, Any]]:
+        from buildgraph.engine.procs import run_logged
+        from buildgraph.backends.tensorrt import timing_cache as tc
+
+        assert self.Params is not None
+        p: TrtexecParams = self.Params.model_validate(task.params)
+        onnx_path = task.inputs["onnx"] if p.onnx else find_model(task, "trtexec")
+        profiles = self._profiles(task, p, onnx_path)
+        env = trt_env.probe()
+        binary = shutil.which(p.trtexec)
+        version = trtexec_version(p.trtexec)
+        if binary is None or env.gpu is None:
+            missing = [] if binary else [f"no '{p.trtexec}' on PATH"]
+            if env.gpu is None:
+                missing.append("no NVIDIA GPU" + (f" ({env.gpu_problem})" if env.gpu_problem
+                                                  else ""))
+            raise StepFailed(f"needs an NVIDIA GPU and TensorRT's trtexec; found: "
+                             + ", ".join(missing))
+        plugins = [str(task.inputs[f"plugin:{lib}"]) for lib in p.plugins]
+        try:
+            desc = describe_build(p, version or "", profiles, plugins)
+        except DescriptionError as exc:
+            raise StepFailed(str(exc)) from None
+        scope = tc.CacheScope(env.gpu.name, env.gpu.compute_capability, env.cuda or "",
+                              version or "", tactic_flags(desc))
+        store = tc.TimingCacheStore(tc.default_root(getattr(task, "cache_dir", None)))
+        cache_file = task.work_dir / "timing.cache"
+        start_blob, message = self._starting_cache(task, p, store, scope)
+        if start_blob:
+            cache_file.write_bytes(start_blob)
+        task.log(message)
+        engine = task.outputs["model"]
+        layers = task.outputs.get("layers")
+        try:
+            args = trtexec_args(desc, onnx_path, engine, layers, cache_file)
+        except DescriptionError as exc:
+            raise StepFailed(str(exc)) from None
+        args += list(p.extra_args)
+        log_out = task.outputs.get("log") or task.work_dir / "trtexec.log"
+        with open(log_out, "ab") as log:
+            log.write(("$ " + " ".join([binary] + args) + "\n").encode())
+            log.flush()
+            run_logged([binary] + args, log, cwd=str(task.work_dir), timeout=task.timeout,
+                       what="trtexec")
+        if not engine.exists():
+            raise StepFailed("trtexec finished without writing the engine (see the log)")
+        if layers is not None and not layers.exists():
+            layers.write_text("{}", encoding="utf-8")
+        blob = cache_file.read_bytes() if cache_file.exists() else b""
+        if "timing_cache" in task.outputs:
+            task.outputs["timing_cache"].write_bytes(blob)
+        shared = "unchanged"
+        if p.timing_cache == "shared" and blob and blob != start_blob:
+            started = hashlib.sha256(start_blob or b"").hexdigest()
+
+            def replace_if_unchanged(base: bytes, new: bytes) -> bytes:
+                if hashlib.sha256(base).hexdigest() != started:
+                    raise RuntimeError("the shared cache changed during this build; combining "
+                                       "needs the tensorrt Python module")
+                return new
+
+            try:
+                shared = store.merge(scope, blob, replace_if_unchanged).status
+            except Exception as exc:  # noqa: BLE001 - never fatal
+                shared = f"not updated ({exc})"
+            task.log(f"shared timing cache: {shared}")
+        return {"tensorrt": version, "gpu": scope.gpu, "compute_capability":
+                scope.compute_capability, "engine_bytes": engine.stat().st_size,
+                "trtexec_args": args, "timing_cache": {"mode": p.timing_cache,
+                                                       "shared": shared}}

@@ -1,0 +1,74 @@
+"""``torch.export``: capture the model with ``torch.export.export`` and save the
+ExportedProgram as a ``.pt2`` archive (``torch.export.load`` reads it back; ``.module()`` runs
+it).
+
+Dynamic dims become ``torch.export.Dim`` objects: from the step's ``dynamic:`` mapping
+(``{input: {axis: name}}``) or, without one, from the named dims of the model's input shapes,
+with ranges from the model's ``dims:``. A dynamic dim whose example size is 1 is exported from
+an example of size 2, because torch.export specializes sizes 0 and 1 (the log says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+from pydantic import Field
+
+from buildgraph.backends.torch import model as torchmodel
+from buildgraph.errors import StepFailed
+from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
+
+
+class TorchExportParams(ModelParams):
+    dynamic: Optional[Dict[str, Dict[int, str]]] = Field(
+        None, description="{input: {axis: dim name}}; default: the named dims of the model's "
+                          "input shapes; {} exports static shapes")
+    strict: bool = Field(False, description="torch.export strict mode (TorchDynamo tracing)")
+
+
+def export_program(task: Any, name: str, spec: Mapping[str, Any], model: Any,
+                   dynamic_param: Optional[Mapping[str, Mapping[int, str]]], strict: bool,
+                   what: str = "torch.export") -> Any:
+    """torch.export.export with the model's dynamic dims; shared with the ONNX exporter."""
+    import torch
+
+    dynamic = torchmodel.dynamic_dims(spec, dynamic_param)
+    sizes = torchmodel.export_sizes(spec, dynamic, task.log)
+    example = torchmodel.shaped_inputs(spec, int(spec.get("seed", 0)), sizes)
+    torchmodel.run_eager(name, spec, model, example, task.recipe_dir)
+    shapes = torchmodel.torch_dynamic_shapes(spec, dynamic)
+    try:
+        return torch.export.export(model, tuple(example), dynamic_shapes=shapes,
+                                   strict=strict), dynamic, example
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many error types
+        task.log(str(exc))
+        raise StepFailed(f"{what} failed: {torchmodel.short_error(exc, lines=2)}") from None
+
+
+class TorchExportExecutor(ModelExecutor):
+    """torch.export to a .pt2 archive, with dynamic dims."""
+
+    kind = "torch.export"
+    version = "1"
+    Params = TorchExportParams
+    outputs = {"model": "model.pt2"}
+
+    def run(self, task: Any) -> Optional[Dict[str, Any]]:
+        torch = self.import_torch()
+
+        p: TorchExportParams = self.params(task)
+        spec, model = self.model(task, p.model)
+        with self.timed("export"):
+            program, dynamic, example = export_program(task, p.model, spec, model, p.dynamic,
+                                                       p.strict)
+        dest = out_path(task)
+        with self.timed("save"):
+            torch.export.save(program, str(dest))
+        nodes = list(program.graph.nodes)
+        return {"nodes": len(nodes),
+                "ops": sum(1 for n in nodes if n.op == "call_function"),
+                "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in dynamic.items()},
+                "range_constraints": {str(k): str(v)
+                                      for k, v in program.range_constraints.items()},
+                "example": torchmodel.describe_inputs(spec, example),
+                "bytes": dest.stat().st_size, "seconds": self.seconds}

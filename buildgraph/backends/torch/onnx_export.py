@@ -1,0 +1,229 @@
+"""``onnx.export``: ``torch.onnx.export`` with either exporter, then ``onnx.checker`` and
+shape inference on the result.
+
+``exporter: dynamo`` (the default) is the torch.export-based exporter; ``exporter: legacy`` is
+the TorchScript-based one (deprecated in torch, kept for opsets below 18 and for models
+torch.export cannot capture). Why dynamo by default: it is torch's own default since 2.9 and the
+only one developed further; it covers the newer aten ops through onnxscript's torchlib; its
+dynamic dims are checked by torch.export (a data-dependent branch fails the export loudly
+instead of being baked in as the legacy tracer does); and both fold BatchNorm the same way.
+Its costs: it is slower (seconds, not a fraction of one) and cannot write opsets below 18.
+
+Models over 2 GB (protobuf's limit) need ``external_data: true`` and a second declared output
+for the weights: ``outputs: {model: model.onnx, data: model.onnx.data}``. The ``.onnx`` refers
+to the data file by name, so the two must stay side by side (they do in the build directory).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional
+
+from pydantic import Field, model_validator
+
+from buildgraph.backends.torch import model as torchmodel
+from buildgraph.errors import StepFailed
+from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
+
+PROTOBUF_LIMIT = 2 ** 31 - 1
+DYNAMO_MIN_OPSET = 18
+
+
+class OnnxExportParams(ModelParams):
+    dynamic: Optional[Dict[str, Dict[int, str]]] = Field(
+        None, description="{input: {axis: dim name}}; default: the named dims of the model's "
+                          "input shapes; {} exports static shapes")
+    exporter: Literal["dynamo", "legacy"] = Field(
+        "dynamo", description="dynamo: torch.export-based (default); legacy: TorchScript-based")
+    opset: int = Field(18, ge=7, description="ONNX opset of the default domain")
+    input_names: Optional[List[str]] = Field(None, description="default: the model's input "
+                                                               "names")
+    output_names: Optional[List[str]] = Field(None, description="default: output (one "
+                                              "tensor), output_0.. (tuple) or the dict keys")
+    dynamic_outputs: Optional[Dict[str, Dict[int, str]]] = Field(
+        None, description="legacy exporter: dynamic axes of outputs (default: axis 0 of every "
+                          "output is dynamic when axis 0 of an input is)")
+    external_data: bool = Field(False, description="write weights to the 'data' output (needed "
+                                                   "over 2 GB)")
+    optimize: bool = Field(True, description="dynamo: run onnxscript's graph optimizer")
+    constant_folding: bool = Field(True, description="legacy: do_constant_folding")
+    check: bool = Field(True, description="onnx.checker (full) and strict shape inference")
+
+    @model_validator(mode="after")
+    def _opset_supported(self) -> "OnnxExportParams":
+        if self.exporter == "dynamo" and self.opset < DYNAMO_MIN_OPSET:
+            raise ValueError(f"the dynamo exporter writes opset {DYNAMO_MIN_OPSET} or newer; "
+                             f"got opset {self.opset} (use exporter: legacy for older opsets)")
+        return self
+
+
+def onnx_error_message(exc: BaseException, exporter: str, opset: int) -> str:
+    """One line naming the unsupported operator and opset when that is the cause."""
+    parts = []
+    e: Optional[BaseException] = exc
+    while e is not None and len(parts) < 6:
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(parts))
+    where = f"{exporter} exporter, opset {opset}"
+    m = re.search(r"OpOverload\(op='([^']+)', overload='([^']+)'\)", text)
+    if m:
+        op = f"{m.group(1)}.{m.group(2)}" if m.group(2) != "default" else m.group(1)
+        return (f"ONNX export ({where}) failed: operator {op} is not supported (no ONNX "
+                "function is registered for it); implement it with "
+                "custom_translation_table, rewrite the model, or try exporter: legacy")
+    m = re.search(r"operator '([^']+)' to ONNX opset version (\d+) is not supported", text)
+    if m:
+        later = re.search(r"added in version (\d+)", text)
+        hint = f"; it needs opset {later.group(1)} or newer" if later else \
+            "; rewrite the model or try exporter: dynamo"
+        return f"ONNX export ({where}) failed: operator {m.group(1)} is not supported at " \
+               f"opset {m.group(2)}{hint}"
+    summary = re.search(r"## Exception summary\s*\n\s*(.+)", text)
+    if summary:
+        line = re.sub(r"<class '([^']+)'>", lambda mm: mm.group(1).rsplit(".", 1)[-1],
+                      summary.group(1).strip())
+        return f"ONNX export ({where}) failed: {line[:400]}"
+    return f"ONNX export ({where}) failed: {torchmodel.short_error(exc, lines=2)[:400]}"
+
+
+def graph_summary(model: Any) -> Dict[str, Any]:
+    """Node and op counts, opset, and the inputs/outputs with their (symbolic) shapes."""
+    from collections import Counter
+
+    def shape(v: Any) -> List[Any]:
+        dims = v.type.tensor_type.shape.dim
+        return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in dims]
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    inits = {i.name for i in model.graph.initializer}
+    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
+            "opset": opsets.get("ai.onnx"),
+            "inputs": {i.name: shape(i) for i in model.graph.input if i.name not in inits},
+            "outputs": {o.name: shape(o) for o in model.graph.output}}
+
+
+def save_onnx(model: Any, dest: Path, data: Optional[Path]) -> None:
+    """Save a ModelProto, its weights in ``data`` (same directory) when given."""
+    import onnx
+
+    if data is not None:
+        if data.parent != dest.parent:
+            raise StepFailed("the 'data' output must be in the same directory as the model")
+        onnx.save_model(model, str(dest), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        return
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        raise StepFailed(f"the ONNX model is {model.ByteSize() / 2**30:.1f} GiB, over "
+                         "protobuf's 2 GiB limit: set external_data: true and declare outputs "
+                         "{model: model.onnx, data: model.onnx.data}")
+    onnx.save_model(model, str(dest))
+
+
+def check_onnx(path: Path, log: Any) -> None:
+    """Strict shape inference (written back into the file) and the full onnx.checker."""
+    import onnx
+
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True,
+                                               strict_mode=True)
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - checker and inference errors
+        log(str(exc))
+        raise StepFailed(f"the exported ONNX model is invalid: "
+                         f"{torchmodel.short_error(exc, lines=2)[:400]}") from None
+
+
+class OnnxExportExecutor(ModelExecutor):
+    """torch.onnx.export (dynamo or legacy exporter), checked and shape-inferred."""
+
+    kind = "onnx.export"
+    version = "1"
+    Params = OnnxExportParams
+    outputs = {"model": "model.onnx"}
+    dists = ("torch", "onnx", "onnxscript")
+
+    def run(self, task: Any) -> Optional[Dict[str, Any]]:
+        import warnings
+
+        torch = self.import_torch()
+        import onnx
+
+        p: OnnxExportParams = self.params(task)
+        spec, model = self.model(task, p.model)
+        dest = out_path(task)
+        data = task.outputs.get("data")
+        if p.external_data and data is None:
+            raise StepFailed("external_data: true needs a second output for the weights: "
+                             "outputs: {model: model.onnx, data: model.onnx.data}")
+        if data is not None and not p.external_data:
+            raise StepFailed("a 'data' output is declared but external_data is false")
+        dynamic = torchmodel.dynamic_dims(spec, p.dynamic)
+        sizes = torchmodel.export_sizes(spec, dynamic, task.log) if p.exporter == "dynamo" \
+            else torchmodel.dim_sizes(spec)
+        example = torchmodel.shaped_inputs(spec, int(spec.get("seed", 0)), sizes)
+        with self.timed("eager"):
+            eager = torchmodel.flatten_outputs(
+                torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir))
+        in_names = p.input_names or [n for n, _ in torchmodel.input_specs(spec)]
+        out_names = p.output_names or [n for n, _ in eager]
+        if len(in_names) != len(example):
+            raise StepFailed(f"input_names has {len(in_names)} names; the model has "
+                             f"{len(example)} inputs")
+        big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) \
+            > PROTOBUF_LIMIT * 0.9
+        target = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
+        try:
+            with warnings.catch_warnings(), self.timed("export"):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                if p.exporter == "dynamo":
+                    program = torch.onnx.export(
+                        model, tuple(example), dynamo=True, opset_version=p.opset,
+                        input_names=in_names, output_names=out_names,
+                        dynamic_shapes=torchmodel.torch_dynamic_shapes(spec, dynamic),
+                        optimize=p.optimize, external_data=p.external_data or big)
+                    program.save(str(target), external_data=p.external_data or big)
+                else:
+                    torch.onnx.export(
+                        model, tuple(example), str(target), dynamo=False,
+                        opset_version=p.opset, input_names=in_names, output_names=out_names,
+                        dynamic_axes=self._legacy_axes(dynamic, in_names, out_names, p,
+                                                       spec) or None,
+                        do_constant_folding=p.constant_folding)
+        except StepFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporter errors have many types
+            task.log(f"{type(exc).__name__}: {exc}")
+            raise StepFailed(onnx_error_message(exc, p.exporter, p.opset)) from None
+        if target != dest:
+            with self.timed("save"):
+                save_onnx(onnx.load(str(target)), dest, data)
+        if p.check:
+            with self.timed("check"):
+                check_onnx(dest, task.log)
+        with self.timed("summary"):
+            summary = graph_summary(onnx.load(str(dest), load_external_data=False))
+        if summary["opset"] != p.opset:
+            raise StepFailed(f"asked for opset {p.opset}, but the {p.exporter} exporter wrote "
+                             f"opset {summary['opset']}")
+        summary.update(exporter=p.exporter, external_data=data is not None,
+                       bytes=dest.stat().st_size + (data.stat().st_size if data else 0),
+                       example=torchmodel.describe_inputs(spec, example),
+                       seconds=self.seconds)
+        return summary
+
+    @staticmethod
+    def _legacy_axes(dynamic: Mapping[str, Mapping[int, str]], in_names: List[str],
+                     out_names: List[str], p: OnnxExportParams, spec: Mapping[str, Any]
+                     ) -> Dict[str, Dict[int, str]]:
+        model_names = [n for n, _ in torchmodel.input_specs(spec)]
+        axes = {in_names[model_names.index(k)]: dict(v) for k, v in dynamic.items()}
+        if p.dynamic_outputs is not None:
+            axes.update({k: dict(v) for k, v in p.dynamic_outputs.items()})
+        else:
+            batch = next((v[0] for v in dynamic.values() if 0 in v), None)
+            if batch is not None:
+                axes.update({n: {0: batch} for n in out_names})
+        return axes

@@ -1,0 +1,572 @@
+"""``tvm.compile`` (a.k.a. lower): import a model into TVM Relax, apply tuning records, compile,
+and export a library that the TVM runtime alone loads.
+
+The model comes from an upstream step (an ``.onnx`` file through
+``tvm.relax.frontend.onnx.from_onnx``, or a torch.export ``.pt2`` through
+``tvm.relax.frontend.torch.from_exported_program``), or from ``model:``. A ``tvm.tune``
+upstream (or ``database:``) supplies MetaSchedule records. The pipeline is MetaSchedule's own
+``compile_relax`` order, made explicit so that it can be checked:
+
+1. dispatch, legalize, fold constants, fuse (the same passes ``tvm.tune`` extracts tasks
+   after, run once on the raw imported module: fusing twice renames functions, and records
+   then match nothing);
+2. ``MetaScheduleApplyDatabase`` with only the records of this target (TVM's own query
+   ignores the target); every function it schedules is counted, and a tuned build that
+   applied no record fails instead of silently shipping naive loops;
+3. DLight default schedules for what is left (GPU targets only);
+4. lowering, ``relax.build``, ``export_library``.
+
+Output ``model`` is a directory: ``model.so`` (weights are baked in as constants; a
+cross-compiled target without a cross compiler gives ``model.tar``, object files to link on the
+device) and ``model.json`` (target, inputs, outputs, records applied, whether it runs here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from buildgraph.backends.tvm import target as tvmtarget
+from buildgraph.errors import StepFailed
+from buildgraph.engine.executor import Executor, Task
+
+MODEL_SUFFIXES = (".onnx", ".pt2")
+MANIFEST = "model.json"
+MANIFEST_SCHEMA = 1
+
+
+# --------------------------------------------------------------------------------------------
+# parameters shared by tvm.compile and tvm.tune
+# --------------------------------------------------------------------------------------------
+
+class TvmParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: Union[str, Dict[str, Any]] = Field(
+        "native", description="'native', 'llvm -mcpu=skylake', 'llvm -mtriple=aarch64-linux-gnu',"
+        " 'cuda -arch=sm_90', or TVM's JSON form {kind: llvm, mcpu: ...}; kept normalised")
+    model: Optional[str] = Field(None, description="the .onnx or .pt2 file (default: the "
+                                 "upstream step's 'model' output)")
+    dims: Dict[str, int] = Field(default_factory=dict, description="bind dynamic dims to "
+                                 "sizes, e.g. {batch: 1}; 'batch' also names the leading "
+                                 "dynamic dim of every input whatever its name")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Dict[str, Any]:
+        try:
+            return tvmtarget.canonical_target(value)
+        except tvmtarget.TargetError as exc:
+            raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, value: Dict[str, int]) -> Dict[str, int]:
+        for name, size in value.items():
+            if size < 1:
+                raise ValueError(f"dim {name} must be at least 1; got {size}")
+        return dict(sorted(value.items()))
+
+
+class TvmCompileParams(TvmParams):
+    database: Optional[str] = Field(None, description="a MetaSchedule JSON database directory "
+                                    "(default: the output of an upstream tvm.tune step)")
+    require_records: Literal["any", "all", "off"] = Field(
+        "any", description="with a database: fail unless it applies to at least one function "
+        "(any), to every tunable function (all), or never (off)")
+    cc: Optional[str] = Field(None, description="C compiler/linker for export_library "
+                              "(default: the system's for this host; <triple>-gcc when "
+                              "cross-compiling)")
+    export: Literal["auto", "so", "tar"] = Field(
+        "auto", description="auto: a shared library, or object files in a .tar when "
+        "cross-compiling without a cross compiler")
+
+
+# --------------------------------------------------------------------------------------------
+# TVM helpers (import tvm only inside functions)
+# --------------------------------------------------------------------------------------------
+
+def tvm_versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("apache-tvm", "apache-tvm-ffi"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def import_tvm() -> Any:
+    """Import TVM with the modules the tvm steps use; a clear failure when it is missing."""
+    versions = tvm_versions()
+    if versions["apache-tvm"] == "missing":
+        raise StepFailed("TVM is not installed: pip install 'buildgraph[tvm]' "
+                         "(apache-tvm 0.27 with apache-tvm-ffi 0.1.14.post1)")
+    try:
+        import tvm
+        import tvm.relax.frontend.onnx  # noqa: F401 - registers the frontend
+        from tvm import relax  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"cannot import TVM {versions['apache-tvm']}: {type(exc).__name__}: "
+                         f"{exc}") from None
+    return tvm
+
+
+def check_ffi_for_tuning() -> None:
+    """apache-tvm-ffi 0.1.15 segfaults in JSON serialization, which every MetaSchedule run
+    does: say so instead of dying with SIGSEGV."""
+    ffi = tvm_versions()["apache-tvm-ffi"]
+    if ffi.startswith("0.1.15"):
+        raise StepFailed(f"apache-tvm-ffi {ffi} crashes MetaSchedule (segfault in "
+                         "tvm.ir.save_json): pip install apache-tvm-ffi==0.1.14.post1")
+
+
+def system_cpu() -> str:
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def make_target(canonical: Mapping[str, Any], threads: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
+    """(tvm.target.Target, effective dict) for a canonical target; fails clearly for CUDA
+    without a GPU or a CUDA-enabled TVM."""
+    import tvm
+
+    if canonical.get("kind") == "cuda":
+        check_cuda()
+    cpu = system_cpu() if tvmtarget.is_native(canonical) else None
+    effective = tvmtarget.effective_target(canonical, cpu, None)
+    try:
+        return tvm.target.Target(effective), effective
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"TVM rejects target {tvmtarget.target_text(canonical)}: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def check_cuda() -> None:
+    import tvm
+
+    built = str(tvm.support.libinfo().get("USE_CUDA", "OFF")).upper()
+    if built in ("OFF", "0", "FALSE", ""):
+        raise StepFailed("target cuda: this TVM build has no CUDA support (USE_CUDA=OFF); "
+                         "CUDA targets need a CUDA-enabled TVM and an NVIDIA GPU")
+    if not tvm.cuda(0).exist:
+        raise StepFailed("target cuda: no NVIDIA GPU is visible on this machine "
+                         "(tvm.cuda(0).exist is False); CUDA targets compile only where a GPU "
+                         "is present - use an llvm target here")
+
+
+def find_model(task: Task, explicit: Optional[str]) -> Path:
+    """The model file: ``model:`` or the one upstream output that is an .onnx/.pt2 file."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_absolute():
+            path = task.recipe_dir / path
+        if not path.is_file():
+            raise StepFailed(f"model file {explicit} does not exist")
+        return path
+    candidates: List[Tuple[int, Path, str]] = []
+    for up, outs in task.upstream.items():
+        if task.upstream_kinds.get(up) == "tvm.tune":
+            continue
+        for name, path in outs.items():
+            if path.is_file() and path.suffix in MODEL_SUFFIXES:
+                candidates.append((0 if name == "model" else 1, path, f"{up}.{name}"))
+    if not candidates:
+        raise StepFailed("no model to compile: give an upstream step whose output is an .onnx "
+                         "or .pt2 file (from: [onnx]) or model: PATH")
+    candidates.sort(key=lambda c: (c[0], c[2]))
+    if len(candidates) > 1 and candidates[0][0] == candidates[1][0]:
+        raise StepFailed("several upstream models (" + ", ".join(c[2] for c in candidates)
+                         + "); say which with model: ${in.STEP.OUTPUT}")
+    return candidates[0][1]
+
+
+def find_database(task: Task, explicit: Optional[str]) -> Optional[Path]:
+    from buildgraph.backends.tvm.records import WORKLOAD_FILE
+
+    if explicit:
+        path = Path(explicit)
+        if not path.is_absolute():
+            path = task.recipe_dir / path
+        if not (path / WORKLOAD_FILE).is_file():
+            raise StepFailed(f"database {explicit} is not a MetaSchedule JSON database "
+                             f"(no {WORKLOAD_FILE} in it)")
+        return path
+    found = []
+    for up, outs in task.upstream.items():
+        for name, path in outs.items():
+            if path.is_dir() and (path / WORKLOAD_FILE).is_file():
+                found.append((up, path))
+    if len(found) > 1:
+        raise StepFailed("several upstream tuning databases (" + ", ".join(u for u, _ in found)
+                         + "); merge them with one tvm.tune step or name one with database:")
+    return found[0][1] if found else None
+
+
+def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
+    """Import an .onnx or .pt2 file into a Relax IRModule; bind ``dims``."""
+    import tvm
+    from tvm import relax
+
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(str(path))
+            mod = relax.frontend.onnx.from_onnx(model)
+        elif path.suffix == ".pt2":
+            import torch
+            import tvm.relax.frontend.torch  # noqa: F401
+
+            program = torch.export.load(str(path))
+            mod = relax.frontend.torch.from_exported_program(program,
+                                                             unwrap_unit_return_tuple=True)
+        else:
+            raise StepFailed(f"{path.name}: TVM imports .onnx or .pt2 files")
+    except StepFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[-1][:300]
+        raise StepFailed(f"TVM cannot import {path.name}: {type(exc).__name__}: {first}") from None
+    if dims:
+        mod = bind_dims(mod, dims)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    return mod
+
+
+def symbolic_dims(mod: Any) -> List[str]:
+    from tvm import relax
+
+    return sorted({str(v) for v in relax.analysis.defined_symbolic_vars(mod["main"])})
+
+
+def bind_dims(mod: Any, dims: Mapping[str, int]) -> Any:
+    from tvm import relax
+
+    names = symbolic_dims(mod)
+    binding: Dict[Any, int] = {}
+    leading = set()
+    for p in mod["main"].params:
+        shape = getattr(getattr(p, "ty", None), "shape", None)
+        if shape is not None and len(shape) and not hasattr(shape[0], "value"):
+            leading.add(str(shape[0]))
+    for name, size in dims.items():
+        if name in names:
+            binding[name] = size
+        elif name == "batch" and leading:
+            for lead in sorted(leading):
+                binding[lead] = size
+        else:
+            raise StepFailed(f"dims: the model has no dynamic dim '{name}' (its dynamic dims: "
+                             + (", ".join(names) or "none") + ")")
+    return relax.transform.BindSymbolicVars(binding)(mod)
+
+
+def io_signature(mod: Any) -> Dict[str, Any]:
+    """Inputs (name, shape with names for dynamic dims, dtype) of ``main``."""
+    inputs = []
+    for p in mod["main"].params:
+        ty = getattr(p, "ty", None)
+        shape = getattr(ty, "shape", None)
+        dims = [int(d.value) if hasattr(d, "value") else str(d) for d in shape] \
+            if shape is not None else None
+        inputs.append({"name": str(getattr(p, "name", "") or getattr(p, "name_hint", "")), "shape": dims, "dtype": str(getattr(ty, "dtype", ""))})
+    return {"inputs": inputs}
+
+
+def fuse_passes(target: Any) -> List[Any]:
+    """The passes after which MetaSchedule tasks exist; shared by tune and compile so that
+    the workloads they see are the same."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        dispatch = list(pipeline.library_dispatch_passes(target))
+    except (ValueError, AttributeError):
+        dispatch = []
+    return dispatch + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                       relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                       relax.transform.FuseTIR()]
+
+
+def prepare(mod: Any, target: Any) -> Any:
+    """Raw imported module -> fused module (the form tasks are extracted from)."""
+    import tvm
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(fuse_passes(target))(mod)
+
+
+def prim_funcs(mod: Any) -> List[Tuple[str, Any]]:
+    import tvm
+
+    return sorted(((gv.name_hint, f) for gv, f in mod.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc)), key=lambda x: x[0])
+
+
+def is_scheduled(func: Any) -> bool:
+    attrs = func.attrs
+    return bool(attrs is not None and "tirx.is_scheduled" in attrs
+                and int(attrs["tirx.is_scheduled"]) == 1)
+
+
+def lower_passes(target: Any) -> List[Any]:
+    """Dataflow lowering and finalization: the target's own lists where TVM exports them,
+    else the generic ones (what ``compile_relax`` does; the CPU backend does not export
+    them in 0.27)."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        return (list(pipeline.dataflow_lower_passes(target))
+                + list(pipeline.finalize_passes(target)))
+    except (ValueError, AttributeError):
+        t = relax.transform
+        return [t.RewriteDataflowReshape(), t.ToNonDataflow(), t.RemovePurityChecking(),
+                t.CallTIRRewrite(), t.StaticPlanBlockMemory(), t.LowerAllocTensor(),
+                t.KillAfterLastUse(), t.LowerRuntimeBuiltin(), t.ComputePrimValue(),
+                t.VMShapeLower(), t.AttachGlobalSymbol()]
+
+
+def build(mod: Any, target: Any, database: Any = None) -> Tuple[Any, Dict[str, Any]]:
+    """Compile a raw imported module; returns (executable, stats of records applied)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline
+    from tvm.relax.transform import MetaScheduleApplyDatabase
+
+    stats: Dict[str, Any] = {}
+    gpu = pipeline.BackendDispatcher.is_gpu_target(target)
+
+    @tvm.transform.module_pass(opt_level=3, name="buildgraph_tvm_pipeline")
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        mod = tvm.transform.Sequential(fuse_passes(target))(mod)
+        funcs_before = prim_funcs(mod)
+        pre = {name for name, f in funcs_before if is_scheduled(f)}
+        if database is not None:
+            mod = MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        after = prim_funcs(mod)
+        applied = sorted(n for n, f in after if is_scheduled(f) and n not in pre)
+        without = sorted(n for n, f in after if not is_scheduled(f))
+        stats.update(functions=len(after), with_record=len(applied),
+                     without_record=len(without), applied=applied, untuned=without)
+        if gpu:
+            from tvm.s_tir import dlight as dl
+
+            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        mod = tvm.transform.Sequential(lower_passes(target))(mod)
+        return mod
+
+    ctx = [target, tvm.transform.PassContext(opt_level=3)]
+    if database is not None:
+        ctx.insert(1, database)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for c in ctx:
+            stack.enter_context(c)
+        executable = relax.build(mod, target=target, relax_pipeline=_pipeline)
+    return executable, stats
+
+
+def filtered_database(db_dir: Path, effective: Mapping[str, Any], work_dir: Path
+                      ) -> Tuple[Any, Dict[str, int]]:
+    """A TVM database holding only ``db_dir``'s records for this target (by identity)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from buildgraph.backends.tvm.records import merge, read_db, write_db
+
+    db = read_db(db_dir)
+    kept = merge([db], target=effective, valid_only=True)
+    out = work_dir / "database"
+    write_db(kept, out)
+    counts = {"records": len(db.records), "records_for_target": len(kept.records),
+              "workloads": len(db.workloads)}
+    return ms.database.JSONDatabase(work_dir=str(out), allow_missing=False), counts
+
+
+def exporter(target: Mapping[str, Any], cc: Optional[str], export: str
+             ) -> Tuple[str, Any, str]:
+    """(file name, fcompile, note) for export_library."""
+    from tvm.support import cc as tvm_cc
+
+    host = tvmtarget.is_host_target(target) or target.get("kind") == "cuda"
+    if export == "tar":
+        return "model.tar", None, "object files; link them with the target's C compiler"
+    if host:
+        if cc:
+            if not shutil.which(cc):
+                raise StepFailed(f"cc: compiler '{cc}' not found on PATH")
+            return "model.so", tvm_cc.cross_compiler(cc), ""
+        if not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("gcc")
+                or shutil.which("cc")):
+            raise StepFailed("export_library needs a C compiler (gcc or clang) on PATH")
+        return "model.so", None, ""
+    triple = str(target.get("mtriple", ""))
+    compiler = cc or next((c for c in (f"{triple}-gcc", f"{triple}-g++") if shutil.which(c)),
+                          None)
+    if compiler and shutil.which(compiler):
+        return "model.so", tvm_cc.cross_compiler(compiler), ""
+    if export == "so":
+        raise StepFailed(f"no cross compiler for {triple} (looked for {triple}-gcc); "
+                         "install one (Debian: gcc-aarch64-linux-gnu) or set cc:, or use "
+                         "export: tar")
+    return "model.tar", None, (f"no {triple}-gcc here: object files in a tar; link on the "
+                               f"device with: gcc -shared -o model.so *.o")
+
+
+def file_inputs(params: Any, ctx: Any) -> Dict[str, Path]:
+    """``model:`` and ``database:`` given as paths are inputs of the step (their content is in
+    the key); ``${in.STEP.OUTPUT}`` references are upstream outputs, keyed already."""
+    out: Dict[str, Path] = {}
+    for name in ("model", "database"):
+        value = getattr(params, name, None)
+        if not value or "${" in value:
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            path = ctx.recipe_dir / path
+        if not path.exists():
+            from buildgraph.errors import RecipeError
+
+            raise RecipeError(f"{name}: '{value}' does not exist (paths are relative to the "
+                              "recipe's directory)")
+        out[name] = path
+        data = path.with_name(path.name + ".data")
+        if name == "model" and data.is_file():
+            out["model_data"] = data  # ONNX external weights
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the executor
+# --------------------------------------------------------------------------------------------
+
+class TvmCompileExecutor(Executor):
+    """Compile an ONNX or torch.export model with TVM Relax into a library."""
+
+    kind = "tvm.compile"
+    version = "1"
+    Params = TvmCompileParams
+    outputs = {"model": "model"}
+    isolation = "worker"
+    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
+        # the host CPU is covered by the resolved-recipe cache; the GPU present (cuda without
+        # -arch) and a cross compiler appearing on PATH are not
+        target = params["target"]
+        return (target.get("kind") == "cuda" and "arch" not in target) or \
+            not tvmtarget.is_host_target(target)
+
+    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
+        fp = dict(tvm_versions())
+        target = params["target"]
+        fp.update(tvmtarget.fingerprint(target))
+        if not tvmtarget.is_host_target(target) and target.get("kind") == "llvm" and \
+                params.get("export", "auto") == "auto":
+            # a .so when a cross compiler is on PATH, object files in a .tar otherwise
+            triple = str(target.get("mtriple", ""))
+            cc = params.get("cc") or next((c for c in (f"{triple}-gcc", f"{triple}-g++")
+                                           if shutil.which(c)), None)
+            fp["cross_cc"] = cc if cc and shutil.which(cc) else "none (exports a .tar)"
+        return fp
+
+    def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
+        return file_inputs(params, ctx)
+
+    def run(self, task: Task) -> Optional[Dict[str, Any]]:
+        p = task.params
+        canonical = tvmtarget.canonical_target(p["target"])
+        model_path = find_model(task, p.get("model"))
+        db_dir = find_database(task, p.get("database"))
+        tvm = import_tvm()
+        target, effective = make_target(canonical)
+        task.log(f"tvm {tvm.__version__}: compiling {model_path.name} for "
+                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})")
+        start = time.monotonic()
+        mod = load_relax(model_path, p.get("dims") or {})
+        signature = io_signature(mod)
+        dynamic = symbolic_dims(mod)
+        task.log(f"imported: inputs " + ", ".join(f"{i['name']}{i['shape']} {i['dtype']}"
+                                                  for i in signature["inputs"])
+                 + (f"; dynamic dims {', '.join(dynamic)}" if dynamic else ""))
+        database, db_counts = (None, {})
+        if db_dir is not None:
+            database, db_counts = filtered_database(db_dir, effective, task.work_dir)
+            task.log(f"tuning database: {db_counts['records_for_target']} of "
+                     f"{db_counts['records']} records are for this target")
+        import_s = time.monotonic() - start
+        try:
+            executable, stats = build(mod, target, database)
+        except StepFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            raise StepFailed(f"TVM compile failed: {type(exc).__name__}: "
+                             f"{(lines[-1] if lines else '')[:300]}") from None
+        compile_s = time.monotonic() - start - import_s
+        task.log(f"functions: {stats['functions']}, with a tuning record: "
+                 f"{stats['with_record']}, without: {stats['without_record']}")
+        for name in stats["applied"]:
+            task.log(f"  tuned:   {name}")
+        for name in stats["untuned"]:
+            task.log(f"  untuned: {name}")
+        require = p.get("require_records", "any")
+        if database is not None and require != "off":
+            if stats["with_record"] == 0:
+                raise StepFailed(
+                    f"the tuning database applied to none of the {stats['functions']} "
+                    f"functions ({db_counts.get('records_for_target', 0)} records for this "
+                    "target): the library would be untuned - tune with the same target, "
+                    "model and dims as this step")
+            if require == "all" and stats["without_record"]:
+                raise StepFailed(f"{stats['without_record']} functions have no tuning record "
+                                 f"(require_records: all): {', '.join(stats['untuned'][:5])}")
+        out = task.outputs["model"]
+        out.mkdir(parents=True, exist_ok=True)
+        filename, fcompile, note = exporter(canonical, p.get("cc"), p.get("export", "auto"))
+        try:
+            if fcompile is None:
+                executable.export_library(str(out / filename))
+            else:
+                executable.export_library(str(out / filename), fcompile=fcompile)
+        except Exception as exc:  # noqa: BLE001
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            raise StepFailed(f"export_library failed: {(lines[-1] if lines else '')[:300]}"
+                             ) from None
+        export_s = time.monotonic() - start - import_s - compile_s
+        runnable, why = tvmtarget.runnable_here(canonical)
+        if runnable and filename.endswith(".tar"):
+            runnable, why = False, "exported as object files (model.tar), not a library"
+        manifest = {
+            "schema": MANIFEST_SCHEMA, "library": filename, "weights": "embedded",
+            "target": canonical, "target_text": tvmtarget.target_text(canonical),
+            "tvm_target": effective, "tvm": tvm_versions()["apache-tvm"],
+            "inputs": signature["inputs"], "dynamic_dims": dynamic,
+            "tuned": database is not None, "functions": stats["functions"],
+            "with_record": stats["with_record"], "without_record": stats["without_record"],
+            "runnable_on_build_host": runnable, "not_runnable_reason": why,
+            "host_arch": tvmtarget.host_arch(), "note": note,
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                                    encoding="utf-8")
+        size = (out / filename).stat().st_size
+        task.log(f"wrote {filename} ({size} bytes) in {export_s:.1f} s; import "
+                 f"{import_s:.1f} s, compile {compile_s:.1f} s"
+                 + (f"; {why}" if why else "") + (f"; {note}" if note else ""))
+        meta = {k: manifest[k] for k in ("target_text", "tvm", "tuned", "functions",
+                                          "with_record", "without_record", "library",
+                                          "runnable_on_build_host", "not_runnable_reason")}
+        meta.update(target=canonical, size=size, import_s=round(import_s, 3),
+                    compile_s=round(compile_s, 3), export_s=round(export_s, 3),
+                    untuned=stats["untuned"][:20], **db_counts)
+        return meta

@@ -1,0 +1,545 @@
+"""``tvm.tune``: search schedules for a model's kernels with MetaSchedule, without ever tuning
+the same kernel twice.
+
+Steps (TVM 0.27: Relax + MetaSchedule; Relay, AutoTVM and AutoScheduler are gone):
+
+1. import the model as ``tvm.compile`` does (same frontend, same ``dims``), fuse it with the
+   same passes, and extract the tuning tasks (one per fused kernel);
+2. look every task up in the shared tuning records under the cache directory
+   (:class:`buildgraph.backends.tvm.records.SharedTuneDB`, keyed per TVM version, target identity and
+   workload structural hash): a task that already has ``reuse_min_records`` records for this
+   target is **not tuned again** (a second model sharing layers with a tuned one tunes only its
+   new kernels);
+3. tune the rest with MetaSchedule's gradient task scheduler, the local builder (a persistent
+   process pool whose build function skips the 15 s tensor-intrinsic import) and the local
+   runner, with the trial budget (global and per task) and measurement options of the
+   parameters, into a MetaSchedule JSON database in this step's own scratch directory (two
+   writers must never share one: records point at workloads by line number);
+4. after every measured batch, log progress (trials, best latency per task) and publish the
+   new records to the shared area, so that Ctrl-C or a kill keeps everything measured so far
+   (the next run skips what was finished);
+5. write the output ``database``: the records of this model's tasks for this target (tuned now
+   or reused), merged deterministically and cut to the ``keep`` fastest per workload, plus
+   ``tunedb.json`` saying which tasks were tuned, reused or left untuned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from pydantic import Field
+
+from buildgraph.backends.tvm import target as tvmtarget
+from buildgraph.errors import StepFailed
+from buildgraph.engine.executor import Executor, Task
+from buildgraph.backends.tvm.compile import TvmParams, check_ffi_for_tuning, file_inputs, find_model, import_tvm, load_relax, make_target, prepare, symbolic_dims, tvm_versions
+
+MANIFEST_SCHEMA = 1
+
+
+class TvmTuneParams(TvmParams):
+    trials: int = Field(64, ge=0, description="trial budget for all tasks together (0: only "
+                        "collect records already in the cache)")
+    trials_per_task: Optional[int] = Field(None, ge=1, description="cap per task (default: "
+                                           "none; the gradient scheduler shares 'trials' "
+                                           "among tasks by how much each still improves)")
+    trials_per_iter: int = Field(8, ge=1, description="candidates measured per batch; the "
+                                 "scheduler gives every task one batch first, so keep it small")
+    number: int = Field(3, ge=1, description="runs averaged into one measurement")
+    repeat: int = Field(1, ge=1, description="measurements per candidate")
+    min_repeat_ms: int = Field(100, ge=0, description="raise 'number' until one measurement "
+                               "takes this long")
+    cpu_cache_flush: bool = Field(False, description="flush the CPU cache between runs")
+    timeout: float = Field(30.0, gt=0, description="seconds allowed to run one candidate")
+    build_timeout: float = Field(60.0, gt=0, description="seconds allowed to build one "
+                                 "candidate")
+    workers: Optional[int] = Field(None, ge=1, description="builder processes (default: the "
+                                   "CPU slots the step holds)")
+    cost_model: Literal["xgb", "mlp", "random"] = "xgb"
+    strategy: Literal["evolutionary", "replay-trace", "replay-func"] = "evolutionary"
+    population: int = Field(512, ge=4, description="evolutionary search: candidates "
+                            "sampled and evolved per batch (smaller: faster batches, less "
+                            "explored)")
+    seed: int = Field(0, description="seed of the search")
+    ops: Optional[List[str]] = Field(None, description="tune only tasks whose name contains "
+                                     "one of these (e.g. [conv2d])")
+    reuse: bool = Field(True, description="skip tasks that already have records for this "
+                        "target in the cache's shared tuning records")
+    reuse_min_records: int = Field(1, ge=1, description="records a task needs there to be "
+                                   "skipped")
+    share: bool = Field(True, description="publish this step's records to the shared area")
+    keep: int = Field(32, ge=1, description="records kept per workload in the output")
+
+
+# --------------------------------------------------------------------------------------------
+# MetaSchedule plumbing
+# --------------------------------------------------------------------------------------------
+
+def fast_build(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build minus ``import tvm.s_tir.tensor_intrin`` (about 15 s per
+    builder process on 2 cores, which made the 30 s default timeout kill builds). fp32 CPU
+    schedules use no tensor intrinsics; targets that need them use the default build."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+_classes: Dict[str, Any] = {}
+
+
+def light_tensor_intrin(target: Dict[str, Any]) -> None:
+    """Register only the tensor intrinsics a CPU target can use, before MetaSchedule's
+    ``TuneContext`` imports all of them (``tvm.s_tir.tensor_intrin``: 27 s on 2 cores, 18 s
+    of it CUDA's). The package is entered in ``sys.modules`` with its ``__path__``, so any
+    later ``import tvm.s_tir.tensor_intrin.<arch>`` still works. GPU targets get the full
+    import."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        if getattr(sys.modules[name], "_buildgraph_partial", False) and \
+                target.get("kind") != "llvm":
+            # an earlier CPU step in this worker registered only its CPU's intrinsics
+            for sub in ("cuda", "rocm", "metal"):
+                try:
+                    importlib.import_module(f"{name}.{sub}")
+                except Exception:  # noqa: BLE001
+                    pass
+        return
+    if target.get("kind") != "llvm":
+        return
+    arch = tvmtarget.triple_arch(str(target["mtriple"])) if target.get("mtriple") \
+        else tvmtarget.host_arch()
+    sub = {"x86_64": "x86", "x86": "x86", "aarch64": "arm_cpu", "arm": "arm_cpu",
+           "riscv64": "riscv_cpu"}.get(arch)
+    spec = importlib.util.find_spec(name)
+    if sub is None or spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType(name)
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__package__ = name
+    package.__spec__ = spec
+    package._buildgraph_partial = True  # type: ignore[attr-defined]
+    sys.modules[name] = package
+    import tvm.s_tir
+
+    setattr(tvm.s_tir, "tensor_intrin", package)
+    try:
+        setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
+    except Exception:  # noqa: BLE001 - fall back to the full import
+        del sys.modules[name]
+        delattr(tvm.s_tir, "tensor_intrin")
+
+
+def _persistent_builder_class() -> Any:
+    """A LocalBuilder that keeps its process pool across batches (MetaSchedule's starts a new
+    pool, i.e. new Python processes importing TVM, for every batch)."""
+    if "builder" in _classes:
+        return _classes["builder"]
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PersistentLocalBuilder(PyBuilder):
+        def __init__(self, max_workers: int, timeout_sec: float, f_build: Any = None) -> None:
+            super().__init__()
+            self.timeout_sec = timeout_sec
+            self.f_build = f_build
+            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec)
+
+        def build(self, build_inputs: List[Any]) -> List[Any]:
+            results = []
+            args = [(self.f_build, None, b.mod, b.target, _serialize_params(b.params))
+                    for b in build_inputs]
+            for res in self.pool.map_with_error_catching(lambda x: _worker_func(*x), args):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after "
+                                                       f"{self.timeout_sec} seconds"))
+                else:
+                    results.append(BuilderResult(None, "LocalBuilder: An exception occurred\n"
+                                                       + str(res.value)))
+            return results
+
+        def shutdown(self) -> None:
+            self.pool.shutdown()
+
+    _classes["builder"] = PersistentLocalBuilder
+    return PersistentLocalBuilder
+
+
+def _progress_callback_class() -> Any:
+    if "progress" in _classes:
+        return _classes["progress"]
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class ProgressCallback(PyMeasureCallback):
+        def __init__(self, on_batch: Any) -> None:
+            super().__init__()
+            self.on_batch = on_batch
+
+        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
+                  builder_results: Any, runner_results: Any) -> None:
+            ok: List[float] = []
+            failed = 0
+            for b, r in zip(builder_results, runner_results):
+                if b.error_msg is not None or r.error_msg is not None or not r.run_secs:
+                    failed += 1
+                    continue
+                secs = [float(s) for s in r.run_secs]
+                ok.append(sum(secs) / len(secs))
+            self.on_batch(int(task_id), len(measure_candidates), ok, failed)
+
+    _classes["progress"] = ProgressCallback
+    return ProgressCallback
+
+
+class _Progress:
+    """Per-task trial counts and best latencies; logs one line per batch and publishes the
+    records measured so far to the shared area."""
+
+    def __init__(self, task: Task, names: List[str], hashes: List[str], budget: List[int],
+                 total: int, publish: Any):
+        self.task = task
+        self.names = names
+        self.hashes = hashes
+        self.budget = budget
+        self.total = total
+        self.trials = [0] * len(names)
+        self.best: List[Optional[float]] = [None] * len(names)
+        self.failed = [0] * len(names)
+        self.publish = publish
+        self.start = time.monotonic()
+        self.publish_errors = 0
+
+    def __call__(self, task_id: int, n: int, ok: List[float], failed: int) -> None:
+        self.trials[task_id] += n
+        self.failed[task_id] += failed
+        if ok:
+            b = min(ok)
+            self.best[task_id] = b if self.best[task_id] is None else min(b, self.best[task_id])
+        done = sum(1 for t, cap in zip(self.trials, self.budget) if t >= cap)
+        measured = sum(1 for b in self.best if b is not None)
+        best = self.best[task_id]
+        self.task.log(
+            f"[{time.monotonic() - self.start:6.1f} s] trials {sum(self.trials)}/{self.total}"
+            f"  task {task_id + 1}/{len(self.names)} {self.names[task_id]}: "
+            f"{self.trials[task_id]} trials, best "
+            + (f"{best * 1e6:.3g} us" if best is not None else "-")
+            + (f" ({failed} of {n} failed)" if failed else "")
+            + f"; tasks with a record {measured}/{len(self.names)}"
+            + (f", at their cap {done}" if done else ""))
+        try:
+            self.publish(self.hashes[task_id], n)
+        except Exception as exc:  # noqa: BLE001 - sharing must not kill a tuning run
+            self.publish_errors += 1
+            if self.publish_errors == 1:
+                self.task.log(f"warning: cannot publish records to the shared area: {exc}")
+
+
+def cache_dir_of(task: Task) -> Path:
+    """The cache directory: the Task's; else the one whose ``tmp/`` holds this step's scratch
+    directory (workers chdir into it, so a relative $BUILDGRAPH_CACHE_DIR would mislead);
+    else $BUILDGRAPH_CACHE_DIR or .cache."""
+    given = getattr(task, "cache_dir", None)
+    if given:
+        return Path(given)
+    for parent in Path(task.work_dir).absolute().parents:
+        if parent.name == "tmp" and (parent.parent / "actions").is_dir():
+            return parent.parent
+    return Path(os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache").absolute()
+
+
+def _per_task_budget(trials: int, per_task: Optional[int]) -> int:
+    """MetaSchedule's default: no cap below the global budget (the gradient scheduler gives
+    more trials to the tasks whose latency still falls)."""
+    return min(per_task, trials) if per_task else trials
+
+
+# --------------------------------------------------------------------------------------------
+# the executor
+# --------------------------------------------------------------------------------------------
+
+class TvmTuneExecutor(Executor):
+    """MetaSchedule tuning with a shared, target-keyed record store."""
+
+    kind = "tvm.tune"
+    version = "1"
+    Params = TvmTuneParams
+    outputs = {"database": "tunedb"}
+    resources = {"cpu": "all"}
+    isolation = "worker"
+
+    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
+        target = params["target"]  # the GPU present matters only for cuda without -arch
+        return target.get("kind") == "cuda" and "arch" not in target
+
+    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        fp = dict(tvm_versions())
+        fp.update(tvmtarget.fingerprint(params["target"]))
+        if params.get("cost_model", "xgb") == "xgb":
+            for dist in ("xgboost-cpu", "xgboost"):
+                try:
+                    fp["xgboost"] = version(dist)
+                    break
+                except PackageNotFoundError:
+                    continue
+        return fp
+
+    def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
+        return file_inputs(params, ctx)
+
+    def run(self, task: Task) -> Optional[Dict[str, Any]]:
+        from buildgraph.backends.tvm.records import SharedTuneDB, TuneDatabase, merge, read_db, write_db
+
+        p = TvmTuneParams(**task.params)
+        canonical = tvmtarget.canonical_target(p.target)
+        model_path = find_model(task, p.model)
+        check_ffi_for_tuning()
+        tvm = import_tvm()
+        from tvm.s_tir import meta_schedule as ms
+
+        if not tvmtarget.is_host_target(canonical) and canonical.get("kind") != "cuda":
+            raise StepFailed(f"tuning measures candidates on this machine, and "
+                             f"{tvmtarget.target_text(canonical)} does not run here "
+                             f"({tvmtarget.runnable_here(canonical)[1]}); tune on the device "
+                             "itself and import its records with `buildgraph tune-db import`")
+        target, effective = make_target(canonical)
+        version = tvm_versions()["apache-tvm"]
+        start = time.monotonic()
+        task.log(f"tvm {tvm.__version__}: tuning {model_path.name} for "
+                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})")
+        mod = load_relax(model_path, p.dims)
+        dynamic = symbolic_dims(mod)
+        if dynamic:
+            raise StepFailed("tuning needs static shapes; the model has dynamic dims "
+                             + ", ".join(dynamic) + ": bind them, e.g. dims: {"
+                             + f"{dynamic[0]}: 1" + "}, and compile with the same dims")
+        fused = prepare(mod, target)
+        extracted = [t for t in ms.relax_integration.extract_tasks(fused, target)
+                     if not t.mod.attrs.get("tirx.is_scheduled", False)]
+        names = [str(t.task_name) for t in extracted]
+        workloads: Dict[str, str] = {}
+        hashes: List[str] = []
+        for t in extracted:
+            shash, module = ms.database.Workload(t.dispatched[0]).as_json()
+            hashes.append(str(shash))
+            workloads[str(shash)] = str(module)
+        task.log(f"{len(extracted)} tasks extracted in {time.monotonic() - start:.1f} s: "
+                 + ", ".join(names))
+
+        cache_dir = cache_dir_of(task)
+        shared = SharedTuneDB(cache_dir, top_k=max(p.keep, 32))
+        found = shared.lookup(version, effective, hashes) if p.reuse else {}
+        status: Dict[int, str] = {}
+        for i, (name, shash) in enumerate(zip(names, hashes)):
+            entry = found.get(shash)
+            if entry is not None and entry.valid >= p.reuse_min_records:
+                status[i] = "reused"
+                best = entry.best
+                task.log(f"  skip {name}: {entry.valid} records in the cache ("
+                         f"{entry.trials} trials"
+                         + (f", best {best * 1e6:.3g} us" if best else "") + ")")
+            elif p.ops and not any(op in name for op in p.ops):
+                status[i] = "not selected"
+            else:
+                status[i] = "tune"
+        to_tune = [i for i in range(len(extracted)) if status[i] == "tune"]
+        reused = [i for i in range(len(extracted)) if status[i] == "reused"]
+        task.log(f"shared tuning records: {cache_dir / 'tunedb'}; {len(reused)} of "
+                 f"{len(extracted)} tasks already tuned for this target, {len(to_tune)} to tune")
+
+        ms_dir = Path(task.work_dir) / "ms"
+        ms_dir.mkdir(parents=True, exist_ok=True)
+        progress: Optional[_Progress] = None
+        tune_s = 0.0
+        if to_tune and p.trials > 0:
+            progress, tune_s = self._tune(task, p, ms, extracted, to_tune, names,
+                                                       hashes, workloads, effective, ms_dir,
+                                                       shared, version)
+        elif to_tune:
+            task.log("trials: 0 - nothing is tuned; the output holds the records found")
+
+        own = read_db(ms_dir) if (ms_dir / "database_workload.json").exists() else TuneDatabase()
+        if p.share and own.records:
+            shared.publish(version, own, tasks=dict(zip(hashes, names)))
+        sources = [own]
+        if p.reuse:
+            sources.append(_shared_subset(shared, version, effective, hashes))
+        sources.append(TuneDatabase(dict(workloads), []))
+        out_db = merge(sources, top_k=p.keep, target=effective, workloads=hashes,
+                       valid_only=True)
+        out_db.workloads = {h: out_db.workloads.get(h, workloads[h]) for h in hashes}
+        out_dir = task.outputs["database"]
+        write_db(out_db, out_dir)
+
+        rows = []
+        for i, (name, shash) in enumerate(zip(names, hashes)):
+            best = out_db.best(shash)
+            st = status[i]
+            if st == "tune":
+                st = "tuned" if out_db.valid_count(shash) else "no valid record"
+            rows.append({"task": name, "workload": shash, "weight": int(extracted[i].weight),
+                         "status": st, "trials": progress.trials[to_tune.index(i)]
+                         if progress is not None and i in to_tune else 0,
+                         "records": out_db.valid_count(shash),
+                         "best_us": round(best * 1e6, 3) if best else None})
+        estimate = sum(r["weight"] * r["best_us"] for r in rows if r["best_us"])
+        manifest = {"schema": MANIFEST_SCHEMA, "tvm": version, "target": canonical,
+                    "target_text": tvmtarget.target_text(canonical), "tvm_target": effective,
+                    "identity": tvmtarget.target_identity(effective), "model": model_path.name,
+                    "dims": p.dims, "tasks": rows}
+        (out_dir / "tunedb.json").write_text(json.dumps(manifest, indent=1, sort_keys=True)
+                                             + "\n", encoding="utf-8")
+        self._summary(task, rows)
+        with_records = sum(1 for r in rows if r["records"])
+        if to_tune and p.trials > 0 and not any(rows[i]["records"] for i in to_tune):
+            raise StepFailed(f"no candidate of the {len(to_tune)} tuned tasks built and ran "
+                             "(every measurement failed); see the log for the builder/runner "
+                             "errors (timeout: / build_timeout: may be too short)")
+        return {"tasks": len(rows), "tuned": sum(1 for r in rows if r["status"] == "tuned"),
+                "reused": len(reused), "skipped_tasks": [rows[i]["task"] for i in reused],
+                "untuned": len(rows) - with_records,
+                "trials": sum(r["trials"] for r in rows), "tune_s": round(tune_s, 2),
+                "records": len(out_db.records), "estimated_latency_us": round(estimate, 2),
+                "target": canonical, "tvm": version}
+
+    # ----------------------------------------------------------------------------------------
+    def _tune(self, task: Task, p: TvmTuneParams, ms: Any, extracted: List[Any],
+              to_tune: List[int], names: List[str], hashes: List[str],
+              workloads: Dict[str, str], effective: Dict[str, Any], ms_dir: Path,
+              shared: Any, version: str) -> Tuple[_Progress, float]:
+        import logging
+
+        from buildgraph.backends.tvm.records import TuneDatabase, read_db
+
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        threads = max(1, task.threads)
+        light_tensor_intrin(effective)
+        if p.strategy == "evolutionary":
+            strategy: Any = ms.search_strategy.EvolutionarySearch(
+                population_size=p.population, init_min_unmeasured=min(50, p.population))
+        else:
+            strategy = p.strategy
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [extracted[i] for i in to_tune], str(ms_dir), space="post-order-apply",
+            strategy=strategy, num_threads=threads, seed=p.seed)
+        per_iter = p.trials_per_iter
+        if p.trials < len(contexts) * per_iter:
+            # the gradient scheduler first gives every task one batch: with a budget smaller
+            # than that, the last tasks would get no trial at all
+            per_iter = max(1, p.trials // len(contexts))
+            task.log(f"trials_per_iter {p.trials_per_iter} -> {per_iter} so that all "
+                     f"{len(contexts)} tasks get trials out of {p.trials}")
+            if p.trials < len(contexts):
+                task.log(f"warning: {p.trials} trials for {len(contexts)} tasks: "
+                         f"{len(contexts) - p.trials} tasks will get none")
+        per_task = _per_task_budget(p.trials, p.trials_per_task)
+        budget = [per_task] * len(contexts)
+        tuned_names = [names[i] for i in to_tune]
+        tuned_hashes = [hashes[i] for i in to_tune]
+
+        def publish(shash: str, n: int) -> None:
+            if not p.share:
+                return
+            db = read_db(ms_dir)
+            db = TuneDatabase({shash: workloads[shash]},
+                              [(h, r) for h, r in db.records if h == shash])
+            shared.publish(version, db, tasks={shash: names[hashes.index(shash)]},
+                           trials={shash: n})
+
+        progress = _Progress(task, tuned_names, tuned_hashes, budget, p.trials, publish)
+        builder = _persistent_builder_class()(max_workers=p.workers or threads,
+                                              timeout_sec=p.build_timeout,
+                                              f_build=fast_build if _cpu(effective) else None)
+        runner = ms.runner.LocalRunner(
+            timeout_sec=p.timeout,
+            evaluator_config=ms.runner.EvaluatorConfig(
+                number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms,
+                enable_cpu_cache_flush=p.cpu_cache_flush))
+        callbacks = list(ms.MeasureCallback.create("default")) + \
+            [_progress_callback_class()(progress)]
+        task.log(f"tuning {len(contexts)} tasks: {p.trials} trials in all, up to {per_task} "
+                 f"per task, {per_iter} per batch; measure number={p.number} "
+                 f"repeat={p.repeat} min_repeat_ms={p.min_repeat_ms}; {threads} threads")
+        interrupted = False
+        start = time.monotonic()
+        old = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread (thread isolation): no handler
+            old = None
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(ms_dir),
+                          max_trials_global=p.trials, max_trials_per_task=per_task,
+                          num_trials_per_iter=per_iter, builder=builder,
+                          runner=runner,
+                          database=ms.database.JSONDatabase(work_dir=str(ms_dir)),
+                          cost_model=p.cost_model, measure_callbacks=callbacks,
+                          task_scheduler="gradient")
+        except KeyboardInterrupt:
+            interrupted = True
+            task.log("interrupted: keeping the records measured so far")
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+            try:
+                builder.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        tune_s = time.monotonic() - start
+        task.log(f"tuning took {tune_s:.1f} s for {sum(progress.trials)} trials")
+        if interrupted:
+            if p.share:
+                try:
+                    own = read_db(ms_dir)
+                    shared.publish(version, own, tasks=dict(zip(hashes, names)))
+                except Exception:  # noqa: BLE001
+                    pass
+            raise StepFailed("interrupted; the records measured so far are kept in the "
+                             "cache's shared tuning records, and the next run skips the "
+                             "tasks they cover")
+        return progress, tune_s
+
+    @staticmethod
+    def _summary(task: Task, rows: List[Dict[str, Any]]) -> None:
+        task.log(f"{'task':32} {'status':16} {'trials':>6} {'records':>7} {'best us':>10}")
+        for r in rows:
+            best = f"{r['best_us']:.3g}" if r["best_us"] else "-"
+            task.log(f"{r['task'][:32]:32} {r['status']:16} {r['trials']:6} {r['records']:7} "
+                     f"{best:>10}")
+
+
+def _cpu(target: Dict[str, Any]) -> bool:
+    return target.get("kind") == "llvm"
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _shared_subset(shared: Any, version: str, target: Dict[str, Any], hashes: List[str]) -> Any:
+    from buildgraph.backends.tvm.records import TuneDatabase
+
+    db = TuneDatabase()
+    for shash, entry in shared.lookup(version, target, hashes).items():
+        db.workloads[shash] = entry.workload
+        db.records.extend((shash, r) for r in entry.records)
+    return db

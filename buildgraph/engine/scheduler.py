@@ -1,0 +1,431 @@
+"""Run a graph: ready queue, resource pools, parallel execution, keep-going, cancellation.
+
+The main thread owns all decisions (keys, cache hits, materialization of hits); worker threads
+only execute steps that must run. Resource pools follow ninja's ``pool``: every step holds
+``cpu`` job slots (1, or all of ``-j`` for ``cpu: all``) plus whatever pools it declares (a
+``gpu`` pool of capacity 1 by default), and a step starts only when all fit.
+
+Crash safety: a step writes into a scratch directory under the cache; only after it succeeds
+are its outputs moved into the object store, then its action entry written (last), then the
+outputs materialized into the build directory by rename. A failure, Ctrl-C, SIGTERM or kill -9
+at any point therefore leaves either the old state or the new one, never a half-written
+artifact; the next run resumes from every step that completed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from buildgraph.engine import procs
+from buildgraph.errors import BuildgraphError, StepFailed
+from buildgraph.engine.executor import Task, load_executor
+from buildgraph.engine.graph import Graph, StepNode
+from buildgraph.engine.lockfile import lock_path, read_lock, write_lock
+from buildgraph.engine.planner import CACHED, RESTORE, RUN, Decision, Planner
+from buildgraph.recipe.interpolate import expand_runtime
+from buildgraph.engine.store import Store
+
+BUILT, RESTORED, FAILED, SKIPPED, CANCELLED = "built", "restored", "failed", "skipped", "cancelled"
+
+
+@dataclass
+class RunOptions:
+    jobs: int = 0  # 0: number of CPU cores
+    keep_going: bool = False
+    force: Set[str] = field(default_factory=set)
+    no_cache: bool = False
+    link: str = "hardlink"
+    build_dir: Optional[Path] = None
+    write_lock: bool = True
+
+    def resolved_jobs(self) -> int:
+        return self.jobs if self.jobs and self.jobs > 0 else (os.cpu_count() or 1)
+
+
+@dataclass
+class StepResult:
+    step_id: str
+    status: str  # built | cached | restored | failed | skipped | cancelled
+    key: Optional[str] = None
+    wall_s: float = 0.0
+    message: str = ""
+    reasons: Tuple[str, ...] = ()
+    log_path: Optional[Path] = None
+    log_tail: str = ""
+    outputs: Dict[str, Path] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (BUILT, CACHED, RESTORED)
+
+
+@dataclass
+class RunResult:
+    recipe: str
+    steps: Dict[str, StepResult]
+    wall_s: float
+    build_dir: Path
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(r.ok for r in self.steps.values())
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.steps.values() if r.status == status)
+
+    def __getitem__(self, step_id: str) -> StepResult:
+        return self.steps[step_id]
+
+
+def default_build_dir(graph: Graph) -> Path:
+    return Path(os.environ.get("BUILDGRAPH_BUILD_DIR") or "build") / graph.name
+
+
+class Scheduler:
+    def __init__(self, graph: Graph, store: Store, options: RunOptions, reporter: Any):
+        self.graph = graph
+        self.store = store
+        self.options = options
+        self.reporter = reporter
+        self.jobs = options.resolved_jobs()
+        self.build_dir = (options.build_dir or default_build_dir(graph)).absolute()
+        self.log_dir = self.build_dir / ".logs"
+        self.lock_file = lock_path(graph.recipe_path)
+        self._workers: Any = None
+        self._workers_lock = threading.Lock()
+        self._meta: Dict[str, Dict[str, Any]] = {}  # step id -> metadata of its result
+
+    # --- public ------------------------------------------------------------------------------
+    def run(self, targets: Sequence[str] = ()) -> RunResult:
+        selected = self.graph.select(targets)
+        start = time.monotonic()
+        procs.reset()
+        results: Dict[str, StepResult] = {}
+        interrupted = False
+        with self.store.using():
+            if self.store.tmp.is_dir():
+                self.store.clean_tmp()
+            lock_entries = read_lock(self.lock_file, warn=self.reporter.warning)
+            planner = Planner(self.graph, self.store, self.build_dir, lock_entries,
+                              force=set(self.options.force), no_cache=self.options.no_cache)
+            self.reporter.start(self.graph, selected, self.jobs)
+            try:
+                self._loop(selected, planner, results)
+            except KeyboardInterrupt:
+                interrupted = True
+                for sid in selected:
+                    results.setdefault(sid, StepResult(sid, CANCELLED, message="interrupted"))
+            finally:
+                if self._workers is not None:
+                    self._workers.close()
+                self.store.stat_cache.flush()
+                if self.options.write_lock:
+                    self._write_lock(results, planner)
+        result = RunResult(self.graph.name, {sid: results[sid] for sid in selected if sid in results},
+                           time.monotonic() - start, self.build_dir, interrupted)
+        self.reporter.finish(result)
+        return result
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _loop(self, selected: List[str], planner: Planner, results: Dict[str, StepResult]) -> None:
+        pending = list(selected)
+        outputs: Dict[str, Dict[str, Any]] = {}
+        decisions: Dict[str, Decision] = {}
+        free = {"cpu": self.jobs, **self.graph.pools}
+        running: Dict[Future, Tuple[str, Dict[str, int]]] = {}
+        stop = False
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="buildgraph")
+        try:
+            while True:
+                progressed = True
+                while progressed:
+                    progressed = False
+                    for sid in list(pending):
+                        step = self.graph.steps[sid]
+                        bad = [u for u in step.upstream if u in results and not results[u].ok]
+                        if bad:
+                            results[sid] = StepResult(sid, SKIPPED,
+                                                      message=f"upstream '{bad[0]}' failed")
+                            self.reporter.step_finished(results[sid])
+                            pending.remove(sid)
+                            progressed = True
+                            continue
+                        if stop or not all(u in outputs for u in step.upstream):
+                            continue
+                        decision = decisions.get(sid)
+                        if decision is None:
+                            try:
+                                decision = planner.decide(step, {u: outputs[u]
+                                                                 for u in step.upstream})
+                            except BuildgraphError as exc:
+                                results[sid] = StepResult(sid, FAILED, message=exc.render())
+                                self.reporter.step_finished(results[sid])
+                                pending.remove(sid)
+                                progressed = True
+                                stop = stop or not self.options.keep_going
+                                continue
+                            decisions[sid] = decision
+                        if decision.action in (CACHED, RESTORE):
+                            results[sid] = self._hit(step, decision)
+                            self._meta[sid] = results[sid].meta
+                            if results[sid].ok:
+                                outputs[sid] = {n: decision.entry["outputs"][n]  # type: ignore[index]
+                                                for n in step.outputs}
+                            pending.remove(sid)
+                            self.reporter.step_finished(results[sid])
+                            progressed = True
+                            continue
+                        need = self._needs(step)
+                        if not all(free.get(k, 0) >= v for k, v in need.items()):
+                            continue
+                        for k, v in need.items():
+                            free[k] -= v
+                        pending.remove(sid)
+                        self.reporter.step_started(sid, decision.reasons)
+                        future = pool.submit(self._execute, step, decision, need["cpu"])
+                        running[future] = (sid, need)
+                        progressed = True
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in done:
+                    sid, need = running.pop(future)
+                    for k, v in need.items():
+                        free[k] += v
+                    result = future.result()
+                    results[sid] = result
+                    if result.ok:
+                        outputs[sid] = result.meta.pop("_entries")
+                        self._meta[sid] = result.meta
+                    elif not self.options.keep_going:
+                        stop = True
+                    self.reporter.step_finished(result)
+                self.reporter.tick()
+            for sid in pending:
+                results[sid] = StepResult(sid, SKIPPED, message="not started: an earlier step "
+                                          "failed (use --keep-going to build what is possible)")
+                self.reporter.step_finished(results[sid])
+        except KeyboardInterrupt:
+            procs.kill_all()
+            for future, (sid, _) in running.items():
+                try:
+                    results[sid] = future.result()
+                except BaseException:  # noqa: BLE001
+                    results[sid] = StepResult(sid, CANCELLED, message="interrupted")
+                if results[sid].status == FAILED:
+                    results[sid].status = CANCELLED
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _needs(self, step: StepNode) -> Dict[str, int]:
+        need = dict(step.resources)
+        cpu = need.get("cpu", 1)
+        need["cpu"] = self.jobs if cpu == -1 or cpu > self.jobs else max(cpu, 0)
+        return need
+
+    # --- cache hits ----------------------------------------------------------------------------
+    def _hit(self, step: StepNode, decision: Decision) -> StepResult:
+        entry = decision.entry or {}
+        try:
+            if decision.action == RESTORE:
+                for name, filename in step.outputs.items():
+                    dest = self.build_dir / step.id / filename
+                    if not self.store.is_materialized(entry["outputs"][name], dest):
+                        self.store.materialize(entry["outputs"][name], dest, self.options.link)
+            self.store.touch_action(decision.key or "")
+        except (OSError, BuildgraphError) as exc:
+            return StepResult(step.id, FAILED, decision.key,
+                              message=f"cannot restore outputs from the cache: {exc}")
+        return StepResult(step.id, RESTORED if decision.action == RESTORE else CACHED,
+                          decision.key, entry.get("wall_s", 0.0), reasons=decision.reasons,
+                          outputs={n: self.build_dir / step.id / f for n, f in step.outputs.items()},
+                          meta=dict(entry.get("meta") or {}))
+
+    # --- execution (worker threads) -----------------------------------------------------------
+    def _execute(self, step: StepNode, decision: Decision, threads: int) -> StepResult:
+        key = decision.key or ""
+        start = time.monotonic()
+        lock = self.store.action_lock(key)
+        waited = False
+        while True:
+            try:
+                lock.acquire(timeout=0.2)
+                break
+            except Exception:  # filelock.Timeout
+                if procs.cancelled():
+                    return StepResult(step.id, CANCELLED, key, message="interrupted")
+                if not waited:
+                    waited = True
+                    self.reporter.waiting(step.id)
+        try:
+            if waited:
+                entry = self.store.get_action(key)
+                if entry is not None and all(self.store.check_output(entry["outputs"][n])
+                                             for n in step.outputs if n in entry["outputs"]):
+                    hit = Decision(step.id, RESTORE, ("built by another process",), key,
+                                   decision.parts, entry)
+                    result = self._hit(step, hit)
+                    result.status = CACHED if result.ok else result.status
+                    result.meta["_entries"] = {n: entry["outputs"][n] for n in step.outputs}
+                    return result
+            return self._build(step, decision, threads, start)
+        finally:
+            lock.release()
+
+    def _build(self, step: StepNode, decision: Decision, threads: int, start: float
+               ) -> StepResult:
+        key = decision.key or ""
+        cls = load_executor(step.kind)
+        scratch = self.store.scratch_dir(key)
+        out_dir, work_dir, log_path = scratch / "out", scratch / "work", scratch / "log.txt"
+        out_dir.mkdir()
+        work_dir.mkdir()
+        final_log = self.log_dir / f"{step.id}.log"
+        upstream = {u: {n: self.build_dir / u / f
+                        for n, f in self.graph.steps[u].outputs.items()} for u in step.upstream}
+        outputs = {n: out_dir / f for n, f in step.outputs.items()}
+        params = step.raw_params
+        if cls.expand_params:
+            params = expand_runtime(params, {n: str(p) for n, p in step.inputs.items()},
+                                    {u: {n: str(p) for n, p in o.items()}
+                                     for u, o in upstream.items()},
+                                    {n: str(p) for n, p in outputs.items()})
+        task = Task(step_id=step.id, kind=step.kind, params=params, inputs=dict(step.inputs),
+                    upstream=upstream, outputs=outputs, work_dir=work_dir,
+                    recipe_dir=self.graph.recipe_dir, log_path=log_path, threads=threads,
+                    models=dict(self.graph.models),
+                    upstream_kinds={u: self.graph.steps[u].kind for u in step.upstream},
+                    upstream_meta=self._upstream_meta(step), timeout=step.timeout,
+                    cache_dir=self.store.root)
+        try:
+            log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
+                                f"# why: {'; '.join(decision.reasons)}\n", encoding="utf-8")
+            meta = self._invoke(cls, step, task)
+            if procs.cancelled():
+                raise StepFailed("interrupted")
+            entries = {}
+            for name, path in outputs.items():
+                if not path.exists() and not path.is_symlink():
+                    raise StepFailed(f"declared output '{name}' ({path.name}) was not written")
+                entries[name] = self.store.put_output(path)
+            wall = time.monotonic() - start
+            log_digest = self.store.put_bytes(log_path.read_bytes())
+            meta = _jsonable(meta or {})
+            self.store.put_action(key, {"step": step.id, "recipe": self.graph.name,
+                                        "kind": step.kind, "parts": decision.parts,
+                                        "outputs": entries, "log": log_digest,
+                                        "meta": meta, "wall_s": round(wall, 3),
+                                        "created": time.time()})
+            for name, entry in entries.items():
+                self.store.materialize(entry, self.build_dir / step.id / step.outputs[name],
+                                       self.options.link)
+            self._keep_log(log_path, final_log)
+            result = StepResult(step.id, BUILT, key, wall, reasons=decision.reasons,
+                                log_path=final_log,
+                                outputs={n: self.build_dir / step.id / f
+                                         for n, f in step.outputs.items()},
+                                meta=dict(meta))
+            result.meta["_entries"] = entries
+            return result
+        except BuildgraphError as exc:
+            return self._failed(step, key, exc.message, log_path, final_log, start)
+        except Exception as exc:  # noqa: BLE001 - executor bugs fail the step, not the run
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(traceback.format_exc())
+            return self._failed(step, key, f"{type(exc).__name__}: {exc}", log_path, final_log,
+                                start)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _invoke(self, cls: Any, step: StepNode, task: Task) -> Any:
+        if cls.isolation == "worker":
+            with self._workers_lock:  # two threads must not each start a pool
+                if self._workers is None:
+                    from buildgraph.engine.workers import WorkerPool
+
+                    self._workers = WorkerPool(self.jobs)
+            status, payload = self._workers.run(step.kind, task, step.timeout)
+            if status != "ok":
+                raise StepFailed(payload)
+            return payload
+        return cls().run(task)
+
+    def _failed(self, step: StepNode, key: str, message: str, log_path: Path, final_log: Path,
+                start: float) -> StepResult:
+        self._keep_log(log_path, final_log)
+        tail = ""
+        try:
+            lines = final_log.read_text(encoding="utf-8", errors="replace").splitlines()
+            tail = "\n".join(lines[-20:])
+        except OSError:
+            pass
+        status = CANCELLED if procs.cancelled() else FAILED
+        return StepResult(step.id, status, key, time.monotonic() - start,
+                          message=message if status == FAILED else "interrupted",
+                          log_path=final_log, log_tail=tail)
+
+    def _keep_log(self, src: Path, dest: Path) -> None:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except OSError:
+            pass
+
+    def _upstream_meta(self, step: StepNode) -> Dict[str, Dict[str, Any]]:
+        return {u: dict(self._meta.get(u, {})) for u in step.upstream}
+
+    # --- lock file -----------------------------------------------------------------------------
+    def _write_lock(self, results: Dict[str, StepResult], planner: Planner) -> None:
+        updates: Dict[str, Dict[str, Any]] = {}
+        for sid, result in results.items():
+            if not result.ok or not result.key:
+                continue
+            entry = self.store.get_action(result.key)
+            if entry is None:
+                continue
+            step = self.graph.steps[sid]
+            updates[sid] = {
+                "uses": step.kind, "key": result.key, "parts": entry.get("parts"),
+                "inputs": dict(sorted(step.input_labels.items())),
+                "outputs": {n: {"path": _rel(self.build_dir / sid / step.outputs[n], self.graph.recipe_dir),
+                                "type": o["type"], "digest": o["digest"], "size": o["size"]}
+                            for n, o in entry["outputs"].items() if n in step.outputs},
+                "wall_s": entry.get("wall_s"),
+            }
+        if not updates:
+            return
+        try:
+            write_lock(self.lock_file, self.graph.name, updates, keep=self.graph.steps,
+                       lock_dir=self.store.locks)
+        except OSError as exc:
+            self.reporter.warning(f"could not write lock file {self.lock_file}: {exc}")
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:
+        return str(path)
+
+
+def _jsonable(meta: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(meta)
+        return meta
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(meta, default=str))

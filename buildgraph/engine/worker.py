@@ -1,0 +1,66 @@
+"""Entry point of a persistent worker process: ``python -m buildgraph.engine.worker``.
+
+Reads ``("run", kind, task)`` requests and answers ``("ok", metadata)``,
+``("failed", message)`` for a clean step failure, or ``("error", message)`` for an unexpected
+exception (whose traceback goes to the step's log).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+
+def main() -> None:
+    from buildgraph.engine.workers import _recv, _send
+
+    # Keep the protocol on private descriptors; fd 0/1/2 belong to the running step.
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    while True:
+        request = _recv(proto_in)
+        if request is None or request[0] != "run":
+            return
+        _, kind, task = request
+        _send(proto_out, _run_one(kind, task, devnull))
+
+
+def _run_one(kind: str, task: object, devnull: int) -> tuple:
+    from buildgraph.engine import executor as executors
+    from buildgraph.errors import BuildgraphError
+
+    log_fd = os.open(task.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # type: ignore[attr-defined]
+    saved_err = os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    cwd = os.getcwd()
+    try:
+        os.chdir(task.work_dir)  # type: ignore[attr-defined]
+        cls = executors.load_executor(kind)
+        meta = cls().run(task)  # type: ignore[arg-type]
+        return ("ok", meta)
+    except BuildgraphError as exc:
+        return ("failed", exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
+    except KeyboardInterrupt:
+        return ("failed", "cancelled")
+    except BaseException as exc:  # noqa: BLE001 - report any failure of user code as a step failure
+        traceback.print_exc()
+        return ("error", f"{type(exc).__name__}: {exc}".strip())
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.chdir(cwd)
+        os.dup2(devnull, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_err)
+        os.close(log_fd)
+
+
+if __name__ == "__main__":
+    main()

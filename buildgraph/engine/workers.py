@@ -1,0 +1,172 @@
+"""Persistent worker processes for heavy executors (Bazel's persistent workers).
+
+Importing torch and onnx costs seconds; a process per step would make a recipe slower than the
+script it replaces. Steps whose executor says ``isolation = "worker"`` run in long-lived child
+processes that keep their imports warm from step to step. A worker that crashes (a segfault in
+a native library) fails one step; the pool replaces it. Workers run in their own process group
+so that Ctrl-C reaches the scheduler only, which then kills them.
+
+Protocol: length-prefixed pickles over the worker's stdin/stdout, which the worker moves to
+private descriptors at start; the step's own stdout/stderr (including native libraries') go to
+its log file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, List, Optional, Tuple
+
+from buildgraph.engine import procs
+from buildgraph.errors import StepFailed
+
+_HEADER = struct.Struct("!Q")
+
+
+def _send(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _recv(fd: int) -> Any:
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = _read_exact(fd, size)
+    if data is None:
+        return None
+    return pickle.loads(data)
+
+
+def _read_exact(fd: int, size: int) -> Optional[bytes]:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class Worker:
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=None, start_new_session=True, env=env)
+        procs.register(self.proc)
+        self.kinds: set = set()
+        self.tasks = 0
+
+    def call(self, kind: str, task: Any, timeout: Optional[float]) -> Any:
+        assert self.proc.stdin and self.proc.stdout
+        try:
+            _send(self.proc.stdin.fileno(), ("run", kind, task))
+        except (BrokenPipeError, OSError):
+            raise StepFailed(self._death()) from None
+        fd = self.proc.stdout.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if procs.cancelled():
+                self.kill()
+                raise StepFailed("cancelled")
+            wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+            ready, _, _ = select.select([fd], [], [], wait)
+            if ready:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                self.kill()
+                raise StepFailed(f"timed out after {timeout:g} s and was killed")
+        reply = _recv(fd)
+        if reply is None:
+            raise StepFailed(self._death())
+        self.kinds.add(kind)
+        self.tasks += 1
+        return reply
+
+    def _death(self) -> str:
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.wait()
+        procs.unregister(self.proc)
+        if procs.cancelled():
+            return "cancelled"
+        if rc is not None and rc < 0:
+            return f"the worker process died ({procs.signal_name(rc)})"
+        return f"the worker process exited unexpectedly (status {rc})"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        procs.kill_group(self.proc)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        procs.unregister(self.proc)
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+        procs.unregister(self.proc)
+
+
+class WorkerPool:
+    """Idle workers are reused, preferring one that already ran the same kind (warm imports)."""
+
+    def __init__(self, max_workers: int):
+        self.max_workers = max(1, max_workers)
+        self._idle: List[Worker] = []
+        self._lock = threading.Lock()
+        self.started = 0
+
+    def run(self, kind: str, task: Any, timeout: Optional[float] = None) -> Tuple[str, Any]:
+        worker = self._take(kind)
+        try:
+            reply = worker.call(kind, task, timeout)
+        except StepFailed:
+            worker.kill()
+            raise
+        except BaseException:
+            worker.kill()
+            raise
+        if worker.alive():
+            with self._lock:
+                self._idle.append(worker)
+        return reply
+
+    def _take(self, kind: str) -> Worker:
+        with self._lock:
+            self._idle = [w for w in self._idle if w.alive()]
+            for i, worker in enumerate(self._idle):
+                if kind in worker.kinds:
+                    return self._idle.pop(i)
+            if self._idle:
+                return self._idle.pop()
+        self.started += 1
+        return Worker()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.close()
