@@ -84,7 +84,7 @@ def test_third_party_kind_through_entry_point(project):
     dist = plugin / "bgplugin-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bgplugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[buildgraph.engine.executor]\necho = bgplugin:Echo\n")
+    (dist / "entry_points.txt").write_text("[buildgraph.executors]\necho = bgplugin:Echo\n")
     project.write("r.yaml", "steps:\n  e: {uses: echo, with: {text: plugged}}\n")
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{plugin}",
                BUILDGRAPH_CACHE_DIR=str(project.cache))

@@ -16,7 +16,7 @@ interface is deliberately small and stable:
 Executors never touch the store or the lock file. The registry maps kinds to ``"module:Class"``
 strings and imports a module only when a recipe uses that kind (doit's plugin pattern), so
 ``import buildgraph`` stays light. Third-party packages add kinds through the
-``buildgraph.engine.executor`` entry-point group.
+``buildgraph.executors`` entry-point group.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from buildgraph.errors import BuildgraphError, StepFailed
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
 
-ENTRY_POINT_GROUP = "buildgraph.engine.executor"
+ENTRY_POINT_GROUP = "buildgraph.executors"
 
 # One block per area so that each can be edited on its own.
 _GENERIC_KINDS: Dict[str, str] = {

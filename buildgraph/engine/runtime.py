@@ -18,7 +18,7 @@ checkpoint or whole-model pickle, told apart by reading the file), ``torchscript
 (``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``),
 ``onnxruntime``, and, in their own modules, ``tvm.relax`` (TVM's relax VirtualMachine,
 :mod:`buildgraph.backends.tvm.runtime`) and ``tensorrt`` (:mod:`buildgraph.backends.tensorrt.runtime`). More
-come with :func:`register_runtime` or through the ``buildgraph.engine.runtime`` entry-point group
+come with :func:`register_runtime` or through the ``buildgraph.runtimes`` entry-point group
 (``name = "module:Class"``); like executors, the registry holds strings and imports a
 runtime's module only when it is used, and no runtime imports its library before ``load``.
 """
@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from buildgraph.errors import StepFailed
 
-ENTRY_POINT_GROUP = "buildgraph.engine.runtime"
+ENTRY_POINT_GROUP = "buildgraph.runtimes"
 
 RUNTIMES: Dict[str, str] = {
     "torch.eager": "buildgraph.engine.runtime:EagerRuntime",
