@@ -81,3 +81,13 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def short_error(exc: BaseException, lines: int = 1) -> str:
+    """The first meaningful line(s) of an exception, ANSI colours and blank lines removed."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    parts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    head = "; ".join(parts[:lines]) if parts else ""
+    return f"{type(exc).__name__}: {head}" if head else type(exc).__name__

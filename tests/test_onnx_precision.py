@@ -17,7 +17,7 @@ pytest.importorskip("modelopt.onnx.quantization", reason="needs nvidia-modelopt 
 ort = pytest.importorskip("onnxruntime")
 
 from buildgraph.errors import RecipeError, StepFailed  # noqa: E402
-from buildgraph.engine.executor import ResolveContext, Task  # noqa: E402
+from buildgraph.engine.executor import DescribeContext, Task  # noqa: E402
 from buildgraph.backends.onnx.precision import AutocastExecutor, QuantizeExecutor, load_samples
 from trt_fake import make_test_onnx  # noqa: E402
 
@@ -142,7 +142,8 @@ def test_quantize_fp8(tmp_path, fp32, calib, holdout):
     assert e["max_rel"] < 0.1 and e["top1"] >= 0.9, e
     assert meta["check"]["top1_agreement"] >= 0.9
     # verify's onnxruntime runtime sees the float8 graph and runs it with basic optimizations
-    from buildgraph.engine.runtime import OnnxRuntime, RuntimeContext
+    from buildgraph.engine.runtime import RuntimeContext
+    from buildgraph.backends.onnx.runtime import OnnxRuntime
 
     runtime = OnnxRuntime.load(out, RuntimeContext(model="m", model_spec={},
                                                    recipe_dir=tmp_path))
@@ -176,10 +177,10 @@ def test_calibration_data_must_name_the_inputs(tmp_path, fp32):
 def test_missing_calibration_file_is_a_recipe_error(tmp_path):
     params = QuantizeExecutor.Params.model_validate({"calibration": "nope.npz"})
     with pytest.raises(RecipeError, match="calibration: file 'nope.npz' does not exist"):
-        QuantizeExecutor().extra_inputs(params, ResolveContext(recipe_dir=tmp_path))
+        QuantizeExecutor().describe(params, DescribeContext(recipe_dir=tmp_path))
     runtime_ref = QuantizeExecutor.Params.model_validate({"calibration": "${in.data.npz}"})
-    assert QuantizeExecutor().extra_inputs(runtime_ref, ResolveContext(recipe_dir=tmp_path)) \
-        == {}
+    assert QuantizeExecutor().describe(runtime_ref,
+                                       DescribeContext(recipe_dir=tmp_path)).inputs == {}
 
 
 def test_error_bounds_fail_the_step(tmp_path, fp32, calib):

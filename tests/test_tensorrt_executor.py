@@ -18,6 +18,7 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
 from buildgraph.engine.executor import Task
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
+from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
 from trt_fake import make_test_onnx
 from buildgraph.backends.tensorrt.structure import structure_digest
@@ -65,7 +66,8 @@ def build_task(tmp_path: Path, params: Dict[str, Any], onnx_path: Path, name: st
                 upstream={"onnx": {"model": onnx_path}},
                 outputs={n: out / f for n, f in TensorRTBuildExecutor.outputs.items()},
                 work_dir=work, recipe_dir=tmp_path, log_path=tmp_path / name / "log.txt",
-                upstream_kinds={"onnx": "onnx.export"}, cache_dir=tmp_path / "cache")
+                upstream_kinds={"onnx": "onnx.export"},
+                areas={"trt-timing": tmp_path / "cache" / "trt-timing"})
 
 
 def run(task: Task) -> Dict[str, Any]:
@@ -103,10 +105,15 @@ def test_build_applies_the_description_in_the_samples_order(fake, tmp_path, onnx
     assert task.outputs["timing_cache"].stat().st_size > 0
 
 
-def test_fingerprint_is_volatile_and_names_the_gpu(fake):
+def test_description_is_volatile_and_names_the_gpu(fake, tmp_path):
+    from buildgraph.engine.executor import DescribeContext
+
     fake()
-    assert TensorRTBuildExecutor.volatile_fingerprint
-    assert TensorRTBuildExecutor().fingerprint({"hardware_compatibility": "ampere_plus"}) == {
+    description = TensorRTBuildExecutor().describe(
+        TensorRTBuildParams(hardware_compatibility="ampere_plus", profiles=[PROFILE]),
+        DescribeContext(recipe_dir=tmp_path))
+    assert description.volatile and description.areas == ("trt-timing",)
+    assert description.env == {
         "tensorrt": "11.4.0.106", "cuda": "12.9", "gpu": "Fake GPU",
         "compute_capability": "8.9", "hardware_compatibility": "ampere_plus"}
 
@@ -127,9 +134,11 @@ def test_parser_errors_are_listed_node_by_node(fake, tmp_path):
 def test_profiles_are_checked_against_the_onnx_before_building(fake, tmp_path, onnx_file):
     trt = fake()
     task = build_task(tmp_path, {"profiles": [{"images": PROFILE["x"]}]}, onnx_file)
-    with pytest.raises(StepFailed) as err:
+    from buildgraph.errors import RecipeError
+
+    with pytest.raises(RecipeError) as err:  # the scheduler adds the step's file and line
         run(task)
-    assert err.value.message.startswith("with.profiles[0].images: the ONNX model (model.onnx) "
+    assert err.value.message.startswith("profiles[0].images: the ONNX model (model.onnx) "
                                         "has no input 'images'")
     assert "Builder" not in [c[0] for c in trt.CALLS]
 
@@ -137,8 +146,8 @@ def test_profiles_are_checked_against_the_onnx_before_building(fake, tmp_path, o
 def test_default_profile_comes_from_the_models_dims(fake, tmp_path, onnx_file):
     fake()
     task = build_task(tmp_path, {"model": "tiny"}, onnx_file)
-    task.models = {"tiny": {"inputs": {"x": {"shape": ["batch", 3, 16, 16]}},
-                            "dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
+    task.data = {"model": {"name": "tiny", "inputs": [["x", {"shape": ["batch", 3, 16, 16]}]],
+                           "dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
     run(task)
     assert engine(task)["profiles"] == [{"x": [[1, 3, 16, 16], [2, 3, 16, 16],
                                                [4, 3, 16, 16]]}]
@@ -286,11 +295,15 @@ def test_refit_keys_on_structure_and_refits_new_weights(fake, tmp_path, onnx_fil
     new_weights = tmp_path / "new" / "model.onnx"
     new_weights.parent.mkdir()
     make_test_onnx(new_weights, seed=7)
+    from buildgraph.engine.executor import DescribeContext, import_object
+
     executor = TensorRTBuildExecutor()
-    raw = {"refit": True}
-    assert executor.upstream_digest(raw, "model", new_weights, "d1") == \
-        executor.upstream_digest(raw, "model", onnx_file, "d2")
-    assert executor.upstream_digest({}, "model", new_weights, "d1") == "d1"
+    ctx = DescribeContext(recipe_dir=tmp_path)
+    refittable = executor.describe(TensorRTBuildParams(refit=True, profiles=[PROFILE]), ctx)
+    view = import_object(refittable.upstream_view, "view")
+    assert view(new_weights) == view(onnx_file)  # same structure, new weights: same view
+    assert view(task.outputs["log"]) is None  # other files count whole
+    assert executor.describe(TensorRTBuildParams(profiles=[PROFILE]), ctx).upstream_view is None
 
     out = tmp_path / "refit"
     out.mkdir()
@@ -408,21 +421,26 @@ def test_an_unwritable_shared_cache_never_fails_the_build(fake, tmp_path, onnx_f
     assert task.outputs["model"].exists()
 
 
-def test_check_upstream_hook_raises_recipe_errors(tmp_path, onnx_file):
+def test_profiles_are_checked_against_the_upstream_onnx_first(tmp_path, onnx_file):
     from buildgraph.errors import RecipeError
 
     executor = TensorRTBuildExecutor()
-    good = {"profiles": [PROFILE]}
-    executor.check_upstream(good, {"onnx": {"model": onnx_file}})
+
+    names = iter(range(100))
+
+    def check(params, data=None):
+        task = build_task(tmp_path, params, onnx_file, name=f"b{next(names)}")
+        task.data = data or {}
+        executor.validate_profiles(task, TensorRTBuildParams.model_validate(params), onnx_file)
+
+    check({"profiles": [PROFILE]})
     with pytest.raises(RecipeError) as err:
-        executor.check_upstream({"profiles": [{"images": PROFILE["x"]}]},
-                                {"onnx": {"model": onnx_file}})
+        check({"profiles": [{"images": PROFILE["x"]}]})
     assert err.value.message.startswith("profiles[0].images: the ONNX model (model.onnx) has "
                                         "no input 'images'")
-    models = {"tiny": {"dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
-    executor.check_upstream({"model": "tiny"}, {"onnx": {"model": onnx_file}}, models)
+    check({"model": "tiny"}, {"model": {"dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}})
     with pytest.raises(RecipeError, match="no optimization profile"):
-        executor.check_upstream({}, {"onnx": {"model": onnx_file}})
+        check({})
 
 
 def test_cli_run_with_the_fake_builds_in_workers_and_shares_the_cache(trt_project,
@@ -467,7 +485,7 @@ def test_planner_checks_profiles_against_the_upstream_onnx_with_file_and_line(pr
     events = project.run("r.yaml", "--keep-going", check=1)
     engine = [e for e in events if e.get("step") == "engine" and e["event"] == "step_finished"]
     assert engine[0]["status"] == "failed"
-    assert engine[0]["message"].startswith("r.yaml:8:3: steps.engine.with: ")
+    assert engine[0]["message"].startswith("r.yaml:11:5: steps.engine.with: ")
     assert "images" in engine[0]["message"]
 
 

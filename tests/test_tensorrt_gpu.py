@@ -45,7 +45,7 @@ def build(tmp_path: Path, onnx_path: Path, params: Dict[str, Any], name: str = "
                 outputs={n: out / f for n, f in TensorRTBuildExecutor.outputs.items()},
                 work_dir=tmp_path / name / "work", recipe_dir=tmp_path,
                 log_path=tmp_path / name / "log.txt", upstream_kinds={"onnx": "onnx.export"},
-                cache_dir=tmp_path / "cache")
+                areas={"trt-timing": tmp_path / "cache" / "trt-timing"})
     task.meta = TensorRTBuildExecutor().run(task)  # type: ignore[attr-defined]
     return task
 

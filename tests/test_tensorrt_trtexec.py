@@ -13,7 +13,7 @@ import pytest
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.engine.executor import Task
+from buildgraph.engine.executor import DescribeContext, Task
 from buildgraph.backends.tensorrt.trtexec import TrtexecExecutor, trtexec_args, version_from_output, _versions
 from trt_fake import make_test_onnx
 from buildgraph.backends.tensorrt.spec import DescriptionError, TensorRTBuildParams, describe_build
@@ -107,12 +107,13 @@ def make_task(tmp_path: Path, params: dict, name: str = "t") -> Task:
                 inputs={}, upstream={"onnx": {"model": onnx}},
                 outputs={n: root / "out" / f for n, f in TrtexecExecutor.outputs.items()},
                 work_dir=root / "work", recipe_dir=tmp_path, log_path=root / "log.txt",
-                cache_dir=tmp_path / "cache")
+                areas={"trt-timing": tmp_path / "cache" / "trt-timing"})
 
 
 def test_run_through_a_trtexec_binary(fake_gpu, tmp_path):
     executor = TrtexecExecutor()
-    assert executor.fingerprint({})["tensorrt"] == "11.4.0"
+    assert executor.describe(executor.Params(), DescribeContext(recipe_dir=tmp_path)
+                             ).env["tensorrt"] == "11.4.0"
     task = make_task(tmp_path, {"profiles": [PROFILE], "extra_args": ["--noCompilationCache"]})
     meta = executor.run(task)
     assert json.loads(task.outputs["model"].read_text()) == {"fake": "trtexec"}

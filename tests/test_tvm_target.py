@@ -126,9 +126,11 @@ def test_parsing_imports_no_tvm():
     code = ("import sys; from buildgraph.backends.tvm import target as tvmtarget, records as tunedb; "
             "tvmtarget.canonical_target('llvm -mcpu=skylake'); "
             "from buildgraph.engine.executor import load_executor; "
-            "e = load_executor('tvm.compile')(); e.fingerprint({'target': {'kind': 'llvm', "
-            "'mcpu': 'native'}}); load_executor('tvm.tune')().fingerprint({'target': "
-            "{'kind': 'llvm', 'mcpu': 'native'}}); "
+            "from buildgraph.engine.executor import DescribeContext; "
+            "ctx = DescribeContext(recipe_dir=__import__('pathlib').Path('.')); "
+            "[load_executor(k)().describe(load_executor(k).Params.model_validate("
+            "{'target': {'kind': 'llvm', 'mcpu': 'native'}}), ctx) "
+            "for k in ('tvm.compile', 'tvm.tune')]; "
             "print(sorted(m for m in ('tvm', 'torch', 'onnx', 'tvm_ffi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

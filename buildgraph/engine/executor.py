@@ -1,17 +1,25 @@
 """The executor interface and the lazy registry of step kinds.
 
 An executor wraps one tool (a shell command, torch.onnx.export, the TensorRT builder...). Its
-interface is deliberately small and stable:
+interface is small and stable:
 
 * ``kind`` and ``version`` (bump ``version`` whenever the executor's output may change: it is
   part of every action key);
 * ``Params``: a pydantic model validating the step's ``with:`` block;
-* ``fingerprint(params)``: the environment that can change the result (tool versions, target,
-  GPU); it must be cheap and must not import heavy libraries;
-* ``extra_inputs(params, ctx)``: files that are inputs without being named in the recipe, such as
-  the source code of a model;
+* ``describe(params, ctx) -> Description``: everything the step adds to its action key beyond
+  its params, declared files and upstream outputs: files it reads that the recipe does not
+  name, settings from outside ``with:`` (its model), the environment that can change the result
+  (tool versions, target, GPU), whether that environment must be re-read at every plan, which
+  view of an upstream output counts, and the shared record areas it uses. Only the planner calls
+  it, and memoises it through the store;
 * ``run(task)``: do the work, write the declared outputs under ``task.outputs``, optionally return
-  JSON-able metadata (node counts, errors measured) that is stored with the result.
+  JSON-able metadata (node counts, errors measured) that is stored with the result. A check
+  against upstream files (TensorRT profiles against the ONNX inputs) is the first thing ``run``
+  does: a RecipeError raised there is reported with the step's file and line.
+
+A :class:`Task` holds only what is keyed: every field ``run`` can read is part of the action key
+or derived from it, except the execution context listed in ``Task.CONTEXT_FIELDS`` (where to
+log, scratch space, thread count), which by contract does not change the result.
 
 Executors never touch the store or the lock file. The registry maps kinds to ``"module:Class"``
 strings and imports a module only when a recipe uses that kind (doit's plugin pattern), so
@@ -22,10 +30,11 @@ strings and imports a module only when a recipe uses that kind (doit's plugin pa
 from __future__ import annotations
 
 import importlib
-import os
-from dataclasses import dataclass, field
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, Mapping, Optional, Tuple, Type, Union
 
 from buildgraph.errors import BuildgraphError, StepFailed
 
@@ -68,10 +77,10 @@ def no_params_model() -> "Type[BaseModel]":
     """The Params of a kind that takes none: an empty model that rejects every key."""
     global _no_params
     if _no_params is None:
-        from pydantic import BaseModel, ConfigDict
+        from buildgraph.engine.params import StrictParams
 
-        class NoParams(BaseModel):
-            model_config = ConfigDict(extra="forbid", frozen=True)
+        class NoParams(StrictParams):
+            pass
 
         _no_params = NoParams
     return _no_params
@@ -81,45 +90,148 @@ _no_params: Any = None
 
 
 @dataclass(frozen=True)
-class ResolveContext:
-    """What an executor may look at while the recipe is being resolved (no I/O beyond it)."""
+class DescribeContext:
+    """What ``describe`` may look at: the recipe's directory and models, and the step's place
+    in the graph. No I/O beyond it, except reading the files a description names."""
 
     recipe_dir: Path
     models: Mapping[str, Any] = field(default_factory=dict)
+    """The recipe's models (name -> spec as plain data); a step picks its own."""
+    upstream_kinds: Mapping[str, str] = field(default_factory=dict)
+    """Each upstream step id -> its kind."""
+    step_id: str = ""
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything a step contributes to its action key beyond its kind, version, ``with:``
+    block, declared files and upstream outputs (Bazel's "all that can change a result")."""
+
+    inputs: Mapping[str, Path] = field(default_factory=dict)
+    """Files the step reads that the recipe does not name (model source code, weights,
+    calibration data, plugins); keyed by content."""
+    data: Mapping[str, Any] = field(default_factory=dict)
+    """Settings from outside ``with:`` as JSON data (the model the step builds: source, kwargs,
+    seed, inputs). Keyed, and handed to ``run`` as ``task.data``: the only way such settings
+    reach the executor."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Tool versions, target, GPU: what outside the recipe can change the result."""
+    volatile: bool = False
+    """True when ``env`` reads something that can change without the Python environment
+    changing (the GPU present, a compiler appearing on PATH): the planner then describes the
+    step again at every plan instead of reusing the memoised description."""
+    upstream_view: Optional[str] = None
+    """``"module:function"``: ``function(path) -> str | None`` gives the digest of the part of an
+    upstream output this step depends on (a weight-agnostic TensorRT build keys an ONNX model by
+    its structure); None from the function, or no view, keys the whole output."""
+    areas: Tuple[str, ...] = ()
+    """Shared record areas of the store the step reads and adds to (``tvm-tunedb``,
+    ``trt-timing``). They are outside the key on purpose: records make a build faster, not
+    different (or the step keys what it used, as ``timing_cache: pinned`` does)."""
+
+    def as_json(self) -> Dict[str, Any]:
+        return {"inputs": {k: str(v) for k, v in self.inputs.items()},
+                "data": dict(self.data), "env": {k: str(v) for k, v in self.env.items()},
+                "volatile": self.volatile, "upstream_view": self.upstream_view,
+                "areas": list(self.areas)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Description":
+        return cls(inputs={k: Path(v) for k, v in data.get("inputs", {}).items()},
+                   data=dict(data.get("data") or {}), env=dict(data.get("env") or {}),
+                   volatile=bool(data.get("volatile")), upstream_view=data.get("upstream_view"),
+                   areas=tuple(data.get("areas") or ()))
 
 
 @dataclass
 class Task:
     """Everything ``Executor.run`` gets. Picklable: it crosses into worker processes.
 
-    ``inputs`` maps the names of the step's declared files and of its extra inputs to paths;
-    ``upstream`` maps each upstream step id to its outputs; ``outputs`` maps each declared
-    output to the path the executor must create (file or directory); ``threads`` is how many
-    CPU slots the scheduler granted.
+    Keyed fields (see ``KEYED_FIELDS``): ``params`` (the ``with:`` block, with ``${in.*}`` and
+    ``${out.*}`` expanded to paths), ``inputs`` (declared and described files, by name),
+    ``upstream`` (each upstream step id -> its outputs), ``upstream_kinds``, ``outputs`` (each
+    declared output -> the path the executor must create), ``data`` and ``env`` (from the
+    step's :class:`Description`). The rest is execution context that must not change the
+    result: where to log, scratch space, how many CPU slots were granted, the shared record
+    areas handed out by the store.
     """
 
-    step_id: str
     kind: str
     params: Dict[str, Any]
     inputs: Dict[str, Path]
     upstream: Dict[str, Dict[str, Path]]
     outputs: Dict[str, Path]
-    work_dir: Path
-    recipe_dir: Path
-    log_path: Path
-    threads: int = 1
-    models: Dict[str, Any] = field(default_factory=dict)
-    upstream_meta: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     upstream_kinds: Dict[str, str] = field(default_factory=dict)
+    data: Dict[str, Any] = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
+    # --- execution context -------------------------------------------------------------------
+    step_id: str = ""
+    work_dir: Path = Path(".")
+    recipe_dir: Path = Path(".")
+    log_path: Path = Path("step.log")
+    threads: int = 1
     timeout: Optional[float] = None
-    cache_dir: Optional[Path] = None
-    """The cache directory (absolute), for executors that keep shared records there
-    (TVM tuning databases, TensorRT timing caches)."""
+    areas: Dict[str, Path] = field(default_factory=dict)
+
+    KEYED_FIELDS: ClassVar[Dict[str, str]] = {
+        "kind": "kind", "params": "params", "inputs": "inputs", "upstream": "upstream",
+        "outputs": "outputs", "upstream_kinds": "upstream_kinds", "data": "data", "env": "env"}
+    """Task field -> the key part it comes from."""
+    CONTEXT_FIELDS: ClassVar[Tuple[str, ...]] = (
+        "step_id", "work_dir", "recipe_dir", "log_path", "threads", "timeout", "areas")
+    """Fields deliberately outside the key: they cannot change a result (a step id only names
+    things in messages; ``recipe_dir`` resolves paths whose contents are keyed; areas hold
+    records that make a build faster, not different)."""
 
     def log(self, message: str) -> None:
         """Append one line to the step's log (kept under the build directory)."""
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(message.rstrip("\n") + "\n")
+
+
+
+def task_fields() -> Tuple[str, ...]:
+    return tuple(f.name for f in fields(Task))
+
+
+MODEL_SUFFIXES = (".onnx", ".pt2", ".ts", ".pt", ".pth", ".safetensors", ".so", ".tar",
+                  ".engine", ".plan")
+"""File endings of model artifacts, for telling a step's model output from its reports."""
+
+
+def find_artifact(task: Task, what: str, suffixes: Optional[Tuple[str, ...]] = None,
+                  steps: Optional[Tuple[str, ...]] = None, skip_kinds: Tuple[str, ...] = ()
+                  ) -> Path:
+    """The one model artifact among the upstream outputs (of ``steps``, default all).
+
+    Per step: its output named ``model`` (when it ends in one of ``suffixes``, if given), else
+    its only output (when no suffixes are asked for), else its outputs ending in a model suffix.
+    Exactly one must remain; otherwise the error names what was found and how to choose."""
+    wanted = suffixes or MODEL_SUFFIXES
+    found: list = []
+    for step in (steps if steps is not None else tuple(task.upstream)):
+        if task.upstream_kinds.get(step) in skip_kinds:
+            continue
+        outs = task.upstream[step]
+        if "model" in outs and (suffixes is None or str(outs["model"]).endswith(suffixes)):
+            found.append((f"{step}.model", outs["model"]))
+        elif suffixes is None and len(outs) == 1:
+            found.extend((f"{step}.{n}", p) for n, p in outs.items())
+        else:
+            found.extend((f"{step}.{n}", p) for n, p in outs.items() if str(p).endswith(wanted))
+    if len(found) == 1:
+        return found[0][1]
+    kinds = "/".join(suffixes) if suffixes else "model"
+    if not found:
+        have = ", ".join(f"{s}.{n}" for s in (steps or task.upstream)
+                         for n in task.upstream.get(s, {})) or "none"
+        raise StepFailed(f"{what} needs an upstream {kinds} artifact; found none (upstream "
+                         f"outputs: {have})",
+                         hint="name the model output 'model', or list the step under 'from:'")
+    raise StepFailed(f"{what} needs exactly one upstream {kinds} artifact; found "
+                     f"{len(found)}: " + ", ".join(label for label, _ in found),
+                     hint="say which with model: ${in.STEP.OUTPUT}, or name only one "
+                          "model output 'model'")
 
 
 class Executor:
@@ -140,56 +252,70 @@ class Executor:
     """Substitute ``${in.*}``/``${out.*}`` in string params before ``run`` (shell does its own,
     with quoting)."""
 
-    volatile_fingerprint: ClassVar[bool] = False
-    """True when ``fingerprint`` reads something that can change between runs without the
-    Python environment changing (the GPU in the machine): it is then recomputed at every plan
-    instead of being cached with the resolved recipe."""
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """What this step adds to its key beyond its params (see :class:`Description`).
 
-    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
-        """Whether this step's fingerprint must be recomputed at every plan (default: the
-        class's ``volatile_fingerprint``); e.g. only a CUDA target without an explicit arch
-        depends on the GPU present. This host's CPU and Python environment are covered by the
-        resolved-recipe cache already."""
-        return self.volatile_fingerprint
-
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        """Versions and settings outside the params that can change the result.
-
-        ``params`` is the validated ``with:`` block as plain data. Must be cheap and must not
-        import heavy libraries (use ``importlib.metadata.version``)."""
-        return {}
-
-    def extra_inputs(self, params: Any, ctx: ResolveContext) -> Dict[str, Path]:
-        """Files this step reads beyond its declared inputs (model source code, weights).
-
-        ``params`` is the validated Params instance. Raise RecipeError for bad references."""
-        return {}
-
-    def key_data(self, params: Any, ctx: ResolveContext) -> Dict[str, Any]:
-        """Settings from outside the step's ``with:`` that change its result, as JSON data
-        (e.g. the recipe model a step builds: its kwargs, seed, example inputs). They enter the
-        action key, and ``plan`` shows a change in them as a diff. Called when the recipe loads.
-        """
-        return {}
+        ``params`` is the validated Params instance. Must be cheap and must not import heavy
+        libraries (use ``importlib.metadata.version``). Raise RecipeError for a bad reference;
+        the planner adds the step's file and line."""
+        return Description()
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
 
 
-OPTIONAL_HOOKS = ("check_upstream", "upstream_digest")
-"""Methods an executor may define, called by the planner once upstream outputs exist:
+# --- helpers shared by step kinds ------------------------------------------------------------
 
-* ``check_upstream(params, upstream, models) -> None``: validate the step against its upstream
-  files (e.g. TensorRT profiles against the ONNX model's inputs); raise RecipeError, and the
-  planner attaches the step's file and line;
-* ``upstream_digest(params, output, path, digest) -> str``: the digest of an upstream output
-  that enters this step's key, when the executor depends on only part of it (a weight-agnostic
-  TensorRT build keys an ONNX model by its structure). Results are memoised per digest.
-"""
+class Timed:
+    """Mixin for executors: records the time of library calls by phase (see ``seconds``), so
+    a benchmark can tell buildgraph's overhead from the tools' own time."""
+
+    @property
+    def seconds(self) -> Dict[str, float]:
+        """Time spent in library calls, by phase (returned as metadata ``seconds``): the step's
+        wall time minus their sum is buildgraph's overhead."""
+        if not hasattr(self, "_seconds"):
+            self._seconds: Dict[str, float] = {}
+        return self._seconds
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0)
+                                        + time.perf_counter() - start, 4)
 
 
-def implemented_hooks(cls: Type[Executor]) -> Tuple[str, ...]:
-    return tuple(h for h in OPTIONAL_HOOKS if callable(getattr(cls, h, None)))
+def artifact_of(task: Task, step: str) -> Path:
+    """The model artifact upstream ``step`` produced (see ``find_artifact``)."""
+    return find_artifact(task, f"step '{task.step_id}'", steps=(step,))
+
+
+def single_upstream(task: Task, what: str) -> str:
+    """The id of the step's only upstream step."""
+    if len(task.upstream) != 1:
+        have = ", ".join(task.upstream) or "none"
+        raise StepFailed(f"{what} takes exactly one upstream step (from: STEP); got {have}")
+    return next(iter(task.upstream))
+
+
+def out_path(task: Task, name: str = "model") -> Path:
+    """Where the declared output ``name`` goes; a clear error when the recipe renamed it."""
+    try:
+        return task.outputs[name]
+    except KeyError:
+        raise StepFailed(f"this step must declare an output named '{name}' (declared: "
+                         + ", ".join(task.outputs) + ")") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """A JSON report output, indented for people."""
+    import json
+
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n",
+                    encoding="utf-8")
 
 
 _cache: Dict[str, Type[Executor]] = {}
@@ -244,5 +370,5 @@ def import_object(target: str, what: str) -> Any:
                                    "environment?") from None
 
 
-__all__ = ["Executor", "Task", "ResolveContext", "no_params_model", "StepFailed", "known_kinds",
+__all__ = ["Executor", "Task", "Description", "DescribeContext", "no_params_model", "StepFailed", "known_kinds",
            "load_executor", "is_known", "BUILTIN_KINDS", "ENTRY_POINT_GROUP"]

@@ -34,14 +34,8 @@ class StepNode:
     cache: bool = True
     description: str = ""
     location: Optional[Location] = None
-    fingerprint: Optional[Dict[str, str]] = None
-    key_data: Dict[str, Any] = field(default_factory=dict)
-    """Data from outside ``with:`` that enters the key (``Executor.key_data``)."""
-    hooks: Tuple[str, ...] = ()
-    """Optional executor hooks this step's kind implements (see ``executors.OPTIONAL_HOOKS``),
-    recorded at load so that planning a step without hooks never imports its executor."""
-    """The executor's environment fingerprint, computed at load; None when it must be
-    recomputed at every plan (``Executor.volatile_fingerprint``, e.g. the GPU in use)."""
+    params_location: Optional[Location] = None
+    """Where the step's ``with:`` block is (for errors about its parameters)."""
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,27 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from buildgraph.engine.hashing import digest_json
 
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
+"""Bump when the parts change shape: every key changes, and ``plan`` says why."""
+
+PART_NAMES = ("schema", "kind", "executor", "params", "outputs", "inputs", "upstream",
+              "upstream_kinds", "env", "salt", "data")
 
 
 def make_parts(kind: str, executor_version: str, params: Mapping[str, Any],
                outputs: Mapping[str, str], inputs: Mapping[str, str],
                upstream: Mapping[str, str], env: Mapping[str, str], salt: str,
-               data: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+               data: Optional[Mapping[str, Any]] = None,
+               upstream_kinds: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """The canonical record a step's key is the digest of (see the module's doc).
+
+    ``upstream`` maps ``STEP.OUTPUT`` to the digest of the view the step depends on;
+    ``upstream_kinds`` maps each upstream step to its kind (a verify step picks a runtime by
+    it); ``data`` and ``env`` come from the executor's description."""
     parts = {"schema": KEY_SCHEMA, "kind": kind, "executor": executor_version,
              "params": dict(params), "outputs": dict(outputs), "inputs": dict(inputs),
-             "upstream": dict(upstream), "env": dict(env), "salt": salt}
+             "upstream": dict(upstream), "upstream_kinds": dict(upstream_kinds or {}),
+             "env": dict(env), "salt": salt}
     if data:
         parts["data"] = dict(data)
     return parts
@@ -91,6 +102,10 @@ def explain_difference(old: Optional[Mapping[str, Any]], new: Mapping[str, Any],
                                    f"{_short(new_d.get(name, '(none)'))}")
     if old.get("outputs") != new.get("outputs"):
         reasons.append("declared outputs changed")
+    o_kinds, n_kinds = old.get("upstream_kinds") or {}, new.get("upstream_kinds") or {}
+    for up in sorted(set(o_kinds) & set(n_kinds)):
+        if o_kinds[up] != n_kinds[up]:
+            reasons.append(f"upstream {up} kind {o_kinds[up]}→{n_kinds[up]}")
     for section, what in (("inputs", "input"), ("upstream", "upstream output")):
         o, n = old.get(section, {}), new.get(section, {})
         for name in sorted(set(o) | set(n)):

@@ -52,7 +52,7 @@ def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
     same recipe do not lose each other's entries.
     """
     from buildgraph.engine.hashing import digest_bytes
-    from buildgraph.engine.store import atomic_write
+    from buildgraph.engine.files import atomic_write
 
     def render(current: Dict[str, Any]) -> str:
         merged = {sid: entry for sid, entry in current.items() if sid in keep}

@@ -13,17 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
-from buildgraph.errors import RecipeError, StepFailed
-from buildgraph.engine.executor import load_executor
+from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
+from buildgraph.engine.executor import DescribeContext, Description, import_object, load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.hashing import digest_json, path_digest
 from buildgraph.engine.keys import action_key, explain_difference, make_parts
-from buildgraph.engine.store import Store, atomic_write
+from buildgraph.engine.store import Store
 
 CACHED = "cached"      # in the cache and in the build directory: nothing to do
 RESTORE = "restore"    # in the cache; the build directory copy is missing or changed
 RUN = "run"            # must execute
 WAITS = "waits"        # depends on a step that will run; decided once that one finishes
+
+DESCRIBE_MEMO = "describe/1"
+VIEW_MEMO = "view/1"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Decision:
     key: Optional[str] = None
     parts: Optional[Dict[str, Any]] = None
     entry: Optional[Dict[str, Any]] = field(default=None, compare=False)
+    description: Optional[Description] = field(default=None, compare=False)
+    """What the executor contributed to the key; the scheduler builds the Task from it."""
 
 
 class Planner:
@@ -48,21 +53,105 @@ class Planner:
         self.lock = lock_entries
         self.force = force
         self.no_cache = no_cache
-        self._fingerprints: Dict[str, Dict[str, str]] = {}
+        self._described: Dict[str, Tuple[Description, Dict[str, str]]] = {}
 
     def output_path(self, step: StepNode, name: str) -> Path:
         return self.build_dir / step.id / step.outputs[name]
 
-    def fingerprint(self, step: StepNode) -> Dict[str, str]:
-        if step.fingerprint is not None:
-            return step.fingerprint
-        cached = self._fingerprints.get(step.id)
-        if cached is None:
-            executor = load_executor(step.kind)()
-            cached = {k: str(v) for k, v in executor.fingerprint(step.raw_params).items()}
-            self._fingerprints[step.id] = cached
-        return cached
+    # --- descriptions -----------------------------------------------------------------------
+    def describe(self, step: StepNode) -> Description:
+        """The executor's description of ``step``, memoised in the store.
 
+        A memoised description is reused when nothing it was computed from changed (kind,
+        version, params, the recipe's models, upstream kinds, the Python environment) and the
+        files it named still have the digests they had; a volatile one is asked for again.
+        A RecipeError gets the step's file and line."""
+        return self._describe(step)[0]
+
+    def describe_all(self, selected: List[str]) -> None:
+        """Describe every selected step up front, so that a bad reference in any step is
+        reported before anything runs."""
+        for sid in selected:
+            self._describe(self.graph.steps[sid])
+
+    def _describe(self, step: StepNode) -> Tuple[Description, Dict[str, str]]:
+        done = self._described.get(step.id)
+        if done is not None:
+            return done
+        from buildgraph.engine.environment import environment_token
+
+        upstream_kinds = {u: self.graph.steps[u].kind for u in step.upstream}
+        memo_key = digest_json({"kind": step.kind, "executor": step.executor_version,
+                                "params": step.raw_params, "models": self.graph.models,
+                                "recipe_dir": str(self.graph.recipe_dir), "step": step.base_id,
+                                "upstream_kinds": upstream_kinds, "env": environment_token()})
+        memo = self.store.memo.get(DESCRIBE_MEMO, memo_key)
+        if memo is not None and not memo["description"].get("volatile"):
+            description = Description.from_json(memo["description"])
+            digests = self._digests(description.inputs, missing_ok=True)
+            if digests is not None and digests == memo["digests"]:
+                self._described[step.id] = (description, digests)
+                return description, digests
+        description = self._ask_executor(step, upstream_kinds)
+        digests = self._digests(description.inputs, step=step)
+        assert digests is not None
+        self.store.memo.put(DESCRIBE_MEMO, memo_key, {"description": description.as_json(),
+                                                      "digests": digests})
+        self._described[step.id] = (description, digests)
+        return description, digests
+
+    def _ask_executor(self, step: StepNode, upstream_kinds: Dict[str, str]) -> Description:
+        cls = load_executor(step.kind)
+        ctx = DescribeContext(recipe_dir=self.graph.recipe_dir, models=self.graph.models,
+                              upstream_kinds=upstream_kinds, step_id=step.id)
+        where = f"steps.{step.base_id}.with"
+        try:
+            params = cls.Params.model_validate(step.raw_params) if cls.Params else None
+            description = cls().describe(params, ctx)
+            if not isinstance(description, Description):
+                raise TypeError(f"describe() returned {type(description).__name__}, not a "
+                                "Description")
+        except BuildgraphError as exc:
+            if exc.location is None:
+                exc.location = step.params_location or step.location
+                exc.key = exc.key or where
+            raise
+        except Exception as exc:  # noqa: BLE001 - an executor bug must not be a traceback
+            raise RecipeError(f"step kind '{step.kind}' could not describe this step: "
+                              f"{type(exc).__name__}: {exc}", location=step.params_location or step.location,
+                              key=where, hint="this is a bug in the step kind's executor; "
+                                              "please report it") from None
+        return description
+
+    def _digests(self, inputs: Mapping[str, Path], step: Optional[StepNode] = None,
+                 missing_ok: bool = False) -> Optional[Dict[str, str]]:
+        digests = {}
+        for name, path in inputs.items():
+            try:
+                digests[name] = path_digest(path, self.store.stat_cache).digest
+            except FileNotFoundError:
+                if missing_ok:
+                    return None
+                assert step is not None
+                raise RecipeError(f"file '{_label(path, self.graph.recipe_dir)}' needed by "
+                                  "this step does not exist", location=step.params_location or step.location,
+                                  key=f"steps.{step.base_id}.with") from None
+        return digests
+
+    def labels(self, step: StepNode) -> Dict[str, str]:
+        """Input names -> paths as a person reads them (relative to the recipe)."""
+        labels = dict(step.input_labels)
+        for name, path in self.describe(step).inputs.items():
+            labels.setdefault(name, _label(path, self.graph.recipe_dir))
+        return labels
+
+    def task_inputs(self, step: StepNode) -> Dict[str, Path]:
+        """Declared and described input files, by name: what the Task gets."""
+        inputs = dict(step.inputs)
+        inputs.update({n: Path(p) for n, p in self.describe(step).inputs.items()})
+        return inputs
+
+    # --- keys -------------------------------------------------------------------------------
     def input_digests(self, step: StepNode) -> Dict[str, str]:
         digests = {}
         for name, path in step.inputs.items():
@@ -71,6 +160,7 @@ class Planner:
             except FileNotFoundError:
                 raise StepFailed(f"input '{step.input_labels.get(name, name)}' of step "
                                  f"'{step.id}' no longer exists") from None
+        digests.update(self._describe(step)[1])
         return digests
 
     def upstream_path(self, up: str, name: str, entry: Mapping[str, Any]) -> Path:
@@ -81,69 +171,54 @@ class Planner:
             return path
         return self.store.blob_path(entry["digest"])
 
-    def check_upstream(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> None:
-        """Run the executor's ``check_upstream`` hook; a RecipeError gets the step's location."""
-        if "check_upstream" not in step.hooks:
-            return
-        paths = {u: {n: self.upstream_path(u, n, e) for n, e in upstream[u].items()}
-                 for u in step.upstream}
-        try:
-            load_executor(step.kind)().check_upstream(step.raw_params, paths,  # type: ignore[attr-defined]
-                                                      dict(self.graph.models))
-        except RecipeError as exc:
-            if exc.location is None:
-                exc.location = step.location
-                exc.key = exc.key or f"steps.{step.base_id}.with"
-            raise
-
-    def _upstream_digest(self, step: StepNode, up: str, name: str,
+    def _upstream_digest(self, view: Optional[str], up: str, name: str,
                          entry: Mapping[str, Any]) -> str:
-        if "upstream_digest" not in step.hooks:
+        """The digest of the view of an upstream output the step depends on (memoised per
+        view and output digest)."""
+        if view is None:
             return entry["digest"]
-        memo_key = digest_json({"kind": step.kind, "version": step.executor_version,
-                                "params": step.raw_params, "output": name,
-                                "digest": entry["digest"]})
-        memo = self.store.root / "derived" / memo_key[:2] / memo_key[2:]
-        try:
-            return memo.read_text(encoding="utf-8")
-        except OSError:
-            pass
-        derived = load_executor(step.kind)().upstream_digest(  # type: ignore[attr-defined]
-            step.raw_params, name, self.upstream_path(up, name, entry), entry["digest"])
-        try:
-            atomic_write(memo, str(derived).encode("utf-8"))
-        except OSError:
-            pass
-        return str(derived)
+        memo_key = digest_json({"view": view, "digest": entry["digest"]})
+        known = self.store.memo.get(VIEW_MEMO, memo_key)
+        if isinstance(known, dict):
+            return known.get("digest") or entry["digest"]
+        function = import_object(view, what=f"upstream view '{view}'")
+        derived = function(self.upstream_path(up, name, entry))
+        self.store.memo.put(VIEW_MEMO, memo_key, {"digest": derived})
+        return str(derived) if derived else entry["digest"]
 
     def parts(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
         """Key parts; ``upstream`` maps each upstream id to its output manifest entries."""
-        up_digests = {f"{up}.{name}": self._upstream_digest(step, up, name, entry)
+        description = self.describe(step)
+        up_digests = {f"{up}.{name}": self._upstream_digest(description.upstream_view, up,
+                                                            name, entry)
                       for up in step.upstream for name, entry in upstream[up].items()}
+        return self._make_parts(step, description, up_digests)
+
+    def _make_parts(self, step: StepNode, description: Description,
+                    up_digests: Mapping[str, str]) -> Dict[str, Any]:
         return make_parts(step.kind, step.executor_version, step.raw_params, step.outputs,
-                          self.input_digests(step), up_digests, self.fingerprint(step),
-                          self.graph.cache_salt, step.key_data)
+                          self.input_digests(step), up_digests,
+                          {k: str(v) for k, v in description.env.items()},
+                          self.graph.cache_salt, _jsonable(description.data),
+                          {u: self.graph.steps[u].kind for u in step.upstream})
 
     def decide(self, step: StepNode,
                upstream: Optional[Mapping[str, Mapping[str, Any]]]) -> Decision:
         """Decide one step; ``upstream`` is None when some upstream has yet to run."""
         previous = self.lock.get(step.id, {}).get("parts") if isinstance(
             self.lock.get(step.id), dict) else None
-        labels = dict(step.input_labels)
+        description = self.describe(step)
+        labels = self.labels(step)
         if upstream is None:
             reasons = ["upstream " + ", ".join(f"'{u}'" for u in step.upstream) + " may change"]
             if previous:
-                partial = make_parts(step.kind, step.executor_version,
-                                     step.raw_params, step.outputs, self.input_digests(step),
-                                     previous.get("upstream", {}), self.fingerprint(step),
-                                     self.graph.cache_salt, step.key_data)
+                partial = self._make_parts(step, description, previous.get("upstream", {}))
                 diff = explain_difference(previous, partial, labels)
                 if diff != ["not in the cache (evicted, or built elsewhere)"]:
                     reasons = diff + reasons
             else:
                 reasons = ["never built"]
-            return Decision(step.id, WAITS, tuple(reasons))
-        self.check_upstream(step, upstream)
+            return Decision(step.id, WAITS, tuple(reasons), description=description)
         parts = self.parts(step, upstream)
         key = action_key(parts)
         forced = []
@@ -154,7 +229,7 @@ class Planner:
         if not step.cache:
             forced.append("cache: false")
         if forced:
-            return Decision(step.id, RUN, tuple(forced), key, parts)
+            return Decision(step.id, RUN, tuple(forced), key, parts, description=description)
         entry = self.store.get_action(key)
         if entry is not None and all(name in entry["outputs"] for name in step.outputs) and \
                 all(self.store.check_output(entry["outputs"][name]) for name in step.outputs):
@@ -164,17 +239,18 @@ class Planner:
             if stale:
                 return Decision(step.id, RESTORE,
                                 tuple(f"output {n} missing or modified in the build directory"
-                                      for n in stale), key, parts, entry)
-            return Decision(step.id, CACHED, (), key, parts, entry)
+                                      for n in stale), key, parts, entry, description)
+            return Decision(step.id, CACHED, (), key, parts, entry, description)
         reasons = explain_difference(previous, parts, labels)
         if entry is not None:
             reasons = ["cached result is incomplete or corrupt"]
-        return Decision(step.id, RUN, tuple(reasons), key, parts)
+        return Decision(step.id, RUN, tuple(reasons), key, parts, description=description)
 
     def plan(self, selected: List[str]) -> Dict[str, Decision]:
         """Decisions for ``selected`` (topological order), as if nothing ran in between."""
         decisions: Dict[str, Decision] = {}
         outputs: Dict[str, Dict[str, Any]] = {}
+        self.describe_all(selected)
         for sid in selected:
             step = self.graph.steps[sid]
             known = all(up in outputs for up in step.upstream)
@@ -183,3 +259,22 @@ class Planner:
             if decision.action in (CACHED, RESTORE) and decision.entry is not None:
                 outputs[sid] = {n: decision.entry["outputs"][n] for n in step.outputs}
         return decisions
+
+
+def _label(path: Path, base: Path) -> str:
+    """A label for a path: relative to the recipe, else to the working directory."""
+    resolved = Path(path).resolve()
+    for root in (base.resolve(), Path.cwd().resolve()):
+        try:
+            return str(resolved.relative_to(root))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _jsonable(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """Description data as it round-trips through JSON (tuples become lists), so that a
+    memoised description and a fresh one give the same key."""
+    import json
+
+    return json.loads(json.dumps(dict(data), sort_keys=True, default=str))

@@ -13,10 +13,12 @@ format runs through its own runtime. A runtime is a small class::
         def run(self, inputs):             # list of numpy arrays in forward() order
             return [...]                   # list of numpy arrays, in output order
 
-Built-ins: ``torch.eager`` (the reference: the recipe's model, fp32), ``torch.save`` (state_dict,
+This module is the interface and the registry; the runtimes live with their backends. Built-ins:
+``torch.eager`` (the reference: the recipe's model, fp32), ``torch.save`` (state_dict,
 checkpoint or whole-model pickle, told apart by reading the file), ``torchscript``
-(``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``),
-``onnxruntime``, and, in their own modules, ``tvm.relax`` (TVM's relax VirtualMachine,
+(``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``), all in
+:mod:`buildgraph.backends.torch.runtime`; ``onnxruntime`` (:mod:`buildgraph.backends.onnx.runtime`);
+``tvm.relax`` (TVM's relax VirtualMachine,
 :mod:`buildgraph.backends.tvm.runtime`) and ``tensorrt`` (:mod:`buildgraph.backends.tensorrt.runtime`). More
 come with :func:`register_runtime` or through the ``buildgraph.runtimes`` entry-point group
 (``name = "module:Class"``); like executors, the registry holds strings and imports a
@@ -35,11 +37,11 @@ from buildgraph.errors import StepFailed
 ENTRY_POINT_GROUP = "buildgraph.runtimes"
 
 RUNTIMES: Dict[str, str] = {
-    "torch.eager": "buildgraph.engine.runtime:EagerRuntime",
-    "torch.save": "buildgraph.engine.runtime:TorchSaveRuntime",
-    "torchscript": "buildgraph.engine.runtime:TorchScriptRuntime",
-    "torch.export": "buildgraph.engine.runtime:ExportedProgramRuntime",
-    "onnxruntime": "buildgraph.engine.runtime:OnnxRuntime",
+    "torch.eager": "buildgraph.backends.torch.runtime:EagerRuntime",
+    "torch.save": "buildgraph.backends.torch.runtime:TorchSaveRuntime",
+    "torchscript": "buildgraph.backends.torch.runtime:TorchScriptRuntime",
+    "torch.export": "buildgraph.backends.torch.runtime:ExportedProgramRuntime",
+    "onnxruntime": "buildgraph.backends.onnx.runtime:OnnxRuntime",
     "tvm.relax": "buildgraph.backends.tvm.runtime:TvmRuntime",
     "tensorrt": "buildgraph.backends.tensorrt.runtime:TensorRTRuntime",
 }
@@ -94,11 +96,31 @@ class RuntimeContext:
     kind: Optional[str] = None
     """Step kind that produced the artifact."""
     meta: Mapping[str, Any] = field(default_factory=dict)
-    """That step's metadata, when known."""
+    """The producing step's description of its artifact: its ``info`` output (JSON), a
+    declared output and therefore part of the consumer's key (see :func:`artifact_info`)."""
     threads: int = 1
     device: str = "cpu"
     trusted: bool = False
     """Unpickling a whole model (runs code) is allowed: artifacts built by the same recipe."""
+
+
+INFO_OUTPUT = "info"
+"""The output name under which a step describes its artifact for runtimes (engine flags,
+profiles, precision)."""
+
+
+def artifact_info(outputs: Mapping[str, Path]) -> Dict[str, Any]:
+    """The JSON ``info`` output among a step's outputs, or {} when it has none."""
+    import json
+
+    path = outputs.get(INFO_OUTPUT)
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class Runtime:
@@ -175,235 +197,3 @@ def load_runtime(path: Path, ctx: RuntimeContext, name: Optional[str] = None) ->
     """Load ``path`` with runtime ``name`` (default: chosen from ``ctx.kind`` and the suffix)."""
     cls = runtime_class(name or runtime_for(ctx.kind, path))
     return cls.load(path, ctx)
-
-
-# --------------------------------------------------------------------------------------------
-# torch runtimes
-# --------------------------------------------------------------------------------------------
-
-def _torch_precision(module: Any) -> str:
-    import torch
-
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.is_floating_point():
-            return {torch.float16: "fp16", torch.bfloat16: "bf16",
-                    torch.float64: "fp64"}.get(t.dtype, "fp32")
-    return "fp32"
-
-
-class _TorchModuleRuntime(Runtime):
-    module: Any = None
-
-    def run(self, inputs: Sequence[Any]) -> List[Any]:
-        import torch
-
-        from buildgraph.backends.torch.model import flatten_outputs, to_numpy
-
-        tensors = [torch.from_numpy(x) if not isinstance(x, torch.Tensor) else x for x in inputs]
-        with torch.inference_mode():
-            out = self.module(*tensors)
-        return [to_numpy(t) for _, t in flatten_outputs(out)]
-
-    def _set_threads(self) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, self.ctx.threads))
-
-
-class EagerRuntime(_TorchModuleRuntime):
-    """The recipe's model in eager PyTorch, fp32: the reference of ``verify``."""
-
-    name = "torch.eager"
-
-    def _load(self) -> None:
-        from buildgraph.backends.torch.model import load_model
-
-        self._set_threads()
-        if self.ctx.model is None or self.ctx.model_spec is None:
-            raise StepFailed("the eager runtime needs the model's recipe entry")
-        self.module = load_model(self.ctx.model, self.ctx.model_spec,
-                                 self.ctx.recipe_dir or Path("."))
-        self.module.float()
-
-    @classmethod
-    def from_module(cls, module: Any, ctx: RuntimeContext) -> "EagerRuntime":
-        runtime = cls(Path("."), ctx)
-        runtime.module = module
-        return runtime
-
-
-class TorchSaveRuntime(_TorchModuleRuntime):
-    """A torch.save file: state_dict or checkpoint (into the recipe model's architecture) or
-    a pickled whole model (only when ``ctx.trusted``)."""
-
-    name = "torch.save"
-    suffixes = (".pt", ".pth")
-
-    def _load(self) -> None:
-        import torch
-
-        from buildgraph.backends.torch.model import load_model, load_saved
-
-        self._set_threads()
-        obj = load_saved(self.path, self.ctx.trusted, f"{self.path.name}", self.ctx.recipe_dir)
-        if isinstance(obj, torch.nn.Module):
-            self.details["form"] = "model"
-            self.module = obj.eval()
-        elif isinstance(obj, Mapping):
-            if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-                form, state = "state_dict", obj
-            else:
-                key = next((k for k in ("state_dict", "model_state_dict", "model")
-                            if isinstance(obj.get(k), Mapping)), None)
-                if key is None:
-                    raise StepFailed(f"{self.path.name}: a dict with neither tensors nor a "
-                                     "state_dict entry (keys: "
-                                     + ", ".join(map(str, list(obj)[:6])) + ")")
-                form, state = "checkpoint", obj[key]
-                self.details["state_dict_key"] = key
-            if self.ctx.model is None or self.ctx.model_spec is None:
-                raise StepFailed(f"{self.path.name} holds a {form}: loading it needs the "
-                                 "model's code (verify's 'model:')")
-            spec = {k: v for k, v in self.ctx.model_spec.items() if k not in ("weights",)}
-            module = load_model(self.ctx.model, spec, self.ctx.recipe_dir or Path("."))
-            try:
-                module.load_state_dict(state)
-            except RuntimeError as exc:
-                raise StepFailed(f"{self.path.name} does not fit model '{self.ctx.model}': "
-                                 f"{str(exc).splitlines()[0]}") from None
-            self.details["form"] = form
-            self.module = module.eval()
-        else:
-            raise StepFailed(f"{self.path.name} holds a {type(obj).__name__}, not a model, "
-                             "a state_dict or a checkpoint")
-        self.precision = _torch_precision(self.module)
-
-
-class TorchScriptRuntime(_TorchModuleRuntime):
-    """``torch.jit.load``."""
-
-    name = "torchscript"
-    suffixes = (".ts",)
-
-    def _load(self) -> None:
-        import torch
-
-        self._set_threads()
-        self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
-        self.precision = _torch_precision(self.module)
-
-
-class ExportedProgramRuntime(_TorchModuleRuntime):
-    """``torch.export.load(path).module()``."""
-
-    name = "torch.export"
-    suffixes = (".pt2",)
-
-    def _load(self) -> None:
-        import torch
-
-        self._set_threads()
-        program = torch.export.load(str(self.path))
-        self.module = program.module()
-        self.precision = _torch_precision(self.module)
-
-
-# --------------------------------------------------------------------------------------------
-# ONNX Runtime
-# --------------------------------------------------------------------------------------------
-
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
-              "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
-              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
-
-
-class OnnxRuntime(Runtime):
-    """onnxruntime ``InferenceSession`` on the CPU execution provider (or the providers
-    named by ``ctx.device``: ``cuda`` puts CUDAExecutionProvider first)."""
-
-    name = "onnxruntime"
-    suffixes = (".onnx",)
-
-    def _load(self) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, self.ctx.threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if self.ctx.device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
-        self._fp8 = self._has_fp8()
-        if self._fp8:
-            # onnxruntime's extended CPU fusions compute float8 Q/DQ graphs wrongly (measured
-            # with onnxruntime 1.32: top-1 agreement 62 % instead of 100 %); basic ones do not
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            self.details["graph_optimization"] = "basic (float8 Q/DQ)"
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001
-            raise StepFailed(f"onnxruntime cannot load {self.path.name}: "
-                             f"{str(exc).strip().splitlines()[0][:300]}") from None
-        self.inputs = self.session.get_inputs()
-        self.details["providers"] = self.session.get_providers()
-        self.precision = self._precision()
-
-    def _has_fp8(self) -> bool:
-        """Does the model hold float8 Q/DQ (its zero points are float8 initializers)?"""
-        if self.ctx.meta.get("precision") == "fp8":
-            return True
-        ops = self.ctx.meta.get("ops")
-        if isinstance(ops, Mapping) and "QuantizeLinear" not in ops:
-            return False
-        import onnx
-
-        fp8 = {getattr(onnx.TensorProto, n) for n in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ",
-                                                      "FLOAT8E5M2", "FLOAT8E5M2FNUZ")
-               if hasattr(onnx.TensorProto, n)}
-        model = onnx.load(str(self.path), load_external_data=False)
-        return any(i.data_type in fp8 for i in model.graph.initializer)
-
-    def _precision(self) -> str:
-        import onnx
-
-        if self._fp8:
-            return "fp8"
-
-        quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
-        if self.ctx.meta.get("precision") in ("fp32", "fp16", "bf16", "int8", "fp8"):
-            return str(self.ctx.meta["precision"])
-        known_ops = self.ctx.meta.get("ops")
-        floats = {i.type for i in self.inputs}
-        if isinstance(known_ops, Mapping) and not set(known_ops) & quantized:
-            # the producing step listed its ops (no parse of a large file needed)
-            return "fp16" if floats == {"tensor(float16)"} else "fp32"
-        model = onnx.load(str(self.path), load_external_data=False)
-        ops = {n.op_type for n in model.graph.node}
-        if ops & quantized:
-            return "int8"
-        types = {i.data_type for i in model.graph.initializer}
-        # mixed precision (AutoCast keeps some fp32) counts as the lower one
-        if onnx.TensorProto.FLOAT16 in types:
-            return "fp16"
-        if onnx.TensorProto.BFLOAT16 in types:
-            return "bf16"
-        return "fp32"
-
-    def run(self, inputs: Sequence[Any]) -> List[Any]:
-        import numpy as np
-
-        if len(inputs) != len(self.inputs):
-            raise StepFailed(f"{self.path.name} takes {len(self.inputs)} inputs; got "
-                             f"{len(inputs)}")
-        feed = {}
-        for meta, value in zip(self.inputs, inputs):
-            arr = np.asarray(value)
-            want = _ORT_TYPES.get(meta.type)
-            if want and arr.dtype != np.dtype(want):
-                arr = arr.astype(want)
-            feed[meta.name] = arr
-        return list(self.session.run(None, feed))
-
-    def close(self) -> None:
-        self.session = None

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from buildgraph.engine import procs
-from buildgraph.errors import BuildgraphError, StepFailed
-from buildgraph.engine.executor import Task, load_executor
+from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
+from buildgraph.engine.executor import Description, Task, load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.lockfile import lock_path, read_lock, write_lock
 from buildgraph.engine.planner import CACHED, RESTORE, RUN, Decision, Planner
-from buildgraph.recipe.interpolate import expand_runtime
+from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.store import Store
 
 BUILT, RESTORED, FAILED, SKIPPED, CANCELLED = "built", "restored", "failed", "skipped", "cancelled"
@@ -103,7 +103,6 @@ class Scheduler:
         self.lock_file = lock_path(graph.recipe_path)
         self._workers: Any = None
         self._workers_lock = threading.Lock()
-        self._meta: Dict[str, Dict[str, Any]] = {}  # step id -> metadata of its result
 
     # --- public ------------------------------------------------------------------------------
     def run(self, targets: Sequence[str] = ()) -> RunResult:
@@ -118,6 +117,10 @@ class Scheduler:
             lock_entries = read_lock(self.lock_file, warn=self.reporter.warning)
             planner = Planner(self.graph, self.store, self.build_dir, lock_entries,
                               force=set(self.options.force), no_cache=self.options.no_cache)
+            try:
+                planner.describe_all(selected)
+            finally:
+                self.store.memo.flush()
             self.reporter.start(self.graph, selected, self.jobs)
             try:
                 self._loop(selected, planner, results)
@@ -129,6 +132,7 @@ class Scheduler:
                 if self._workers is not None:
                     self._workers.close()
                 self.store.stat_cache.flush()
+                self.store.memo.flush()
                 if self.options.write_lock:
                     self._write_lock(results, planner)
         result = RunResult(self.graph.name, {sid: results[sid] for sid in selected if sid in results},
@@ -177,7 +181,6 @@ class Scheduler:
                             decisions[sid] = decision
                         if decision.action in (CACHED, RESTORE):
                             results[sid] = self._hit(step, decision)
-                            self._meta[sid] = results[sid].meta
                             if results[sid].ok:
                                 outputs[sid] = {n: decision.entry["outputs"][n]  # type: ignore[index]
                                                 for n in step.outputs}
@@ -206,7 +209,6 @@ class Scheduler:
                     results[sid] = result
                     if result.ok:
                         outputs[sid] = result.meta.pop("_entries")
-                        self._meta[sid] = result.meta
                     elif not self.options.keep_going:
                         stop = True
                     self.reporter.step_finished(result)
@@ -295,19 +297,23 @@ class Scheduler:
         upstream = {u: {n: self.build_dir / u / f
                         for n, f in self.graph.steps[u].outputs.items()} for u in step.upstream}
         outputs = {n: out_dir / f for n, f in step.outputs.items()}
+        description = decision.description or Description()
+        inputs = {n: Path(p) for n, p in step.inputs.items()}
+        inputs.update({n: Path(p) for n, p in description.inputs.items()})
         params = step.raw_params
         if cls.expand_params:
-            params = expand_runtime(params, {n: str(p) for n, p in step.inputs.items()},
+            params = expand_runtime(params, {n: str(p) for n, p in inputs.items()},
                                     {u: {n: str(p) for n, p in o.items()}
                                      for u, o in upstream.items()},
                                     {n: str(p) for n, p in outputs.items()})
-        task = Task(step_id=step.id, kind=step.kind, params=params, inputs=dict(step.inputs),
-                    upstream=upstream, outputs=outputs, work_dir=work_dir,
-                    recipe_dir=self.graph.recipe_dir, log_path=log_path, threads=threads,
-                    models=dict(self.graph.models),
+        parts = decision.parts or {}
+        task = Task(kind=step.kind, params=params, inputs=inputs, upstream=upstream,
+                    outputs=outputs,
                     upstream_kinds={u: self.graph.steps[u].kind for u in step.upstream},
-                    upstream_meta=self._upstream_meta(step), timeout=step.timeout,
-                    cache_dir=self.store.root)
+                    data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
+                    step_id=step.id, work_dir=work_dir, recipe_dir=self.graph.recipe_dir,
+                    log_path=log_path, threads=threads, timeout=step.timeout,
+                    areas={a: self.store.area(a) for a in description.areas})
         try:
             log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
                                 f"# why: {'; '.join(decision.reasons)}\n", encoding="utf-8")
@@ -338,6 +344,11 @@ class Scheduler:
                                 meta=dict(meta))
             result.meta["_entries"] = entries
             return result
+        except RecipeError as exc:  # a check against upstream files, made by run()
+            if exc.location is None:
+                exc.location = step.params_location or step.location
+                exc.key = exc.key or f"steps.{step.base_id}.with"
+            return self._failed(step, key, exc.render(), log_path, final_log, start)
         except BuildgraphError as exc:
             return self._failed(step, key, exc.message, log_path, final_log, start)
         except Exception as exc:  # noqa: BLE001 - executor bugs fail the step, not the run
@@ -356,6 +367,9 @@ class Scheduler:
 
                     self._workers = WorkerPool(self.jobs)
             status, payload = self._workers.run(step.kind, task, step.timeout)
+            if status == "recipe":
+                message, hint = payload
+                raise RecipeError(message, hint=hint)
             if status != "ok":
                 raise StepFailed(payload)
             return payload
@@ -383,9 +397,6 @@ class Scheduler:
             os.replace(tmp, dest)
         except OSError:
             pass
-
-    def _upstream_meta(self, step: StepNode) -> Dict[str, Dict[str, Any]]:
-        return {u: dict(self._meta.get(u, {})) for u in step.upstream}
 
     # --- lock file -----------------------------------------------------------------------------
     def _write_lock(self, results: Dict[str, StepResult], planner: Planner) -> None:

@@ -32,13 +32,23 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from buildgraph.errors import CacheError
+from buildgraph.engine.files import atomic_write
+from buildgraph.engine.memo import Memo
+from buildgraph.engine.sizes import format_size, parse_size  # noqa: F401 - re-exported for the CLI
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest, tree_manifest
 
 ACTION_SCHEMA = 1
 
 
 def default_cache_dir() -> Path:
+    """The cache directory when none is given: $BUILDGRAPH_CACHE_DIR, else ``.cache`` (relative
+    to the working directory). The one place that decides it."""
     return Path(os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache")
+
+
+AREA_DIRS = {"tvm-tunedb": "tunedb", "trt-timing": "trt-timing"}
+"""Shared record areas and their folders under the cache directory; other names (plugins) live
+under ``areas/``. The team cache synchronises these folders."""
 
 
 @dataclass
@@ -67,8 +77,21 @@ class Store:
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self.stat_cache = StatCache(self.root / "stat.db")
+        self.memo = Memo(self.root / "memo.db")
+        """Memoised step descriptions and upstream views (see ``engine.memo``)."""
         self._warn = warn or (lambda message: None)
         self._verified: Dict[str, bool] = {}
+
+    # --- shared record areas ----------------------------------------------------------------
+    def area(self, name: str) -> Path:
+        """The folder of shared record area ``name`` (TVM tuning records, TensorRT timing
+        caches), created on first use. Steps get it through ``Task.areas`` when their
+        description lists it; they merge into it under their own locks."""
+        if not name or "/" in name or name.startswith("."):
+            raise CacheError(f"invalid record area name {name!r}")
+        path = self.root / AREA_DIRS.get(name, f"areas/{name}")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # --- blobs ----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -486,33 +509,20 @@ class Store:
             if sub.exists():
                 _rmtree_writable(sub)
         self.stat_cache.close()
-        (self.root / "stat.db").unlink(missing_ok=True)
-        for extra in ("stat.db-wal", "stat.db-shm"):
-            (self.root / extra).unlink(missing_ok=True)
+        self.memo.close()
+        for db in ("stat.db", "memo.db"):
+            for extra in ("", "-wal", "-shm"):
+                (self.root / (db + extra)).unlink(missing_ok=True)
 
     def close(self) -> None:
         self.stat_cache.close()
+        self.memo.close()
 
 
 def _files(root: Path) -> Iterator[Tuple[str, Path, None]]:
     for p in root.rglob("*"):
         if p.is_file():
             yield p.relative_to(root).as_posix(), p, None
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename (readers never see half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -531,26 +541,3 @@ def _rmtree_writable(path: Path) -> None:
         func(p)
 
     shutil.rmtree(path, onerror=onerror)
-
-
-def parse_size(text: str) -> int:
-    """``"5GiB"`` -> bytes; accepts B, KB/KiB, MB/MiB, GB/GiB, TB/TiB (decimal and binary)."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise CacheError(f"cannot read size '{text}'", hint="write e.g. 500MiB, 5GiB, 2GB")
-    number = float(match.group(1))
-    unit = (match.group(2) or "B").upper()
-    powers = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
-    prefix = unit[0] if unit[0] in "KMGT" else ""
-    base = 1024 if "I" in unit else 1000
-    return int(number * base ** powers[prefix])
-
-
-def format_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover

@@ -31,7 +31,7 @@ def main() -> None:
 
 def _run_one(kind: str, task: object, devnull: int) -> tuple:
     from buildgraph.engine import executor as executors
-    from buildgraph.errors import BuildgraphError
+    from buildgraph.errors import BuildgraphError, RecipeError
 
     log_fd = os.open(task.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # type: ignore[attr-defined]
     saved_err = os.dup(2)
@@ -45,6 +45,8 @@ def _run_one(kind: str, task: object, devnull: int) -> tuple:
         cls = executors.load_executor(kind)
         meta = cls().run(task)  # type: ignore[arg-type]
         return ("ok", meta)
+    except RecipeError as exc:  # the scheduler adds the step's location
+        return ("recipe", (exc.message, exc.hint))
     except BuildgraphError as exc:
         return ("failed", exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
     except KeyboardInterrupt:

@@ -227,11 +227,9 @@ class _Resolver:
         name = recipe.name or _default_name(self.recipe_path)
         pools = dict(DEFAULT_POOLS)
         pools.update(recipe.pools)
-        ctx = executors.ResolveContext(recipe_dir=self.recipe_dir,
-                                       models={k: v for k, v in recipe.models.items()})
         prepared: Dict[str, Dict[str, Any]] = {}
         for sid, spec in recipe.steps.items():
-            prepared[sid] = self._prepare_step(sid, spec, ctx, pools)
+            prepared[sid] = self._prepare_step(sid, spec, pools)
         edges = self._edges(recipe, prepared, combos)
         cycle = find_cycle(edges)
         if cycle:
@@ -247,18 +245,16 @@ class _Resolver:
             nodes[sid] = StepNode(
                 id=sid, base_id=self.src.origin.get(sid, sid), kind=spec.uses,
                 executor_version=p["version"], raw_params=p["raw_params"],
-                upstream=tuple(edges[sid]), fingerprint=p["fingerprint"], hooks=p["hooks"],
-                key_data=p["key_data"],
-                inputs=p["inputs"], input_labels=p["labels"], outputs=p["outputs"],
+                upstream=tuple(edges[sid]), inputs=p["inputs"], input_labels=p["labels"], outputs=p["outputs"],
                 resources=p["resources"], matrix=combos.get(sid, {}), timeout=spec.timeout,
                 cache=spec.cache, description=spec.description,
-                location=self.src.location(("steps", sid)))
+                location=self.src.location(("steps", sid)),
+                params_location=self.src.location(("steps", sid, "with")))
         return Graph(name=name, recipe_path=self.recipe_path, steps=nodes, pools=pools,
                      models={k: v.model_dump(mode="json") for k, v in recipe.models.items()},
                      vars=variables, cache_salt=recipe.cache_salt)
 
-    def _prepare_step(self, sid: str, spec: StepSpec, ctx: executors.ResolveContext,
-                      pools: Dict[str, int]) -> Dict[str, Any]:
+    def _prepare_step(self, sid: str, spec: StepSpec, pools: Dict[str, int]) -> Dict[str, Any]:
         where = ("steps", sid)
         if not executors.is_known(spec.uses):
             kinds = list(executors.known_kinds())
@@ -311,19 +307,6 @@ class _Resolver:
                                      value=True)
             inputs[in_name] = target.resolve()
             labels[in_name] = rel
-        try:
-            extra = cls().extra_inputs(params, ctx)
-        except RecipeError as exc:
-            if exc.location is None:
-                exc.location = self.src.location(where + ("with",))
-                exc.key = exc.key or _dotted(self.src._file_path(where + ("with",)))
-            raise
-        for in_name, p in extra.items():
-            if not Path(p).exists():
-                raise self.src.error(where + ("with",), f"file '{p}' needed by this step does "
-                                     "not exist")
-            inputs[in_name] = Path(p).resolve()
-            labels[in_name] = _relative(Path(p), self.recipe_dir)
         # resources
         resources: Dict[str, int] = {"cpu": 1}
         for pool, amount in list(cls.resources.items()) + list(spec.resources.items()):
@@ -343,14 +326,8 @@ class _Resolver:
                                      f"{pools[pool]}", value=True)
             else:
                 resources[pool] = int(amount)
-        key_data = _jsonable(cls().key_data(params, ctx))
-        fingerprint = None
-        if not cls().fingerprint_is_volatile(raw_params):
-            fingerprint = {k: str(v) for k, v in cls().fingerprint(raw_params).items()}
         return {"params": params, "raw_params": raw_params, "outputs": outputs,
-                "version": str(cls.version), "fingerprint": fingerprint,
-                "hooks": executors.implemented_hooks(cls), "key_data": key_data,
-                "inputs": inputs, "labels": labels, "resources": resources, "spec": spec}
+                "version": str(cls.version), "inputs": inputs, "labels": labels, "resources": resources, "spec": spec}
 
     def _edges(self, recipe: Recipe, prepared: Dict[str, Dict[str, Any]],
                combos: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]:
@@ -531,20 +508,3 @@ def _default_name(path: Path) -> str:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "recipe"
-
-
-def _relative(path: Path, base: Path) -> str:
-    """A label for a path: relative to the recipe, else to the working directory."""
-    resolved = Path(path).resolve()
-    for root in (base.resolve(), Path.cwd().resolve()):
-        try:
-            return str(resolved.relative_to(root))
-        except ValueError:
-            continue
-    return str(path)
-
-
-def _jsonable(data: Any) -> Dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps(data, sort_keys=True, default=str)) if data else {}

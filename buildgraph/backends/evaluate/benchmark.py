@@ -25,8 +25,9 @@ from pydantic import Field
 
 from buildgraph.errors import StepFailed, did_you_mean
 from buildgraph.engine.hashing import path_digest
-from buildgraph.engine.executor import Executor, Task
-from buildgraph.backends.torch.base import ModelExecutor, ModelParams, StrictParams, artifact_of
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
+from buildgraph.backends.torch.base import ModelExecutor, ModelParams, artifact_of, model_spec_of
+from buildgraph.engine.params import StrictParams
 
 
 class BenchmarkParams(ModelParams):
@@ -49,23 +50,25 @@ class BenchmarkExecutor(ModelExecutor):
     resources = {"cpu": "all"}
     dists = ("torch", "onnxruntime", "apache-tvm", "tensorrt", "numpy")
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        from buildgraph.recipe.cache import host_identity
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """The model's description plus this host's CPU: timings are never reused across
+        machines."""
+        from dataclasses import replace
 
-        fp = super().fingerprint(params)
-        node, machine, cores, cpu = host_identity()
-        fp["host"] = f"{cpu.split(':', 1)[-1].strip() or machine}, {cores} cores"
-        return fp
+        from buildgraph.engine.environment import host_cpu
+
+        base = super().describe(params, ctx)
+        return replace(base, env={**base.env, "host": host_cpu()})
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         self.import_torch()
         import numpy as np
 
         from buildgraph.backends.torch import model as torchmodel
-        from buildgraph.engine.runtime import RuntimeContext, load_runtime, runtime_for
+        from buildgraph.engine.runtime import RuntimeContext, artifact_info, load_runtime, runtime_for
 
         p: BenchmarkParams = self.params(task)
-        spec = torchmodel.model_spec(task.models, p.model)
+        spec = model_spec_of(task, p.model)
         torchmodel.set_threads(task.threads)
         ups = list(task.upstream)
         chosen = ups if p.candidates is None else \
@@ -89,7 +92,7 @@ class BenchmarkExecutor(ModelExecutor):
             entry: Dict[str, Any] = {"kind": kind, "artifact": str(path.name),
                                      "digest": path_digest(path).digest, "results": []}
             ctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
-                                 kind=kind, meta=task.upstream_meta.get(cand, {}),
+                                 kind=kind, meta=artifact_info(task.upstream[cand]),
                                  threads=task.threads, device=p.device, trusted=True)
             runtime = None
             try:

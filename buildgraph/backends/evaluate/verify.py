@@ -262,7 +262,8 @@ class VerifyExecutor(ModelExecutor):
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         self.import_torch()
-        from buildgraph.engine.runtime import EagerRuntime, RuntimeContext, load_runtime, runtime_for
+        from buildgraph.engine.runtime import RuntimeContext, artifact_info, load_runtime, runtime_for
+        from buildgraph.backends.torch.runtime import EagerRuntime
 
         p: VerifyParams = self.params(task)
         candidates = self._candidates(task, p)
@@ -294,7 +295,7 @@ class VerifyExecutor(ModelExecutor):
             kind = task.upstream_kinds.get(cand)
             entry: Dict[str, Any] = {"kind": kind, "artifact": path.name}
             cctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
-                                  kind=kind, meta=task.upstream_meta.get(cand, {}),
+                                  kind=kind, meta=artifact_info(task.upstream[cand]),
                                   threads=task.threads, device=p.device, trusted=True)
             start = time.perf_counter()
             got: List[List[Any]] = []

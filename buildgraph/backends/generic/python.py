@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from buildgraph.errors import StepFailed
 from buildgraph.backends.generic.sources import local_sources, resolve_callable
-from buildgraph.engine.executor import Executor, ResolveContext, Task
+from buildgraph.engine.environment import python_version
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
+from buildgraph.engine.params import StrictParams
 
 
-class PythonParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PythonParams(StrictParams):
     function: str = Field(description="'path/file.py:function' or 'package.module:function'")
     args: Dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
 
@@ -57,15 +57,14 @@ class PythonExecutor(Executor):
     Params = PythonParams
     isolation = "worker"
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        return {"python": "%d.%d" % sys.version_info[:2]}
-
-    def extra_inputs(self, params: PythonParams, ctx: ResolveContext) -> Dict[str, Path]:
+    def describe(self, params: PythonParams, ctx: DescribeContext) -> Description:
+        """The function's source file and the local modules it imports, and the Python
+        version."""
         path, _, _ = resolve_callable(params.function, ctx.recipe_dir)
-        if path is None:
-            return {}
-        return {f"source:{p.relative_to(ctx.recipe_dir) if p.is_relative_to(ctx.recipe_dir) else p}": p
-                for p in local_sources(path, [ctx.recipe_dir])}
+        sources = {} if path is None else {
+            f"source:{p.relative_to(ctx.recipe_dir) if p.is_relative_to(ctx.recipe_dir) else p}": p
+            for p in local_sources(path, [ctx.recipe_dir])}
+        return Description(inputs=sources, env={"python": python_version()})
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         fn = load_callable(task.params["function"], task.recipe_dir)

@@ -14,16 +14,15 @@ import shlex
 import shutil
 from typing import Any, Dict, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from buildgraph.engine.procs import run_logged
-from buildgraph.recipe.interpolate import expand_runtime
+from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.executor import Executor, Task
+from buildgraph.engine.params import StrictParams
 
 
-class ShellParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ShellParams(StrictParams):
     cmd: str = Field(description="the command; ${in.*}/${out.*} become quoted paths")
     env: Dict[str, str] = Field(default_factory=dict, description="extra environment variables")
 

@@ -25,18 +25,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from buildgraph.errors import RecipeError, StepFailed, did_you_mean
-from buildgraph.engine.executor import Executor, ResolveContext, Task
-from buildgraph.backends.tensorrt.build import find_model
+from buildgraph.engine.environment import package_versions
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
+from buildgraph.engine.params import StrictParams
 
 MODELOPT_DISTS = ("nvidia-modelopt", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy")
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Params(StrictParams):
     check_samples: int = Field(8, ge=0, description="inputs compared with the fp32 model on "
                                "onnxruntime (0: no check)")
     max_error: Optional[float] = Field(None, gt=0, description="fail when the largest "
@@ -112,7 +111,7 @@ def random_samples(model_path: Path, count: int, seed: int = 0) -> Dict[str, Any
     """Standard-normal inputs (ints: 0..9); dynamic dims become 1."""
     import numpy as np
 
-    from buildgraph.backends.tensorrt.spec import onnx_inputs
+    from buildgraph.backends.onnx.graph import onnx_inputs
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -238,18 +237,13 @@ class _PrecisionExecutor(Executor):
     isolation = "worker"
     what = ""
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        from importlib import metadata
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """ModelOpt's and its helpers' versions, and the calibration data file."""
+        return Description(inputs=self._calibration_input(params, ctx),
+                           env=package_versions(*MODELOPT_DISTS, missing="(none)"))
 
-        out = {}
-        for dist in MODELOPT_DISTS:
-            try:
-                out[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                out[dist] = "(none)"
-        return out
-
-    def extra_inputs(self, params: Any, ctx: ResolveContext) -> Dict[str, Path]:
+    @staticmethod
+    def _calibration_input(params: Any, ctx: DescribeContext) -> Dict[str, Path]:
         calib = getattr(params, "calibration", None)
         if not calib or "${" in calib:
             return {}
@@ -301,9 +295,9 @@ class AutocastExecutor(_PrecisionExecutor):
 
         assert self.Params is not None
         p: AutocastParams = self.Params.model_validate(task.params)
-        source = find_model(task, "onnx.autocast")
+        source = find_artifact(task, "onnx.autocast", (".onnx",))
         _modelopt("onnx.autocast")
-        from buildgraph.backends.tensorrt.spec import onnx_inputs
+        from buildgraph.backends.onnx.graph import onnx_inputs
 
         work = _copy_model(source, task.work_dir)
         names = list(onnx_inputs(source))
@@ -352,9 +346,9 @@ class QuantizeExecutor(_PrecisionExecutor):
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         assert self.Params is not None
         p: QuantizeParams = self.Params.model_validate(task.params)
-        source = find_model(task, "onnx.quantize")
+        source = find_artifact(task, "onnx.quantize", (".onnx",))
         _modelopt("onnx.quantize")
-        from buildgraph.backends.tensorrt.spec import onnx_inputs
+        from buildgraph.backends.onnx.graph import onnx_inputs
 
         calib_path = self._calibration_path(task, p.calibration)
         assert calib_path is not None

@@ -16,9 +16,11 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import Field
 
 from buildgraph.errors import StepFailed
-from buildgraph.backends.torch.onnx_export import check_onnx, graph_summary, save_onnx
-from buildgraph.backends.torch.base import StrictParams, Timed, artifact_of, out_path, single_upstream
-from buildgraph.engine.executor import Executor
+from buildgraph.backends.onnx.graph import check_onnx, graph_summary, save_onnx
+from buildgraph.engine.params import StrictParams
+from buildgraph.engine.environment import package_versions
+from buildgraph.engine.executor import (DescribeContext, Description, Executor, Timed, artifact_of,
+                                       out_path, single_upstream)
 
 
 class OnnxSimplifyParams(StrictParams):
@@ -49,11 +51,8 @@ class OnnxSimplifyExecutor(Timed, Executor):
     outputs = {"model": "model.onnx"}
     isolation = "worker"
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        from buildgraph.backends.torch.model import package_versions
-
-        backend = params.get("backend", "onnxsim")
-        return package_versions("onnx", backend, "onnxruntime")
+    def describe(self, params: OnnxSimplifyParams, ctx: DescribeContext) -> Description:
+        return Description(env=package_versions("onnx", params.backend, "onnxruntime"))
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         start = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import RecipeError, StepFailed
 from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major
-from buildgraph.engine.executor import Executor, ResolveContext, Task
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -109,22 +109,6 @@ def _datatype(fmt: str) -> str:
         if words & names:
             return dtype
     return ""
-
-
-def find_model(task: Task, what: str, suffixes: Tuple[str, ...] = (".onnx",)) -> Path:
-    """The model file an upstream step produced (its ``model`` output, else the only one with
-    a matching suffix)."""
-    found: List[Path] = []
-    for step, outs in task.upstream.items():
-        if "model" in outs and str(outs["model"]).endswith(suffixes):
-            found.append(outs["model"])
-            continue
-        found.extend(p for p in outs.values() if str(p).endswith(suffixes))
-    if len(found) != 1:
-        have = ", ".join(f"{s}.{n}" for s, o in task.upstream.items() for n in o) or "none"
-        raise StepFailed(f"{what} needs exactly one upstream {'/'.join(suffixes)} model; "
-                         f"found {len(found)} (upstream outputs: {have})")
-    return found[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,23 +304,47 @@ def inspect_engine(trt: Any, logger: Any, engine_bytes: bytes, desc: BuildDescri
 # The executor
 # --------------------------------------------------------------------------------------------
 
+TIMING_AREA = "trt-timing"
+"""The store's record area of shared timing caches."""
+STRUCTURE_VIEW = "buildgraph.backends.tensorrt.structure:onnx_structure_view"
+"""How a weight-agnostic (refittable) build sees its upstream ONNX model."""
+
+
 class TensorRTBuildExecutor(Executor):
     """Build a TensorRT engine from ONNX: strongly typed, profiles, shared timing caches."""
 
     kind = "tensorrt.build"
     version = "1"
     Params = TensorRTBuildParams
-    outputs = {"model": "model.engine", "log": "build.log", "layers": "layers.json",
-               "timing_cache": "timing.cache"}
+    outputs = {"model": "model.engine", "info": "engine.json", "log": "build.log",
+               "layers": "layers.json", "timing_cache": "timing.cache"}
     resources = {"gpu": 1}
     isolation = "worker"
-    volatile_fingerprint = True
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        env = trt_env.probe()
-        return env.fingerprint(params.get("hardware_compatibility", "none"))
+    def describe(self, params: TensorRTBuildParams, ctx: DescribeContext) -> Description:
+        """Plugin libraries, a given timing cache or ONNX file; the model's dims (they shape
+        the default optimization profile, and an ONNX file holds only their names); the GPU,
+        CUDA and TensorRT found now (volatile: the GPU can change without the Python
+        environment changing); with ``refit: true``, the ONNX model counts by its structure
+        only; the shared timing-cache area."""
+        return Description(inputs=self._files(params, ctx), data=self._model_data(params, ctx),
+                           env=self._environment(params), volatile=True,
+                           upstream_view=STRUCTURE_VIEW if params.refit else None,
+                           areas=(TIMING_AREA,))
 
-    def extra_inputs(self, params: TensorRTBuildParams, ctx: ResolveContext) -> Dict[str, Path]:
+    def _environment(self, params: TensorRTBuildParams) -> Dict[str, str]:
+        return trt_env.probe().fingerprint(params.hardware_compatibility)
+
+    @staticmethod
+    def _model_data(params: TensorRTBuildParams, ctx: DescribeContext) -> Dict[str, Any]:
+        if not params.model:
+            return {}
+        spec = ctx.models.get(params.model)
+        spec = spec if isinstance(spec, dict) else (spec.model_dump(mode="json") if spec else {})
+        return {"model": {"name": params.model, "dims": spec.get("dims") or {},
+                          "inputs": [[k, v] for k, v in (spec.get("inputs") or {}).items()]}}
+
+    def _files(self, params: TensorRTBuildParams, ctx: DescribeContext) -> Dict[str, Path]:
         extra: Dict[str, Path] = {}
         for i, lib in enumerate(params.plugins):
             path = ctx.recipe_dir / lib
@@ -373,7 +381,8 @@ class TensorRTBuildExecutor(Executor):
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         assert self.Params is not None
         p: TensorRTBuildParams = self.Params.model_validate(task.params)
-        onnx_path = task.inputs["onnx"] if p.onnx else find_model(task, "tensorrt.build")
+        onnx_path = task.inputs["onnx"] if p.onnx else find_artifact(task, "tensorrt.build", (".onnx",))
+        self.validate_profiles(task, p, onnx_path)
         profiles = self._profiles(task, p, onnx_path)
         plugins = [str(task.inputs[f"plugin:{lib}"]) for lib in p.plugins]
         env = trt_env.probe()
@@ -389,7 +398,7 @@ class TensorRTBuildExecutor(Executor):
 
         scope = tc.CacheScope(env.gpu.name if env.gpu else "", env.gpu.compute_capability
                               if env.gpu else "", env.cuda or "", version, tactic_flags(desc))
-        store = tc.TimingCacheStore(tc.default_root(getattr(task, "cache_dir", None)))
+        store = tc.TimingCacheStore(task.areas[TIMING_AREA])
         blob, loaded_message = self._starting_cache(task, p, store, scope)
         network_key = _network_key(onnx_path, desc)
         sink: List[Tuple[str, str]] = []
@@ -415,13 +424,29 @@ class TensorRTBuildExecutor(Executor):
 
             meta["structure_digest"] = structure_digest(onnx_path)
         task.log(f"engine: {len(result.engine)} bytes in {result.build_s:.1f} s")
+        if "info" in task.outputs:  # what runtimes need to load the engine (artifact_info)
+            info = {k: meta[k] for k in ("tensorrt", "gpu", "compute_capability", "cuda",
+                                         "strongly_typed", "flags", "profiles") if k in meta}
+            info["version_compatible"] = "VERSION_COMPATIBLE" in desc.builder_flags
+            if "precision" in summary:
+                info["precision"] = summary["precision"]
+            task.outputs["info"].write_text(json.dumps(info, indent=1, sort_keys=True) + "\n",
+                                            encoding="utf-8")
         return meta
+
+    @staticmethod
+    def _dims(task: Task) -> Dict[str, Any]:
+        return dict((task.data.get("model") or {}).get("dims") or {})
+
+    def validate_profiles(self, task: Task, p: TensorRTBuildParams, onnx_path: Path) -> None:
+        """The profiles (given, or built from the model's dims) against the ONNX model's
+        inputs: a mismatch is a recipe error, reported at the step's location."""
+        _raise_problems(p, onnx_inputs(onnx_path), f"the ONNX model ({onnx_path.name})",
+                        self._dims(task))
 
     def _profiles(self, task: Task, p: TensorRTBuildParams, onnx_path: Path) -> List[Any]:
         inputs = onnx_inputs(onnx_path)
-        dims = {}
-        if p.model and p.model in task.models:
-            dims = task.models[p.model].get("dims") or {}
+        dims = self._dims(task)
         profiles = list(p.profiles) or default_profiles(inputs, dims)
         problems = check_profiles(profiles, inputs, f"the ONNX model ({onnx_path.name})")
         if problems:
@@ -508,38 +533,6 @@ class TensorRTBuildExecutor(Executor):
         if "timing_cache" in task.outputs:
             task.outputs["timing_cache"].write_bytes(result.timing_cache or b"")
 
-    # --- proposed engine hooks ------------------------------------------------------------
-    def check_upstream(self, params: Dict[str, Any], upstream: Dict[str, Dict[str, Path]],
-                       models: Optional[Dict[str, Any]] = None) -> None:
-        """Check the profiles against the upstream ONNX model once it exists, before the step
-        is keyed or run; a problem is a RecipeError (the engine attaches the step's file and
-        line). (Called by the scheduler once the engine supports this hook; until then
-        ``run`` makes the same check and fails the step with the same message.)"""
-        p = TensorRTBuildParams.model_validate(params)
-        if p.onnx:
-            return  # checked when the recipe loaded
-        onnx_files = [path for outs in upstream.values() for path in outs.values()
-                      if str(path).endswith(".onnx")]
-        if len(onnx_files) != 1 or not Path(onnx_files[0]).is_file():
-            return  # run() reports a missing or ambiguous model
-        dims = ((models or {}).get(p.model) or {}).get("dims") or {} if p.model else {}
-        _raise_problems(p, onnx_inputs(Path(onnx_files[0])),
-                        f"the ONNX model ({Path(onnx_files[0]).name})", dims)
-
-    # --- proposed engine hook: weight-agnostic keys ---------------------------------------
-    def upstream_digest(self, params: Dict[str, Any], output: str, path: Path, digest: str
-                        ) -> str:
-        """The digest of an upstream output that goes into this step's key.
-
-        With ``refit: true`` an ONNX model counts by its structure only (weights left out),
-        so a new checkpoint of the same architecture keeps the engine and only the
-        ``tensorrt.refit`` step runs again. (Called by the planner once the engine supports
-        this hook; see docs/tensorrt.md.)"""
-        if params.get("refit") and str(path).endswith(".onnx"):
-            from buildgraph.backends.tensorrt.structure import structure_digest
-
-            return "structure:" + structure_digest(path)
-        return digest
 
 
 def _cache_mode(p: TensorRTBuildParams) -> str:

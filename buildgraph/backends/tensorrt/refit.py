@@ -19,17 +19,16 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.engine.executor import Executor, Task
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
 from buildgraph.backends.tensorrt.build import ENGINE_SUFFIXES, ParserIssue, make_logger, parser_failure
+from buildgraph.engine.params import StrictParams
 
 
-class TensorRTRefitParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TensorRTRefitParams(StrictParams):
     engine: Optional[str] = Field(None, description="upstream step with the engine (default: "
                                   "the tensorrt.build upstream)")
     weights: Optional[str] = Field(None, description="upstream step with the ONNX weights "
@@ -82,10 +81,10 @@ class TensorRTRefitExecutor(Executor):
     outputs = {"model": "model.engine", "log": "refit.log"}
     resources = {"gpu": 1}
     isolation = "worker"
-    volatile_fingerprint = True
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        return trt_env.probe().fingerprint()
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """The GPU, CUDA and TensorRT found now (volatile: the GPU can change between plans)."""
+        return Description(env=trt_env.probe().fingerprint(), volatile=True)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         assert self.Params is not None

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from buildgraph.errors import did_you_mean
+from buildgraph.engine.params import StrictParams
+from buildgraph.engine.sizes import parse_size
+from buildgraph.backends.onnx.graph import InputSpec, onnx_inputs, onnx_model_inputs  # noqa: F401
 
-SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
-          "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
 MEMORY_POOLS = {
     "workspace": "WORKSPACE",
@@ -53,26 +53,7 @@ PROFILING_VERBOSITY = {"detailed": "DETAILED", "layer_names_only": "LAYER_NAMES_
 LOG_SEVERITY = {"verbose": "VERBOSE", "info": "INFO", "warning": "WARNING", "error": "ERROR"}
 
 
-def parse_size(value: Union[int, str]) -> int:
-    """``4GiB``, ``512 MiB``, ``1e9``-free integers... -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 4GiB or a number of bytes")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    m = SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"expected a size such as 4GiB, 512MiB or a number of bytes; got "
-                         f"{value!r}")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ShapeRange(_Strict):
+class ShapeRange(StrictParams):
     """The shapes one input may take in one optimization profile."""
 
     min: List[int] = Field(description="smallest shape")
@@ -96,7 +77,7 @@ class ShapeRange(_Strict):
 Profile = Dict[str, ShapeRange]
 
 
-class TensorRTBuildParams(_Strict):
+class TensorRTBuildParams(StrictParams):
     """``with:`` of ``tensorrt.build``."""
 
     model: Optional[str] = Field(
@@ -201,53 +182,6 @@ class TensorRTBuildParams(_Strict):
 # The ONNX model's inputs, and profile checks against them
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One graph input: dims are ints (static) or strings/None (dynamic)."""
-
-    name: str
-    dims: Tuple[Union[int, str, None], ...]
-    dtype: str = "float32"
-
-    @property
-    def dynamic_axes(self) -> List[int]:
-        return [i for i, d in enumerate(self.dims) if not isinstance(d, int) or d < 0]
-
-    def describe(self) -> str:
-        return "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
-
-
-def onnx_inputs(path: Path) -> Dict[str, InputSpec]:
-    """The real inputs of an ONNX file (initializers listed as inputs are left out)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return onnx_model_inputs(model)
-
-
-def onnx_model_inputs(model: Any) -> Dict[str, InputSpec]:
-    import onnx
-
-    inits = {i.name for i in model.graph.initializer}
-    specs: Dict[str, InputSpec] = {}
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        tensor = value.type.tensor_type
-        dims: List[Union[int, str, None]] = []
-        for d in tensor.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        except Exception:  # noqa: BLE001 - unusual element types
-            dtype = str(tensor.elem_type)
-        specs[value.name] = InputSpec(value.name, tuple(dims), dtype)
-    return specs
 
 
 def model_spec_inputs(spec: Any) -> Dict[str, InputSpec]:

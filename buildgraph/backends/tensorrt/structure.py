@@ -87,3 +87,12 @@ def structure_digest(model: Union[Any, str, Path]) -> str:
     h = hashlib.sha256(DIGEST_SCHEMA.encode() + b"\0")
     h.update(stripped.SerializeToString(deterministic=True))
     return h.hexdigest()
+
+
+def onnx_structure_view(path: Path) -> "str | None":
+    """The upstream view of a refittable engine build: an ONNX model counts by its structure
+    (weights left out), so a new checkpoint of the same architecture keeps the engine and only
+    ``tensorrt.refit`` runs again. Other files count whole (None)."""
+    if not str(path).endswith(".onnx"):
+        return None
+    return "structure:" + structure_digest(Path(path))

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from buildgraph.engine.files import atomic_write
+
 SCHEMA = 1
 DIRNAME = "trt-timing"
 
@@ -107,16 +109,6 @@ def default_root(cache_dir: Optional[Path] = None) -> Path:
 
 def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class TimingCacheStore:
@@ -226,11 +218,11 @@ class TimingCacheStore:
                     "shared timing cache replaced (" + current.message.split(";")[0] + ")"
             if count_entries is not None:
                 entries = count_entries(merged)
-            _atomic_write(d / "cache.bin", merged)
+            atomic_write(d / "cache.bin", merged)
             meta = {"schema": SCHEMA, "scope": scope.as_dict(), "sha256": _sha256(merged),
                     "size": len(merged), "entries": entries, "builds": builds,
                     "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _atomic_write(d / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            atomic_write(d / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n")
                           .encode())
         return Merged(status, len(merged), message, d / "cache.bin")
 
@@ -254,7 +246,7 @@ class TimingCacheStore:
 
     def record_needed(self, scope: CacheScope, network: str, keys: Iterable[str]) -> None:
         path = self.scope_dir(scope) / "networks" / f"{network}.json"
-        _atomic_write(path, (json.dumps({"complete": True, "keys": sorted(keys)}) + "\n")
+        atomic_write(path, (json.dumps({"complete": True, "keys": sorted(keys)}) + "\n")
                       .encode())
 
     def scopes(self) -> List[Dict[str, object]]:

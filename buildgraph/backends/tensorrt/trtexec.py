@@ -27,8 +27,8 @@ from pydantic import Field
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
 from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, tactic_flags
-from buildgraph.engine.executor import Task
-from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor, find_model
+from buildgraph.engine.executor import Task, find_artifact
+from buildgraph.backends.tensorrt.build import TIMING_AREA, TensorRTBuildExecutor
 
 POOLS = {"WORKSPACE": "workspace", "DLA_MANAGED_SRAM": "dlaSRAM",
          "DLA_LOCAL_DRAM": "dlaLocalDRAM", "DLA_GLOBAL_DRAM": "dlaGlobalDRAM",
@@ -140,11 +140,10 @@ class TrtexecExecutor(TensorRTBuildExecutor):
     version = "1"
     Params = TrtexecParams
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        env = trt_env.probe()
-        fp = env.fingerprint(params.get("hardware_compatibility", "none"))
-        fp["tensorrt"] = trtexec_version(params.get("trtexec", "trtexec")) or "(no trtexec)"
-        return fp
+    def _environment(self, params: Any) -> Dict[str, str]:
+        env = trt_env.probe().fingerprint(params.hardware_compatibility)
+        env["tensorrt"] = trtexec_version(params.trtexec) or "(no trtexec)"
+        return env
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         from buildgraph.engine.procs import run_logged
@@ -152,7 +151,8 @@ class TrtexecExecutor(TensorRTBuildExecutor):
 
         assert self.Params is not None
         p: TrtexecParams = self.Params.model_validate(task.params)
-        onnx_path = task.inputs["onnx"] if p.onnx else find_model(task, "trtexec")
+        onnx_path = task.inputs["onnx"] if p.onnx else find_artifact(task, "trtexec", (".onnx",))
+        self.validate_profiles(task, p, onnx_path)
         profiles = self._profiles(task, p, onnx_path)
         env = trt_env.probe()
         binary = shutil.which(p.trtexec)
@@ -171,7 +171,7 @@ class TrtexecExecutor(TensorRTBuildExecutor):
             raise StepFailed(str(exc)) from None
         scope = tc.CacheScope(env.gpu.name, env.gpu.compute_capability, env.cuda or "",
                               version or "", tactic_flags(desc))
-        store = tc.TimingCacheStore(tc.default_root(getattr(task, "cache_dir", None)))
+        store = tc.TimingCacheStore(task.areas[TIMING_AREA])
         cache_file = task.work_dir / "timing.cache"
         start_blob, message = self._starting_cache(task, p, store, scope)
         if start_blob:

@@ -1,5 +1,5 @@
-"""What the PyTorch/ONNX step kinds share: the ``model:`` parameter, its key inputs, the
-fingerprint of tool versions, and loading the model inside a worker.
+"""What the PyTorch/ONNX step kinds share: the ``model:`` parameter, its description (the
+model's files and settings, tool versions), and loading the model inside a worker.
 
 Nothing here imports torch at module level: the recipe loader imports executor classes to
 validate parameters, and ``import buildgraph`` + ``buildgraph plan`` must stay light.
@@ -14,40 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from buildgraph.backends.torch import model as torchmodel
 from buildgraph.errors import StepFailed, did_you_mean
-from buildgraph.engine.executor import Executor, ResolveContext, Task
-
-
-class StrictParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from buildgraph.engine.params import StrictParams
+from buildgraph.engine.executor import (DescribeContext, Description, Executor, Task, Timed,  # noqa: F401
+                                       artifact_of, out_path, single_upstream, write_json)
 
 
 class ModelParams(StrictParams):
     model: str = Field(description="name of a model in the recipe's 'models:' section")
-
-
-class Timed:
-    """Records the time of library calls by phase (see ``seconds``)."""
-
-    @property
-    def seconds(self) -> Dict[str, float]:
-        """Time spent in library calls, by phase (returned as metadata ``seconds``): the step's
-        wall time minus their sum is buildgraph's overhead."""
-        if not hasattr(self, "_seconds"):
-            self._seconds: Dict[str, float] = {}
-        return self._seconds
-
-    @contextmanager
-    def timed(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = round(self.seconds.get(phase, 0.0)
-                                        + time.perf_counter() - start, 4)
 
 
 class ModelExecutor(Timed, Executor):
@@ -57,17 +34,11 @@ class ModelExecutor(Timed, Executor):
     dists: ClassVar[Tuple[str, ...]] = ("torch",)
     needs_inputs: ClassVar[bool] = True
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        versions = torchmodel.package_versions(*self.dists)
-        versions["python"] = "%d.%d" % sys.version_info[:2]
-        return versions
-
-    def extra_inputs(self, params: Any, ctx: ResolveContext) -> Dict[str, Path]:
-        return torchmodel.model_extra_inputs(params.model, ctx.models, ctx.recipe_dir,
-                                             need_inputs=self.needs_inputs)
-
-    def key_data(self, params: Any, ctx: ResolveContext) -> Dict[str, Any]:
-        return torchmodel.model_key_data(params.model, ctx.models, ctx.recipe_dir)
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """The model's files (source code and its local imports, weights, samples) and
+        settings (kwargs, seed, inputs, dims, installed packages it comes from), and the
+        versions of the libraries this kind calls."""
+        return describe_model(params.model, ctx, self.dists, need_inputs=self.needs_inputs)
 
     # --- run-time helpers -------------------------------------------------------------------
     def params(self, task: Task) -> Any:
@@ -89,9 +60,31 @@ class ModelExecutor(Timed, Executor):
         cheaper than running the factory and its initialisation again."""
         import_torch(self.seconds)
         torchmodel.set_threads(task.threads)
-        spec = torchmodel.model_spec(task.models, name)
+        spec = model_spec_of(task, name)
         with self.timed("load_model"):
             return spec, _memo_model(task, name, spec)
+
+def describe_model(name: str, ctx: DescribeContext, dists: Tuple[str, ...] = ("torch",),
+                   need_inputs: bool = True) -> Description:
+    """The description of a step built from recipe model ``name`` (see ``ModelExecutor``)."""
+    env = torchmodel.package_versions(*dists)
+    env["python"] = "%d.%d" % sys.version_info[:2]
+    return Description(
+        inputs=torchmodel.model_extra_inputs(name, ctx.models, ctx.recipe_dir,
+                                             need_inputs=need_inputs),
+        data=torchmodel.model_key_data(name, ctx.models, ctx.recipe_dir), env=env)
+
+
+def model_spec_of(task: Task, name: Optional[str] = None) -> Dict[str, Any]:
+    """The resolved spec of the model a step builds, from its keyed description data (a step
+    never sees the recipe's other models)."""
+    data = task.data.get("model")
+    if not isinstance(data, dict) or (name is not None and data.get("name") != name):
+        raise StepFailed(f"step '{task.step_id}' was not described with model '{name}'")
+    spec = dict(data["spec"])
+    spec["inputs"] = {k: v for k, v in data.get("inputs") or []}
+    return spec
+
 
 _MODELS: "OrderedDict[str, Any]" = OrderedDict()
 _MEMO_SIZE = 2
@@ -138,48 +131,10 @@ def import_torch(seconds: Dict[str, float]) -> None:
     seconds["import"] = round(time.perf_counter() - start, 4)
 
 
-def artifact_of(task: Task, step: str) -> Path:
-    """The model file an upstream step produced: its output named ``model``, else its only
-    output, else the one whose name ends like a model file."""
-    outs = task.upstream[step]
-    if "model" in outs:
-        return outs["model"]
-    if len(outs) == 1:
-        return next(iter(outs.values()))
-    suffixes = (".onnx", ".pt2", ".ts", ".pt", ".pth", ".so", ".engine", ".plan")
-    found = [p for p in outs.values() if str(p).endswith(suffixes)]
-    if len(found) == 1:
-        return found[0]
-    raise StepFailed(f"cannot tell which output of step '{step}' is the model: it has "
-                     + ", ".join(outs) + " (name the model output 'model')")
-
-
-def single_upstream(task: Task, what: str) -> str:
-    if len(task.upstream) != 1:
-        have = ", ".join(task.upstream) or "none"
-        raise StepFailed(f"{what} takes exactly one upstream step (from: STEP); got {have}")
-    return next(iter(task.upstream))
-
-
-def write_json(path: Path, data: Any) -> None:
-    import json
-
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n",
-                    encoding="utf-8")
-
-
 def check_names(kind: str, given: Optional[List[str]], known: List[str], what: str) -> None:
     for name in given or []:
         if name not in known:
             raise StepFailed(f"{kind}: unknown {what} '{name}'{did_you_mean(name, known)}")
-
-
-def out_path(task: Task, name: str = "model") -> Path:
-    try:
-        return task.outputs[name]
-    except KeyError:
-        raise StepFailed(f"this step must declare an output named '{name}' (declared: "
-                         + ", ".join(task.outputs) + ")") from None
 
 
 def meta_file_size(path: Path) -> int:

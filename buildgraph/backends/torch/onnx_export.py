@@ -25,8 +25,8 @@ from pydantic import Field, model_validator
 from buildgraph.backends.torch import model as torchmodel
 from buildgraph.errors import StepFailed
 from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
+from buildgraph.backends.onnx.graph import PROTOBUF_LIMIT, check_onnx, graph_summary, save_onnx
 
-PROTOBUF_LIMIT = 2 ** 31 - 1
 DYNAMO_MIN_OPSET = 18
 
 
@@ -86,54 +86,6 @@ def onnx_error_message(exc: BaseException, exporter: str, opset: int) -> str:
                       summary.group(1).strip())
         return f"ONNX export ({where}) failed: {line[:400]}"
     return f"ONNX export ({where}) failed: {torchmodel.short_error(exc, lines=2)[:400]}"
-
-
-def graph_summary(model: Any) -> Dict[str, Any]:
-    """Node and op counts, opset, and the inputs/outputs with their (symbolic) shapes."""
-    from collections import Counter
-
-    def shape(v: Any) -> List[Any]:
-        dims = v.type.tensor_type.shape.dim
-        return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in dims]
-
-    ops = Counter(n.op_type for n in model.graph.node)
-    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    inits = {i.name for i in model.graph.initializer}
-    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
-            "opset": opsets.get("ai.onnx"),
-            "inputs": {i.name: shape(i) for i in model.graph.input if i.name not in inits},
-            "outputs": {o.name: shape(o) for o in model.graph.output}}
-
-
-def save_onnx(model: Any, dest: Path, data: Optional[Path]) -> None:
-    """Save a ModelProto, its weights in ``data`` (same directory) when given."""
-    import onnx
-
-    if data is not None:
-        if data.parent != dest.parent:
-            raise StepFailed("the 'data' output must be in the same directory as the model")
-        onnx.save_model(model, str(dest), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-        return
-    if model.ByteSize() > PROTOBUF_LIMIT:
-        raise StepFailed(f"the ONNX model is {model.ByteSize() / 2**30:.1f} GiB, over "
-                         "protobuf's 2 GiB limit: set external_data: true and declare outputs "
-                         "{model: model.onnx, data: model.onnx.data}")
-    onnx.save_model(model, str(dest))
-
-
-def check_onnx(path: Path, log: Any) -> None:
-    """Strict shape inference (written back into the file) and the full onnx.checker."""
-    import onnx
-
-    try:
-        onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True,
-                                               strict_mode=True)
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # noqa: BLE001 - checker and inference errors
-        log(str(exc))
-        raise StepFailed(f"the exported ONNX model is invalid: "
-                         f"{torchmodel.short_error(exc, lines=2)[:400]}") from None
 
 
 class OnnxExportExecutor(ModelExecutor):

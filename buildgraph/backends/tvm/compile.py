@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from buildgraph.backends.tvm import target as tvmtarget
 from buildgraph.errors import StepFailed
-from buildgraph.engine.executor import Executor, Task
+from buildgraph.engine.environment import package_versions
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
+from buildgraph.engine.params import StrictParams
 
 MODEL_SUFFIXES = (".onnx", ".pt2")
 MANIFEST = "model.json"
@@ -45,9 +47,7 @@ MANIFEST_SCHEMA = 1
 # parameters shared by tvm.compile and tvm.tune
 # --------------------------------------------------------------------------------------------
 
-class TvmParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TvmParams(StrictParams):
     target: Union[str, Dict[str, Any]] = Field(
         "native", description="'native', 'llvm -mcpu=skylake', 'llvm -mtriple=aarch64-linux-gnu',"
         " 'cuda -arch=sm_90', or TVM's JSON form {kind: llvm, mcpu: ...}; kept normalised")
@@ -93,15 +93,14 @@ class TvmCompileParams(TvmParams):
 # --------------------------------------------------------------------------------------------
 
 def tvm_versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    return package_versions("apache-tvm", "apache-tvm-ffi", missing="missing")
 
-    out = {}
-    for dist in ("apache-tvm", "apache-tvm-ffi"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "missing"
-    return out
+
+def target_is_volatile(target: Mapping[str, Any]) -> bool:
+    """Whether a target's environment can change between plans without the Python
+    environment changing: the GPU present (cuda without -arch), a cross compiler on PATH."""
+    return (target.get("kind") == "cuda" and "arch" not in target) or \
+        not tvmtarget.is_host_target(target)
 
 
 def import_tvm() -> Any:
@@ -173,21 +172,7 @@ def find_model(task: Task, explicit: Optional[str]) -> Path:
         if not path.is_file():
             raise StepFailed(f"model file {explicit} does not exist")
         return path
-    candidates: List[Tuple[int, Path, str]] = []
-    for up, outs in task.upstream.items():
-        if task.upstream_kinds.get(up) == "tvm.tune":
-            continue
-        for name, path in outs.items():
-            if path.is_file() and path.suffix in MODEL_SUFFIXES:
-                candidates.append((0 if name == "model" else 1, path, f"{up}.{name}"))
-    if not candidates:
-        raise StepFailed("no model to compile: give an upstream step whose output is an .onnx "
-                         "or .pt2 file (from: [onnx]) or model: PATH")
-    candidates.sort(key=lambda c: (c[0], c[2]))
-    if len(candidates) > 1 and candidates[0][0] == candidates[1][0]:
-        raise StepFailed("several upstream models (" + ", ".join(c[2] for c in candidates)
-                         + "); say which with model: ${in.STEP.OUTPUT}")
-    return candidates[0][1]
+    return find_artifact(task, task.kind, MODEL_SUFFIXES, skip_kinds=("tvm.tune",))
 
 
 def find_database(task: Task, explicit: Optional[str]) -> Optional[Path]:
@@ -460,14 +445,17 @@ class TvmCompileExecutor(Executor):
     Params = TvmCompileParams
     outputs = {"model": "model"}
     isolation = "worker"
-    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
-        # the host CPU is covered by the resolved-recipe cache; the GPU present (cuda without
-        # -arch) and a cross compiler appearing on PATH are not
-        target = params["target"]
-        return (target.get("kind") == "cuda" and "arch" not in target) or \
-            not tvmtarget.is_host_target(target)
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """Model and database files given as paths; TVM's version and the target. The host
+        CPU is part of every memoised description; the GPU present (cuda without -arch) and a
+        cross compiler appearing on PATH are not, so those targets are volatile."""
+        raw = params.model_dump(mode="json", by_alias=True)
+        return Description(inputs=file_inputs(params, ctx), env=self._environment(raw),
+                           volatile=target_is_volatile(raw["target"]))
+
+    @staticmethod
+    def _environment(params: Dict[str, Any]) -> Dict[str, str]:
         fp = dict(tvm_versions())
         target = params["target"]
         fp.update(tvmtarget.fingerprint(target))
@@ -479,9 +467,6 @@ class TvmCompileExecutor(Executor):
                                            if shutil.which(c)), None)
             fp["cross_cc"] = cc if cc and shutil.which(cc) else "none (exports a .tar)"
         return fp
-
-    def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
-        return file_inputs(params, ctx)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         p = task.params

@@ -43,13 +43,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from buildgraph.errors import BuildgraphError
+from buildgraph.engine.files import atomic_write
 from buildgraph.backends.tvm.target import canonical_target, identity_digest, target_identity, target_text
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 MANIFEST_FILE = "tunedb.json"
 SHARED_SCHEMA = 1
-SHARED_DIR = "tunedb"
+AREA = "tvm-tunedb"
+"""The store's record area holding every tuning step's records."""
 INVALID_SECONDS = 1e9
 """MetaSchedule writes 1e10 s (or nothing) for candidates that failed to build or run."""
 
@@ -182,10 +184,10 @@ def write_db(db: TuneDatabase, path: Path) -> None:
     if missing:
         raise TuneDbError(f"records for workload {missing[0]} have no workload module")
     index = {h: i for i, h in enumerate(used)}
-    _atomic_write(path / WORKLOAD_FILE, "".join(
+    atomic_write(path / WORKLOAD_FILE, "".join(
         json.dumps([h, db.workloads[h]]) + "\n" for h in used))
     records = sorted(db.records, key=lambda hr: (index[hr[0]],) + _record_sort_key(*hr)[1:])
-    _atomic_write(path / RECORD_FILE, "".join(
+    atomic_write(path / RECORD_FILE, "".join(
         json.dumps([index[h], r], separators=(",", ":")) + "\n" for h, r in records))
 
 
@@ -264,10 +266,6 @@ def summary(db: TuneDatabase) -> List[Dict[str, Any]]:
 
 # --- the shared area under the cache ------------------------------------------------------
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache").absolute()
-
-
 @dataclass
 class SharedEntry:
     """One workload's records in the shared area."""
@@ -292,9 +290,13 @@ class SharedEntry:
 class SharedTuneDB:
     """The tuning records of every tuning step that used this cache directory."""
 
-    def __init__(self, cache_dir: Optional[Path] = None, top_k: int = 32):
-        self.cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir()
-        self.root = self.cache_dir / SHARED_DIR
+    def __init__(self, root: Optional[Path] = None, top_k: int = 32):
+        """``root``: the store's ``tvm-tunedb`` area (default: the default cache's)."""
+        if root is None:
+            from buildgraph.engine.store import Store
+
+            root = Store().area(AREA)
+        self.root = Path(root).absolute()
         self.top_k = top_k
 
     def target_dir(self, tvm_version: str, target: Mapping[str, Any]) -> Path:
@@ -392,7 +394,7 @@ class SharedTuneDB:
                 tdir.mkdir(parents=True, exist_ok=True)
                 meta = tdir / "target.json"
                 if not meta.exists():
-                    _atomic_write(meta, json.dumps({"schema": SHARED_SCHEMA, "tvm": tvm_version,
+                    atomic_write(meta, json.dumps({"schema": SHARED_SCHEMA, "tvm": tvm_version,
                                                     "identity": ident}, sort_keys=True,
                                                    indent=1) + "\n")
                 path = tdir / f"{_safe(shash)}.json"
@@ -409,7 +411,7 @@ class SharedTuneDB:
                          "task": tasks.get(shash) or (old.task if old else ""),
                          "trials": (old.trials if old else 0) + int(trials.get(shash, 0)),
                          "tvm": tvm_version, "target": ident, "records": new_records}
-                _atomic_write(path, json.dumps(entry, sort_keys=True) + "\n")
+                atomic_write(path, json.dumps(entry, sort_keys=True) + "\n")
         return added
 
     def prune(self, top_k: int) -> Dict[str, int]:
@@ -425,7 +427,7 @@ class SharedTuneDB:
                 data["records"] = [r for _, r in merged.records]
                 removed += len(entry.records) - len(data["records"])
                 kept += len(data["records"])
-                _atomic_write(entry.path, json.dumps(data, sort_keys=True) + "\n")
+                atomic_write(entry.path, json.dumps(data, sort_keys=True) + "\n")
         return {"kept": kept, "removed": removed}
 
     def clear(self) -> None:
@@ -437,12 +439,6 @@ class SharedTuneDB:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(name)) or "_"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from buildgraph.engine.store import atomic_write
-
-    atomic_write(path, text.encode("utf-8"))
 
 
 def tvm_version() -> str:
@@ -497,7 +493,10 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace, out: Any = None) -> int:
     """Run a parsed ``tune-db`` command; returns the exit status."""
     out = out or sys.stdout
-    shared = SharedTuneDB(Path(args.cache_dir) if getattr(args, "cache_dir", None) else None)
+    from buildgraph.engine.store import Store
+
+    cache_dir = getattr(args, "cache_dir", None)
+    shared = SharedTuneDB(Store(Path(cache_dir) if cache_dir else None).area(AREA))
     action = getattr(args, "tunedb_command", None)
     if action is None:
         print("usage: buildgraph tune-db {list,merge,prune,import,export,clear}", file=sys.stderr)

@@ -36,7 +36,8 @@ from pydantic import Field
 
 from buildgraph.backends.tvm import target as tvmtarget
 from buildgraph.errors import StepFailed
-from buildgraph.engine.executor import Executor, Task
+from buildgraph.engine.environment import package_version
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
 from buildgraph.backends.tvm.compile import TvmParams, check_ffi_for_tuning, file_inputs, find_model, import_tvm, load_relax, make_target, prepare, symbolic_dims, tvm_versions
 
 MANIFEST_SCHEMA = 1
@@ -252,19 +253,6 @@ class _Progress:
                 self.task.log(f"warning: cannot publish records to the shared area: {exc}")
 
 
-def cache_dir_of(task: Task) -> Path:
-    """The cache directory: the Task's; else the one whose ``tmp/`` holds this step's scratch
-    directory (workers chdir into it, so a relative $BUILDGRAPH_CACHE_DIR would mislead);
-    else $BUILDGRAPH_CACHE_DIR or .cache."""
-    given = getattr(task, "cache_dir", None)
-    if given:
-        return Path(given)
-    for parent in Path(task.work_dir).absolute().parents:
-        if parent.name == "tmp" and (parent.parent / "actions").is_dir():
-            return parent.parent
-    return Path(os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache").absolute()
-
-
 def _per_task_budget(trials: int, per_task: Optional[int]) -> int:
     """MetaSchedule's default: no cap below the global budget (the gradient scheduler gives
     more trials to the tasks whose latency still falls)."""
@@ -285,29 +273,25 @@ class TvmTuneExecutor(Executor):
     resources = {"cpu": "all"}
     isolation = "worker"
 
-    def fingerprint_is_volatile(self, params: Dict[str, Any]) -> bool:
-        target = params["target"]  # the GPU present matters only for cuda without -arch
-        return target.get("kind") == "cuda" and "arch" not in target
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """Model file, TVM and xgboost versions, the target; the shared records area. The
+        GPU present matters only for cuda without -arch."""
+        from buildgraph.backends.tvm.records import AREA
 
-    def fingerprint(self, params: Dict[str, Any]) -> Dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        fp = dict(tvm_versions())
-        fp.update(tvmtarget.fingerprint(params["target"]))
-        if params.get("cost_model", "xgb") == "xgb":
-            for dist in ("xgboost-cpu", "xgboost"):
-                try:
-                    fp["xgboost"] = version(dist)
-                    break
-                except PackageNotFoundError:
-                    continue
-        return fp
-
-    def extra_inputs(self, params: Any, ctx: Any) -> Dict[str, Path]:
-        return file_inputs(params, ctx)
+        raw = params.model_dump(mode="json", by_alias=True)
+        env = dict(tvm_versions())
+        env.update(tvmtarget.fingerprint(raw["target"]))
+        if raw.get("cost_model", "xgb") == "xgb":
+            found = [v for v in (package_version(d, "") for d in ("xgboost-cpu", "xgboost")) if v]
+            if found:
+                env["xgboost"] = found[0]
+        target = raw["target"]
+        return Description(inputs=file_inputs(params, ctx), env=env, areas=(AREA,),
+                           volatile=target.get("kind") == "cuda" and "arch" not in target)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
-        from buildgraph.backends.tvm.records import SharedTuneDB, TuneDatabase, merge, read_db, write_db
+        from buildgraph.backends.tvm.records import (AREA, SharedTuneDB, TuneDatabase, merge, read_db,
+                                                    write_db)
 
         p = TvmTuneParams(**task.params)
         canonical = tvmtarget.canonical_target(p.target)
@@ -345,8 +329,7 @@ class TvmTuneExecutor(Executor):
         task.log(f"{len(extracted)} tasks extracted in {time.monotonic() - start:.1f} s: "
                  + ", ".join(names))
 
-        cache_dir = cache_dir_of(task)
-        shared = SharedTuneDB(cache_dir, top_k=max(p.keep, 32))
+        shared = SharedTuneDB(task.areas[AREA], top_k=max(p.keep, 32))
         found = shared.lookup(version, effective, hashes) if p.reuse else {}
         status: Dict[int, str] = {}
         for i, (name, shash) in enumerate(zip(names, hashes)):
@@ -363,7 +346,7 @@ class TvmTuneExecutor(Executor):
                 status[i] = "tune"
         to_tune = [i for i in range(len(extracted)) if status[i] == "tune"]
         reused = [i for i in range(len(extracted)) if status[i] == "reused"]
-        task.log(f"shared tuning records: {cache_dir / 'tunedb'}; {len(reused)} of "
+        task.log(f"shared tuning records: {shared.root}; {len(reused)} of "
                  f"{len(extracted)} tasks already tuned for this target, {len(to_tune)} to tune")
 
         ms_dir = Path(task.work_dir) / "ms"

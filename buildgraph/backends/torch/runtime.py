@@ -1,0 +1,143 @@
+"""PyTorch runtimes for ``verify`` and ``benchmark``: the eager reference model and the
+artifacts of ``torch.save``, ``torchscript`` and ``torch.export`` steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from buildgraph.errors import StepFailed
+from buildgraph.engine.runtime import Runtime, RuntimeContext  # noqa: F401
+
+
+def _torch_precision(module: Any) -> str:
+    import torch
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return {torch.float16: "fp16", torch.bfloat16: "bf16",
+                    torch.float64: "fp64"}.get(t.dtype, "fp32")
+    return "fp32"
+
+
+class _TorchModuleRuntime(Runtime):
+    module: Any = None
+
+    def run(self, inputs: Sequence[Any]) -> List[Any]:
+        import torch
+
+        from buildgraph.backends.torch.model import flatten_outputs, to_numpy
+
+        tensors = [torch.from_numpy(x) if not isinstance(x, torch.Tensor) else x for x in inputs]
+        with torch.inference_mode():
+            out = self.module(*tensors)
+        return [to_numpy(t) for _, t in flatten_outputs(out)]
+
+    def _set_threads(self) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, self.ctx.threads))
+
+
+class EagerRuntime(_TorchModuleRuntime):
+    """The recipe's model in eager PyTorch, fp32: the reference of ``verify``."""
+
+    name = "torch.eager"
+
+    def _load(self) -> None:
+        from buildgraph.backends.torch.model import load_model
+
+        self._set_threads()
+        if self.ctx.model is None or self.ctx.model_spec is None:
+            raise StepFailed("the eager runtime needs the model's recipe entry")
+        self.module = load_model(self.ctx.model, self.ctx.model_spec,
+                                 self.ctx.recipe_dir or Path("."))
+        self.module.float()
+
+    @classmethod
+    def from_module(cls, module: Any, ctx: RuntimeContext) -> "EagerRuntime":
+        runtime = cls(Path("."), ctx)
+        runtime.module = module
+        return runtime
+
+
+class TorchSaveRuntime(_TorchModuleRuntime):
+    """A torch.save file: state_dict or checkpoint (into the recipe model's architecture) or
+    a pickled whole model (only when ``ctx.trusted``)."""
+
+    name = "torch.save"
+    suffixes = (".pt", ".pth")
+
+    def _load(self) -> None:
+        import torch
+
+        from buildgraph.backends.torch.model import load_model, load_saved
+
+        self._set_threads()
+        obj = load_saved(self.path, self.ctx.trusted, f"{self.path.name}", self.ctx.recipe_dir)
+        if isinstance(obj, torch.nn.Module):
+            self.details["form"] = "model"
+            self.module = obj.eval()
+        elif isinstance(obj, Mapping):
+            if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+                form, state = "state_dict", obj
+            else:
+                key = next((k for k in ("state_dict", "model_state_dict", "model")
+                            if isinstance(obj.get(k), Mapping)), None)
+                if key is None:
+                    raise StepFailed(f"{self.path.name}: a dict with neither tensors nor a "
+                                     "state_dict entry (keys: "
+                                     + ", ".join(map(str, list(obj)[:6])) + ")")
+                form, state = "checkpoint", obj[key]
+                self.details["state_dict_key"] = key
+            if self.ctx.model is None or self.ctx.model_spec is None:
+                raise StepFailed(f"{self.path.name} holds a {form}: loading it needs the "
+                                 "model's code (verify's 'model:')")
+            spec = {k: v for k, v in self.ctx.model_spec.items() if k not in ("weights",)}
+            module = load_model(self.ctx.model, spec, self.ctx.recipe_dir or Path("."))
+            try:
+                module.load_state_dict(state)
+            except RuntimeError as exc:
+                raise StepFailed(f"{self.path.name} does not fit model '{self.ctx.model}': "
+                                 f"{str(exc).splitlines()[0]}") from None
+            self.details["form"] = form
+            self.module = module.eval()
+        else:
+            raise StepFailed(f"{self.path.name} holds a {type(obj).__name__}, not a model, "
+                             "a state_dict or a checkpoint")
+        self.precision = _torch_precision(self.module)
+
+
+class TorchScriptRuntime(_TorchModuleRuntime):
+    """``torch.jit.load``."""
+
+    name = "torchscript"
+    suffixes = (".ts",)
+
+    def _load(self) -> None:
+        import torch
+
+        self._set_threads()
+        self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+        self.precision = _torch_precision(self.module)
+
+
+class ExportedProgramRuntime(_TorchModuleRuntime):
+    """``torch.export.load(path).module()``."""
+
+    name = "torch.export"
+    suffixes = (".pt2",)
+
+    def _load(self) -> None:
+        import torch
+
+        self._set_threads()
+        program = torch.export.load(str(self.path))
+        self.module = program.module()
+        self.precision = _torch_precision(self.module)
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------
+
