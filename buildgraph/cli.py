@@ -106,13 +106,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(run_cli(argv))
 
 
+BACKEND_COMMANDS = {"tune-db": "buildgraph.backends.tvm.tunedb_cli:cli_main"}
+"""Commands a backend registers: name -> ``"module:function(argv) -> exit code"``, imported only
+when used (the tuning-record tools need neither the engine nor TVM)."""
+
+
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["tune-db"]:
-        from buildgraph.backends.tvm.records import cli_main
+    if argv[:1] and argv[0] in BACKEND_COMMANDS:  # a backend's own command, e.g. tune-db
+        from buildgraph.engine.executor import import_object
 
+        command = import_object(BACKEND_COMMANDS[argv[0]], what=f"command '{argv[0]}'")
         try:
-            return cli_main(argv[1:])
+            return command(argv[1:])
         except KeyboardInterrupt:
             return 130
     parser = _parser()
@@ -303,7 +309,10 @@ def _cache(args: argparse.Namespace) -> int:
                  f"{len(report.broken_actions)} broken actions"))
         return 0 if report.ok or args.repair else 1
     if action == "gc":
-        limit = parse_size(args.max_size) if args.max_size else None
+        try:
+            limit = parse_size(args.max_size) if args.max_size else None
+        except ValueError as exc:
+            raise BuildgraphError(f"--max-size: {exc}") from None
         with store.using(exclusive=True, timeout=10):
             stats = store.gc(limit)
         print(f"removed {stats['removed_actions']} actions and {stats['removed_objects']} "

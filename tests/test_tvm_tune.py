@@ -87,13 +87,13 @@ lib_other_cpu: {uses: tvm.compile, from: [onnx, tune], with: {target: "llvm -mtr
     assert "applied to none of the" in other.message and "0 records for this target" in other.message
 
     # --- the shared records, as `buildgraph tune-db list` shows them ---------------------------
-    from buildgraph.backends.tvm import records as tunedb
+    from buildgraph.backends.tvm import tunedb_cli as tunedb
 
     rows = json.loads(_tune_db(tmp_path, "list", "--json"))
     assert len(rows) == tune_a["tasks"] + tune_b["tasks"] - 1  # the shared conv once
     conv = [r for r in rows if r["task"] == SHARED_CONV]
     assert len(conv) == 1 and conv[0]["trials"] > 0
-    assert tunedb.SharedTuneDB(tmp_path / ".cache").root.is_dir()
+    assert (tmp_path / ".cache" / "tunedb" / "v1").is_dir()
 
     # --- a rerun of B is cached; tuning again with reuse off measures everything -------------
     again = run(recipe_b, tmp_path, keep_going=True)
@@ -103,7 +103,7 @@ lib_other_cpu: {uses: tvm.compile, from: [onnx, tune], with: {target: "llvm -mtr
 def _tune_db(root: Path, *argv: str) -> str:
     import io
 
-    from buildgraph.backends.tvm import records as tunedb
+    from buildgraph.backends.tvm import tunedb_cli as tunedb
 
     out = io.StringIO()
     import argparse

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildgraph.backends.tvm import records as tunedb
-from buildgraph.backends.tvm.records import RECORD_FILE, WORKLOAD_FILE, SharedTuneDB, TuneDatabase, TuneDbError, merge, read_db, record_seconds, write_db
+from buildgraph.backends.tvm import tunedb_cli as tunedb
+from buildgraph.backends.tvm.records import RECORD_FILE, WORKLOAD_FILE, TuneDatabase, TuneDbError, merge, read_db, record_seconds, write_db
+from buildgraph.backends.tvm.shared import SharedTuneDB
 
 ZEN = {"keys": ["cpu"], "kind": "llvm", "mcpu": "znver4", "num-cores": 2, "tag": ""}
 SKYLAKE = {"keys": ["cpu"], "kind": "llvm", "mcpu": "skylake", "num-cores": 2, "tag": ""}

@@ -100,11 +100,11 @@ class Merged:
 
 
 def default_root(cache_dir: Optional[Path] = None) -> Path:
-    """``<cache dir>/trt-timing``; the cache dir is the task's, else $BUILDGRAPH_CACHE_DIR,
-    else ``.cache``."""
-    base = cache_dir if cache_dir is not None else Path(
-        os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache")
-    return Path(base) / DIRNAME
+    """``<cache dir>/trt-timing`` (the store's ``trt-timing`` area), for tools outside a run;
+    steps get the area from the store (``task.areas``)."""
+    from buildgraph.engine.store import default_cache_dir
+
+    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / DIRNAME
 
 
 def _sha256(blob: bytes) -> str:

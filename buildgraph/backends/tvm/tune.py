@@ -26,7 +26,6 @@ Steps (TVM 0.27: Relax + MetaSchedule; Relay, AutoTVM and AutoScheduler are gone
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -38,7 +37,9 @@ from buildgraph.backends.tvm import target as tvmtarget
 from buildgraph.errors import StepFailed
 from buildgraph.engine.environment import package_version
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
-from buildgraph.backends.tvm.compile import TvmParams, check_ffi_for_tuning, file_inputs, find_model, import_tvm, load_relax, make_target, prepare, symbolic_dims, tvm_versions
+from buildgraph.backends.tvm.compile import TvmParams, file_inputs, find_model
+from buildgraph.backends.tvm.relax import (check_ffi_for_tuning, import_tvm, load_relax, make_target,
+                                           prepare, symbolic_dims, tvm_versions)
 
 MANIFEST_SCHEMA = 1
 
@@ -276,7 +277,7 @@ class TvmTuneExecutor(Executor):
     def describe(self, params: Any, ctx: DescribeContext) -> Description:
         """Model file, TVM and xgboost versions, the target; the shared records area. The
         GPU present matters only for cuda without -arch."""
-        from buildgraph.backends.tvm.records import AREA
+        from buildgraph.backends.tvm.shared import AREA
 
         raw = params.model_dump(mode="json", by_alias=True)
         env = dict(tvm_versions())
@@ -290,8 +291,8 @@ class TvmTuneExecutor(Executor):
                            volatile=target.get("kind") == "cuda" and "arch" not in target)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
-        from buildgraph.backends.tvm.records import (AREA, SharedTuneDB, TuneDatabase, merge, read_db,
-                                                    write_db)
+        from buildgraph.backends.tvm.records import TuneDatabase, merge, read_db, write_db
+        from buildgraph.backends.tvm.shared import AREA, SharedTuneDB
 
         p = TvmTuneParams(**task.params)
         canonical = tvmtarget.canonical_target(p.target)

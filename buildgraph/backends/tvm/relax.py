@@ -1,0 +1,299 @@
+"""The TVM calls behind ``tvm.compile`` and ``tvm.tune``: importing a model into Relax,
+the MetaSchedule-ordered pass pipeline, building, exporting. tvm is imported only inside the
+functions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from buildgraph.backends.tvm import target as tvmtarget
+from buildgraph.errors import StepFailed
+from buildgraph.engine.environment import package_versions
+
+def tvm_versions() -> Dict[str, str]:
+    return package_versions("apache-tvm", "apache-tvm-ffi", missing="missing")
+
+
+def target_is_volatile(target: Mapping[str, Any]) -> bool:
+    """Whether a target's environment can change between plans without the Python
+    environment changing: the GPU present (cuda without -arch), a cross compiler on PATH."""
+    return (target.get("kind") == "cuda" and "arch" not in target) or \
+        not tvmtarget.is_host_target(target)
+
+
+def import_tvm() -> Any:
+    """Import TVM with the modules the tvm steps use; a clear failure when it is missing."""
+    versions = tvm_versions()
+    if versions["apache-tvm"] == "missing":
+        raise StepFailed("TVM is not installed: pip install 'buildgraph[tvm]' "
+                         "(apache-tvm 0.27 with apache-tvm-ffi 0.1.14.post1)")
+    try:
+        import tvm
+        import tvm.relax.frontend.onnx  # noqa: F401 - registers the frontend
+        from tvm import relax  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"cannot import TVM {versions['apache-tvm']}: {type(exc).__name__}: "
+                         f"{exc}") from None
+    return tvm
+
+
+def check_ffi_for_tuning() -> None:
+    """apache-tvm-ffi 0.1.15 segfaults in JSON serialization, which every MetaSchedule run
+    does: say so instead of dying with SIGSEGV."""
+    ffi = tvm_versions()["apache-tvm-ffi"]
+    if ffi.startswith("0.1.15"):
+        raise StepFailed(f"apache-tvm-ffi {ffi} crashes MetaSchedule (segfault in "
+                         "tvm.ir.save_json): pip install apache-tvm-ffi==0.1.14.post1")
+
+
+def system_cpu() -> str:
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def make_target(canonical: Mapping[str, Any], threads: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
+    """(tvm.target.Target, effective dict) for a canonical target; fails clearly for CUDA
+    without a GPU or a CUDA-enabled TVM."""
+    import tvm
+
+    if canonical.get("kind") == "cuda":
+        check_cuda()
+    cpu = system_cpu() if tvmtarget.is_native(canonical) else None
+    effective = tvmtarget.effective_target(canonical, cpu, None)
+    try:
+        return tvm.target.Target(effective), effective
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"TVM rejects target {tvmtarget.target_text(canonical)}: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def check_cuda() -> None:
+    import tvm
+
+    built = str(tvm.support.libinfo().get("USE_CUDA", "OFF")).upper()
+    if built in ("OFF", "0", "FALSE", ""):
+        raise StepFailed("target cuda: this TVM build has no CUDA support (USE_CUDA=OFF); "
+                         "CUDA targets need a CUDA-enabled TVM and an NVIDIA GPU")
+    if not tvm.cuda(0).exist:
+        raise StepFailed("target cuda: no NVIDIA GPU is visible on this machine "
+                         "(tvm.cuda(0).exist is False); CUDA targets compile only where a GPU "
+                         "is present - use an llvm target here")
+
+
+
+
+def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
+    """Import an .onnx or .pt2 file into a Relax IRModule; bind ``dims``."""
+    import tvm
+    from tvm import relax
+
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(str(path))
+            mod = relax.frontend.onnx.from_onnx(model)
+        elif path.suffix == ".pt2":
+            import torch
+            import tvm.relax.frontend.torch  # noqa: F401
+
+            program = torch.export.load(str(path))
+            mod = relax.frontend.torch.from_exported_program(program,
+                                                             unwrap_unit_return_tuple=True)
+        else:
+            raise StepFailed(f"{path.name}: TVM imports .onnx or .pt2 files")
+    except StepFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[-1][:300]
+        raise StepFailed(f"TVM cannot import {path.name}: {type(exc).__name__}: {first}") from None
+    if dims:
+        mod = bind_dims(mod, dims)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    return mod
+
+
+def symbolic_dims(mod: Any) -> List[str]:
+    from tvm import relax
+
+    return sorted({str(v) for v in relax.analysis.defined_symbolic_vars(mod["main"])})
+
+
+def bind_dims(mod: Any, dims: Mapping[str, int]) -> Any:
+    from tvm import relax
+
+    names = symbolic_dims(mod)
+    binding: Dict[Any, int] = {}
+    leading = set()
+    for p in mod["main"].params:
+        shape = getattr(getattr(p, "ty", None), "shape", None)
+        if shape is not None and len(shape) and not hasattr(shape[0], "value"):
+            leading.add(str(shape[0]))
+    for name, size in dims.items():
+        if name in names:
+            binding[name] = size
+        elif name == "batch" and leading:
+            for lead in sorted(leading):
+                binding[lead] = size
+        else:
+            raise StepFailed(f"dims: the model has no dynamic dim '{name}' (its dynamic dims: "
+                             + (", ".join(names) or "none") + ")")
+    return relax.transform.BindSymbolicVars(binding)(mod)
+
+
+def io_signature(mod: Any) -> Dict[str, Any]:
+    """Inputs (name, shape with names for dynamic dims, dtype) of ``main``."""
+    inputs = []
+    for p in mod["main"].params:
+        ty = getattr(p, "ty", None)
+        shape = getattr(ty, "shape", None)
+        dims = [int(d.value) if hasattr(d, "value") else str(d) for d in shape] \
+            if shape is not None else None
+        inputs.append({"name": str(getattr(p, "name", "") or getattr(p, "name_hint", "")), "shape": dims, "dtype": str(getattr(ty, "dtype", ""))})
+    return {"inputs": inputs}
+
+
+def fuse_passes(target: Any) -> List[Any]:
+    """The passes after which MetaSchedule tasks exist; shared by tune and compile so that
+    the workloads they see are the same."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        dispatch = list(pipeline.library_dispatch_passes(target))
+    except (ValueError, AttributeError):
+        dispatch = []
+    return dispatch + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                       relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                       relax.transform.FuseTIR()]
+
+
+def prepare(mod: Any, target: Any) -> Any:
+    """Raw imported module -> fused module (the form tasks are extracted from)."""
+    import tvm
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(fuse_passes(target))(mod)
+
+
+def prim_funcs(mod: Any) -> List[Tuple[str, Any]]:
+    import tvm
+
+    return sorted(((gv.name_hint, f) for gv, f in mod.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc)), key=lambda x: x[0])
+
+
+def is_scheduled(func: Any) -> bool:
+    attrs = func.attrs
+    return bool(attrs is not None and "tirx.is_scheduled" in attrs
+                and int(attrs["tirx.is_scheduled"]) == 1)
+
+
+def lower_passes(target: Any) -> List[Any]:
+    """Dataflow lowering and finalization: the target's own lists where TVM exports them,
+    else the generic ones (what ``compile_relax`` does; the CPU backend does not export
+    them in 0.27)."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        return (list(pipeline.dataflow_lower_passes(target))
+                + list(pipeline.finalize_passes(target)))
+    except (ValueError, AttributeError):
+        t = relax.transform
+        return [t.RewriteDataflowReshape(), t.ToNonDataflow(), t.RemovePurityChecking(),
+                t.CallTIRRewrite(), t.StaticPlanBlockMemory(), t.LowerAllocTensor(),
+                t.KillAfterLastUse(), t.LowerRuntimeBuiltin(), t.ComputePrimValue(),
+                t.VMShapeLower(), t.AttachGlobalSymbol()]
+
+
+def build(mod: Any, target: Any, database: Any = None) -> Tuple[Any, Dict[str, Any]]:
+    """Compile a raw imported module; returns (executable, stats of records applied)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline
+    from tvm.relax.transform import MetaScheduleApplyDatabase
+
+    stats: Dict[str, Any] = {}
+    gpu = pipeline.BackendDispatcher.is_gpu_target(target)
+
+    @tvm.transform.module_pass(opt_level=3, name="buildgraph_tvm_pipeline")
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        mod = tvm.transform.Sequential(fuse_passes(target))(mod)
+        funcs_before = prim_funcs(mod)
+        pre = {name for name, f in funcs_before if is_scheduled(f)}
+        if database is not None:
+            mod = MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        after = prim_funcs(mod)
+        applied = sorted(n for n, f in after if is_scheduled(f) and n not in pre)
+        without = sorted(n for n, f in after if not is_scheduled(f))
+        stats.update(functions=len(after), with_record=len(applied),
+                     without_record=len(without), applied=applied, untuned=without)
+        if gpu:
+            from tvm.s_tir import dlight as dl
+
+            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        mod = tvm.transform.Sequential(lower_passes(target))(mod)
+        return mod
+
+    ctx = [target, tvm.transform.PassContext(opt_level=3)]
+    if database is not None:
+        ctx.insert(1, database)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for c in ctx:
+            stack.enter_context(c)
+        executable = relax.build(mod, target=target, relax_pipeline=_pipeline)
+    return executable, stats
+
+
+def filtered_database(db_dir: Path, effective: Mapping[str, Any], work_dir: Path
+                      ) -> Tuple[Any, Dict[str, int]]:
+    """A TVM database holding only ``db_dir``'s records for this target (by identity)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from buildgraph.backends.tvm.records import merge, read_db, write_db
+
+    db = read_db(db_dir)
+    kept = merge([db], target=effective, valid_only=True)
+    out = work_dir / "database"
+    write_db(kept, out)
+    counts = {"records": len(db.records), "records_for_target": len(kept.records),
+              "workloads": len(db.workloads)}
+    return ms.database.JSONDatabase(work_dir=str(out), allow_missing=False), counts
+
+
+def exporter(target: Mapping[str, Any], cc: Optional[str], export: str
+             ) -> Tuple[str, Any, str]:
+    """(file name, fcompile, note) for export_library."""
+    from tvm.support import cc as tvm_cc
+
+    host = tvmtarget.is_host_target(target) or target.get("kind") == "cuda"
+    if export == "tar":
+        return "model.tar", None, "object files; link them with the target's C compiler"
+    if host:
+        if cc:
+            if not shutil.which(cc):
+                raise StepFailed(f"cc: compiler '{cc}' not found on PATH")
+            return "model.so", tvm_cc.cross_compiler(cc), ""
+        if not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("gcc")
+                or shutil.which("cc")):
+            raise StepFailed("export_library needs a C compiler (gcc or clang) on PATH")
+        return "model.so", None, ""
+    triple = str(target.get("mtriple", ""))
+    compiler = cc or next((c for c in (f"{triple}-gcc", f"{triple}-g++") if shutil.which(c)),
+                          None)
+    if compiler and shutil.which(compiler):
+        return "model.so", tvm_cc.cross_compiler(compiler), ""
+    if export == "so":
+        raise StepFailed(f"no cross compiler for {triple} (looked for {triple}-gcc); "
+                         "install one (Debian: gcc-aarch64-linux-gnu) or set cc:, or use "
+                         "export: tar")
+    return "model.tar", None, (f"no {triple}-gcc here: object files in a tar; link on the "
+                               f"device with: gcc -shared -o model.so *.o")
