@@ -193,11 +193,23 @@ check:
     assert "> atol 0; passes with atol >= " in err
 
 
-def test_unknown_candidate_and_tolerance_keys_are_named(project, capsys):
+def test_unknown_candidate_and_tolerance_keys_are_recipe_errors_before_any_build(project,
+                                                                                 capsys):
+    import re
+
     write_recipe(project.root, """
 state: {uses: torch.save, with: {model: tiny}}
 check: {uses: verify, from: state, with: {model: tiny, tolerances: {stat: {atol: 1}}}}
 """)
-    assert run_cli(["run", "r.yaml"]) == 1
-    assert "tolerances: 'stat' is not a candidate (did you mean 'state'?)" in \
+    assert run_cli(["run", "r.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"r\.yaml:\d+:\d+: steps\.check\.with: tolerances: 'stat' names no "
+                     r"candidate \(did you mean 'state'\?\)", err), err
+    assert not (project.root / "build").exists()  # reported before the upstream was built
+    write_recipe(project.root, """
+state: {uses: torch.save, with: {model: tiny}}
+check: {uses: verify, from: state, with: {model: tiny, candidates: [stat]}}
+""")
+    assert run_cli(["plan", "r.yaml"]) == 2
+    assert "candidates: 'stat' is not an upstream step (did you mean 'state'?)" in \
         capsys.readouterr().err

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict  # noqa: F401
+
+from buildgraph.engine.params import StrictParams, Field, field_validator
 
 Scalar = Union[str, int, float, bool]
 
@@ -18,8 +20,11 @@ ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 """Step, model and output ids: a letter or underscore, then letters, digits, '_', '.', '-'."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class Strict(StrictParams):
+    """The recipe's own models: strict like step params, and fields with an alias (``with``)
+    may also be given by name."""
+
+    model_config = ConfigDict(**StrictParams.model_config, populate_by_name=True)
 
 
 class TensorSpec(Strict):

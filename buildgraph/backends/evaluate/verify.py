@@ -26,8 +26,10 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 from pydantic import Field, field_validator
 
 from buildgraph.backends.torch import model as torchmodel
-from buildgraph.errors import StepFailed, did_you_mean
-from buildgraph.backends.torch.base import ModelExecutor, ModelParams, StrictParams, artifact_of, write_json
+from buildgraph.errors import RecipeError, StepFailed, did_you_mean
+from buildgraph.backends.torch.base import ModelExecutor, ModelParams, artifact_of, write_json
+from buildgraph.engine.executor import DescribeContext, Description
+from buildgraph.engine.params import StrictParams
 
 Bound = Union[float, Literal["off"], None]
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
@@ -259,6 +261,29 @@ class VerifyExecutor(ModelExecutor):
     outputs = {"report": "report.json", "tensors": "tensors.npz"}
     resources = {"cpu": "all"}
     dists = ("torch", "onnx", "onnxruntime", "numpy")
+
+    def describe(self, params: VerifyParams, ctx: DescribeContext) -> Description:
+        """The model's description; also checks, before anything is built, that every
+        ``candidates:`` and ``tolerances:`` entry names an upstream step."""
+        ups = list(ctx.upstream_kinds)
+        bases = {u.split("@")[0] for u in ups}
+        for c in params.candidates or []:
+            if c not in ups and c not in bases:
+                raise RecipeError(f"candidates: '{c}' is not an upstream step"
+                                  f"{did_you_mean(c, sorted(set(ups) | bases))}",
+                                  hint="list it under 'from:'")
+        known = set(ups) | bases | {"default"}
+        if params.candidates is not None:
+            chosen = {u for u in ups if u in params.candidates
+                      or u.split("@")[0] in params.candidates}
+            known = chosen | {u.split("@")[0] for u in chosen} | {"default"}
+        for key in params.tolerances:
+            if key not in known:
+                raise RecipeError(f"tolerances: '{key}' names no candidate"
+                                  f"{did_you_mean(key, sorted(known))}",
+                                  hint="keys are 'default' or candidate step ids: "
+                                       + ", ".join(sorted(known)))
+        return super().describe(params, ctx)
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         self.import_torch()
