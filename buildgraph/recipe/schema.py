@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict  # noqa: F401
+from pydantic import ConfigDict, Field, field_validator
 
-from buildgraph.engine.params import StrictParams, Field, field_validator
+from buildgraph.engine.params import StrictParams
 
 Scalar = Union[str, int, float, bool]
 
