@@ -115,6 +115,61 @@ def _tune_db(root: Path, *argv: str) -> str:
     return out.getvalue()
 
 
+def test_mobilenet_style_network_tunes_compiles_and_verifies(tmp_path: Path):
+    """Depthwise convolutions (groups = channels) in inverted-residual blocks, exported with a
+    dynamic batch and simplified: importing with symbolic dims and binding them afterwards broke
+    FuseTIR ("Inconsistent buffers ... mapped to the same relax var") in tune and compile."""
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: mobilenet}}}}
+sim: {{uses: onnx.simplify, from: onnx}}
+tune: {{uses: tvm.tune, from: sim, with: {json.dumps(TUNE)}}}
+lib: {{uses: tvm.compile, from: [sim, tune], with: {{target: native, dims: {{batch: 1}}}}}}
+check: {{uses: verify, from: [lib], with: {{model: mobilenet, random: 2, dims: {{batch: [1]}}}}}}
+""", name="mbn")
+    result = run(recipe, tmp_path)
+    for sid in ("onnx", "sim", "tune", "lib", "check"):
+        assert result[sid].ok, (sid, result[sid].message, result[sid].log_tail)
+    assert result["tune"].meta["tasks"] >= 3
+    assert result["lib"].meta["with_record"] >= 1
+    report = json.loads((tmp_path / "build" / "check" / "report.json").read_text())
+    assert report["candidates"]["lib"]["passed"] is True
+
+
+def test_an_error_inside_tvm_is_one_located_line(tmp_path: Path):
+    """The old import path (symbolic dims bound afterwards) still breaks FuseTIR on this
+    network: the failure reads as one line that says where in TVM, the text goes to the log."""
+    import onnx
+    import torch
+
+    from buildgraph.backends.tvm.relax import (bind_dims, build, make_target, tvm_failure)
+    from buildgraph.backends.tvm.target import canonical_target
+    from tvm import relax
+
+    write_project(tmp_path, "x: {uses: shell, with: {cmd: 'true'}}")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mbn_nets", tmp_path / "models" / "nets.py")
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(nets.mobilenetish().eval(), (torch.randn(2, 3, 16, 16),), str(path),
+                      dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = bind_dims(from_onnx(onnx.load(str(path))), {"batch": 1})
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    target, _ = make_target(canonical_target("native"))
+    logged = []
+    with pytest.raises(Exception) as raised:
+        build(mod, target)
+    failure = tvm_failure(raised.value, "tvm.compile", logged.append)
+    assert "\n" not in failure.message
+    assert failure.message.startswith("tvm.compile failed inside TVM: InternalError: ")
+    assert "Inconsistent buffers" in failure.message
+    assert " in TVM)" in failure.message  # the C++ source line it failed at
+    assert "Inconsistent buffers" in logged[0] and len(logged[0]) > len(failure.message)
+
+
 def test_interrupted_tuning_keeps_its_records(tmp_path: Path):
     """Ctrl-C in the middle of tuning: the records of every batch measured so far are in the
     shared area, and the next run skips the tasks they cover."""

@@ -51,6 +51,38 @@ class NetB(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+def inverted_residual(cin, cout, expand=2):
+    """MobileNetV2's block without the skip: 1x1 conv, BN, ReLU6, depthwise 3x3
+    (groups = channels), BN, ReLU6, 1x1 projection, BN."""
+    hidden = cin * expand
+    return nn.Sequential(
+        nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+        nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+        nn.BatchNorm2d(hidden), nn.ReLU6(),
+        nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class MobileNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(8), nn.ReLU6())
+        self.blocks = nn.Sequential(inverted_residual(8, 8), inverted_residual(8, 16))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def mobilenetish():
+    net = MobileNetish()
+    for m in net.modules():  # non-trivial BatchNorm statistics, so folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
 def net_a():
     return NetA()
 
@@ -66,7 +98,8 @@ def model(factory: str, seed: int = 0) -> Dict[str, Any]:
             "dims": {"batch": {"min": 1, "opt": 1, "max": 4}}}
 
 
-MODELS = {"net_a": model("net_a"), "net_b": model("net_b", seed=1)}
+MODELS = {"net_a": model("net_a"), "net_b": model("net_b", seed=1),
+          "mobilenet": model("mobilenetish", seed=2)}
 
 TUNE = {"target": "native", "dims": {"batch": 1}, "trials": 6, "trials_per_iter": 2,
         "population": 16, "min_repeat_ms": 5, "number": 2}

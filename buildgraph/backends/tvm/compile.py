@@ -191,6 +191,16 @@ class TvmCompileExecutor(Executor):
         return fp
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
+        try:
+            return self._run(task)
+        except (StepFailed, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an error inside TVM: one located line
+            from buildgraph.backends.tvm.relax import tvm_failure
+
+            raise tvm_failure(exc, "tvm.compile", task.log) from None
+
+    def _run(self, task: Task) -> Optional[Dict[str, Any]]:
         p = task.params
         canonical = tvmtarget.canonical_target(p["target"])
         model_path = find_model(task, p.get("model"))
@@ -212,14 +222,7 @@ class TvmCompileExecutor(Executor):
             task.log(f"tuning database: {db_counts['records_for_target']} of "
                      f"{db_counts['records']} records are for this target")
         import_s = time.monotonic() - start
-        try:
-            executable, stats = build(mod, target, database)
-        except StepFailed:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-            raise StepFailed(f"TVM compile failed: {type(exc).__name__}: "
-                             f"{(lines[-1] if lines else '')[:300]}") from None
+        executable, stats = build(mod, target, database)
         compile_s = time.monotonic() - start - import_s
         task.log(f"functions: {stats['functions']}, with a tuning record: "
                  f"{stats['with_record']}, without: {stats['without_record']}")

@@ -86,17 +86,88 @@ def check_cuda() -> None:
 
 
 
+def tvm_failure(exc: BaseException, what: str, log: Any) -> StepFailed:
+    """One located line for an error raised inside TVM; its whole text goes to the step's log.
+
+    TVM's errors carry a C++ backtrace and the failed check; a user needs the check, where in
+    TVM it failed, and the log, not the Python frames of buildgraph that called TVM."""
+    import re
+    import traceback
+
+    text = str(exc).strip()
+    native = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename.endswith((".cc", ".h", ".cpp"))]  # TVM's FFI appends C++ frames
+    try:
+        log(f"{what}: {type(exc).__name__} raised inside TVM:\n{text}\n" + "".join(
+            f"  at {f.filename}:{f.lineno} {f.name}\n" for f in reversed(native)))
+    except Exception:  # noqa: BLE001 - reporting must not hide the error
+        pass
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    check = next((ln for ln in reversed(lines) if "Check failed" in ln or "Error" in ln),
+                 lines[-1] if lines else "")
+    check = re.sub(r"^(\w*Error:\s*)+", "", check)[:300]
+    located = ""
+    if native:
+        located = f" (at {Path(native[-1].filename).name}:{native[-1].lineno} in TVM)"
+    else:
+        where = re.findall(r"([\w/.-]+\.(?:cc|h|cpp)):(\d+)", text)
+        if where:
+            located = f" (at {Path(where[-1][0]).name}:{where[-1][1]} in TVM)"
+    return StepFailed(f"{what} failed inside TVM: {type(exc).__name__}: {check}{located}",
+                      hint="the step's log has TVM's full message; a .pt2 from torch.export "
+                           "is another route into TVM when the ONNX import is the problem")
+
+
+def static_onnx_shapes(model: Any, dims: Mapping[str, int]) -> Optional[Dict[str, List[int]]]:
+    """Every graph input's shape with ``dims`` bound, or None when some dim stays dynamic.
+
+    A dim is bound by its name, or (``batch``, when the graph has no dim of that name) as the
+    leading dim. A ``dims`` entry that names no dynamic dim is an error, as in :func:`bind_dims`.
+    """
+    from buildgraph.backends.onnx.graph import onnx_model_inputs
+
+    inputs = onnx_model_inputs(model)
+    named = {d for spec in inputs.values() for d in spec.dims if isinstance(d, str)}
+    leading_dynamic = any(spec.dims and not (isinstance(spec.dims[0], int) and spec.dims[0] > 0)
+                          for spec in inputs.values())
+    for name in dims:
+        if name not in named and not (name == "batch" and leading_dynamic):
+            raise StepFailed(f"dims: the model has no dynamic dim '{name}' (its dynamic dims: "
+                             + (", ".join(sorted(named)) or "none") + ")")
+    shapes: Dict[str, List[int]] = {}
+    for name, spec in inputs.items():
+        shape = []
+        for i, d in enumerate(spec.dims):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif isinstance(d, str) and d in dims:
+                shape.append(int(dims[d]))
+            elif i == 0 and "batch" in dims and "batch" not in named:
+                shape.append(int(dims["batch"]))
+            else:
+                return None
+        shapes[name] = shape
+    return shapes
+
+
 def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
-    """Import an .onnx or .pt2 file into a Relax IRModule; bind ``dims``."""
+    """Import an .onnx or .pt2 file into a Relax IRModule; bind ``dims``.
+
+    An ONNX model whose every dim ``dims`` binds is imported with static shapes: importing it
+    with symbolic dims and binding them afterwards breaks FuseTIR on depthwise convolutions
+    (MobileNet-style blocks: "Inconsistent buffers ... mapped to the same relax var")."""
     import tvm
     from tvm import relax
 
+    static = None
     try:
         if path.suffix == ".onnx":
             import onnx
 
             model = onnx.load(str(path))
-            mod = relax.frontend.onnx.from_onnx(model)
+            static = static_onnx_shapes(model, dims)
+            mod = relax.frontend.onnx.from_onnx(model, shape_dict=static) if static else \
+                relax.frontend.onnx.from_onnx(model)
         elif path.suffix == ".pt2":
             import torch
             import tvm.relax.frontend.torch  # noqa: F401
@@ -111,7 +182,7 @@ def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [""])[-1][:300]
         raise StepFailed(f"TVM cannot import {path.name}: {type(exc).__name__}: {first}") from None
-    if dims:
+    if dims and static is None:
         mod = bind_dims(mod, dims)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     return mod

@@ -291,6 +291,16 @@ class TvmTuneExecutor(Executor):
                            volatile=target.get("kind") == "cuda" and "arch" not in target)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
+        try:
+            return self._run(task)
+        except (StepFailed, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an error inside TVM: one located line
+            from buildgraph.backends.tvm.relax import tvm_failure
+
+            raise tvm_failure(exc, "tvm.tune", task.log) from None
+
+    def _run(self, task: Task) -> Optional[Dict[str, Any]]:
         from buildgraph.backends.tvm.records import TuneDatabase, merge, read_db, write_db
         from buildgraph.backends.tvm.shared import AREA, SharedTuneDB
 
