@@ -193,6 +193,29 @@ def test_verify_runs_tvm_libraries_against_pytorch(tmp_path: Path, built):
     assert {c["runtime"] for c in report["candidates"].values()} == {"tvm.relax"}
 
 
+def test_verify_draws_inputs_a_fixed_shape_library_accepts(tmp_path: Path, built):
+    """``lib`` was compiled for batch 1; the model's example batch is 2 here. Verify redraws
+    its random sets at batch 1 for that candidate (the dynamic one keeps batch 2), and says in
+    one line when the recipe explicitly asks for a batch the library cannot take."""
+    root, recipe, _ = built
+    text = recipe.read_text().replace('"opt": 1', '"opt": 2')
+    text += "  check: {uses: verify, from: [lib, lib_dyn], with: {model: net_a, random: 2}}\n"
+    (root / "shapes.yaml").write_text(text.replace("name: tvmt", "name: tvms"))
+    res = run(root / "shapes.yaml", root)
+    assert res["check"].ok, (res["check"].message, res["check"].log_tail)
+    report = json.loads(res["check"].outputs["report"].read_text())
+    assert report["candidates"]["lib"]["inputs"] == {"batch": 1}
+    assert "inputs" not in report["candidates"]["lib_dyn"]
+    assert report["inputs"][0]["shapes"] == {"x": [2, 3, 16, 16]}
+    (root / "shapes.yaml").write_text(text.replace("name: tvmt", "name: tvms").replace(
+        "random: 2}", "random: 2, dims: {batch: [2]}}"))
+    res = run(root / "shapes.yaml", root)
+    assert res["check"].status == "failed"
+    assert "candidate 'lib' was built for x[1, 3, 16, 16] and cannot take batch = 2; set " \
+           "dims: {batch: [1]} on this verify step" in res["check"].message
+    assert "match_cast" not in res["check"].message
+
+
 @pytest.mark.gpu
 def test_cuda_compile_runs_on_the_gpu(tmp_path: Path, built):
     import tvm

@@ -147,6 +147,11 @@ class Runtime:
     def _load(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def input_shapes(self) -> List[List[Any]]:
+        """The shapes the artifact accepts, in input order: ints for fixed dims, names or None
+        for dynamic ones; [] when the runtime cannot tell (then any shape is tried)."""
+        return []
+
     def run(self, inputs: Sequence[Any]) -> List[Any]:  # pragma: no cover - interface
         """Run on numpy arrays (forward() order); return numpy arrays (output order)."""
         raise NotImplementedError

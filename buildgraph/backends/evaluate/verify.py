@@ -307,6 +307,11 @@ class VerifyExecutor(ModelExecutor):
                 out_names = [n for n, _ in flat]
                 ref_out.append([torchmodel.to_numpy(t) for _, t in flat])
         np_sets = [[torchmodel.to_numpy(t) for t in tensors] for _, tensors in sets]
+
+        def reference_for(tensors: List[Any]) -> List[Any]:
+            with self.timed("reference"):
+                out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
+            return [torchmodel.to_numpy(t) for _, t in torchmodel.flatten_outputs(out)]
         report: Dict[str, Any] = {
             "schema": 1, "model": p.model,
             "reference": {"runtime": reference.name, "precision": "fp32"},
@@ -327,12 +332,19 @@ class VerifyExecutor(ModelExecutor):
             problem = ""
             skipped = ""
             runtime = None
+            cand_ref: List[List[Any]] = ref_out
             try:
                 entry["runtime"] = runtime_for(kind, path)
                 runtime = load_runtime(path, cctx, entry["runtime"])
                 entry["load_s"] = round(time.perf_counter() - start, 4)
+                cand_sets, cand_ref, adapted = self._sets_for(
+                    cand, runtime.input_shapes(), p, spec, sets, np_sets, ref_out, reference_for)
+                if adapted:
+                    entry["inputs"] = adapted
+                    task.log(f"{cand}: built for fixed shapes; inputs drawn at " + ", ".join(
+                        f"{k}={v}" for k, v in sorted(adapted.items())))
                 start = time.perf_counter()
-                for (label, _), arrays in zip(sets, np_sets):
+                for label, arrays in cand_sets:
                     try:
                         got.append(runtime.run(arrays))
                     except StepFailed:
@@ -367,7 +379,7 @@ class VerifyExecutor(ModelExecutor):
                 if problem:
                     metrics = {"passed": False, "failures": [problem]}
                 else:
-                    metrics = compare([r[i] for r in ref_out], [g[i] for g in got], tol,
+                    metrics = compare([r[i] for r in cand_ref], [g[i] for g in got], tol,
                                       p.topk, p.classifier)
                 metrics["tolerance"] = tol
                 entry["outputs"][name] = metrics
@@ -426,6 +438,58 @@ class VerifyExecutor(ModelExecutor):
                 raise StepFailed(f"tolerances: '{key}' is not a candidate"
                                  f"{did_you_mean(key, sorted(known))}")
         return chosen
+
+    @staticmethod
+    def _sets_for(cand: str, shapes: List[List[Any]], p: VerifyParams, spec: Mapping[str, Any],
+                  sets: List[Tuple[str, List[Any]]], np_sets: List[List[Any]],
+                  ref_out: List[List[Any]], reference_for: Any
+                  ) -> Tuple[List[Tuple[str, List[Any]]], List[List[Any]], Dict[str, int]]:
+        """The input sets a candidate can take, with their reference outputs.
+
+        A candidate built for fixed sizes of the model's named dims (a TVM library compiled
+        for ``batch: 1``) gets the random sets redrawn at those sizes, with the same seeds;
+        sample inputs of another shape are left out for it. When the recipe's ``dims:`` asks
+        for a size the candidate cannot take, that is one line naming the candidate, the shape
+        it was built for and the ``dims`` to set."""
+        specs = torchmodel.input_specs(spec)
+        fixed: Dict[str, int] = {}
+        for (name, tspec), shape in zip(specs, shapes):
+            declared = tspec.get("shape") or []
+            if len(declared) != len(shape):
+                continue
+            for dim, actual in zip(declared, shape):
+                if isinstance(dim, str) and isinstance(actual, int) and actual > 0:
+                    fixed[dim] = actual
+        sizes = torchmodel.dim_sizes(spec)
+        changed = {d: v for d, v in fixed.items() if d in sizes}
+        if not shapes or not changed:
+            return [(label, arrays) for (label, _), arrays in zip(sets, np_sets)], ref_out, {}
+        for dim, size in changed.items():
+            asked = p.dims.get(dim)
+            if asked and any(v != size for v in asked):
+                built = ", ".join(f"{n}{list(s)}" for (n, _), s in zip(specs, shapes))
+                raise StepFailed(f"candidate '{cand}' was built for {built} and cannot take "
+                                 f"{dim} = {', '.join(str(v) for v in asked if v != size)}; "
+                                 f"set dims: {{{dim}: [{size}]}} on this verify step, or "
+                                 f"build '{cand}' for that size")
+        if all(sizes.get(d) == v for d, v in changed.items()) and not p.dims:
+            return [(label, arrays) for (label, _), arrays in zip(sets, np_sets)], ref_out, {}
+        seed = p.seed if p.seed is not None else int(spec.get("seed", 0)) + 1
+        out_sets: List[Tuple[str, List[Any]]] = []
+        out_ref: List[List[Any]] = []
+        for i, ((label, tensors), arrays, ref) in enumerate(zip(sets, np_sets, ref_out)):
+            if label.startswith("random"):
+                want = {d: v[i % len(v)] for d, v in p.dims.items() if v}
+                want.update(changed)
+                redrawn = torchmodel.make_inputs(spec, seed + i, want)
+                out_sets.append((label, [torchmodel.to_numpy(t) for t in redrawn]))
+                out_ref.append(reference_for(redrawn))
+            elif all(len(a.shape) == len(s) and all(not isinstance(d, int) or d <= 0 or d == n
+                                                     for d, n in zip(s, a.shape))
+                     for a, s in zip(arrays, shapes)):
+                out_sets.append((label, arrays))
+                out_ref.append(ref)
+        return out_sets, out_ref, changed
 
     @staticmethod
     def _input_sets(task: Any, p: VerifyParams, spec: Mapping[str, Any]

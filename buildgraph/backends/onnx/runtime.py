@@ -46,6 +46,10 @@ class OnnxRuntime(Runtime):
         self.details["providers"] = self.session.get_providers()
         self.precision = self._precision()
 
+    def input_shapes(self) -> List[List[Any]]:
+        return [[d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None)
+                 for d in (i.shape or [])] for i in self.inputs]
+
     def _has_fp8(self) -> bool:
         """Does the model hold float8 Q/DQ (its zero points are float8 initializers)?"""
         if self.ctx.meta.get("precision") == "fp8":

@@ -133,6 +133,9 @@ class TvmRuntime(Runtime):
         self.details["functions"] = manifest.get("functions")
         self.inputs: List[Dict[str, Any]] = list(manifest.get("inputs") or [])
 
+    def input_shapes(self) -> List[List[Any]]:
+        return [list(i.get("shape") or []) for i in self.inputs]
+
     def run(self, inputs: Sequence[Any]) -> List[Any]:
         import numpy as np
         import tvm
