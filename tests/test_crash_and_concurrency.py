@@ -100,3 +100,25 @@ def test_concurrent_runs_merge_the_lock_file(project):
     p2.communicate(timeout=60)
     lock = json.loads((project.root / "r.lock.json").read_text())
     assert set(lock["steps"]) == {"a", "b"}
+
+
+def test_lock_file_writers_with_different_caches_are_serialized(tmp_path):
+    """The guard of the lock file sits beside it (``.r.lock``), so two runs of one recipe that
+    use different caches still take turns: a writer waits while another holds it."""
+    import threading
+
+    from filelock import FileLock
+
+    from buildgraph.engine.lockfile import write_lock
+
+    lock = tmp_path / "r.lock.json"
+    entry = {"uses": "shell", "key": "k" * 32}
+    with FileLock(str(tmp_path / ".r.lock")):  # another run, with another cache, is writing
+        writer = threading.Thread(target=write_lock, args=(lock, "r", {"a": entry}, ["a"]))
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive() and not lock.exists()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert json.loads(lock.read_text())["steps"] == {"a": entry}
+    assert not (tmp_path / ".cache").exists()  # nothing of a cache is involved

@@ -408,8 +408,7 @@ class Scheduler:
         if not updates:
             return
         try:
-            write_lock(self.lock_file, self.graph.name, updates, keep=self.graph.steps,
-                       lock_dir=self.store.locks)
+            write_lock(self.lock_file, self.graph.name, updates, keep=self.graph.steps)
         except OSError as exc:
             self.reporter.warning(f"could not write lock file {self.lock_file}: {exc}")
 
