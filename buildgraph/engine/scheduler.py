@@ -115,6 +115,7 @@ class Scheduler:
         with self.store.using():
             if self.store.tmp.is_dir():
                 self.store.clean_tmp()
+            self.store.sweep_build_dir(self.build_dir)  # what a killed run left half-placed
             lock_entries = read_lock(self.lock_file, warn=self.reporter.warning)
             planner = Planner(self.graph, self.store, self.build_dir, lock_entries,
                               force=set(self.options.force), no_cache=self.options.no_cache)
