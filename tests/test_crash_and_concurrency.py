@@ -219,3 +219,35 @@ def test_scratch_of_a_live_run_survives_the_sweep_and_a_dead_ones_goes(project):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_key_committed_after_planning_is_not_built_again(project):
+    """Process B plans a miss; process A builds and commits the key; B then takes the lock
+    without waiting. B must look at the cache again rather than build a second time."""
+    from buildgraph import api
+    from buildgraph.report import Reporter
+
+    counter = project.root / "executions.log"
+    project.write("r.yaml", f"""
+        steps:
+          s: {{uses: shell, with: {{cmd: 'echo run >> {counter}; echo s > ${{out.o}}'}}, outputs: [o]}}
+    """)
+
+    class OtherProcessCommitsFirst(Reporter):
+        """Runs as the step is handed to a thread: planned, not yet locked."""
+
+        def step_started(self, step_id, reasons):
+            other = project.cli("run", "r.yaml", "--build-dir", "elsewhere")
+            assert other.returncode == 0, other.stderr
+            assert counter.read_text() == "run\n"  # A built it
+
+    result = api.run(project.root / "r.yaml", cache_dir=project.cache,
+                     build_dir=project.build / "r", reporter=OtherProcessCommitsFirst())
+    assert result["s"].status == "cached", result["s"].message
+    assert counter.read_text() == "run\n"  # built once, by A
+    assert (project.build / "r" / "s" / "o").read_text() == "s\n"
+    # --force still builds, even with the entry in the cache
+    forced = api.run(project.root / "r.yaml", cache_dir=project.cache,
+                     build_dir=project.build / "r", force=["s"])
+    assert forced["s"].status == "built"
+    assert counter.read_text() == "run\nrun\n"
