@@ -73,14 +73,21 @@ class ConsoleReporter(Reporter):
 
         class _Panel:
             def __rich__(self) -> Any:
+                # Cells are styled Text, never markup strings: the panel is re-rendered inside
+                # whatever print call happens to refresh it, and ours pass markup=False (step
+                # ids and log lines are not markup), which would show "[dim]...[/]" verbatim.
+                # Step ids are Text too, so a '[' in one is never taken for a tag.
                 from rich.table import Table
+                from rich.text import Text
 
                 table = Table.grid(padding=(0, 1))
                 now = time.monotonic()
                 for sid, since in list(reporter._running.items()):
-                    table.add_row("[cyan]⠿[/]", sid, f"{now - since:5.1f}s")
-                table.add_row("", f"[dim]{reporter._finished}/{reporter._total} done, "
-                                  f"{reporter._hits} from the cache[/]", "")
+                    table.add_row(Text("⠿", style="cyan"), Text(sid),
+                                  Text(f"{now - since:5.1f}s"))
+                table.add_row(Text(""), Text(f"{reporter._finished}/{reporter._total} done, "
+                                             f"{reporter._hits} from the cache", style="dim"),
+                              Text(""))
                 return table
 
         self._live = Live(_Panel(), console=Console(file=self.stream), refresh_per_second=8,

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 
@@ -100,3 +102,152 @@ def test_concurrent_runs_merge_the_lock_file(project):
     p2.communicate(timeout=60)
     lock = json.loads((project.root / "r.lock.json").read_text())
     assert set(lock["steps"]) == {"a", "b"}
+
+
+def test_lock_file_writers_with_different_caches_are_serialized(tmp_path):
+    """The guard of the lock file sits beside it (``.r.lock``), so two runs of one recipe that
+    use different caches still take turns: a writer waits while another holds it."""
+    import threading
+
+    from filelock import FileLock
+
+    from buildgraph.engine.lockfile import write_lock
+
+    lock = tmp_path / "r.lock.json"
+    entry = {"uses": "shell", "key": "k" * 32}
+    with FileLock(str(tmp_path / ".r.lock")):  # another run, with another cache, is writing
+        writer = threading.Thread(target=write_lock, args=(lock, "r", {"a": entry}, ["a"]))
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive() and not lock.exists()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert json.loads(lock.read_text())["steps"] == {"a": entry}
+    assert not (tmp_path / ".cache").exists()  # nothing of a cache is involved
+
+
+DIR_RECIPE = """
+steps:
+  d: {uses: shell, with: {cmd: 'mkdir -p ${out.d}/sub; echo VERSION > ${out.d}/sub/f'}, outputs: [d]}
+"""
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_killed_directory_swap_is_recovered_and_swept(project):
+    """A kill -9 between the two renames of a directory swap left the output missing and a
+    `.d.old-*` folder nobody removed. The next run restores the output and sweeps what dead
+    runs left; a live run's half-placed output is left alone."""
+    project.write("r.yaml", DIR_RECIPE.replace("VERSION", "one"))
+    assert project.statuses(project.run()) == {"d": "built"}
+    step_dir = project.build / "r" / "d"
+    out = step_dir / "d"
+    project.write("r.yaml", DIR_RECIPE.replace("VERSION", "two"))
+    assert project.statuses(project.run()) == {"d": "built"}
+    # the state a kill between `rename(d, .d.old-*)` and `rename(.d.tmp-*, d)` leaves
+    dead = _dead_pid()
+    os.rename(out, step_dir / f".d.old-{dead}-0123abcd")
+    (step_dir / f".d.tmp-{dead}-89abcdef" / "sub").mkdir(parents=True)
+    (step_dir / ".d.old-feedbeef").mkdir()  # named by an older version (no pid)
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (step_dir / f".d.tmp-{live.pid}-00000000").mkdir()  # another run placing its output
+        assert project.statuses(project.run()) == {"d": "restored"}
+        assert (out / "sub" / "f").read_text() == "two\n"
+        assert sorted(p.name for p in step_dir.iterdir()) == [f".d.tmp-{live.pid}-00000000", "d"]
+    finally:
+        live.kill()
+        live.wait()
+    assert project.statuses(project.run()) == {"d": "cached"}
+    assert sorted(p.name for p in step_dir.iterdir()) == ["d"]
+
+
+def test_replacing_a_directory_output_never_leaves_it_missing(tmp_path):
+    """Where the OS swaps two paths atomically, a reader polling the output while it is
+    replaced never finds it missing, and nothing is left beside it."""
+    import threading
+
+    from buildgraph.engine.store import Store, _renameat2
+
+    if _renameat2() is None:
+        pytest.skip("no renameat2 here: the two-rename fallback has a window (swept later)")
+    store = Store(tmp_path / "cache")
+    entries = []
+    for version in range(2):
+        src = tmp_path / f"src{version}"
+        (src / "sub").mkdir(parents=True)
+        (src / "sub" / "f").write_text(str(version))
+        entries.append(store.put_output(src))
+    dest = tmp_path / "build" / "d"
+    store.materialize(entries[0], dest)
+    missing = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if not os.path.isdir(dest):
+                missing.append(1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(200):
+            store.materialize(entries[i % 2], dest)
+    finally:
+        stop.set()
+        watcher.join()
+    assert not missing
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["d"]
+
+
+def test_scratch_of_a_live_run_survives_the_sweep_and_a_dead_ones_goes(project):
+    from buildgraph.engine.store import Store
+
+    store = Store(project.cache)
+    dead = _dead_pid()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (store.tmp / f"0123456789abcdef-{dead}-aaaaaa" / "work").mkdir(parents=True)
+        (store.tmp / f"0123456789abcdef-{live.pid}-bbbbbb" / "work").mkdir(parents=True)
+        project.write("r.yaml", DIR_RECIPE)
+        project.run()
+        assert [p.name for p in store.tmp.iterdir()] == [f"0123456789abcdef-{live.pid}-bbbbbb"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_key_committed_after_planning_is_not_built_again(project):
+    """Process B plans a miss; process A builds and commits the key; B then takes the lock
+    without waiting. B must look at the cache again rather than build a second time."""
+    from buildgraph import api
+    from buildgraph.report import Reporter
+
+    counter = project.root / "executions.log"
+    project.write("r.yaml", f"""
+        steps:
+          s: {{uses: shell, with: {{cmd: 'echo run >> {counter}; echo s > ${{out.o}}'}}, outputs: [o]}}
+    """)
+
+    class OtherProcessCommitsFirst(Reporter):
+        """Runs as the step is handed to a thread: planned, not yet locked."""
+
+        def step_started(self, step_id, reasons):
+            other = project.cli("run", "r.yaml", "--build-dir", "elsewhere")
+            assert other.returncode == 0, other.stderr
+            assert counter.read_text() == "run\n"  # A built it
+
+    result = api.run(project.root / "r.yaml", cache_dir=project.cache,
+                     build_dir=project.build / "r", reporter=OtherProcessCommitsFirst())
+    assert result["s"].status == "cached", result["s"].message
+    assert counter.read_text() == "run\n"  # built once, by A
+    assert (project.build / "r" / "s" / "o").read_text() == "s\n"
+    # --force still builds, even with the entry in the cache
+    forced = api.run(project.root / "r.yaml", cache_dir=project.cache,
+                     build_dir=project.build / "r", force=["s"])
+    assert forced["s"].status == "built"
+    assert counter.read_text() == "run\nrun\n"

@@ -90,6 +90,21 @@ CASES = {
     "not_a_mapping": ("- a\n- b\n", "r.yaml:1:1: a recipe must be a mapping"),
     "bad_step_id": ("steps:\n  'a b': {uses: shell, with: {cmd: x}}\n",
                     "r.yaml:2:3: steps.a b: invalid step id 'a b'"),
+    "python_tag": ("steps:\n  a:\n    uses: shell\n    with: {cmd: !!python/object:os.system x}\n",
+                   "r.yaml:4:17: steps.a.with.cmd: unsupported YAML tag "
+                   "'!!python/object:os.system'\n  hint: recipes hold plain data: strings, "
+                   "numbers, booleans, null, lists and mappings"),
+    "local_tag": ("vars: {v: !shout x}\nsteps:\n  a: {uses: shell, with: {cmd: x}}\n",
+                  "r.yaml:1:11: vars.v: unsupported YAML tag '!shout'"),
+    "bad_tagged_int": ("vars: {v: !!int many}\nsteps:\n  a: {uses: shell, with: {cmd: x}}\n",
+                       "r.yaml:1:11: vars.v: cannot read 'many' as !!int"),
+    "recursive_alias": ("vars: {v: &x [*x]}\nsteps:\n  a: {uses: shell, with: {cmd: x}}\n",
+                        "r.yaml:1:11: vars.v.0: this YAML alias refers to a collection that "
+                        "contains it"),
+    "matrix_in_key": ("steps:\n  a:\n    uses: python\n    matrix: {p: [x, y]}\n"
+                      "    with: {function: 'f.py:f', args: {'${matrix.p}': 1}}\n",
+                      "r.yaml:5:39: steps.a.with.args.${matrix.p}: ${...} is not expanded in "
+                      "mapping keys, only in values"),
 }
 
 

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, List, Tuple
 
 import numpy as np
 import pytest
 
+from proc_helpers import cmdline, describe, descendants, kill, needs_proc, sigint_reaches_children, wait_gone
 from tvm_helpers import TUNE, eager, log_of, needs_tvm, run, write_project
 
 needs_tvm()
@@ -170,39 +172,72 @@ def test_an_error_inside_tvm_is_one_located_line(tmp_path: Path):
     assert "Inconsistent buffers" in logged[0] and len(logged[0]) > len(failure.message)
 
 
-def test_interrupted_tuning_keeps_its_records(tmp_path: Path):
-    """Ctrl-C in the middle of tuning: the records of every batch measured so far are in the
-    shared area, and the next run skips the tasks they cover."""
-    long_tune = dict(TUNE, trials=400)
-    recipe = write_project(tmp_path, f"""
+LONG_TUNE = f"""
 onnx: {{uses: onnx.export, with: {{model: net_b, exporter: legacy, opset: 18}}}}
-tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(long_tune)}}}
-""")
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(dict(TUNE, trials=400))}}}
+"""
+
+
+def _start_run(tmp_path: Path, recipe: Path) -> subprocess.Popen:
     env = dict(os.environ, BUILDGRAPH_CACHE_DIR=str(tmp_path / ".cache"),
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "buildgraph", "run", str(recipe),
-                             "--build-dir", str(tmp_path / "build")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with sigint_reaches_children():
+        return subprocess.Popen([sys.executable, "-m", "buildgraph", "run", str(recipe),
+                                 "--build-dir", str(tmp_path / "build")], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _published(shared: Path) -> List[Path]:
+    return [p for p in shared.rglob("*.json") if p.name != "target.json"] \
+        if shared.is_dir() else []
+
+
+def _wait_until(proc: subprocess.Popen, what: str, ready: Callable[[], bool],
+                timeout: float = 300) -> None:
+    """Poll for a concrete sign of progress (never a fixed sleep); fail if the run ends."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {proc.communicate()[0]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def _tuning_with_popen_workers(proc: subprocess.Popen) -> List[Tuple[int, int]]:
+    """The run's process tree once MetaSchedule's builder and runner processes are up."""
+    tree: List[Tuple[int, int]] = []
+
+    def ready() -> bool:
+        tree[:] = descendants(proc.pid)
+        return sum("tvm.exec.popen_worker" in cmdline(pid) for pid, _ in tree) >= 2
+
+    _wait_until(proc, "MetaSchedule builder and runner processes", ready)
+    return tree
+
+
+def _interrupt_tuning(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of tuning: the records of every batch measured so far are in the
+    shared area, the next run skips the tasks they cover, and no process of the run is left."""
+    needs_proc()
+    recipe = write_project(tmp_path, LONG_TUNE)
     shared = tmp_path / ".cache" / "tunedb" / "v1"
-    deadline = time.monotonic() + 180
+    proc = _start_run(tmp_path, recipe)
+    tree: List[Tuple[int, int]] = []
     try:
-        while time.monotonic() < deadline:
-            published = [p for p in shared.rglob("*.json") if p.name != "target.json"] \
-                if shared.is_dir() else []
-            if len(published) >= 2:
-                break
-            assert proc.poll() is None, proc.communicate()[0]
-            time.sleep(0.5)
-        else:
-            pytest.fail("no records were published within 180 s")
+        # concrete signs, in order: two tasks' records published, the popen workers up
+        _wait_until(proc, "two tasks' records published", lambda: len(_published(shared)) >= 2)
+        tree = _tuning_with_popen_workers(proc)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
+        left = wait_gone(tree, 2.0)
+        assert not left, "still running 2 s after the run ended: " + describe(left)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill()
+        proc.wait()
+        kill(tree)
     assert proc.returncode == 130, output
-    entries = [json.loads(p.read_text()) for p in shared.rglob("*.json")
-               if p.name != "target.json"]
+    entries = [json.loads(p.read_text()) for p in _published(shared)]
     kept = {e["task"] for e in entries if e["records"]}
     assert kept, entries
     # the next run (any budget) skips what the interrupted one measured
@@ -213,3 +248,37 @@ tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(dict(TUNE, trials=0))}}}
     res = run(recipe, tmp_path)
     assert res.ok, (res["tune"].message, res["tune"].log_tail)
     assert set(res["tune"].meta["skipped_tasks"]) == kept
+
+
+def test_interrupted_tuning_keeps_its_records(tmp_path: Path):
+    _interrupt_tuning(tmp_path)
+
+
+@pytest.mark.slow
+def test_interrupted_tuning_five_times_in_a_row(tmp_path: Path):
+    """The interrupt is timed by what the run has done, not by the clock: it must hold every
+    time, however loaded the machine."""
+    for attempt in range(5):
+        _interrupt_tuning(tmp_path / f"attempt{attempt}")
+
+
+def test_sigkill_of_a_tuning_run_leaves_no_process(tmp_path: Path):
+    """kill -9 of the run while MetaSchedule builds and measures: the worker and its builder
+    and runner processes end within 2 s (they would go on tuning for the whole budget)."""
+    needs_proc()
+    recipe = write_project(tmp_path, LONG_TUNE)
+    proc = _start_run(tmp_path, recipe)
+    tree: List[Tuple[int, int]] = []
+    try:
+        tree = _tuning_with_popen_workers(proc)
+        assert any("buildgraph.engine.worker" in cmdline(pid) for pid, _ in tree)
+        proc.kill()
+        proc.wait()
+        left = wait_gone(tree, 2.0)
+        assert not left, "still running 2 s after the run was killed: " + describe(left)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        kill(tree)

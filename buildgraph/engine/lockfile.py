@@ -5,7 +5,9 @@ output digests and paths, and wall time. It is meant to be committed: keys are s
 format is stable, so a diff shows exactly which steps changed. ``plan`` diffs its parts against
 the current ones to explain a miss. The file carries a ``schema`` number; an unknown one is
 ignored (we rebuild the record), never a crash. It is written once at the end of a run, via a
-temporary file and rename, under a lock, merging with what concurrent runs wrote.
+temporary file and rename, under a lock, merging with what concurrent runs wrote. The lock
+(``.hello.lock``) sits beside the lock file, not in a cache: two runs of one recipe with
+different ``--cache-dir`` share the lock file, so they must share its guard too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ def lock_path(recipe_path: Path) -> Path:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return recipe_path.parent / f"{name}.lock.json"
+
+
+def guard_path(path: Path) -> Path:
+    """The inter-process lock serializing writers of the lock file ``path``: a hidden file
+    beside it (``hello.lock.json`` -> ``.hello.lock``), whatever cache each writer uses."""
+    name = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    if not name.endswith(".lock"):
+        name += ".lock"
+    return path.parent / f".{name}"
 
 
 def read_lock(path: Path, warn: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
@@ -45,13 +56,12 @@ def read_lock(path: Path, warn: Optional[Callable[[str], None]] = None) -> Dict[
 
 
 def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
-               keep: Iterable[str], lock_dir: Path) -> bool:
+               keep: Iterable[str]) -> bool:
     """Merge ``updates`` into the lock file; drop steps not in ``keep``. Returns True if written.
 
-    Read-modify-write happens under an inter-process lock so that two concurrent runs of the
-    same recipe do not lose each other's entries.
+    Read-modify-write happens under an inter-process lock (:func:`guard_path`) so that two
+    concurrent runs of the same recipe do not lose each other's entries.
     """
-    from buildgraph.engine.hashing import digest_bytes
     from buildgraph.engine.files import atomic_write
 
     def render(current: Dict[str, Any]) -> str:
@@ -69,10 +79,7 @@ def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
         pass
     from filelock import FileLock
 
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    guard = FileLock(str(lock_dir / f"lockfile-{digest_bytes(str(path.resolve()).encode())[:16]}"
-                                    ".lock"))
-    with guard:
+    with FileLock(str(guard_path(path))):
         text = render(read_lock(path))
         try:
             if path.read_text(encoding="utf-8") == text:

@@ -114,6 +114,7 @@ class Scheduler:
         with self.store.using():
             if self.store.tmp.is_dir():
                 self.store.clean_tmp()
+            self.store.sweep_build_dir(self.build_dir)  # what a killed run left half-placed
             lock_entries = read_lock(self.lock_file, warn=self.reporter.warning)
             planner = Planner(self.graph, self.store, self.build_dir, lock_entries,
                               force=set(self.options.force), no_cache=self.options.no_cache)
@@ -271,19 +272,36 @@ class Scheduler:
                     waited = True
                     self.reporter.waiting(step.id)
         try:
-            if waited:
-                entry = self.store.get_action(key)
-                if entry is not None and all(self.store.check_output(entry["outputs"][n])
-                                             for n in step.outputs if n in entry["outputs"]):
-                    hit = Decision(step.id, RESTORE, ("built by another process",), key,
-                                   decision.parts, entry)
-                    result = self._hit(step, hit)
-                    result.status = CACHED if result.ok else result.status
-                    result.meta["_entries"] = {n: entry["outputs"][n] for n in step.outputs}
-                    return result
+            # Another process may have committed this key between our plan and our lock,
+            # with or without making us wait: look again before building. A forced step
+            # (--force, --no-cache, cache: false) ignores what was there when it was planned,
+            # and takes only a result built while it waited.
+            if waited or not self._forced(step):
+                hit = self._committed_meanwhile(step, decision)
+                if hit is not None:
+                    return hit
             return self._build(step, decision, threads, start)
         finally:
             lock.release()
+
+    def _forced(self, step: StepNode) -> bool:
+        force = self.options.force
+        return step.id in force or step.base_id in force or self.options.no_cache \
+            or not step.cache
+
+    def _committed_meanwhile(self, step: StepNode, decision: Decision) -> Optional[StepResult]:
+        key = decision.key or ""
+        entry = self.store.get_action(key)
+        if entry is None or not all(n in entry["outputs"] and
+                                    self.store.check_output(entry["outputs"][n])
+                                    for n in step.outputs):
+            return None
+        hit = Decision(step.id, RESTORE, ("built by another process",), key, decision.parts,
+                       entry)
+        result = self._hit(step, hit)
+        result.status = CACHED if result.ok else result.status
+        result.meta["_entries"] = {n: entry["outputs"][n] for n in step.outputs}
+        return result
 
     def _build(self, step: StepNode, decision: Decision, threads: int, start: float
                ) -> StepResult:
@@ -419,8 +437,7 @@ class Scheduler:
         if not updates:
             return
         try:
-            write_lock(self.lock_file, self.graph.name, updates, keep=self.graph.steps,
-                       lock_dir=self.store.locks)
+            write_lock(self.lock_file, self.graph.name, updates, keep=self.graph.steps)
         except OSError as exc:
             self.reporter.warning(f"could not write lock file {self.lock_file}: {exc}")
 

@@ -22,8 +22,10 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat as stat_module
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -229,7 +231,7 @@ class Store:
     def materialize(self, entry: Dict[str, Any], dest: Path, link: str = "hardlink") -> None:
         """Make ``dest`` hold the output atomically (hard link, or copy across filesystems)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _scratch_name(dest, "tmp")
         try:
             if entry["type"] == "file":
                 self._place(entry["digest"], entry.get("exec", False), tmp, link)
@@ -243,10 +245,16 @@ class Store:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     self._place(file_entry["digest"], file_entry.get("exec", False), target, link)
             if dest.is_dir() and not dest.is_symlink():
-                trash = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(dest, trash)
-                os.replace(tmp, dest)
-                shutil.rmtree(trash, ignore_errors=True)
+                # A directory cannot be renamed over a non-empty one. Swap the two in one
+                # atomic step where the OS can (tmp then holds the old output, removed
+                # below); else move the old one aside first, which leaves a moment with no
+                # output: a kill there leaves `.NAME.old-PID-*`, swept by the next run
+                # (sweep_build_dir), which also restores the output from the cache.
+                if not _exchange(tmp, dest):
+                    trash = _scratch_name(dest, "old")
+                    os.replace(dest, trash)
+                    os.replace(tmp, dest)
+                    shutil.rmtree(trash, ignore_errors=True)
             else:
                 if tmp.is_dir() and dest.exists():
                     dest.unlink()
@@ -421,6 +429,35 @@ class Store:
             removed += 1
         return removed
 
+    def sweep_build_dir(self, build_dir: Path) -> int:
+        """Remove what killed runs left beside outputs in ``build_dir/STEP/``: an output being
+        placed (``.NAME.tmp-PID-*``) or the one it replaced (``.NAME.old-PID-*``). Only entries
+        of processes that no longer run go (a concurrent run may be placing its own); names
+        without a pid come from older versions and go too. Returns how many were removed."""
+        removed = 0
+        try:
+            step_dirs = [d for d in build_dir.iterdir() if d.is_dir() and not d.is_symlink()]
+        except OSError:
+            return 0
+        for step_dir in step_dirs:
+            try:
+                entries = list(step_dir.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                match = _SCRATCH_RE.match(entry.name)
+                if match is None:
+                    continue
+                pid = int(match.group(1)) if match.group(1) else None
+                if pid is not None and (pid == os.getpid() or _alive(pid)):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    _rmtree_writable(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     # --- maintenance -------------------------------------------------------------------------
     def verify(self, repair: bool = False, progress: Optional[Callable[[int], None]] = None
                ) -> VerifyReport:
@@ -523,6 +560,53 @@ def _files(root: Path) -> Iterator[Tuple[str, Path, None]]:
     for p in root.rglob("*"):
         if p.is_file():
             yield p.relative_to(root).as_posix(), p, None
+
+
+# `.NAME.tmp-PID-XXXXXXXX` / `.NAME.old-PID-XXXXXXXX` (older versions: no PID)
+_SCRATCH_RE = re.compile(r"^\..+\.(?:tmp|old)-(?:([0-9]+)-)?[0-9a-f]{8}$")
+
+
+def _scratch_name(dest: Path, what: str) -> Path:
+    """A hidden sibling of ``dest`` that names the process using it, so that a later run can
+    tell a dead run's leftovers from a live run's work in progress."""
+    return dest.parent / f".{dest.name}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``, glibc 2.28+). False
+    where the OS, the C library or the file system cannot; the caller then renames twice."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    import ctypes
+
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+_renameat2_fn: List[Any] = []
+
+
+def _renameat2() -> Any:
+    if not _renameat2_fn:
+        fn = None
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                               ctypes.c_uint]
+                fn.restype = ctypes.c_int
+            except (AttributeError, OSError):
+                fn = None
+        _renameat2_fn.append(fn)
+    return _renameat2_fn[0]
 
 
 def _alive(pid: int) -> bool:

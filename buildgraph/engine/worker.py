@@ -13,10 +13,16 @@ import traceback
 
 
 def main() -> None:
-    from buildgraph.engine.workers import _recv, _send
+    from buildgraph.engine import procs
 
     # Keep the protocol on private descriptors; fd 0/1/2 belong to the running step.
     proto_in = os.dup(0)
+    # Then, before anything slow: never outlive the run, nor let what a step started here
+    # outlive us (the run's end of proto_in hangs up when it dies).
+    procs.die_with_parent(pipe=proto_in)
+
+    from buildgraph.engine.workers import _recv, _send
+
     proto_out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)

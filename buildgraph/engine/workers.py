@@ -63,6 +63,7 @@ class Worker:
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        env[procs.PARENT_ENV] = str(os.getpid())  # the worker dies with this process
         self.proc = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None, start_new_session=True, env=env)

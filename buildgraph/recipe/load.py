@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from buildgraph.engine import executor as executors
 from buildgraph.errors import Location, RecipeError, did_you_mean
 from buildgraph.engine.graph import Graph, StepNode, find_cycle, topological_order
-from buildgraph.recipe.interpolate import RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs, parse_overrides, resolve_vars, scope_lookup, substitute
+from buildgraph.recipe.interpolate import RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs, parse_overrides, references, resolve_vars, scope_lookup, substitute
 from buildgraph.recipe.schema import ID_PATTERN, Recipe, StepSpec
 from buildgraph.recipe.yamlpos import Positions, load_with_positions
 
@@ -86,7 +86,25 @@ def load_recipe(path: Union[str, Path], overrides: Union[Mapping[str, Any], Sequ
     if not isinstance(data, dict):
         raise src.error((), "a recipe must be a mapping with at least 'steps:'; got "
                         + ("an empty file" if data is None else type(data).__name__))
+    _reject_references_in_keys(data, src)
     return _Resolver(data, src, recipe_path, parse_overrides(overrides)).resolve()
+
+
+def _reject_references_in_keys(value: Any, src: _Source, path: Tuple[Any, ...] = ()) -> None:
+    """``${...}`` is expanded in values only. In a key it would stay as written (a matrix step
+    whose every expansion has the same literal key ``${matrix.x}``), so it is an error."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "${" in key and any(True for _ in references(key)):
+                raise src.error(path + (key,), "${...} is not expanded in mapping "
+                                "keys, only in values",
+                                hint="write the key literally; to vary it with a matrix or a "
+                                     "variable, make it a value (e.g. a list of "
+                                     "{name: ..., value: ...})")
+            _reject_references_in_keys(item, src, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _reject_references_in_keys(item, src, path + (i,))
 
 
 class _Resolver:

@@ -159,7 +159,8 @@ def _persistent_builder_class() -> Any:
             super().__init__()
             self.timeout_sec = timeout_sec
             self.f_build = f_build
-            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec)
+            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
+                                          initializer=_dies_with_this_process())
 
         def build(self, build_inputs: List[Any]) -> List[Any]:
             results = []
@@ -464,7 +465,7 @@ class TvmTuneExecutor(Executor):
                                               timeout_sec=p.build_timeout,
                                               f_build=fast_build if _cpu(effective) else None)
         runner = ms.runner.LocalRunner(
-            timeout_sec=p.timeout,
+            timeout_sec=p.timeout, initializer=_dies_with_this_process(),
             evaluator_config=ms.runner.EvaluatorConfig(
                 number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms,
                 enable_cpu_cache_flush=p.cpu_cache_flush))
@@ -519,6 +520,17 @@ class TvmTuneExecutor(Executor):
             best = f"{r['best_us']:.3g}" if r["best_us"] else "-"
             task.log(f"{r['task'][:32]:32} {r['status']:16} {r['trials']:6} {r['records']:7} "
                      f"{best:>10}")
+
+
+def _dies_with_this_process() -> Any:
+    """An initializer for MetaSchedule's popen workers: they end when this process does. They
+    share its process group, so a run that kills this worker's group takes them too; this
+    covers this process alone being killed (the OOM killer), when they would go on building."""
+    import functools
+
+    from buildgraph.engine.procs import die_with_parent
+
+    return functools.partial(die_with_parent, os.getpid())
 
 
 def _cpu(target: Dict[str, Any]) -> bool:
