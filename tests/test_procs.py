@@ -137,3 +137,52 @@ def test_a_worker_whose_parent_died_before_it_could_watch_ends_at_once(tmp_path)
         worker.stdin.close()
         worker.stdout.close()
     assert worker.returncode == -signal.SIGKILL  # it killed its own group
+
+
+def _shell_recipe(project, timeout: str = "") -> None:
+    marker = project.root / "started"
+    project.write("r.yaml", f"""
+        steps:
+          slow:
+            uses: shell
+            {timeout}
+            with: {{cmd: "sleep 300 | cat & echo $! > {marker}; wait"}}
+    """)
+
+
+def test_sigkill_of_the_run_ends_a_shell_steps_pipeline(project):
+    """A shell command runs in a session of its own (Ctrl-C goes to the run, which decides);
+    its worker ends that session when the run dies, however it dies."""
+    _shell_recipe(project)
+    proc = _start(project)
+    tree = []
+    try:
+        tree = _started_tree(project, proc)
+        assert any("sleep 300" in cmdline(pid) for pid, _ in tree)
+        proc.kill()
+        proc.wait()
+        left = wait_gone(tree, 2.0)
+        assert not left, "still running 2 s after the run was killed: " + describe(left)
+    finally:
+        proc.kill()
+        proc.wait()
+        kill(tree)
+
+
+def test_a_shell_step_timeout_ends_its_pipeline(project):
+    _shell_recipe(project, timeout="timeout: 3")
+    proc = _start(project)
+    tree = []
+    try:
+        tree = _started_tree(project, proc)
+        shells = [(pid, t) for pid, t in tree if "sleep 300" in cmdline(pid)]
+        assert shells
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert "timed out after 3 s" in err
+        left = wait_gone(shells, 2.0)
+        assert not left, "still running 2 s after the timeout: " + describe(left)
+    finally:
+        proc.kill()
+        proc.wait()
+        kill(tree)

@@ -115,6 +115,13 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PARENT_GONE_SIGNAL = signal.SIGHUP
 
 
+def end_on_sigterm() -> None:
+    """In a worker: SIGTERM (the run cancelling or timing out a step) ends the worker together
+    with the commands it started in sessions of their own, which a SIGKILL of the worker's
+    group alone would orphan."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _end_group())
+
+
 def die_with_parent(parent: Optional[int] = None, pipe: Optional[int] = None) -> None:
     """End this process, and its process group if it leads one, as soon as ``parent`` ends.
 
@@ -181,7 +188,13 @@ def _watch_parent(parent: int, pipe: Optional[int]) -> None:
 
 
 def _end_group() -> None:
+    """SIGKILL the process groups of the commands this process started (each in its own
+    session: a shell step's pipeline), then our own group, and exit."""
     try:
+        with _lock:
+            started = list(_running)
+        for proc in started:
+            kill_group(proc, signal.SIGKILL)
         if os.getpgrp() == os.getpid():
             os.killpg(os.getpid(), signal.SIGKILL)  # the group, this process included
     finally:

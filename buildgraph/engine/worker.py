@@ -20,6 +20,7 @@ def main() -> None:
     # Then, before anything slow: never outlive the run, nor let what a step started here
     # outlive us (the run's end of proto_in hangs up when it dies).
     procs.die_with_parent(pipe=proto_in)
+    procs.end_on_sigterm()
 
     from buildgraph.engine.workers import _recv, _send
 

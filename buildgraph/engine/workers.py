@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from buildgraph.engine import procs
 from buildgraph.errors import StepFailed
 
 _HEADER = struct.Struct("!Q")
+TIMEOUT_GRACE_S = 1.0
 
 
 def _send(fd: int, obj: Any) -> None:
@@ -78,7 +80,9 @@ class Worker:
         except (BrokenPipeError, OSError):
             raise StepFailed(self._death()) from None
         fd = self.proc.stdout.fileno()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # a second of grace: an executor that enforces the timeout itself (a shell command)
+        # reports it more precisely than killing the worker would
+        deadline = None if timeout is None else time.monotonic() + timeout + TIMEOUT_GRACE_S
         while True:
             if procs.cancelled():
                 self.kill()
@@ -114,11 +118,17 @@ class Worker:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        procs.kill_group(self.proc)
+        """SIGTERM first (the worker then ends the commands it started in their own
+        sessions), SIGKILL to its group if it has not gone within a second."""
+        procs.kill_group(self.proc, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
-            pass
+            procs.kill_group(self.proc)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         procs.unregister(self.proc)
 
     def close(self) -> None:

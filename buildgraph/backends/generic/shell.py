@@ -32,6 +32,9 @@ class ShellExecutor(Executor):
     version = "1"
     Params = ShellParams
     expand_params = False
+    isolation = "worker"
+    """In a worker, which dies with the run however it ends (kill -9 included) and takes the
+    command's process group with it."""
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         upstream = {up: {n: str(p) for n, p in outs.items()} for up, outs in task.upstream.items()}
