@@ -150,6 +150,9 @@ _ONNX_TYPES = {1: ("FLOAT", "float32"), 10: ("HALF", "float16"), 16: ("BF16", "f
 _NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8",
           "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
 _PRECISION_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4"}
+# flags about the build process, not the engine: the plan does not record them
+_PROCESS_FLAGS = {"ERROR_ON_TIMING_CACHE_MISS", "DISABLE_TIMING_CACHE", "EDITABLE_TIMING_CACHE",
+                  "DISABLE_COMPILATION_CACHE", "MONITOR_MEMORY"}
 # the fake's own notion of what changes which tactics are timed (its timing-cache keys)
 _TACTIC_FLAGS = _PRECISION_FLAGS | {"TF32", "SPARSE_WEIGHTS", "STRIP_PLAN", "REFIT",
                                     "VERSION_COMPATIBLE", "DIRECT_IO"}
@@ -278,6 +281,21 @@ def _refittable(model: Any) -> Dict[str, List[int]]:
             if i.data_type in (1, 10, 11, 16)}
 
 
+def _output_types(model: Any) -> List[str]:
+    """Each node's first output type (DataType member), by ONNX type inference: what a strongly
+    typed network computes each layer in."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an uninferable graph: say FLOAT
+        inferred = model
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.output)}
+    return [_ONNX_TYPES.get(types.get(n.output[0], 1), ("FLOAT", ""))[0] if n.output else "FLOAT"
+            for n in model.graph.node]
+
+
 def _network_digest(model: Any) -> str:
     """Identity of a network for refit: nodes, attributes, tensors, initializer names, types and
     shapes; values only of initializers a refit cannot replace."""
@@ -322,13 +340,14 @@ class ITensor:
 
 
 class INetworkDefinition:
-    __slots__ = ("_flags", "_model", "_io", "_layers")
+    __slots__ = ("_flags", "_model", "_io", "_layers", "_types")
 
     def __init__(self, flags: int):
         self._flags = flags
         self._model: Any = None
         self._io: List[Dict[str, Any]] = []
         self._layers: List[Tuple[str, str]] = []
+        self._types: List[str] = []
 
     @property
     def num_layers(self) -> int:
@@ -457,6 +476,7 @@ class OnnxParser(_Errors):
         net._model = proto
         net._io = _io(proto)
         net._layers = [(n.name or f"node{i}", n.op_type) for i, n in enumerate(proto.graph.node)]
+        net._types = _output_types(proto)
         return True
 
 
@@ -755,13 +775,14 @@ class Builder:
         refittable = "REFIT" in flags or "REFIT_IDENTICAL" in flags
         engine = {
             "fake": True, "tensorrt": __version__, "digest": _network_digest(model),
-            "strongly_typed": network._strongly_typed, "flags": sorted(flags),
+            "strongly_typed": network._strongly_typed, "flags": sorted(flags - _PROCESS_FLAGS),
             "profiles": [{n: [list(s) for s in e] for n, e in p._shapes.items()}
                          for p in config._profiles],
             "pools": dict(config._pools), "optimization_level": config._level,
             "hardware_compatibility": config._hwcompat.name, "device": config._device.name,
             "dla_core": config._dla_core, "verbosity": config._verbosity.name,
             "layers": [list(layer) for layer in network._layers], "io": network._io,
+            "layer_types": network._types,
             "refittable": _refittable(model) if refittable else {},
             "model": base64.b64encode(model.SerializeToString()).decode(),
             "weights_missing": sorted(_refittable(model)) if stripped and refittable else [],
@@ -1100,10 +1121,11 @@ class EngineInspector:
         elif data["verbosity"] == "LAYER_NAMES_ONLY":
             layers = [name for name, _ in data["layers"]]
         else:
-            kind = "Half" if any(t["dtype"] == "HALF" for t in data["io"]) else "Float"
-            layers = [{"Name": n, "LayerType": op,
-                       "Outputs": [{"Format/Datatype": f"Row major linear {kind} format"}]}
-                      for n, op in data["layers"]]
+            names = {"FLOAT": "Float", "HALF": "Half", "BF16": "BFloat16", "INT8": "Int8",
+                     "INT32": "Int32", "INT64": "Int64", "BOOL": "Bool", "UINT8": "UInt8"}
+            layers = [{"Name": n, "LayerType": op, "Outputs": [
+                {"Format/Datatype": f"Row major linear {names.get(t, 'Float')} format"}]}
+                for (n, op), t in zip(data["layers"], data["layer_types"])]
         if format == LayerInformationFormat.ONELINE:
             return "\n".join(str(layer) for layer in layers)
         return json.dumps({"Layers": layers, "Bindings": [t["name"] for t in data["io"]]})
