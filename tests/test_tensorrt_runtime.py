@@ -19,8 +19,8 @@ from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor, configure
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
 from buildgraph.backends.tensorrt.runtime import TensorRTRuntime
 from buildgraph.backends.tensorrt.spec import BuildDescription, TensorRTBuildParams, describe_build
-from buildgraph.engine.executor import Task
-from buildgraph.engine.runtime import RuntimeContext
+from buildgraph.engine.executor import DescribeContext, Task
+from buildgraph.engine.runtime import RuntimeContext, artifact_info
 from buildgraph.errors import StepFailed
 from trt_fake import HostBuffers, make_test_onnx
 
@@ -54,15 +54,18 @@ def build(tmp_path: Path, onnx_path: Path, params: Dict[str, Any], name: str = "
                 outputs={n: out / f for n, f in TensorRTBuildExecutor.outputs.items()},
                 work_dir=tmp_path / name / "work", recipe_dir=tmp_path,
                 log_path=tmp_path / name / "log.txt", upstream_kinds={"onnx": "onnx.export"},
-                cache_dir=tmp_path / "cache")
+                areas={"trt-timing": tmp_path / "cache" / "trt-timing"})
     task.meta = TensorRTBuildExecutor().run(task)  # type: ignore[attr-defined]
     return task
 
 
 def load(path: Path, kind: Any = "tensorrt.build", meta: Any = None,
          trusted: bool = False) -> TensorRTRuntime:
-    return TensorRTRuntime.load(path, RuntimeContext(kind=kind, meta=meta or {},
-                                                     trusted=trusted))
+    """The runtime as verify and benchmark load it: the producing kind, the step's info."""
+    if meta is None:
+        meta = artifact_info({n: p for n, p in (("info", path.parent / "engine.json"),)
+                              if p.exists()})
+    return TensorRTRuntime.load(path, RuntimeContext(kind=kind, meta=meta, trusted=trusted))
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def tiny(tmp_path) -> Path:
 
 def test_an_engine_runs_and_matches_its_network(fake, tmp_path, tiny):
     task = build(tmp_path, tiny, {"profiles": [PROFILE]})
-    rt = load(task.outputs["model"], meta=task.meta)  # type: ignore[attr-defined]
+    rt = load(task.outputs["model"])
     try:
         assert rt.inputs == ["x"] and rt.outputs == ["y"] and rt.precision == "tf32"
         for batch in (1, 5, 8):
@@ -89,12 +92,12 @@ def test_an_engine_runs_and_matches_its_network(fake, tmp_path, tiny):
 
 
 def test_a_version_compatible_engine_loads_for_verify_and_benchmark(fake, tmp_path, tiny):
-    """The build records VERSION_COMPATIBLE in its flags; what verify and benchmark hand the
-    runtime (the producing kind, that step's metadata) is enough to load it."""
+    """The engine's provenance (this recipe's tensorrt.build or tensorrt.refit) lets its host
+    code run: with the step's info as verify passes it, and without any (a refit step writes
+    none)."""
     task = build(tmp_path, tiny, {"profiles": [PROFILE], "version_compatible": True})
-    meta = task.meta  # type: ignore[attr-defined]
-    assert "VERSION_COMPATIBLE" in meta["flags"] and "version_compatible" not in meta
-    for kind in ("tensorrt.build", "tensorrt.refit"):
+    assert "VERSION_COMPATIBLE" in task.meta["flags"]  # type: ignore[attr-defined]
+    for kind, meta in (("tensorrt.build", None), ("tensorrt.refit", {})):
         rt = load(task.outputs["model"], kind, meta)
         x = np.ones((2, 3, 16, 16), np.float32)
         np.testing.assert_allclose(rt.run([x])[0], ort(tiny, x), rtol=1e-5, atol=1e-6)
@@ -208,18 +211,23 @@ SPEC = {"source": "net.py:make", "inputs": {"x": {"shape": ["batch", 3, 16, 16]}
         "dims": {"batch": {"min": 1, "opt": 4, "max": 8}}}
 
 
-def evaluate_task(tmp_path: Path, kind: str, params: Dict[str, Any], engine: Task) -> Task:
+def evaluate_task(tmp_path: Path, executor: Any, raw: Dict[str, Any], engine: Task) -> Task:
+    """A verify/benchmark task as the planner makes it: described, then given its upstream."""
     from buildgraph.recipe.schema import ModelSpec
 
+    kind = executor.kind
+    params = executor.Params.model_validate(raw)
+    ctx = DescribeContext(recipe_dir=tmp_path, upstream_kinds={"engine": "tensorrt.build"},
+                          models={"net": ModelSpec.model_validate(SPEC).model_dump(mode="json")})
+    desc = executor.describe(params, ctx)
     out = tmp_path / kind / "out"
     out.mkdir(parents=True)
-    outputs = {"report": out / "report.json", "tensors": out / "tensors.npz"}
-    return Task(step_id=kind, kind=kind, params=params, inputs={},
-                upstream={"engine": dict(engine.outputs)}, outputs=outputs,
-                work_dir=out, recipe_dir=tmp_path, log_path=tmp_path / kind / "log.txt",
-                models={"net": ModelSpec.model_validate(SPEC).model_dump(mode="json")},
-                upstream_meta={"engine": engine.meta},  # type: ignore[attr-defined]
-                upstream_kinds={"engine": "tensorrt.build"})
+    return Task(kind=kind, params=params.model_dump(mode="json"), inputs=desc.inputs,
+                upstream={"engine": dict(engine.outputs)},
+                outputs={n: out / f for n, f in executor.outputs.items()},
+                upstream_kinds={"engine": "tensorrt.build"}, data=desc.data, env=desc.env,
+                step_id=kind, work_dir=out, recipe_dir=tmp_path,
+                log_path=tmp_path / kind / "log.txt")
 
 
 @pytest.fixture
@@ -232,10 +240,10 @@ def vc_engine(fake, tmp_path, tiny) -> Task:
 def test_verify_passes_a_version_compatible_engine(vc_engine, tmp_path):
     from buildgraph.backends.evaluate.verify import VerifyExecutor
 
-    params = VerifyExecutor.Params.model_validate(
-        {"model": "net", "random": 2, "dims": {"batch": [1, 4]}}).model_dump(mode="json")
-    task = evaluate_task(tmp_path, "verify", params, vc_engine)
-    meta = VerifyExecutor().run(task)
+    executor = VerifyExecutor()
+    task = evaluate_task(tmp_path, executor, {"model": "net", "random": 2,
+                                              "dims": {"batch": [1, 4]}}, vc_engine)
+    meta = executor.run(task)
     assert meta["passed"] is True and meta["max_abs"]["engine"]["output"] < 1e-4
     report = json.loads(task.outputs["report"].read_text())
     assert report["candidates"]["engine"]["runtime"] == "tensorrt"
@@ -244,11 +252,10 @@ def test_verify_passes_a_version_compatible_engine(vc_engine, tmp_path):
 def test_benchmark_times_a_version_compatible_engine(vc_engine, tmp_path):
     from buildgraph.backends.evaluate.benchmark import BenchmarkExecutor
 
-    params = BenchmarkExecutor.Params.model_validate(
-        {"model": "net", "runs": 2, "warmup": 1, "dims": {"batch": [2]}}).model_dump(mode="json")
-    task = evaluate_task(tmp_path, "benchmark", params, vc_engine)
-    task.outputs = {"report": task.outputs["report"]}
-    meta = BenchmarkExecutor().run(task)
+    executor = BenchmarkExecutor()
+    task = evaluate_task(tmp_path, executor, {"model": "net", "runs": 2, "warmup": 1,
+                                              "dims": {"batch": [2]}}, vc_engine)
+    meta = executor.run(task)
     assert len(meta["median_ms"]["engine"]) == 1
     entry = json.loads(task.outputs["report"].read_text())["candidates"]["engine"]
     assert entry["runtime"] == "tensorrt" and entry["results"][0]["batch"] == 2
