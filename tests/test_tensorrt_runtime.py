@@ -246,7 +246,22 @@ def test_verify_passes_a_version_compatible_engine(vc_engine, tmp_path):
     meta = executor.run(task)
     assert meta["passed"] is True and meta["max_abs"]["engine"]["output"] < 1e-4
     report = json.loads(task.outputs["report"].read_text())
-    assert report["candidates"]["engine"]["runtime"] == "tensorrt"
+    entry = report["candidates"]["engine"]
+    assert entry["runtime"] == "tensorrt"
+    # an engine whose layers compute in fp32 is judged as TF32 (TensorRT's default for them)
+    assert entry["precision"] == "tf32"
+    assert entry["outputs"]["output"]["tolerance"] == {
+        "precision": "tf32", "atol": 1e-2, "rtol": 1e-2, "statistic": "max",
+        "min_cosine": 0.999, "min_top1": None, "min_topk": None}
+
+
+def test_tf32_defaults_lie_between_fp32_and_fp16():
+    from buildgraph.backends.evaluate.verify import PRECISION_DEFAULTS as D
+
+    assert D["fp32"]["atol"] < D["tf32"]["atol"] <= D["fp16"]["atol"]
+    assert D["fp32"]["rtol"] < D["tf32"]["rtol"] <= D["fp16"]["rtol"]
+    assert D["fp32"]["min_cosine"] > D["tf32"]["min_cosine"] >= D["fp16"]["min_cosine"]
+    assert D["tf32"]["statistic"] == "max"
 
 
 def test_benchmark_times_a_version_compatible_engine(vc_engine, tmp_path):
