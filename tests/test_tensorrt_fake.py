@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-from pathlib import Path
 from typing import Any, List, Tuple
 
 import pytest

@@ -22,7 +22,7 @@ from buildgraph.backends.tensorrt.spec import BuildDescription, TensorRTBuildPar
 from buildgraph.engine.executor import DescribeContext, Task
 from buildgraph.engine.runtime import RuntimeContext, artifact_info
 from buildgraph.errors import StepFailed
-from trt_fake import HostBuffers, make_test_onnx
+from trt_fake import make_test_onnx
 
 PROFILE = {"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16]}}
 
