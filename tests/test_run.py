@@ -161,13 +161,27 @@ def test_failure_fails_dependents_and_keep_going_finishes_the_rest(project):
 
 
 def test_without_keep_going_nothing_new_starts_after_a_failure(project):
+    """``bad`` fails while ``slow`` runs beside it; afterwards a slot is free, ``third`` (which
+    needs nothing) and ``after_slow`` (whose upstream succeeds) are ready, and neither starts."""
     project.write("r.yaml", """
         steps:
-          bad: {uses: shell, with: {cmd: 'exit 1'}}
-          later: {uses: shell, from: bad, with: {cmd: 'true'}}
-          other: {uses: shell, from: later, with: {cmd: 'true'}}
+          bad: {uses: shell, with: {cmd: 'sleep 0.3; exit 1'}}
+          slow: {uses: shell, with: {cmd: 'sleep 2; echo ok > ${out.o}'}, outputs: [o]}
+          third: {uses: shell, with: {cmd: 'touch $BUILDGRAPH_RECIPE_DIR/third.ran'}}
+          after_slow: {uses: shell, from: slow,
+                       with: {cmd: 'touch $BUILDGRAPH_RECIPE_DIR/after_slow.ran'}}
     """)
-    proc = project.cli("run", "r.yaml", "-j", "1")
+    events = project.run("r.yaml", "-j", "2", check=1)
+    started = [e["step"] for e in events if e["event"] == "step_started"]
+    assert started == ["bad", "slow"]
+    statuses = project.statuses(events)
+    assert statuses == {"bad": "failed", "slow": "built", "third": "skipped",
+                        "after_slow": "skipped"}
+    finished = {e["step"]: e for e in events if e["event"] == "step_finished"}
+    for step in ("third", "after_slow"):
+        assert finished[step]["message"].startswith("not started: an earlier step failed")
+        assert not (project.root / f"{step}.ran").exists()
+    proc = project.cli("run", "r.yaml", "-j", "2")
     assert proc.returncode == 1
     assert "✗ failed    bad: command exited with status 1" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -81,11 +81,16 @@ def test_gc_max_size_evicts_least_recently_used(project):
     for n in range(1, 5):
         project.run("r.yaml", "--set", f"n={n}")
     assert "in 8 objects, 4 actions" in project.cli("cache", "du").stdout  # outputs + logs
-    project.run("r.yaml", "--set", "n=1")  # touch n=1 (restore): it becomes most recent
+    # use n=1 again (its output is restored into the build directory): from oldest to most
+    # recently used, the actions are now n=2, n=3, n=4, n=1
+    assert project.statuses(project.run("r.yaml", "--set", "n=1")) == {"a": "restored"}
     out = project.cli("cache", "gc", "--max-size", "250KB", check=0).stdout
-    assert "removed 2 actions" in out
-    assert project.statuses(project.run("r.yaml", "--set", "n=1")) == {"a": "restored"} or \
-        project.statuses(project.run("r.yaml", "--set", "n=1")) == {"a": "cached"}
+    assert "removed 2 actions" in out  # 4 x 100 kB down to 250 kB: the two oldest go
+    assert "in 4 objects, 2 actions" in project.cli("cache", "du").stdout
+    # one run per step setting, each checked once: n=1 and n=4 were kept, n=2 and n=3 not
+    assert project.statuses(project.run("r.yaml", "--set", "n=4")) == {"a": "restored"}
+    assert project.statuses(project.run("r.yaml", "--set", "n=1")) == {"a": "restored"}
+    assert project.statuses(project.run("r.yaml", "--set", "n=3")) == {"a": "built"}
     assert project.statuses(project.run("r.yaml", "--set", "n=2")) == {"a": "built"}
 
 

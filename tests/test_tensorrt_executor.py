@@ -1,8 +1,9 @@
 """``tensorrt.build`` / ``tensorrt.refit`` around the API call: run against the fake
-``tensorrt`` module (:mod:`trt_fake`, which records calls and keeps JSON engines and
-timing caches), and without TensorRT at all through the CLI (``plan`` shows the steps, ``run``
-fails them with one line, ``--keep-going`` builds the rest). The real API call is covered by
-the conformance test (names) and by the GPU tests (behaviour)."""
+``tensorrt`` module (:mod:`trt_fake`: the real API's names, types, refusals and return values;
+it records calls and keeps JSON engines and timing caches), and without TensorRT at all through
+the CLI (``plan`` shows the steps, ``run`` fails them with one line, ``--keep-going`` builds the
+rest). The real API is covered by the conformance test (names on their classes) and by the GPU
+tests (behaviour)."""
 
 from __future__ import annotations
 
@@ -317,14 +318,19 @@ def test_refit_keys_on_structure_and_refits_new_weights(fake, tmp_path, onnx_fil
     refitted = json.loads((out / "model.engine").read_bytes())
     assert refitted["weights"] and refitted["digest"] == engine(task)["digest"]
     assert "build_s" in result and "saved_s" in result
-    assert [c[0] for c in trt.CALLS][-3:] == ["Refitter", "refit_from_file",
-                                              "refit_cuda_engine"]
+    assert [c[0] for c in trt.CALLS][-6:] == [
+        "deserialize_cuda_engine", "Refitter", "refit_from_file", "refit_cuda_engine",
+        "create_serialization_config", "serialize_with_config"]
     wider = tmp_path / "wider" / "model.onnx"
     wider.parent.mkdir()
     make_test_onnx(wider, channels=(32, 48))
     refit.upstream["weights"] = {"model": wider}
-    with pytest.raises(StepFailed, match="refit: TensorRT could not read the weights"):
+    with pytest.raises(StepFailed) as err:
         TensorRTRefitExecutor().run(refit)
+    assert err.value.message.startswith(
+        "refit: TensorRT could not read the weights of model.onnx (is it the engine's "
+        "architecture?): weights 'w2' have shape [48, 32, 3, 3]; the engine's have "
+        "[64, 32, 3, 3]; ")
 
 
 # --- no TensorRT, no GPU: the CLI ---------------------------------------------------------

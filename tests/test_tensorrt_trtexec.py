@@ -1,5 +1,13 @@
-"""``trtexec``: the option translation (pure), and a run through a stand-in trtexec script
-that records its arguments and writes what the real one writes."""
+"""``trtexec``: the option translation, checked against argv written here by hand and against
+trtexec's own grammar; and runs through a stand-in trtexec that, like the real one, refuses
+options ``samples/common/sampleOptions.cpp`` does not read.
+
+The grammar is ``tests/data/trtexec_options.txt`` (11.1; ``_10``: 10.16.1), made by
+``tools/trt_api_names.py`` from NVIDIA's ``sampleOptions.cpp``: the options
+``AllOptions::parse`` reads, and the values of the enumerated ones. The stand-in also models the
+checks of ``BuildOptions::parse`` that the translation can reach: ``--memPoolSize`` pool names
+and units, shapes right behind their ``--profile``, repeated options, and
+``--pluginInstanceNorm`` refused with ``--versionCompatible`` or ``ampere+``."""
 
 from __future__ import annotations
 
@@ -7,53 +15,221 @@ import importlib
 import json
 import os
 import stat
+import sys
 from pathlib import Path
+from typing import Dict, List, Set
 
 import pytest
 
 from buildgraph.backends.tensorrt import env as trt_env
-from buildgraph.errors import StepFailed
-from buildgraph.engine.executor import DescribeContext, Task
-from buildgraph.backends.tensorrt.trtexec import TrtexecExecutor, trtexec_args, version_from_output, _versions
-from trt_fake import make_test_onnx
 from buildgraph.backends.tensorrt.spec import DescriptionError, TensorRTBuildParams, describe_build
+from buildgraph.backends.tensorrt.trtexec import TrtexecExecutor, _versions, trtexec_args, version_from_output
+from buildgraph.engine.executor import DescribeContext, Task
+from buildgraph.errors import StepFailed
+from conftest import REPO
+from trt_fake import make_test_onnx
 
 PROFILE = {"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16]}}
+STATIC = {"x": {"min": [1, 3, 16, 16], "opt": [1, 3, 16, 16], "max": [1, 3, 16, 16]}}
+TABLES = {11: REPO / "tests" / "data" / "trtexec_options.txt",
+          10: REPO / "tests" / "data" / "trtexec_options_10.txt"}
+REPEATABLE = {"--staticPlugins", "--plugins", "--setPluginsToSerialize", "--dynamicPlugins",
+              "--safetyPlugins", "--profile", "--minShapes", "--optShapes", "--maxShapes"}
+
+# The stand-in: trtexec's parse, from the table; then what the real one writes. Its errors are
+# trtexec's ("Unknown option: NAME VALUE", std::invalid_argument texts), exit status 1.
+STANDIN = r'''
+import fnmatch, os, re, sys
+table, args = sys.argv[1], sys.argv[2:]
+options = {}
+for line in open(table):
+    if line.startswith("--"):
+        name, _, values = line.strip().partition("=")
+        options[name] = values.split("|") if values else []
+print("&&&& RUNNING TensorRT.trtexec [TensorRT v110400] [b106] # trtexec " + " ".join(args))
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "args.txt"), "a") as fh:
+    fh.write("\n".join(args) + "\n")
+def fail(message):
+    print("[E] " + message)
+    print("&&&& FAILED TensorRT.trtexec")
+    sys.exit(1)
+def allowed(value, patterns):
+    for p in patterns:
+        if p.startswith("~") and value.lower() == p[1:]:
+            return True
+        if not p.startswith("~") and fnmatch.fnmatchcase(value, p):
+            return True
+    return False
+seen, parsed = {}, []
+for pos, arg in enumerate(args):
+    name, _, value = arg.partition("=")
+    if name not in options:
+        fail(f"Unknown option: {name} {value}")
+    if name in seen and name not in REPEATABLE:
+        fail(f"Unknown option: {name} {value}")  # the second one is left unread
+    seen[name] = value
+    values = options[name]
+    items = value.split(",") if any(":" in v for v in values) else [value]
+    for item in items:
+        if values and not allowed(item, values):
+            fail(f"{name}: unknown value {item}")
+        if name == "--memPoolSize" and not re.fullmatch(r"\w+:\d+(\.\d+)?[BKMGbkmg]?", item):
+            fail(f"{item}: invalid unit specifier")
+    parsed.append((name, value))
+# getOptimizationProfiles: each --profile takes the shape options right behind it
+SHAPES = ("--minShapes", "--optShapes", "--maxShapes")
+consumed, profiles = set(), {}
+for pos, (name, value) in enumerate(parsed):
+    if name != "--profile":
+        continue
+    got = set()
+    for k in range(1, 4):
+        if pos + k < len(parsed) and parsed[pos + k][0] in SHAPES and \
+                parsed[pos + k][0] not in got:
+            got.add(parsed[pos + k][0])
+            consumed.add(pos + k)
+        else:
+            break
+    if int(value) in profiles:
+        fail("Optimization profile index cannot be the same.")
+    profiles[int(value)] = got
+for index in range(max(profiles) + 1 if profiles else 0):
+    if not profiles.get(index):
+        fail(f"Found invalid or missing shape spec at profile index {index}. ")
+if not profiles:  # one of each, without --profile
+    for shape in SHAPES:
+        first = next((i for i, (n, _) in enumerate(parsed) if n == shape), None)
+        if first is not None:
+            consumed.add(first)
+if any(n in SHAPES and i not in consumed for i, (n, _) in enumerate(parsed)):
+    fail("Multiple --minShapes/--optShapes/--maxShapes without --profile are not allowed. ")
+if ("--pluginInstanceNorm" in seen or "--pi" in seen) and (
+        "--versionCompatible" in seen or "--vc" in seen
+        or seen.get("--hardwareCompatibilityLevel", "").lower() == "ampere+"):
+    fail("Plugin InstanceNorm cannot be used with version compatible or hardware compatible "
+         "engines!")
+if "--onnx" in seen and not os.path.isfile(seen["--onnx"]):
+    fail(f"Cannot open ONNX file {seen['--onnx']}")
+for name, value in parsed:
+    if name == "--saveEngine":
+        open(value, "w").write('{"fake": "trtexec"}\n')
+    elif name == "--exportLayerInfo":
+        open(value, "w").write('{"Layers": []}\n')
+    elif name == "--timingCacheFile":
+        old = open(value).read() if os.path.exists(value) else ""
+        open(value, "w").write(old + "timed\n")
+print("&&&& PASSED TensorRT.trtexec")
+'''.replace("REPEATABLE", repr(sorted(REPEATABLE)).replace("[", "{").replace("]", "}"))
 
 
-def test_options_follow_trtexecs_grammar(tmp_path):
+def grammar(major: int) -> Dict[str, Set[str]]:
+    out: Dict[str, Set[str]] = {}
+    for line in TABLES[major].read_text(encoding="utf-8").splitlines():
+        if line.startswith("--"):
+            name, _, values = line.partition("=")
+            out[name] = set(values.split("|")) if values else set()
+    return out
+
+
+def trtexec_accepts(args: List[str], major: int = 11) -> List[str]:
+    """The arguments trtexec of that major version would not read (name, or value)."""
+    table = grammar(major)
+    bad = []
+    for arg in args:
+        name, _, value = arg.partition("=")
+        values = table.get(name)
+        if values is None:
+            bad.append(arg)
+        elif values and not any(v == value or (v.startswith("~") and v[1:] == value.lower())
+                                or (v.endswith(":*") and all(i.split(":")[0] + ":*" in values
+                                                             for i in value.split(",")))
+                                for v in values):
+            bad.append(arg)
+    return bad
+
+
+def test_every_option_translates_as_written_here():
     p = TensorRTBuildParams.model_validate({
-        "profiles": [PROFILE, {"x": {"min": [1, 3, 16, 16], "opt": [1, 3, 16, 16],
-                                     "max": [1, 3, 16, 16]}}],
-        "workspace": "1GiB", "memory_pools": {"tactic_shared_memory": "48KiB"},
-        "optimization_level": 5, "hardware_compatibility": "ampere_plus",
-        "version_compatible": True, "refit": True, "tf32": False, "max_aux_streams": 0,
-        "native_instancenorm": False})
+        "profiles": [PROFILE, STATIC], "workspace": "1GiB",
+        "memory_pools": {"tactic_shared_memory": "48KiB"}, "optimization_level": 5,
+        "hardware_compatibility": "ampere_plus", "version_compatible": True, "refit": True,
+        "tf32": False, "max_aux_streams": 0})
     desc = describe_build(p, "11.4.0", plugins=["/p/libx.so"])
     args = trtexec_args(desc, Path("m.onnx"), Path("e.engine"), Path("l.json"), Path("t.cache"))
     assert args == [
-        "--onnx=m.onnx", "--saveEngine=e.engine", "--skipInference", "--stronglyTyped",
-        "--refit", "--versionCompatible", "--noTF32",
+        "--onnx=m.onnx",                        # BaseModelOptions::parse
+        "--saveEngine=e.engine",
+        "--skipInference",                      # build only
+        "--stronglyTyped",
+        "--refit",                              # refit: true -> BuilderFlag REFIT
+        "--versionCompatible",
+        "--noTF32",                             # tf32: false (getAndDelNegOption)
+        # pools by TensorRT member name; sizes in bytes ('B' unit)
         "--memPoolSize=tacticSharedMem:49152B,workspace:1073741824B",
-        "--builderOptimizationLevel=5", "--hardwareCompatibilityLevel=ampere+",
-        "--staticPlugins=/p/libx.so", "--maxAuxStreams=0", "--profilingVerbosity=detailed",
-        "--pluginInstanceNorm",
+        "--builderOptimizationLevel=5",
+        "--hardwareCompatibilityLevel=ampere+",
+        "--staticPlugins=/p/libx.so",
+        "--maxAuxStreams=0",
+        "--profilingVerbosity=detailed",
+        # each profile's shapes right behind its --profile (getAndDelOptionBehind)
         "--profile=0", "--minShapes=x:1x3x16x16", "--optShapes=x:4x3x16x16",
         "--maxShapes=x:8x3x16x16",
         "--profile=1", "--minShapes=x:1x3x16x16", "--optShapes=x:1x3x16x16",
         "--maxShapes=x:1x3x16x16",
-        "--timingCacheFile=t.cache", "--exportLayerInfo=l.json"]
+        "--timingCacheFile=t.cache",
+        "--exportLayerInfo=l.json"]
+    assert trtexec_accepts(args) == []
+
+
+def test_other_options_translate_as_written_here():
+    p = TensorRTBuildParams.model_validate({
+        "profiles": [PROFILE], "strip_weights": True, "refittable": True, "sparsity": False,
+        "dla_core": 1, "hardware_compatibility": "same_compute_capability",
+        "profiling_verbosity": "layer_names_only", "native_instancenorm": False,
+        "memory_pools": {"dla_managed_sram": "1MiB", "dla_local_dram": 1024,
+                         "dla_global_dram": "2KiB"}, "log_level": "verbose"})
+    args = trtexec_args(describe_build(p, "11.4"), Path("m.onnx"), Path("e"), None, None)
+    assert args == [
+        "--onnx=m.onnx", "--saveEngine=e", "--skipInference", "--stronglyTyped",
+        "--refit", "--stripWeights", "--allowGPUFallback",
+        "--memPoolSize=dlaGlobalDRAM:2048B,dlaLocalDRAM:1024B,dlaSRAM:1048576B",
+        "--hardwareCompatibilityLevel=sameComputeCapability", "--useDLACore=1",
+        "--profilingVerbosity=layer_names_only", "--pluginInstanceNorm",
+        "--minShapes=x:1x3x16x16", "--optShapes=x:4x3x16x16", "--maxShapes=x:8x3x16x16",
+        "--verbose"]
+    assert trtexec_accepts(args) == []
+    sparse = describe_build(TensorRTBuildParams.model_validate(
+        {"profiles": [PROFILE], "sparsity": True, "timing_cache": "pinned",
+         "timing_cache_file": "t.cache"}), "11.4")
+    args = trtexec_args(sparse, Path("m.onnx"), Path("e"), None, Path("t.cache"))
+    assert args[4:6] == ["--sparsity=enable", "--errorOnTimingCacheMiss"]
+    assert trtexec_accepts(args) == []
+
+
+def test_legacy_precision_flags_are_trtexec_10_options():
     legacy = describe_build(TensorRTBuildParams.model_validate(
         {"legacy_precision_flags": ["fp16", "int8"], "profiles": [PROFILE]}), "10.16")
     args = trtexec_args(legacy, Path("m.onnx"), Path("e"), None, None)
-    assert "--fp16" in args and "--int8" in args and "--stronglyTyped" not in args
+    assert args[:5] == ["--onnx=m.onnx", "--saveEngine=e", "--skipInference", "--fp16",
+                        "--int8"]
+    assert trtexec_accepts(args, 10) == []
+    assert trtexec_accepts(["--fp16", "--int8"], 11) == ["--fp16", "--int8"]  # gone in 11
 
 
-def test_tactic_dram_has_no_trtexec_option():
+def test_what_trtexec_has_no_option_for_is_refused_in_one_line():
     desc = describe_build(TensorRTBuildParams.model_validate(
         {"memory_pools": {"tactic_dram": "1GiB"}}), "11.4")
     with pytest.raises(DescriptionError, match="cannot limit the tactic_dram"):
         trtexec_args(desc, Path("m"), Path("e"), None, None)
+    for extra in ({"version_compatible": True}, {"hardware_compatibility": "ampere_plus"}):
+        desc = describe_build(TensorRTBuildParams.model_validate(
+            {"native_instancenorm": False, **extra}), "11.4")
+        with pytest.raises(DescriptionError) as err:
+            trtexec_args(desc, Path("m"), Path("e"), None, None)
+        assert str(err.value) == (
+            "native_instancenorm: false (the InstanceNorm plugin) cannot go into a "
+            "version-compatible or ampere_plus engine: trtexec refuses --pluginInstanceNorm "
+            "with --versionCompatible and --hardwareCompatibilityLevel=ampere+")
 
 
 def test_version_banner():
@@ -63,26 +239,16 @@ def test_version_banner():
     assert version_from_output("nothing") is None
 
 
-FAKE_TRTEXEC = r"""#!/usr/bin/env bash
-echo "&&&& RUNNING TensorRT.trtexec [TensorRT v110400] [b106] # trtexec $*"
-printf '%s\n' "$@" >> "$(dirname "$0")/args.txt"
-for a in "$@"; do
-  case "$a" in
-    --saveEngine=*) echo '{"fake": "trtexec"}' > "${a#--saveEngine=}" ;;
-    --exportLayerInfo=*) echo '{"Layers": []}' > "${a#--exportLayerInfo=}" ;;
-    --timingCacheFile=*) f="${a#--timingCacheFile=}"; cat "$f" 2>/dev/null > "$f.tmp"; echo "timed" >> "$f.tmp"; mv "$f.tmp" "$f" ;;
-  esac
-done
-echo "&&&& PASSED TensorRT.trtexec"
-"""
-
+# --- runs through the stand-in ---------------------------------------------------------------
 
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    (bin_dir / "standin.py").write_text(STANDIN, encoding="utf-8")
     script = bin_dir / "trtexec"
-    script.write_text(FAKE_TRTEXEC)
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {bin_dir / 'standin.py'} "
+                      f"{TABLES[11]} \"$@\"\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
@@ -119,13 +285,38 @@ def test_run_through_a_trtexec_binary(fake_gpu, tmp_path):
     assert json.loads(task.outputs["model"].read_text()) == {"fake": "trtexec"}
     assert task.outputs["layers"].read_text().strip() == '{"Layers": []}'
     args = (fake_gpu / "args.txt").read_text().splitlines()
-    assert "--minShapes=x:1x3x16x16" in args and args[-1] == "--noCompilationCache"
+    work = tmp_path / "t" / "work"
+    assert args[args.index("--help") + 1:] == [
+        f"--onnx={tmp_path / 'model.onnx'}", f"--saveEngine={task.outputs['model']}",
+        "--skipInference", "--stronglyTyped", "--profilingVerbosity=detailed",
+        "--minShapes=x:1x3x16x16", "--optShapes=x:4x3x16x16", "--maxShapes=x:8x3x16x16",
+        f"--timingCacheFile={work / 'timing.cache'}",
+        f"--exportLayerInfo={task.outputs['layers']}", "--noCompilationCache"]
     assert "&&&& PASSED" in task.outputs["log"].read_text()
     assert meta["timing_cache"]["shared"] == "created"
     second = executor.run(make_task(tmp_path, {"profiles": [PROFILE]}, "t2"))
     assert second["timing_cache"]["shared"] == "combined"
     scope = next((tmp_path / "cache" / "trt-timing").iterdir())
     assert (scope / "cache.bin").read_text() == "timed\ntimed\n"
+
+
+@pytest.mark.parametrize("params", [
+    {"profiles": [PROFILE, STATIC], "workspace": "1GiB", "optimization_level": 5,
+     "hardware_compatibility": "ampere_plus", "version_compatible": True, "refit": True,
+     "tf32": False, "max_aux_streams": 0, "memory_pools": {"tactic_shared_memory": "48KiB"}},
+    {"profiles": [PROFILE], "refittable": True, "strip_weights": True, "sparsity": False,
+     "hardware_compatibility": "same_compute_capability", "native_instancenorm": False,
+     "profiling_verbosity": "none", "log_level": "verbose"},
+])
+def test_the_stand_in_accepts_every_translation(fake_gpu, tmp_path, params):
+    TrtexecExecutor().run(make_task(tmp_path, params))
+
+
+def test_an_option_trtexec_lacks_fails_the_step(fake_gpu, tmp_path):
+    task = make_task(tmp_path, {"profiles": [PROFILE], "extra_args": ["--fp16"]})
+    with pytest.raises(StepFailed, match="trtexec exited with status 1"):
+        TrtexecExecutor().run(task)
+    assert "[E] Unknown option: --fp16" in task.outputs["log"].read_text()
 
 
 def test_missing_trtexec_is_one_line(fake_gpu, tmp_path):

@@ -178,12 +178,12 @@ def test_readme_loader_snippet_runs(built):
 
 
 def test_verify_runs_tvm_libraries_against_pytorch(tmp_path: Path, built):
+    """verify finds the tvm.relax runtime for tvm.compile outputs (a directory, so only the
+    kind can say which runtime loads it) and passes the three libraries."""
     from buildgraph.engine import runtime as runtimes
 
-    if "tvm.compile" not in runtimes.KIND_RUNTIMES:
-        pytest.skip("buildgraph.engine.runtime does not map tvm.compile to the tvm.relax runtime "
-                    "(buildgraph.backends.tvm.runtime:TvmRuntime) yet")
-    root, recipe, _ = built
+    root, recipe, result = built
+    assert runtimes.runtime_for("tvm.compile", result["lib"].outputs["model"]) == "tvm.relax"
     text = recipe.read_text() + ("  check: {uses: verify, from: [lib, lib_dyn, lib_pt2], "
                                  "with: {model: net_a}}\n")
     (root / "verify.yaml").write_text(text.replace("name: tvmt", "name: tvmv"))

@@ -1,45 +1,166 @@
 """A fake ``tensorrt`` module for tests on machines without TensorRT or a GPU.
 
-It implements the part of the TensorRT 11 Python API that buildgraph calls, with the same names
-(the conformance test checks those names against the real bindings' table), and records every
-call in :data:`CALLS`, so tests can check what the executor asked for and in which order. It
-"parses" ONNX with the onnx package (ops in :data:`UNSUPPORTED_OPS` or in a custom domain are
-parser errors, node by node), "builds" a JSON engine that names its flags, profiles and
-network, and keeps a JSON timing cache with one key per layer configuration.
+It implements the part of the TensorRT Python API that buildgraph calls, as strictly as the real
+bindings: the same names on the same classes (tests/test_tensorrt_fake.py checks every public
+name here against the bindings' tables), no attribute the real classes lack (``__slots__``),
+enums that are their own types (a ``MemoryPoolType`` where a ``BuilderFlag`` belongs is a
+``TypeError``, as pybind11 raises), and the real return conventions, read in NVIDIA's bindings
+(python/src/infer/pyCore.cpp, python/src/parsers/pyOnnx.cpp) and Polygraphy
+(polygraphy/backend/trt/loader.py, profile.py):
 
-Select it with ``BUILDGRAPH_TENSORRT_MODULE=trt_fake``. Nothing it makes runs on a
-GPU: it exists so that the layer between a recipe and the real API is exercised here, not to
-pretend a build happened (its engines say ``"fake": true``).
+* ``IOptimizationProfile.set_shape`` raises ``RuntimeError`` when opt or max is inconsistent
+  with the shapes set before it; ``bool(profile)`` is ``isValid()`` (False when empty or partly
+  set, Polygraphy's ``check_profile``); ``IBuilderConfig.add_optimization_profile`` returns the
+  profile's index, or -1 for an invalid profile;
+* ``Builder.build_serialized_network`` logs an error and returns None for what the builder
+  refuses (dynamic inputs without a profile, a profile that misses or misnames an input, a timing
+  cache miss under ERROR_ON_TIMING_CACHE_MISS, precision flags on a strongly typed network,
+  EXCLUDE_LEAN_RUNTIME without VERSION_COMPATIBLE, a DLA core the device lacks);
+* ``OnnxParser.parse_from_file`` returns False and keeps ``ParserError`` s (node by node for
+  unsupported ops; TensorRT 9 also wants an EXPLICIT_BATCH network); ``get_error`` past the end
+  returns None;
+* ``IBuilderConfig.create_timing_cache`` returns None for a blob it cannot read;
+  ``set_timing_cache`` and ``ITimingCache.combine`` return False for another device or version;
+* ``Runtime.deserialize_cuda_engine`` returns None for another version's engine, and for a
+  version-compatible one unless ``engine_host_code_allowed`` is set (it runs the embedded lean
+  runtime); ``ICudaEngine.create_execution_context`` returns None for a weight-stripped engine
+  not yet refitted;
+* ``IExecutionContext.set_input_shape``, ``set_tensor_address``,
+  ``set_optimization_profile_async`` and ``execute_async_v3`` return False when TensorRT would;
+* ``Refitter(engine, logger)`` raises ``TypeError`` on an engine built without REFIT (the factory
+  returns nullptr); ``OnnxParserRefitter.refit_from_file`` returns False, with errors, for weights
+  the engine does not have or of another shape; ``Refitter.refit_cuda_engine`` returns False
+  while weights are missing; ``ICudaEngine.create_serialization_config`` starts from the engine's
+  own flags (EXCLUDE_WEIGHTS for a STRIP_PLAN engine).
+
+Engines are JSON that say ``"fake": true`` and embed the parsed ONNX model: the execution context
+runs it with onnxruntime, on host memory (:class:`HostBuffers` stands in for CUDA memory in
+``TensorRTRuntime.buffers``), so a refit that put the wrong weights in gives wrong numbers.
+Nothing here imports buildgraph: the fake decides network identity, refittable weights and
+timing-cache keys by its own rules, so that tests do not agree with the product by construction.
+
+Select it with ``BUILDGRAPH_TENSORRT_MODULE=trt_fake``; ``BUILDGRAPH_FAKE_TRT_VERSION`` picks the
+version (11.x by default; 10.x has the builder-flag precisions, 9.x wants EXPLICIT_BATCH).
+Every API call is recorded in :data:`CALLS`.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import enum
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __version__ = os.environ.get("BUILDGRAPH_FAKE_TRT_VERSION", "11.4.0.106")
+_MAJOR = int(__version__.split(".")[0])
+
+# what this module adds to the real API (tests/test_tensorrt_fake.py leaves these out of its
+# comparison with the bindings)
 FAKE_CUDA = "12.9"
 FAKE_GPUS = [] if os.environ.get("BUILDGRAPH_FAKE_TRT_NO_GPU") else [
     {"name": "Fake GPU", "compute_capability": "8.9", "driver": "0.0", "memory_mib": 24576}]
 UNSUPPORTED_OPS = {"NonZeroFake", "FakeUnsupported"}
-
 CALLS: List[Tuple[str, Any]] = []
+FAKE_ONLY = {"FAKE_CUDA", "FAKE_GPUS", "UNSUPPORTED_OPS", "CALLS", "FAKE_ONLY", "HostBuffers",
+             "make_test_onnx"}
 
 
 def _record(name: str, *args: Any) -> None:
     CALLS.append((name, args if len(args) != 1 else args[0]))
 
 
-def _major() -> int:
-    return int(__version__.split(".")[0])
+def _check(value: Any, kind: Any, where: str) -> None:
+    """pybind11's refusal of an argument of the wrong type."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        want = getattr(kind, "__name__", str(kind))
+        raise TypeError(f"{where}(): incompatible function arguments: expected {want}, got "
+                        f"{type(value).__name__} ({value!r})")
 
+
+# --------------------------------------------------------------------------------------------
+# enums: members and values from include/NvInfer*.h of the release (11.1 / 10.16.1)
+# --------------------------------------------------------------------------------------------
 
 class _Enum(enum.IntEnum):
-    pass
+    """A pybind11 enum: its own type, ``.name``, ``int()``; no conversion from int."""
 
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+
+def _enum(name: str, members: Dict[str, int]) -> Any:
+    return _Enum(name, members)
+
+
+if _MAJOR >= 11:
+    BuilderFlag = _enum("BuilderFlag", {
+        "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
+        "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8, "DIRECT_IO": 11, "VERSION_COMPATIBLE": 12,
+        "EXCLUDE_LEAN_RUNTIME": 13, "ERROR_ON_TIMING_CACHE_MISS": 15,
+        "DISABLE_COMPILATION_CACHE": 17, "STRIP_PLAN": 18, "REFIT_IDENTICAL": 19,
+        "WEIGHT_STREAMING": 20, "REFIT_INDIVIDUAL": 22, "STRICT_NANS": 23, "MONITOR_MEMORY": 24,
+        "EDITABLE_TIMING_CACHE": 26, "DISTRIBUTIVE_INDEPENDENCE": 27})
+    NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", {
+        "STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2})
+else:
+    BuilderFlag = _enum("BuilderFlag", {
+        "FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4,
+        "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8,
+        "OBEY_PRECISION_CONSTRAINTS": 9, "PREFER_PRECISION_CONSTRAINTS": 10, "DIRECT_IO": 11,
+        "REJECT_EMPTY_ALGORITHMS": 12, "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14,
+        "FP8": 15, "ERROR_ON_TIMING_CACHE_MISS": 16, "BF16": 17, "DISABLE_COMPILATION_CACHE": 18,
+        "STRIP_PLAN": 19, "REFIT_IDENTICAL": 20, "WEIGHT_STREAMING": 21, "INT4": 22,
+        "REFIT_INDIVIDUAL": 23, "STRICT_NANS": 24, "MONITOR_MEMORY": 25, "FP4": 26,
+        "EDITABLE_TIMING_CACHE": 27, "DISTRIBUTIVE_INDEPENDENCE": 28})
+    NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", {
+        "EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_JIT_PYTHON_PLUGINS": 2,
+        "PREFER_AOT_PYTHON_PLUGINS": 3})
+MemoryPoolType = _enum("MemoryPoolType", {
+    "WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "DLA_LOCAL_DRAM": 2, "DLA_GLOBAL_DRAM": 3,
+    "TACTIC_DRAM": 4, "TACTIC_SHARED_MEMORY": 5})
+HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel", {
+    "NONE": 0, "AMPERE_PLUS": 1, "SAME_COMPUTE_CAPABILITY": 2})
+DeviceType = _enum("DeviceType", {"GPU": 0, "DLA": 1})
+ProfilingVerbosity = _enum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1,
+                                                  "DETAILED": 2})
+LayerInformationFormat = _enum("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})
+TensorIOMode = _enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+DataType = _enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4,
+                              "UINT8": 5, "FP8": 6, "BF16": 7, "INT64": 8, "INT4": 9, "FP4": 10,
+                              "E8M0": 11})
+SerializationFlag = _enum("SerializationFlag", {"EXCLUDE_WEIGHTS": 0, "EXCLUDE_LEAN_RUNTIME": 1,
+                                                "INCLUDE_REFIT": 2})
+OnnxParserFlag = _enum("OnnxParserFlag", {
+    "NATIVE_INSTANCENORM": 0, "ENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA": 1,
+    "REPORT_CAPABILITY_DLA": 2, "ENABLE_PLUGIN_OVERRIDE": 3, "ADJUST_FOR_DLA": 4})
+ErrorCode = _enum("ErrorCode", {
+    "SUCCESS": 0, "INTERNAL_ERROR": 1, "MEM_ALLOC_FAILED": 2, "MODEL_DESERIALIZE_FAILED": 3,
+    "INVALID_VALUE": 4, "INVALID_GRAPH": 5, "INVALID_NODE": 6, "UNSUPPORTED_GRAPH": 7,
+    "UNSUPPORTED_NODE": 8, "UNSUPPORTED_NODE_ATTR": 9, "UNSUPPORTED_NODE_INPUT": 10,
+    "UNSUPPORTED_NODE_DATATYPE": 11, "UNSUPPORTED_NODE_DYNAMIC": 12,
+    "UNSUPPORTED_NODE_SHAPE": 13, "REFIT_FAILED": 14})
+
+# ONNX element type -> (DataType member, numpy dtype)
+_ONNX_TYPES = {1: ("FLOAT", "float32"), 10: ("HALF", "float16"), 16: ("BF16", "float32"),
+               3: ("INT8", "int8"), 2: ("UINT8", "uint8"), 6: ("INT32", "int32"),
+               7: ("INT64", "int64"), 9: ("BOOL", "bool")}
+_NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8",
+          "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
+_PRECISION_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4"}
+# flags about the build process, not the engine: the plan does not record them
+_PROCESS_FLAGS = {"ERROR_ON_TIMING_CACHE_MISS", "DISABLE_TIMING_CACHE", "EDITABLE_TIMING_CACHE",
+                  "DISABLE_COMPILATION_CACHE", "MONITOR_MEMORY"}
+# the fake's own notion of what changes which tactics are timed (its timing-cache keys)
+_TACTIC_FLAGS = _PRECISION_FLAGS | {"TF32", "SPARSE_WEIGHTS", "STRIP_PLAN", "REFIT",
+                                    "VERSION_COMPATIBLE", "DIRECT_IO"}
+
+
+# --------------------------------------------------------------------------------------------
+# logging, plugins
+# --------------------------------------------------------------------------------------------
 
 class _Severity(_Enum):
     INTERNAL_ERROR = 0
@@ -49,151 +170,217 @@ class _Severity(_Enum):
     VERBOSE = 4
 
 
+_Severity.__name__ = "Severity"
+
+
 class ILogger:
+    """Subclass it and call ``ILogger.__init__``: an object whose base was not initialised is
+    refused where a logger is expected (pybind11's "__init__() must be called")."""
+
+    __slots__ = ("_trt_init", "__dict__")
     Severity = _Severity
+    INTERNAL_ERROR = _Severity.INTERNAL_ERROR  # export_values()
+    ERROR = _Severity.ERROR
+    WARNING = _Severity.WARNING
+    INFO = _Severity.INFO
+    VERBOSE = _Severity.VERBOSE
 
     def __init__(self) -> None:
-        pass
+        self._trt_init = True
 
-    def log(self, severity: Any, msg: str) -> None:  # pragma: no cover - overridden
-        pass
+    def log(self, severity: Any, msg: str) -> None:
+        raise RuntimeError("Tried to call pure virtual function \"ILogger::log\"")
 
 
 class Logger(ILogger):
+    __slots__ = ("min_severity",)
+
     def __init__(self, min_severity: Any = _Severity.WARNING) -> None:
-        super().__init__()
+        _check(min_severity, _Severity, "Logger.__init__")
+        ILogger.__init__(self)
         self.min_severity = min_severity
 
+    def log(self, severity: Any, msg: str) -> None:
+        if severity <= self.min_severity:
+            print(f"[TRT] [{severity.name[0]}] {msg}")
 
-Logger.Severity = _Severity
+
+def _logger(logger: Any, where: str) -> Any:
+    _check(logger, ILogger, where)
+    if not getattr(logger, "_trt_init", False):
+        raise TypeError(f"{where}(): ILogger.__init__() must be called when overriding "
+                        "__init__")
+    return logger
+
+
+def _log(logger: Any, severity: _Severity, msg: str) -> None:
+    logger.log(severity, msg)
 
 
 def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+    _logger(logger, "init_libnvinfer_plugins")
+    _check(namespace, str, "init_libnvinfer_plugins")
     _record("init_libnvinfer_plugins", namespace)
     return True
 
 
-def _flag_enum(name: str, members: List[str]) -> Any:
-    return _Enum(name, {m: i for i, m in enumerate(members)})
-
-
-_builder_flags = ["TF32", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE",
-                  "EDITABLE_TIMING_CACHE", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME",
-                  "SPARSE_WEIGHTS", "SAFETY_SCOPE", "STRIP_PLAN", "REFIT_IDENTICAL",
-                  "WEIGHT_STREAMING", "REFIT_INDIVIDUAL", "DIRECT_IO",
-                  "ERROR_ON_TIMING_CACHE_MISS", "DISABLE_COMPILATION_CACHE"]
-if _major() <= 10:
-    _builder_flags += ["FP16", "BF16", "INT8", "FP8", "OBEY_PRECISION_CONSTRAINTS"]
-BuilderFlag = _flag_enum("BuilderFlag", _builder_flags)
-NetworkDefinitionCreationFlag = _flag_enum(
-    "NetworkDefinitionCreationFlag",
-    ["STRONGLY_TYPED"] + (["EXPLICIT_BATCH"] if _major() <= 10 else []))
-MemoryPoolType = _flag_enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
-                                               "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM",
-                                               "TACTIC_DRAM", "TACTIC_SHARED_MEMORY"])
-HardwareCompatibilityLevel = _flag_enum("HardwareCompatibilityLevel",
-                                        ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
-DeviceType = _flag_enum("DeviceType", ["GPU", "DLA"])
-ProfilingVerbosity = _flag_enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
-LayerInformationFormat = _flag_enum("LayerInformationFormat", ["ONELINE", "JSON"])
-OnnxParserFlag = _flag_enum("OnnxParserFlag", ["NATIVE_INSTANCENORM"])
-ErrorCode = _flag_enum("ErrorCode", ["SUCCESS", "INTERNAL_ERROR", "MEM_ALLOC_FAILED",
-                                     "MODEL_DESERIALIZE_FAILED", "INVALID_VALUE", "INVALID_GRAPH",
-                                     "INVALID_NODE", "UNSUPPORTED_GRAPH", "UNSUPPORTED_NODE"])
-
-
 class IPluginRegistry:
-    def load_library(self, path: str) -> Any:
-        _record("load_library", path)
-        if not os.path.exists(path):
-            return None
-        return object()
+    __slots__ = ()
 
-
-class Builder:
-    def __init__(self, logger: ILogger):
-        _record("Builder")
-        self.logger = logger
-
-    def get_plugin_registry(self) -> IPluginRegistry:
-        return IPluginRegistry()
-
-    def create_network(self, flags: int = 0) -> "INetworkDefinition":
-        _record("create_network", flags)
-        return INetworkDefinition(flags)
-
-    def create_builder_config(self) -> "IBuilderConfig":
-        _record("create_builder_config")
-        return IBuilderConfig()
-
-    def create_optimization_profile(self) -> "IOptimizationProfile":
-        return IOptimizationProfile()
-
-    def build_serialized_network(self, network: "INetworkDefinition",
-                                 config: "IBuilderConfig") -> Optional["IHostMemory"]:
-        _record("build_serialized_network")
-        log = self.logger.log
-        if network.model is None:
-            log(_Severity.ERROR, "network is empty")
-            return None
-        dynamic = [i for i in network.inputs if any(not isinstance(d, int) or d < 0
-                                                    for d in i[1])]
-        if dynamic and not config.profiles:
-            log(_Severity.ERROR, f"Network has dynamic or shape inputs, but no optimization "
-                                 f"profile has been defined.")
-            return None
-        log(_Severity.INFO, f"[fake] building {len(network.layers)} layers")
-        cache = config.cache or ITimingCache({"header": config.header(), "entries": {}})
-        for layer in network.layers:
-            from buildgraph.backends.tensorrt.spec import TACTIC_FLAGS
-
-            tactic = sorted(f.name for f in config.flags if f.name in TACTIC_FLAGS)
-            key = hashlib.sha256(json.dumps([layer, tactic]).encode()).hexdigest()[:16]
-            if key in cache.entries:
-                log(_Severity.VERBOSE, f"[fake] {layer[0]}: tactic from timing cache")
-            else:
-                if BuilderFlag.ERROR_ON_TIMING_CACHE_MISS in config.flags:
-                    log(_Severity.ERROR, f"[fake] timing cache miss for {layer[0]}")
-                    return None
-                log(_Severity.VERBOSE, f"[fake] {layer[0]}: timing tactics")
-                cache.entries[key] = "tactic-" + key[:6]
-        engine = {"fake": True, "tensorrt": __version__, "digest": network.digest,
-                  "strongly_typed": network.strongly_typed,
-                  "flags": sorted(f.name for f in config.flags),
-                  "profiles": config.profiles, "pools": config.pools,
-                  "optimization_level": config.builder_optimization_level,
-                  "hardware_compatibility": config.hardware_compatibility_level.name,
-                  "device": config.default_device_type.name, "dla_core": config.DLA_core,
-                  "layers": [list(layer) for layer in network.layers]}
-        return IHostMemory(json.dumps(engine, sort_keys=True).encode())
+    def load_library(self, plugin_path: str) -> Any:
+        _check(plugin_path, str, "IPluginRegistry.load_library")
+        _record("load_library", plugin_path)
+        return object() if os.path.isfile(plugin_path) else None
 
 
 class IHostMemory(bytes):
+    """Serialized data; ``bytes(memory)`` copies it out, as the buffer protocol does."""
+
     @property
     def nbytes(self) -> int:
         return len(self)
 
+    @property
+    def dtype(self) -> Any:
+        return DataType.UINT8
+
+
+class Dims(tuple):
+    """A shape; -1 marks a dimension not known yet."""
+
+
+# --------------------------------------------------------------------------------------------
+# the fake's own reading of an ONNX model
+# --------------------------------------------------------------------------------------------
+
+def _dims(shape: Any) -> List[Any]:
+    out: List[Any] = []
+    for d in shape.dim:
+        out.append(int(d.dim_value) if d.HasField("dim_value") else
+                   (d.dim_param or None))
+    return out
+
+
+def _io(model: Any) -> List[Dict[str, Any]]:
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for mode, values in (("INPUT", model.graph.input), ("OUTPUT", model.graph.output)):
+        for v in values:
+            if v.name in inits:
+                continue
+            t = v.type.tensor_type
+            out.append({"name": v.name, "mode": mode,
+                        "dtype": _ONNX_TYPES.get(t.elem_type, ("FLOAT", ""))[0],
+                        "dims": _dims(t.shape)})
+    return out
+
+
+def _refittable(model: Any) -> Dict[str, List[int]]:
+    """Float initializers: what a REFIT engine lets a Refitter replace (name -> shape)."""
+    return {i.name: list(i.dims) for i in model.graph.initializer
+            if i.data_type in (1, 10, 11, 16)}
+
+
+def _output_types(model: Any) -> List[str]:
+    """Each node's first output type (DataType member), by ONNX type inference: what a strongly
+    typed network computes each layer in."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an uninferable graph: say FLOAT
+        inferred = model
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.output)}
+    return [_ONNX_TYPES.get(types.get(n.output[0], 1), ("FLOAT", ""))[0] if n.output else "FLOAT"
+            for n in model.graph.node]
+
+
+def _network_digest(model: Any) -> str:
+    """Identity of a network for refit: nodes, attributes, tensors, initializer names, types and
+    shapes; values only of initializers a refit cannot replace."""
+    from onnx import numpy_helper
+
+    refittable = _refittable(model)
+    h = hashlib.sha256(b"trt-fake-network-1")
+    for node in model.graph.node:
+        h.update(repr((node.op_type, node.domain, list(node.input), list(node.output),
+                       sorted((a.name, a.SerializeToString(deterministic=True))
+                              for a in node.attribute))).encode())
+    for io in _io(model):
+        h.update(repr(sorted(io.items())).encode())
+    for init in sorted(model.graph.initializer, key=lambda i: i.name):
+        h.update(repr((init.name, init.data_type, list(init.dims))).encode())
+        if init.name not in refittable:
+            h.update(numpy_helper.to_array(init).tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# network and parser
+# --------------------------------------------------------------------------------------------
+
+class ITensor:
+    __slots__ = ("_name", "_shape", "_dtype")
+
+    def __init__(self, name: str, shape: Sequence[int], dtype: Any):
+        self._name, self._shape, self._dtype = name, Dims(shape), dtype
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def shape(self) -> Dims:
+        return self._shape
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
 
 class INetworkDefinition:
+    __slots__ = ("_flags", "_model", "_io", "_layers", "_types")
+
     def __init__(self, flags: int):
-        self.flags = flags
-        self.strongly_typed = bool(flags & (1 << int(NetworkDefinitionCreationFlag
-                                                     .STRONGLY_TYPED)))
-        self.model: Any = None
-        self.layers: List[Tuple[str, str]] = []
-        self.inputs: List[Tuple[str, List[Any]]] = []
-        self.digest = ""
+        self._flags = flags
+        self._model: Any = None
+        self._io: List[Dict[str, Any]] = []
+        self._layers: List[Tuple[str, str]] = []
+        self._types: List[str] = []
 
     @property
     def num_layers(self) -> int:
-        return len(self.layers)
+        return len(self._layers)
 
     @property
     def num_inputs(self) -> int:
-        return len(self.inputs)
+        return len([t for t in self._io if t["mode"] == "INPUT"])
+
+    @property
+    def num_outputs(self) -> int:
+        return len([t for t in self._io if t["mode"] == "OUTPUT"])
+
+    def get_input(self, index: int) -> Optional[ITensor]:
+        inputs = [t for t in self._io if t["mode"] == "INPUT"]
+        if not 0 <= index < len(inputs):
+            return None
+        t = inputs[index]
+        return ITensor(t["name"], [d if isinstance(d, int) else -1 for d in t["dims"]],
+                       DataType[t["dtype"]])
+
+    def _has(self, flag: str) -> bool:
+        member = getattr(NetworkDefinitionCreationFlag, flag, None)
+        return member is not None and bool(self._flags & (1 << int(member)))
+
+    @property
+    def _strongly_typed(self) -> bool:
+        return _MAJOR >= 11 or self._has("STRONGLY_TYPED")
 
 
 class ParserError:
+    __slots__ = ("_node", "_name", "_op", "_desc", "_code")
+
     def __init__(self, node: int, name: str, op: str, desc: str, code: Any):
         self._node, self._name, self._op, self._desc, self._code = node, name, op, desc, code
 
@@ -217,72 +404,128 @@ class ParserError:
                f"({self._code.name}): {self._desc}"
 
 
-class OnnxParser:
-    def __init__(self, network: INetworkDefinition, logger: ILogger):
-        _record("OnnxParser")
-        self.network = network
-        self.errors: List[ParserError] = []
-        self.flags = 0
-
-    def set_flag(self, flag: Any) -> None:
-        _record("parser.set_flag", flag.name)
-
-    def clear_flag(self, flag: Any) -> None:
-        _record("parser.clear_flag", flag.name)
+class _Errors:
+    __slots__ = ()
+    _errors: List[ParserError]
 
     @property
     def num_errors(self) -> int:
-        return len(self.errors)
+        return len(self._errors)
 
-    def get_error(self, index: int) -> ParserError:
-        return self.errors[index]
+    def get_error(self, index: int) -> Optional[ParserError]:
+        _check(index, int, f"{type(self).__name__}.get_error")
+        return self._errors[index] if 0 <= index < len(self._errors) else None
 
     def clear_errors(self) -> None:
-        self.errors = []
+        self._errors = []
 
-    def parse_from_file(self, path: str) -> bool:
+
+class OnnxParser(_Errors):
+    __slots__ = ("_network", "_logger", "_errors", "_flags")
+
+    def __init__(self, network: INetworkDefinition, logger: ILogger):
+        _check(network, INetworkDefinition, "OnnxParser.__init__")
+        self._logger = _logger(logger, "OnnxParser.__init__")
+        _record("OnnxParser")
+        self._network = network
+        self._errors: List[ParserError] = []
+        self._flags = 0
+
+    @property
+    def flags(self) -> int:
+        return self._flags
+
+    def set_flag(self, flag: Any) -> None:
+        _check(flag, OnnxParserFlag, "OnnxParser.set_flag")
+        _record("parser.set_flag", flag.name)
+        self._flags |= 1 << int(flag)
+
+    def clear_flag(self, flag: Any) -> None:
+        _check(flag, OnnxParserFlag, "OnnxParser.clear_flag")
+        _record("parser.clear_flag", flag.name)
+        self._flags &= ~(1 << int(flag))
+
+    def get_flag(self, flag: Any) -> bool:
+        _check(flag, OnnxParserFlag, "OnnxParser.get_flag")
+        return bool(self._flags & (1 << int(flag)))
+
+    def parse_from_file(self, model: str) -> bool:
         import onnx
 
-        _record("parse_from_file", os.path.basename(path))
+        _check(model, str, "OnnxParser.parse_from_file")
+        _record("parse_from_file", os.path.basename(model))
         try:
-            model = onnx.load(path, load_external_data=False)
+            proto = onnx.load(model)  # external weights too, relative to the file
         except Exception as exc:  # noqa: BLE001
-            self.errors.append(ParserError(-1, "", "", f"cannot read {path}: {exc}",
-                                           ErrorCode.MODEL_DESERIALIZE_FAILED))
+            self._errors.append(ParserError(-1, "", "", f"Failed to parse ONNX model from file: "
+                                            f"{model}: {exc}", ErrorCode.MODEL_DESERIALIZE_FAILED))
             return False
-        for i, node in enumerate(model.graph.node):
+        if _MAJOR < 10 and not self._network._has("EXPLICIT_BATCH"):
+            self._errors.append(ParserError(-1, "", "", "the network must be created with "
+                                            "EXPLICIT_BATCH to parse ONNX",
+                                            ErrorCode.INVALID_GRAPH))
+            return False
+        for i, node in enumerate(proto.graph.node):
             if node.op_type in UNSUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
-                self.errors.append(ParserError(
-                    i, node.name, node.op_type,
-                    f"No importer registered for op: {node.op_type}",
+                self._errors.append(ParserError(
+                    i, node.name, node.op_type, f"No importer registered for op: {node.op_type}",
                     ErrorCode.UNSUPPORTED_NODE))
-        if self.errors:
+        if self._errors:
             return False
-        from buildgraph.backends.tensorrt.spec import onnx_model_inputs
-        from buildgraph.backends.tensorrt.structure import structure_digest
-
-        self.network.model = model
-        self.network.digest = structure_digest(model)
-        self.network.inputs = [(s.name, list(s.dims)) for s in onnx_model_inputs(model).values()]
-        self.network.layers = [(n.name or f"node{i}", n.op_type)
-                               for i, n in enumerate(model.graph.node)]
+        net = self._network
+        net._model = proto
+        net._io = _io(proto)
+        net._layers = [(n.name or f"node{i}", n.op_type) for i, n in enumerate(proto.graph.node)]
+        net._types = _output_types(proto)
         return True
 
 
+# --------------------------------------------------------------------------------------------
+# profiles, timing caches, builder config
+# --------------------------------------------------------------------------------------------
+
+def _shape(value: Any, where: str) -> Tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise TypeError(f"{where}(): incompatible function arguments: a shape is a list or tuple "
+                        f"of ints, got {value!r}")
+    return tuple(value)
+
+
 class IOptimizationProfile:
+    __slots__ = ("_shapes",)
+
     def __init__(self) -> None:
-        self.shapes: Dict[str, List[List[int]]] = {}
+        self._shapes: Dict[str, List[Optional[Tuple[int, ...]]]] = {}
 
     def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002
-        self.shapes[input] = [list(min), list(opt), list(max)]
+        _check(input, str, "IOptimizationProfile.set_shape")
+        shapes = [_shape(s, "IOptimizationProfile.set_shape") for s in (min, opt, max)]
+        entry = self._shapes.setdefault(input, [None, None, None])
+        for i, (label, dims) in enumerate(zip(("min", "opt", "max"), shapes)):
+            lower = entry[i - 1] if i else None
+            if any(d < 0 for d in dims) or (lower is not None and (
+                    len(lower) != len(dims) or any(a > b for a, b in zip(lower, dims)))):
+                raise RuntimeError(f"Shape provided for {label} is inconsistent with other "
+                                   "shapes.")
+            entry[i] = dims
+
+    def get_shape(self, input: str) -> List[Dims]:  # noqa: A002
+        entry = self._shapes.get(input)
+        return [Dims(s) for s in entry] if entry and all(entry) else []
+
+    def __bool__(self) -> bool:
+        return bool(self._shapes) and all(all(e) for e in self._shapes.values())
 
 
 class TimingCacheKey:
+    __slots__ = ("_text",)
+
     def __init__(self, text: str):
-        self.text = text
+        self._text = text
 
     def __str__(self) -> str:
-        return self.text
+        return self._text
 
     @staticmethod
     def parse(text: str) -> "TimingCacheKey":
@@ -290,156 +533,712 @@ class TimingCacheKey:
 
 
 class ITimingCache:
-    def __init__(self, data: Dict[str, Any]):
-        self.header = data["header"]
-        self.entries: Dict[str, str] = dict(data["entries"])
+    __slots__ = ("_header", "_entries")
+
+    def __init__(self, header: Dict[str, Any], entries: Dict[str, str]):
+        self._header = header
+        self._entries = dict(entries)
 
     def queryKeys(self) -> List[TimingCacheKey]:  # noqa: N802 - TensorRT's spelling
-        return [TimingCacheKey(k) for k in sorted(self.entries)]
+        return [TimingCacheKey(k) for k in sorted(self._entries)]
 
     def combine(self, input_cache: "ITimingCache", ignore_mismatch: bool) -> bool:
+        _check(input_cache, ITimingCache, "ITimingCache.combine")
+        _check(ignore_mismatch, bool, "ITimingCache.combine")
         _record("combine", ignore_mismatch)
-        if input_cache.header != self.header and not ignore_mismatch:
+        if input_cache._header != self._header and not ignore_mismatch:
             return False
-        for k, v in input_cache.entries.items():
-            self.entries.setdefault(k, v)
+        for k, v in input_cache._entries.items():
+            self._entries.setdefault(k, v)
         return True
 
     def reset(self) -> bool:
-        self.entries = {}
+        self._entries = {}
         return True
 
     def serialize(self) -> IHostMemory:
-        return IHostMemory(json.dumps({"header": self.header, "entries": self.entries},
-                                      sort_keys=True).encode())
+        return IHostMemory(json.dumps({"trt_fake_timing_cache": 1, "header": self._header,
+                                       "entries": self._entries}, sort_keys=True).encode())
+
+
+def _device_header() -> Dict[str, Any]:
+    gpu = FAKE_GPUS[0] if FAKE_GPUS else {}
+    return {"gpu": gpu.get("name", ""), "compute_capability": gpu.get("compute_capability", ""),
+            "tensorrt": __version__}
 
 
 class IBuilderConfig:
-    def __init__(self) -> None:
-        self.flags = {BuilderFlag.TF32}
-        self.pools: Dict[str, int] = {}
-        self.profiles: List[Dict[str, List[List[int]]]] = []
-        self.builder_optimization_level = 3
-        self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE
-        self.default_device_type = DeviceType.GPU
-        self.DLA_core = -1
-        self.max_aux_streams = -1
-        self.profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
-        self.cache: Optional[ITimingCache] = None
+    __slots__ = ("_builder", "_flags", "_pools", "_profiles", "_level", "_hwcompat", "_device",
+                 "_dla_core", "_aux_streams", "_verbosity", "_cache")
 
-    def header(self) -> Dict[str, Any]:
-        return {"gpu": FAKE_GPUS[0]["name"] if FAKE_GPUS else "", "tensorrt": __version__}
+    def __init__(self, builder: "Builder") -> None:
+        self._builder = builder
+        self._flags = {BuilderFlag.TF32}
+        self._pools: Dict[str, int] = {}
+        self._profiles: List[IOptimizationProfile] = []
+        self._level = 3
+        self._hwcompat = HardwareCompatibilityLevel.NONE
+        self._device = DeviceType.GPU
+        self._dla_core = -1
+        self._aux_streams = -1
+        self._verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
+        self._cache: Optional[ITimingCache] = None
+
+    # properties that take a typed value
+    def _typed(name: str, kind: Any, where: str) -> Any:  # type: ignore[misc]
+        def get(self: "IBuilderConfig") -> Any:
+            return getattr(self, name)
+
+        def put(self: "IBuilderConfig", value: Any) -> None:
+            _check(value, kind, f"IBuilderConfig.{where}")
+            setattr(self, name, value)
+
+        return property(get, put)
+
+    builder_optimization_level = _typed("_level", int, "builder_optimization_level")
+    hardware_compatibility_level = _typed("_hwcompat", HardwareCompatibilityLevel,
+                                          "hardware_compatibility_level")
+    default_device_type = _typed("_device", DeviceType, "default_device_type")
+    DLA_core = _typed("_dla_core", int, "DLA_core")
+    max_aux_streams = _typed("_aux_streams", int, "max_aux_streams")
+    profiling_verbosity = _typed("_verbosity", ProfilingVerbosity, "profiling_verbosity")
+    del _typed
+
+    @property
+    def flags(self) -> int:
+        return sum(1 << int(f) for f in self._flags)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self._profiles)
 
     def set_flag(self, flag: Any) -> None:
+        _check(flag, BuilderFlag, "IBuilderConfig.set_flag")
         _record("set_flag", flag.name)
-        self.flags.add(flag)
+        self._flags.add(flag)
 
     def clear_flag(self, flag: Any) -> None:
+        _check(flag, BuilderFlag, "IBuilderConfig.clear_flag")
         _record("clear_flag", flag.name)
-        self.flags.discard(flag)
+        self._flags.discard(flag)
 
     def get_flag(self, flag: Any) -> bool:
-        return flag in self.flags
+        _check(flag, BuilderFlag, "IBuilderConfig.get_flag")
+        return flag in self._flags
 
     def set_memory_pool_limit(self, pool: Any, pool_size: int) -> None:
+        _check(pool, MemoryPoolType, "IBuilderConfig.set_memory_pool_limit")
+        _check(pool_size, int, "IBuilderConfig.set_memory_pool_limit")
         _record("set_memory_pool_limit", pool.name, pool_size)
-        self.pools[pool.name] = pool_size
+        self._pools[pool.name] = pool_size
+
+    def get_memory_pool_limit(self, pool: Any) -> int:
+        _check(pool, MemoryPoolType, "IBuilderConfig.get_memory_pool_limit")
+        return self._pools.get(pool.name, 24576 * 2 ** 20)
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
-        _record("add_optimization_profile", profile.shapes)
-        self.profiles.append(profile.shapes)
-        return len(self.profiles) - 1
+        _check(profile, IOptimizationProfile, "IBuilderConfig.add_optimization_profile")
+        _record("add_optimization_profile",
+                {n: [list(s) for s in e if s] for n, e in profile._shapes.items()})
+        if not profile:
+            return -1
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
 
     def create_timing_cache(self, serialized_timing_cache: bytes) -> Optional[ITimingCache]:
-        if not serialized_timing_cache:
-            return ITimingCache({"header": self.header(), "entries": {}})
+        _check(serialized_timing_cache, (bytes, bytearray, memoryview),
+               "IBuilderConfig.create_timing_cache")
+        blob = bytes(serialized_timing_cache)
+        if not blob:
+            return ITimingCache(_device_header(), {})
         try:
-            data = json.loads(bytes(serialized_timing_cache).decode())
-            return ITimingCache(data)
-        except Exception:  # noqa: BLE001 - the real one logs and returns an unusable cache
-            raise RuntimeError("Failed to deserialize the timing cache")
+            data = json.loads(blob.decode())
+            assert data.get("trt_fake_timing_cache") == 1
+            return ITimingCache(data["header"], data["entries"])
+        except Exception:  # noqa: BLE001 - TensorRT logs and returns nullptr
+            _log(self._builder._logger, _Severity.ERROR,
+                 "[fake] ITimingCache: the serialized timing cache is invalid")
+            return None
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
-        _record("set_timing_cache", len(cache.entries))
-        if cache.header != self.header() and not ignore_mismatch:
+        _check(cache, ITimingCache, "IBuilderConfig.set_timing_cache")
+        _check(ignore_mismatch, bool, "IBuilderConfig.set_timing_cache")
+        _record("set_timing_cache", len(cache._entries))
+        if cache._header != _device_header() and not ignore_mismatch:
             return False
-        self.cache = cache
+        self._cache = cache
         return True
 
     def get_timing_cache(self) -> Optional[ITimingCache]:
-        return self.cache
+        return self._cache
 
 
-class EngineInspector:
-    def __init__(self, engine: "ICudaEngine"):
-        self.engine = engine
+# --------------------------------------------------------------------------------------------
+# builder
+# --------------------------------------------------------------------------------------------
 
-    def get_engine_information(self, format: Any) -> str:  # noqa: A002
-        layers = [{"Name": n, "LayerType": op, "Precision": "fake"}
-                  for n, op in self.engine.data.get("layers", [])]
-        return json.dumps({"Layers": layers, "Bindings": []})
+class Builder:
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: ILogger):
+        self._logger = _logger(logger, "Builder.__init__")
+        _record("Builder")
+
+    @property
+    def num_DLA_cores(self) -> int:  # noqa: N802 - TensorRT's spelling
+        return 0
+
+    def get_plugin_registry(self) -> IPluginRegistry:
+        return IPluginRegistry()
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        _check(flags, int, "Builder.create_network")
+        _record("create_network", flags)
+        return INetworkDefinition(flags)
+
+    def create_builder_config(self) -> IBuilderConfig:
+        _record("create_builder_config")
+        return IBuilderConfig(self)
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    def _refuse(self, network: INetworkDefinition, config: IBuilderConfig) -> Optional[str]:
+        """What the builder would refuse, as the error it logs."""
+        flags = {f.name for f in config._flags}
+        if network._model is None:
+            return "Network must have at least one output"
+        if network._strongly_typed and flags & _PRECISION_FLAGS:
+            return (f"Setting builder flags {sorted(flags & _PRECISION_FLAGS)} is not allowed "
+                    "on a strongly typed network")
+        if "EXCLUDE_LEAN_RUNTIME" in flags and "VERSION_COMPATIBLE" not in flags:
+            return "EXCLUDE_LEAN_RUNTIME needs VERSION_COMPATIBLE"
+        if config._device == DeviceType.DLA and not 0 <= config._dla_core < self.num_DLA_cores:
+            return f"DLA core {config._dla_core} requested; the device has no DLA"
+        if config._hwcompat == HardwareCompatibilityLevel.AMPERE_PLUS and FAKE_GPUS and \
+                float(FAKE_GPUS[0]["compute_capability"]) < 8.0:
+            return "hardware compatibility AMPERE_PLUS needs an Ampere or later GPU"
+        inputs = [t for t in network._io if t["mode"] == "INPUT"]
+        dynamic = [t for t in inputs if any(not isinstance(d, int) for d in t["dims"])]
+        if dynamic and not config._profiles:
+            return ("Network has dynamic or shape inputs, but no optimization profile has "
+                    "been defined.")
+        names = {t["name"]: t for t in inputs}
+        for i, profile in enumerate(config._profiles):
+            for name, shapes in profile._shapes.items():
+                tensor = names.get(name)
+                if tensor is None:
+                    return f"Optimization profile {i}: the network has no input '{name}'"
+                for dims in shapes:
+                    assert dims is not None
+                    if len(dims) != len(tensor["dims"]) or any(
+                            isinstance(d, int) and d != x for d, x in zip(tensor["dims"], dims)):
+                        return (f"Optimization profile {i}: shape {list(dims)} of input "
+                                f"'{name}' does not fit its dimensions {tensor['dims']}")
+            for tensor in dynamic:
+                if tensor["name"] not in profile._shapes:
+                    return (f"Optimization profile {i} is missing values for dynamic input "
+                            f"'{tensor['name']}'")
+        if (config._hwcompat != HardwareCompatibilityLevel.NONE or "VERSION_COMPATIBLE" in flags) \
+                and any(op == "InstanceNormalization" for _, op in network._layers):
+            return "InstanceNormalization as a plugin cannot go into a compatible engine"
+        return None
+
+    def build_serialized_network(self, network: INetworkDefinition,
+                                 config: IBuilderConfig) -> Optional[IHostMemory]:
+        _check(network, INetworkDefinition, "Builder.build_serialized_network")
+        _check(config, IBuilderConfig, "Builder.build_serialized_network")
+        _record("build_serialized_network")
+        problem = self._refuse(network, config)
+        if problem:
+            _log(self._logger, _Severity.ERROR, f"[fake] {problem}")
+            return None
+        _log(self._logger, _Severity.INFO, f"[fake] building {network.num_layers} layers")
+        flags = {f.name for f in config._flags}
+        cache = config._cache if "DISABLE_TIMING_CACHE" not in flags else None
+        if cache is None:
+            cache = ITimingCache(_device_header(), {})
+        tactic = sorted(flags & _TACTIC_FLAGS) + [config._hwcompat.name, config._device.name]
+        for layer in network._layers:
+            key = hashlib.sha256(json.dumps([list(layer), tactic]).encode()).hexdigest()[:16]
+            if key in cache._entries:
+                _log(self._logger, _Severity.VERBOSE, f"[fake] {layer[0]}: tactic from timing "
+                                                      "cache")
+            elif "ERROR_ON_TIMING_CACHE_MISS" in flags:
+                _log(self._logger, _Severity.ERROR, f"[fake] timing cache miss for {layer[0]}")
+                return None
+            else:
+                _log(self._logger, _Severity.VERBOSE, f"[fake] {layer[0]}: timing tactics")
+                cache._entries[key] = "tactic-" + key[:6]
+        model = network._model
+        stripped = "STRIP_PLAN" in flags
+        refittable = "REFIT" in flags or "REFIT_IDENTICAL" in flags
+        engine = {
+            "fake": True, "tensorrt": __version__, "digest": _network_digest(model),
+            "strongly_typed": network._strongly_typed, "flags": sorted(flags - _PROCESS_FLAGS),
+            "profiles": [{n: [list(s) for s in e] for n, e in p._shapes.items()}
+                         for p in config._profiles],
+            "pools": dict(config._pools), "optimization_level": config._level,
+            "hardware_compatibility": config._hwcompat.name, "device": config._device.name,
+            "dla_core": config._dla_core, "verbosity": config._verbosity.name,
+            "layers": [list(layer) for layer in network._layers], "io": network._io,
+            "layer_types": network._types,
+            "refittable": _refittable(model) if refittable else {},
+            "model": base64.b64encode(model.SerializeToString()).decode(),
+            "weights_missing": sorted(_refittable(model)) if stripped and refittable else [],
+        }
+        if engine["weights_missing"]:
+            engine["model"] = base64.b64encode(_without(model, engine["weights_missing"])
+                                               .SerializeToString()).decode()
+        return IHostMemory(json.dumps(engine, sort_keys=True).encode())
+
+
+def _without(model: Any, names: Iterable[str]) -> Any:
+    """``model`` with the data of initializers ``names`` left out (a weight-stripped plan)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    gone = set(names)
+    for init in copy.graph.initializer:
+        if init.name in gone:
+            for f in ("raw_data", "float_data", "double_data", "int32_data"):
+                init.ClearField(f)
+    return copy
+
+
+# --------------------------------------------------------------------------------------------
+# runtime, engine, execution context, inspector
+# --------------------------------------------------------------------------------------------
+
+class Runtime:
+    __slots__ = ("_logger", "_host_code")
+
+    def __init__(self, logger: ILogger):
+        self._logger = _logger(logger, "Runtime.__init__")
+        self._host_code = False
+
+    @property
+    def engine_host_code_allowed(self) -> bool:
+        return self._host_code
+
+    @engine_host_code_allowed.setter
+    def engine_host_code_allowed(self, value: bool) -> None:
+        _check(value, bool, "Runtime.engine_host_code_allowed")
+        self._host_code = value
+
+    def deserialize_cuda_engine(self, serialized_engine: Any) -> Optional["ICudaEngine"]:
+        _check(serialized_engine, (bytes, bytearray, memoryview),
+               "Runtime.deserialize_cuda_engine")
+        _record("deserialize_cuda_engine")
+        try:
+            data = json.loads(bytes(serialized_engine).decode())
+            assert data.get("fake") is True
+        except Exception:  # noqa: BLE001
+            _log(self._logger, _Severity.ERROR, "[fake] Serialization: the data is not a "
+                                                "serialized engine")
+            return None
+        compatible = "VERSION_COMPATIBLE" in data["flags"]
+        built = tuple(int(p) for p in data["tensorrt"].split(".")[:2])
+        here = tuple(int(p) for p in __version__.split(".")[:2])
+        if built != here and not (compatible and built < here):
+            _log(self._logger, _Severity.ERROR,
+                 f"[fake] Serialization: the engine was built by TensorRT {data['tensorrt']}; "
+                 f"this is {__version__}")
+            return None
+        if compatible and not self._host_code:
+            _log(self._logger, _Severity.ERROR,
+                 "[fake] Serialization: the engine is version-compatible: it holds host code "
+                 "(the lean runtime), and Runtime.engine_host_code_allowed is False")
+            return None
+        return ICudaEngine(data, self._logger)
+
+
+class ISerializationConfig:
+    __slots__ = ("_flags",)
+
+    def __init__(self, flags: Iterable[Any]):
+        self._flags = set(flags)
+
+    @property
+    def flags(self) -> int:
+        return sum(1 << int(f) for f in self._flags)
+
+    def set_flag(self, flag: Any) -> bool:
+        _check(flag, SerializationFlag, "ISerializationConfig.set_flag")
+        self._flags.add(flag)
+        return True
+
+    def clear_flag(self, flag: Any) -> bool:
+        _check(flag, SerializationFlag, "ISerializationConfig.clear_flag")
+        self._flags.discard(flag)
+        return True
+
+    def get_flag(self, flag: Any) -> bool:
+        _check(flag, SerializationFlag, "ISerializationConfig.get_flag")
+        return flag in self._flags
 
 
 class ICudaEngine:
-    def __init__(self, data: Dict[str, Any]):
-        self.data = data
+    __slots__ = ("_data", "_logger")
 
-    def create_engine_inspector(self) -> EngineInspector:
+    def __init__(self, data: Dict[str, Any], logger: Any):
+        self._data = data
+        self._logger = logger
+
+    def _tensor(self, name: str) -> Optional[Dict[str, Any]]:
+        return next((t for t in self._data["io"] if t["name"] == name), None)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._data["io"])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._data["layers"])
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return max(1, len(self._data["profiles"]))
+
+    @property
+    def refittable(self) -> bool:
+        return bool(self._data["refittable"])
+
+    @property
+    def name(self) -> str:
+        return "fake engine"
+
+    def get_tensor_name(self, index: int) -> Optional[str]:
+        _check(index, int, "ICudaEngine.get_tensor_name")
+        io = self._data["io"]
+        return io[index]["name"] if 0 <= index < len(io) else None
+
+    def get_tensor_mode(self, name: str) -> Any:
+        tensor = self._tensor(name)
+        return TensorIOMode[tensor["mode"]] if tensor else TensorIOMode.NONE
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        tensor = self._tensor(name)
+        return DataType[tensor["dtype"]] if tensor else DataType.FLOAT
+
+    def get_tensor_shape(self, name: str) -> Dims:
+        tensor = self._tensor(name)
+        if tensor is None:
+            return Dims(())
+        return Dims(d if isinstance(d, int) else -1 for d in tensor["dims"])
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> List[Dims]:
+        _check(profile_index, int, "ICudaEngine.get_tensor_profile_shape")
+        tensor = self._tensor(name)
+        profiles = self._data["profiles"]
+        if tensor is None or tensor["mode"] != "INPUT" or not 0 <= profile_index < len(
+                profiles) or name not in profiles[profile_index]:
+            if tensor is not None and not profiles and tensor["mode"] == "INPUT":
+                static = self.get_tensor_shape(name)
+                return [static, static, static]
+            _log(self._logger, _Severity.ERROR, f"[fake] getProfileShape: no profile "
+                                                f"{profile_index} for tensor '{name}'")
+            return [Dims(()), Dims(()), Dims(())]
+        return [Dims(s) for s in profiles[profile_index][name]]
+
+    def create_execution_context(self) -> Optional["IExecutionContext"]:
+        _record("create_execution_context")
+        if self._data["weights_missing"]:
+            _log(self._logger, _Severity.ERROR,
+                 "[fake] the engine's weights were stripped (STRIP_PLAN): refit it before "
+                 "creating an execution context")
+            return None
+        return IExecutionContext(self)
+
+    def create_engine_inspector(self) -> "EngineInspector":
         return EngineInspector(self)
 
     def serialize(self) -> IHostMemory:
-        return IHostMemory(json.dumps(self.data, sort_keys=True).encode())
+        return IHostMemory(json.dumps(self._data, sort_keys=True).encode())
+
+    def _build_flags(self) -> List[Any]:
+        out = []
+        if "STRIP_PLAN" in self._data["flags"]:
+            out.append(SerializationFlag.EXCLUDE_WEIGHTS)
+        if "EXCLUDE_LEAN_RUNTIME" in self._data["flags"]:
+            out.append(SerializationFlag.EXCLUDE_LEAN_RUNTIME)
+        return out
+
+    def create_serialization_config(self) -> ISerializationConfig:
+        _record("create_serialization_config")
+        return ISerializationConfig(self._build_flags())
+
+    def serialize_with_config(self, config: ISerializationConfig) -> IHostMemory:
+        _check(config, ISerializationConfig, "ICudaEngine.serialize_with_config")
+        _record("serialize_with_config", sorted(f.name for f in config._flags))
+        data = dict(self._data)
+        if SerializationFlag.EXCLUDE_WEIGHTS in config._flags and data["refittable"]:
+            model = _model(data)
+            data["weights_missing"] = sorted(data["refittable"])
+            data["model"] = base64.b64encode(_without(model, data["weights_missing"])
+                                             .SerializeToString()).decode()
+        return IHostMemory(json.dumps(data, sort_keys=True).encode())
 
 
-class Runtime:
-    def __init__(self, logger: ILogger):
-        self.engine_host_code_allowed = False
+def _model(data: Dict[str, Any]) -> Any:
+    import onnx
 
-    def deserialize_cuda_engine(self, serialized_engine: bytes) -> Optional[ICudaEngine]:
-        try:
-            data = json.loads(bytes(serialized_engine).decode())
-        except Exception:  # noqa: BLE001
-            return None
-        return ICudaEngine(data) if data.get("fake") else None
+    model = onnx.ModelProto()
+    model.ParseFromString(base64.b64decode(data["model"]))
+    return model
 
+
+class IExecutionContext:
+    """Runs the engine's ONNX model with onnxruntime on host memory: the addresses given to
+    ``set_tensor_address`` must be host addresses (:class:`HostBuffers`)."""
+
+    __slots__ = ("_engine", "_profile", "_shapes", "_addresses", "_session")
+
+    def __init__(self, engine: ICudaEngine):
+        self._engine = engine
+        self._profile = 0
+        self._shapes: Dict[str, Tuple[int, ...]] = {}
+        self._addresses: Dict[str, int] = {}
+        self._session: Any = None
+
+    @property
+    def engine(self) -> ICudaEngine:
+        return self._engine
+
+    @property
+    def active_optimization_profile(self) -> int:
+        return self._profile
+
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+        _check(profile_index, int, "IExecutionContext.set_optimization_profile_async")
+        _check(stream_handle, int, "IExecutionContext.set_optimization_profile_async")
+        if not 0 <= profile_index < self._engine.num_optimization_profiles:
+            _log(self._engine._logger, _Severity.ERROR,
+                 f"[fake] no optimization profile {profile_index}")
+            return False
+        self._profile = profile_index
+        self._shapes = {}
+        return True
+
+    def set_input_shape(self, name: str, shape: Any) -> bool:
+        _check(name, str, "IExecutionContext.set_input_shape")
+        dims = _shape(list(shape), "IExecutionContext.set_input_shape")
+        tensor = self._engine._tensor(name)
+        if tensor is None or tensor["mode"] != "INPUT":
+            _log(self._engine._logger, _Severity.ERROR, f"[fake] '{name}' is not an input")
+            return False
+        lo, _, hi = self._engine.get_tensor_profile_shape(name, self._profile)
+        if len(dims) != len(lo) or any(not a <= d <= b for a, d, b in zip(lo, dims, hi)):
+            _log(self._engine._logger, _Severity.ERROR,
+                 f"[fake] setInputShape: {list(dims)} is outside profile {self._profile} of "
+                 f"'{name}' ({list(lo)} .. {list(hi)})")
+            return False
+        self._shapes[name] = dims
+        return True
+
+    def get_tensor_shape(self, name: str) -> Dims:
+        _check(name, str, "IExecutionContext.get_tensor_shape")
+        tensor = self._engine._tensor(name)
+        if tensor is None:
+            return Dims(())
+        if tensor["mode"] == "INPUT" and name in self._shapes:
+            return Dims(self._shapes[name])
+        bound: Dict[str, int] = {}
+        for t in self._engine._data["io"]:
+            if t["mode"] == "INPUT" and t["name"] in self._shapes:
+                for d, v in zip(t["dims"], self._shapes[t["name"]]):
+                    if isinstance(d, str):
+                        bound[d] = v
+        return Dims(d if isinstance(d, int) else bound.get(d, -1) if d else -1
+                    for d in tensor["dims"])
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        _check(name, str, "IExecutionContext.set_tensor_address")
+        _check(memory, int, "IExecutionContext.set_tensor_address")
+        if self._engine._tensor(name) is None:
+            _log(self._engine._logger, _Severity.ERROR, f"[fake] no tensor '{name}'")
+            return False
+        self._addresses[name] = memory
+        return True
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        import numpy as np
+
+        _check(stream_handle, int, "IExecutionContext.execute_async_v3")
+        _record("execute_async_v3")
+        logger = self._engine._logger
+        io = self._engine._data["io"]
+        feed = {}
+        for t in io:
+            if t["name"] not in self._addresses:
+                _log(logger, _Severity.ERROR, f"[fake] enqueueV3: no address for '{t['name']}'")
+                return False
+            if t["mode"] == "INPUT":
+                if t["name"] not in self._shapes:
+                    _log(logger, _Severity.ERROR,
+                         f"[fake] enqueueV3: the shape of input '{t['name']}' is not set")
+                    return False
+                feed[t["name"]] = _read(self._addresses[t["name"]], self._shapes[t["name"]],
+                                        _NUMPY[t["dtype"]])
+        if self._session is None:
+            import onnxruntime as ort
+
+            self._session = ort.InferenceSession(_model(self._engine._data).SerializeToString(),
+                                                 providers=["CPUExecutionProvider"])
+        outputs = self._session.run(None, feed)
+        for t, value in zip([t for t in io if t["mode"] == "OUTPUT"], outputs):
+            want = tuple(self.get_tensor_shape(t["name"]))
+            if tuple(value.shape) != want:
+                _log(logger, _Severity.ERROR, f"[fake] output '{t['name']}' is {value.shape}, "
+                                              f"the context said {want}")
+                return False
+            value = np.ascontiguousarray(value, dtype=_NUMPY[t["dtype"]])
+            ctypes.memmove(self._addresses[t["name"]], value.ctypes.data, value.nbytes)
+        return True
+
+
+def _read(address: int, shape: Tuple[int, ...], dtype: str) -> Any:
+    import numpy as np
+
+    count = int(np.prod(shape)) if shape else 1
+    nbytes = count * np.dtype(dtype).itemsize
+    raw = (ctypes.c_char * nbytes).from_address(address)
+    return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape)
+
+
+class EngineInspector:
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: ICudaEngine):
+        self._engine = engine
+
+    def get_engine_information(self, format: Any) -> str:  # noqa: A002
+        _check(format, LayerInformationFormat, "EngineInspector.get_engine_information")
+        data = self._engine._data
+        if data["verbosity"] == "NONE":
+            layers: List[Any] = []
+        elif data["verbosity"] == "LAYER_NAMES_ONLY":
+            layers = [name for name, _ in data["layers"]]
+        else:
+            names = {"FLOAT": "Float", "HALF": "Half", "BF16": "BFloat16", "INT8": "Int8",
+                     "INT32": "Int32", "INT64": "Int64", "BOOL": "Bool", "UINT8": "UInt8"}
+            layers = [{"Name": n, "LayerType": op, "Outputs": [
+                {"Format/Datatype": f"Row major linear {names.get(t, 'Float')} format"}]}
+                for (n, op), t in zip(data["layers"], data["layer_types"])]
+        if format == LayerInformationFormat.ONELINE:
+            return "\n".join(str(layer) for layer in layers)
+        return json.dumps({"Layers": layers, "Bindings": [t["name"] for t in data["io"]]})
+
+
+# --------------------------------------------------------------------------------------------
+# refit
+# --------------------------------------------------------------------------------------------
 
 class Refitter:
+    __slots__ = ("_engine", "_logger", "_new")
+
     def __init__(self, engine: ICudaEngine, logger: ILogger):
+        _check(engine, ICudaEngine, "Refitter.__init__")
+        self._logger = _logger(logger, "Refitter.__init__")
         _record("Refitter")
-        self.engine = engine
-        self.refitted: Optional[str] = None
+        if not engine.refittable:
+            _log(self._logger, _Severity.ERROR, "[fake] the engine was not built refittable")
+            raise TypeError("pybind11::init(): factory function returned nullptr")
+        self._engine = engine
+        self._new: Dict[str, Any] = {}
+
+    def get_missing_weights(self) -> List[str]:
+        """Weights refit_cuda_engine still needs: every refittable one once any is set (the
+        fake refits whole networks), all stripped ones of a STRIP_PLAN engine."""
+        data = self._engine._data
+        if not self._new and not data["weights_missing"]:
+            return []
+        return sorted(set(data["refittable"]) - set(self._new))
+
+    def get_all_weights(self) -> List[str]:
+        return sorted(self._engine._data["refittable"])
 
     def refit_cuda_engine(self) -> bool:
         _record("refit_cuda_engine")
-        return self.refitted is not None
-
-    def get_missing_weights(self) -> List[str]:
-        return [] if self.refitted else ["all"]
-
-
-class OnnxParserRefitter:
-    def __init__(self, refitter: Refitter, logger: ILogger):
-        self.refitter = refitter
-
-    @property
-    def num_errors(self) -> int:
-        return 0
-
-    def get_error(self, index: int) -> ParserError:  # pragma: no cover
-        raise IndexError(index)
-
-    def refit_from_file(self, path: str) -> bool:
-        from buildgraph.backends.tensorrt.structure import structure_digest
-
-        _record("refit_from_file", os.path.basename(path))
-        if structure_digest(path) != self.refitter.engine.data.get("digest"):
+        missing = self.get_missing_weights()
+        if missing:
+            _log(self._logger, _Severity.ERROR, f"[fake] refit: missing weights {missing}")
             return False
+        data = self._engine._data
+        model = _model(data)
+        for init in model.graph.initializer:
+            if init.name in self._new:
+                init.CopyFrom(self._new[init.name])
+        data["model"] = base64.b64encode(model.SerializeToString()).decode()
+        data["weights_missing"] = []
+        data["weights"] = hashlib.sha256(b"".join(
+            self._new[n].SerializeToString() for n in sorted(self._new))).hexdigest()
+        self._new = {}
+        return True
+
+
+class OnnxParserRefitter(_Errors):
+    __slots__ = ("_refitter", "_logger", "_errors")
+
+    def __init__(self, refitter: Refitter, logger: ILogger):
+        _check(refitter, Refitter, "OnnxParserRefitter.__init__")
+        self._logger = _logger(logger, "OnnxParserRefitter.__init__")
+        self._refitter = refitter
+        self._errors: List[ParserError] = []
+
+    def refit_from_file(self, model: str) -> bool:
         import onnx
 
-        raw = onnx.load(path).SerializeToString(deterministic=True)
-        self.refitter.refitted = hashlib.sha256(raw).hexdigest()
-        self.refitter.engine.data["weights"] = self.refitter.refitted
+        _check(model, str, "OnnxParserRefitter.refit_from_file")
+        _record("refit_from_file", os.path.basename(model))
+        try:
+            proto = onnx.load(model)
+        except Exception as exc:  # noqa: BLE001
+            self._errors.append(ParserError(-1, "", "", f"cannot read {model}: {exc}",
+                                            ErrorCode.MODEL_DESERIALIZE_FAILED))
+            return False
+        wanted = self._refitter._engine._data["refittable"]
+        found = {i.name: i for i in proto.graph.initializer if i.name in wanted}
+        for init in proto.graph.initializer:
+            if init.name in wanted and list(init.dims) != wanted[init.name]:
+                self._errors.append(ParserError(
+                    -1, init.name, "", f"weights '{init.name}' have shape {list(init.dims)}; "
+                    f"the engine's have {wanted[init.name]}", ErrorCode.REFIT_FAILED))
+        if self._errors:
+            return False
+        self._refitter._new.update(found)
         return True
+
+
+# --------------------------------------------------------------------------------------------
+# test helpers (not TensorRT's)
+# --------------------------------------------------------------------------------------------
+
+class HostBuffers:
+    """Host memory in place of CUDA memory for ``TensorRTRuntime.buffers``: the fake execution
+    context reads and writes these addresses."""
+
+    def __init__(self) -> None:
+        self.stream = 0
+
+    def upload(self, array: Any, dtype: str) -> Tuple[int, Any]:
+        import numpy as np
+
+        host = np.ascontiguousarray(np.asarray(array), dtype=dtype)
+        return host.ctypes.data, host
+
+    def empty(self, shape: Sequence[int], dtype: str) -> Tuple[int, Any]:
+        import numpy as np
+
+        host = np.full(tuple(shape), np.nan if np.dtype(dtype).kind == "f" else 0, dtype=dtype)
+        return host.ctypes.data, host
+
+    def download(self, handle: Any) -> Any:
+        return handle.copy()
+
+    def synchronize(self) -> None:
+        pass
 
 
 def make_test_onnx(path: Any, channels: Tuple[int, int] = (32, 64), classes: int = 10,

@@ -64,6 +64,7 @@ class BenchmarkExecutor(ModelExecutor):
         self.import_torch()
         import numpy as np
 
+        from buildgraph.backends.evaluate.verify import candidate_trusted
         from buildgraph.backends.torch import model as torchmodel
         from buildgraph.engine.runtime import RuntimeContext, artifact_info, load_runtime, runtime_for
 
@@ -93,7 +94,8 @@ class BenchmarkExecutor(ModelExecutor):
                                      "digest": path_digest(path).digest, "results": []}
             ctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
                                  kind=kind, meta=artifact_info(task.upstream[cand]),
-                                 threads=task.threads, device=p.device, trusted=True)
+                                 threads=task.threads, device=p.device,
+                                 trusted=candidate_trusted(kind, spec))
             runtime = None
             try:
                 entry["runtime"] = runtime_for(kind, path)

@@ -48,6 +48,17 @@ below 0.9), loose enough for the rounding a correct fp16/bf16/int8 build shows."
 
 BOUNDS = ("atol", "rtol", "statistic", "min_cosine", "min_top1", "min_topk")
 
+TRUSTED_KINDS = ("torch.save",)
+"""Step kinds whose outputs may run code when loaded (a whole-model pickle): a torch.save step
+pickles the model this recipe built, from a source the recipe already had to trust."""
+
+
+def candidate_trusted(kind: Optional[str], model_spec: Mapping[str, Any]) -> bool:
+    """May loading a candidate run code from it (unpickle a whole model, a TensorRT engine's
+    host code)? When a ``torch.save`` step of this recipe wrote it, or the model says
+    ``trusted: true``; not for what a ``shell`` or ``python`` step wrote, whatever its name."""
+    return kind in TRUSTED_KINDS or bool(model_spec.get("trusted"))
+
 
 class OutputTolerance(StrictParams):
     atol: Bound = Field(None, description="absolute bound on STAT(|err| - rtol*|ref|)")
@@ -296,7 +307,7 @@ class VerifyExecutor(ModelExecutor):
         model.float()
         sets = self._input_sets(task, p, spec)
         ctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
-                             threads=task.threads, trusted=True)
+                             threads=task.threads, trusted=bool(spec.get("trusted")))
         reference = EagerRuntime.from_module(model, ctx)
         ref_out: List[List[Any]] = []
         out_names: List[str] = []
@@ -326,7 +337,8 @@ class VerifyExecutor(ModelExecutor):
             entry: Dict[str, Any] = {"kind": kind, "artifact": path.name}
             cctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
                                   kind=kind, meta=artifact_info(task.upstream[cand]),
-                                  threads=task.threads, device=p.device, trusted=True)
+                                  threads=task.threads, device=p.device,
+                                  trusted=candidate_trusted(kind, spec))
             start = time.perf_counter()
             got: List[List[Any]] = []
             problem = ""

@@ -182,11 +182,19 @@ def configure(trt: Any, builder: Any, config: Any, desc: BuildDescription) -> No
         config.DLA_core = desc.dla_core
     if desc.max_aux_streams is not None:
         config.max_aux_streams = desc.max_aux_streams
-    for shapes in desc.profiles:
+    for i, shapes in enumerate(desc.profiles):
         profile = builder.create_optimization_profile()
         for name, lo, mid, hi in shapes:
-            profile.set_shape(name, lo, mid, hi)
-        config.add_optimization_profile(profile)
+            try:
+                profile.set_shape(name, lo, mid, hi)
+            except RuntimeError as exc:  # TensorRT's check of min <= opt <= max
+                raise StepFailed(f"TensorRT refused profile {i} of input '{name}' "
+                                 f"(min {list(lo)}, opt {list(mid)}, max {list(hi)}): "
+                                 f"{str(exc).splitlines()[0]}") from None
+        # -1: TensorRT found the profile invalid (empty, or shapes left unset)
+        if config.add_optimization_profile(profile) < 0:
+            raise StepFailed(f"TensorRT refused optimization profile {i} as invalid "
+                             f"({len(shapes)} inputs set)")
 
 
 def attach_timing_cache(config: Any, blob: Optional[bytes]) -> Tuple[Any, str]:

@@ -24,7 +24,7 @@ from pydantic import Field
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
-from buildgraph.backends.tensorrt.build import ENGINE_SUFFIXES, ParserIssue, make_logger, parser_failure
+from buildgraph.backends.tensorrt.build import ENGINE_SUFFIXES, ParserIssue, make_logger
 from buildgraph.engine.params import StrictParams
 
 
@@ -111,13 +111,31 @@ class TensorRTRefitExecutor(Executor):
         return meta
 
 
+def refit_failure(issues: List[ParserIssue], onnx_name: str, shown: int = 3) -> str:
+    """One line for weights the refitter refused (its errors name weights, not nodes)."""
+    head = f"refit: TensorRT could not read the weights of {onnx_name} (is it the engine's " \
+           "architecture?)"
+    if not issues:
+        return head
+    body = "; ".join((f"{i.name}: " if i.name and i.name not in i.desc else "") + i.desc
+                     for i in issues[:shown])
+    more = f"; and {len(issues) - shown} more" if len(issues) > shown else ""
+    return f"{head}: {body}{more}"
+
+
 def refit_engine(trt: Any, logger: Any, engine_bytes: bytes, onnx_path: Path) -> bytes:
     """Refit a serialized engine with the weights of ``onnx_path``; the new serialized engine."""
     runtime = trt.Runtime(logger)
+    # the engine is an upstream tensorrt.build's: a version-compatible one embeds the lean
+    # runtime, which TensorRT runs only when host code is allowed
+    runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise StepFailed("TensorRT could not deserialize the engine (built by another "
                          "TensorRT version or GPU?)")
+    if not engine.refittable:
+        raise StepFailed("the engine is not refittable: build it with refit: true (or "
+                         "refittable: true)")
     refitter = trt.Refitter(engine, logger)
     parser_refitter = trt.OnnxParserRefitter(refitter, logger)
     if not parser_refitter.refit_from_file(str(onnx_path)):
@@ -126,9 +144,7 @@ def refit_engine(trt: Any, logger: Any, engine_bytes: bytes, onnx_path: Path) ->
             err = parser_refitter.get_error(i)
             issues.append(ParserIssue(int(err.node()), str(err.node_name()),
                                       str(err.node_operator()), str(err.desc())))
-        raise StepFailed("refit: " + (parser_failure(issues) if issues else
-                                      f"TensorRT could not read the weights of {onnx_path.name}"
-                                      " (is it the engine's architecture?)"))
+        raise StepFailed(refit_failure(issues, onnx_path.name))
     if not refitter.refit_cuda_engine():
         missing = list(refitter.get_missing_weights())
         raise StepFailed("refit failed: the engine still lacks weights "

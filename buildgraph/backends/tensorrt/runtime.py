@@ -1,10 +1,18 @@
 """The TensorRT runtime for ``verify`` and benchmarks: deserialize an engine and run it.
 
-Device memory goes through torch (``torch.empty(..., device="cuda")``): torch is already a
-dependency of the verify step, and its CUDA caching allocator and streams are all this needs,
-so cuda-python is not required. Inputs are numpy arrays in the engine's input order; shapes
-are set per call (``set_input_shape``) and must lie in one of the engine's optimization
-profiles (profile 0 unless ``ctx.meta['profile']`` says otherwise).
+Device memory goes through torch (``torch.empty(..., device="cuda")``, :class:`TorchCudaBuffers`):
+torch is already a dependency of the verify step, and its CUDA caching allocator and streams are
+all this needs, so cuda-python is not required. The buffers sit behind a small interface
+(:class:`DeviceBuffers`, chosen by :attr:`TensorRTRuntime.buffers`) so that tests run this
+module against the fake TensorRT on host memory. Inputs are numpy arrays in the engine's input
+order; shapes are set per call (``set_input_shape``) and must lie in one of the engine's
+optimization profiles (profile 0 unless ``ctx.meta['profile']`` says otherwise).
+
+A version-compatible engine embeds TensorRT's lean runtime, host code that deserializing runs,
+so TensorRT loads it only with ``engine_host_code_allowed``: this runtime allows it for engines
+that this recipe's ``tensorrt.build``/``tensorrt.refit`` steps made (their build chose to embed
+it) and for artifacts the caller trusts (``ctx.trusted``), not for an ``.engine`` of unknown
+origin.
 
 Like every runtime, nothing imports TensorRT or torch before :meth:`Runtime.load`. The class
 registers as ``tensorrt`` for the ``tensorrt.build``/``tensorrt.refit`` kinds and the
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 from buildgraph.errors import StepFailed
 from buildgraph.engine.runtime import Runtime, RuntimeContext
@@ -40,39 +48,110 @@ def register() -> None:
     register_runtime(NAME, TARGET, kinds=KINDS, suffixes=SUFFIXES)
 
 
+class DeviceBuffers:
+    """Tensor memory that TensorRT reads and writes, and the stream it runs on."""
+
+    stream: int
+    """The stream handle ``execute_async_v3`` gets."""
+
+    def upload(self, array: Any, dtype: str) -> Tuple[int, Any]:  # pragma: no cover
+        """Copy a numpy array in as ``dtype`` (as torch names it: float32, float16, bfloat16,
+        int8...); (address, handle to keep while TensorRT uses it)."""
+        raise NotImplementedError
+
+    def empty(self, shape: Sequence[int], dtype: str) -> Tuple[int, Any]:  # pragma: no cover
+        """Room for an output; (address, handle)."""
+        raise NotImplementedError
+
+    def download(self, handle: Any) -> Any:  # pragma: no cover
+        """A handle's contents as a numpy array (float32 for bfloat16)."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:  # pragma: no cover
+        """Wait for the stream."""
+        raise NotImplementedError
+
+
+class TorchCudaBuffers(DeviceBuffers):
+    """CUDA memory and a stream through torch."""
+
+    def __init__(self) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StepFailed("the TensorRT runtime needs CUDA through torch; this torch has "
+                             "no CUDA (torch.cuda.is_available() is False)")
+        self.torch = torch
+        self._stream = torch.cuda.Stream()
+        self.stream = self._stream.cuda_stream
+
+    def _dtype(self, dtype: str) -> Any:
+        return getattr(self.torch, dtype)
+
+    def upload(self, array: Any, dtype: str) -> Tuple[int, Any]:
+        import numpy as np
+
+        tensor = self.torch.as_tensor(np.ascontiguousarray(array)).to(
+            device="cuda", dtype=self._dtype(dtype)).contiguous()
+        return tensor.data_ptr(), tensor
+
+    def empty(self, shape: Sequence[int], dtype: str) -> Tuple[int, Any]:
+        tensor = self.torch.empty(tuple(shape), dtype=self._dtype(dtype), device="cuda")
+        return tensor.data_ptr(), tensor
+
+    def download(self, handle: Any) -> Any:
+        if handle.dtype == self.torch.bfloat16:
+            handle = handle.float()
+        return handle.cpu().numpy()
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
+
+
+def host_code_allowed(ctx: RuntimeContext) -> bool:
+    """May deserializing run host code (a version-compatible engine's lean runtime)? For engines
+    this recipe's TensorRT steps made, and for artifacts the caller trusts."""
+    return ctx.kind in KINDS or bool(ctx.trusted)
+
+
 class TensorRTRuntime(Runtime):
     """A serialized TensorRT engine on the first visible CUDA device."""
 
     name = NAME
     kinds = KINDS
     suffixes = SUFFIXES
+    buffers: ClassVar[Callable[[], DeviceBuffers]] = TorchCudaBuffers
+    """Makes the tensor memory (tests put host memory here for the fake TensorRT)."""
 
     def _load(self) -> None:
-        import torch
-
         from buildgraph.backends.tensorrt import env as trt_env
         from buildgraph.backends.tensorrt.build import make_logger
 
         trt = trt_env.load_tensorrt()
-        if not torch.cuda.is_available():
-            raise StepFailed("the TensorRT runtime needs CUDA through torch; this torch has "
-                             "no CUDA (torch.cuda.is_available() is False)")
+        self.memory = type(self).buffers()
         self.trt = trt
-        self.torch = torch
         self.messages: List[Tuple[str, str]] = []
         self.logger = make_logger(trt, "WARNING", self.messages)
         self.runtime = trt.Runtime(self.logger)
-        self.runtime.engine_host_code_allowed = bool(self.ctx.meta.get("version_compatible"))
+        allowed = host_code_allowed(self.ctx)
+        self.runtime.engine_host_code_allowed = allowed
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             errors = "; ".join(m for _, m in self.messages[-2:])
-            raise StepFailed(f"TensorRT cannot deserialize {self.path.name} (built by another "
-                             f"TensorRT version or for another GPU?){': ' + errors if errors else ''}")
+            why = "built by another TensorRT version or for another GPU?" if allowed else \
+                "a version-compatible engine runs host code when it loads, which buildgraph " \
+                "allows only for engines this recipe's TensorRT steps built or a model marked " \
+                "trusted: true"
+            raise StepFailed(f"TensorRT cannot deserialize {self.path.name} ({why})"
+                             f"{': ' + errors if errors else ''}")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise StepFailed(f"TensorRT cannot create an execution context for "
+                             f"{self.path.name}: " + "; ".join(m for _, m in self.messages[-2:]))
         self.profile = int(self.ctx.meta.get("profile", 0))
-        self.stream = torch.cuda.Stream()
-        if self.profile:
-            self.context.set_optimization_profile_async(self.profile, self.stream.cuda_stream)
+        if self.profile and not self.context.set_optimization_profile_async(
+                self.profile, self.memory.stream):
+            raise StepFailed(f"{self.path.name} has no optimization profile {self.profile}")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
@@ -105,36 +184,37 @@ class TensorRTRuntime(Runtime):
         return tuple(tuple(int(d) for d in s) for s in shapes)
 
     def run(self, inputs: Sequence[Any]) -> List[Any]:
-        import numpy as np
-
-        torch = self.torch
         if len(inputs) != len(self.inputs):
             raise StepFailed(f"the engine takes {len(self.inputs)} inputs "
                              f"({', '.join(self.inputs)}); got {len(inputs)}")
         keep = []
         for name, value in zip(self.inputs, inputs):
-            _, tdtype = self._dtype(name)
-            tensor = torch.as_tensor(np.ascontiguousarray(value)).to(
-                device="cuda", dtype=getattr(torch, tdtype)).contiguous()
-            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+            np_dtype, tdtype = self._dtype(name)
+            address, handle = self.memory.upload(value, tdtype)
+            keep.append(handle)
+            shape = tuple(int(d) for d in getattr(value, "shape", ()))
+            if not self.context.set_input_shape(name, shape):
                 lo, _, hi = self.shape_range(name)
-                raise StepFailed(f"input '{name}' shape {tuple(tensor.shape)} is outside "
+                raise StepFailed(f"input '{name}' shape {shape} is outside "
                                  f"the engine's profile {self.profile} ({lo} .. {hi})")
-            self.context.set_tensor_address(name, tensor.data_ptr())
-            keep.append(tensor)
+            self._address(name, address)
         outs = []
         for name in self.outputs:
             _, tdtype = self._dtype(name)
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
-            tensor = torch.empty(shape, dtype=getattr(torch, tdtype), device="cuda")
-            self.context.set_tensor_address(name, tensor.data_ptr())
-            outs.append(tensor)
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            address, handle = self.memory.empty(shape, tdtype)
+            self._address(name, address)
+            outs.append(handle)
+        if not self.context.execute_async_v3(self.memory.stream):
             raise StepFailed("TensorRT failed to execute the engine: "
                              + "; ".join(m for _, m in self.messages[-2:]))
-        self.stream.synchronize()
-        return [t.float().cpu().numpy() if t.dtype == torch.bfloat16 else t.cpu().numpy()
-                for t in outs]
+        self.memory.synchronize()
+        return [self.memory.download(h) for h in outs]
+
+    def _address(self, name: str, address: int) -> None:
+        if not self.context.set_tensor_address(name, address):
+            raise StepFailed(f"TensorRT refused the address of tensor '{name}': "
+                             + "; ".join(m for _, m in self.messages[-2:]))
 
     def benchmark(self, inputs: Sequence[Any], warmup: int = 10, iterations: int = 100
                   ) -> Dict[str, float]:
@@ -154,6 +234,7 @@ class TensorRTRuntime(Runtime):
         self.context = None
         self.engine = None
         self.runtime = None
+        self.memory = None
 
 
 def load(path: Path, meta: Optional[Dict[str, Any]] = None) -> TensorRTRuntime:

@@ -91,6 +91,12 @@ def trtexec_args(desc: BuildDescription, onnx: Path, engine: Path, layers: Optio
         args.append(f"--maxAuxStreams={desc.max_aux_streams}")
     args.append(f"--profilingVerbosity={desc.profiling_verbosity.lower()}")
     if ("NATIVE_INSTANCENORM", False) in desc.parser_flags:
+        if "VERSION_COMPATIBLE" in desc.builder_flags or \
+                desc.hardware_compatibility == "AMPERE_PLUS":
+            raise DescriptionError(
+                "native_instancenorm: false (the InstanceNorm plugin) cannot go into a "
+                "version-compatible or ampere_plus engine: trtexec refuses --pluginInstanceNorm "
+                "with --versionCompatible and --hardwareCompatibilityLevel=ampere+")
         args.append("--pluginInstanceNorm")
     many = len(desc.profiles) > 1
     for i, profile in enumerate(desc.profiles):
