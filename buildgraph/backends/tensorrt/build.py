@@ -436,8 +436,6 @@ class TensorRTBuildExecutor(Executor):
             info = {k: meta[k] for k in ("tensorrt", "gpu", "compute_capability", "cuda",
                                          "strongly_typed", "flags", "profiles") if k in meta}
             info["version_compatible"] = "VERSION_COMPATIBLE" in desc.builder_flags
-            if "precision" in summary:
-                info["precision"] = summary["precision"]
             task.outputs["info"].write_text(json.dumps(info, indent=1, sort_keys=True) + "\n",
                                             encoding="utf-8")
         return meta
