@@ -261,7 +261,8 @@ def _graph(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import datetime
 
-    from buildgraph.engine.store import Store, format_size, parse_size
+    from buildgraph.engine.sizes import format_size, parse_size
+    from buildgraph.engine.store import Store
 
     store = Store(Path(args.cache_dir) if args.cache_dir else None,
                   warn=lambda m: print(f"warning: {m}", file=sys.stderr))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, path_digest
-from buildgraph.engine.store import Store, parse_size
+from buildgraph.engine.sizes import parse_size
+from buildgraph.engine.store import Store
 
 RECIPE = """
 steps:
@@ -140,3 +143,15 @@ def test_parse_size():
     assert parse_size("2GB") == 2 * 1000 ** 3
     assert parse_size("100") == 100
     assert parse_size("1.5 MiB") == int(1.5 * 1024 ** 2)
+    assert parse_size("5G") == parse_size("5GB") == 5 * 1000 ** 3  # one reader everywhere
+    assert parse_size("4gib") == 4 * 1024 ** 3 and parse_size(512) == 512
+    for bad in ("5X", "", "-1", "GiB", True):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_gc_max_size_and_tensorrt_pools_read_sizes_alike():
+    from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
+
+    params = TensorRTBuildParams.model_validate({"workspace": "5G"})
+    assert params.workspace == "5G"  # validated by the same reader as `cache gc --max-size`

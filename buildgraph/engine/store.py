@@ -29,15 +29,13 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from buildgraph.errors import CacheError
 from buildgraph.engine.files import atomic_write
 from buildgraph.engine.memo import Memo
-from buildgraph.engine.sizes import format_size, parse_size  # noqa: F401 - re-exported for the CLI
-from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest, tree_manifest
+from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest
 
 ACTION_SCHEMA = 1
 
@@ -51,22 +49,6 @@ def default_cache_dir() -> Path:
 AREA_DIRS = {"tvm-tunedb": "tunedb", "trt-timing": "trt-timing"}
 """Shared record areas and their folders under the cache directory; other names (plugins) live
 under ``areas/``. The team cache synchronises these folders."""
-
-
-@dataclass
-class VerifyReport:
-    blobs: int = 0
-    actions: int = 0
-    corrupt_blobs: List[str] = None  # type: ignore[assignment]
-    broken_actions: List[str] = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.corrupt_blobs = self.corrupt_blobs or []
-        self.broken_actions = self.broken_actions or []
-
-    @property
-    def ok(self) -> bool:
-        return not self.corrupt_blobs and not self.broken_actions
 
 
 class Store:
@@ -452,104 +434,36 @@ class Store:
                 if pid is not None and (pid == os.getpid() or _alive(pid)):
                     continue
                 if entry.is_dir() and not entry.is_symlink():
-                    _rmtree_writable(entry)
+                    rmtree_writable(entry)
                 else:
                     entry.unlink(missing_ok=True)
                 removed += 1
         return removed
 
-    # --- maintenance -------------------------------------------------------------------------
+    # --- maintenance (engine/maintenance.py) ------------------------------------------------
     def verify(self, repair: bool = False, progress: Optional[Callable[[int], None]] = None
-               ) -> VerifyReport:
-        """Re-hash every blob and check every action's references."""
-        report = VerifyReport()
-        bad = set()
-        for digest, path in self.iter_blobs():
-            report.blobs += 1
-            actual, _ = hash_file(path)
-            if actual != digest:
-                report.corrupt_blobs.append(digest)
-                bad.add(digest)
-                if repair:
-                    path.unlink()
-            if progress:
-                progress(report.blobs)
-        for key, entry, _ in self.iter_actions():
-            report.actions += 1
-            ok = entry is not None
-            if ok:
-                for digest in self.referenced_blobs(entry):
-                    if digest in bad or not self.blob_path(digest).exists():
-                        ok = False
-                        break
-            if not ok:
-                report.broken_actions.append(key)
-                if repair:
-                    self.action_path(key).unlink(missing_ok=True)
-        self.stat_cache.flush()
-        return report
+               ) -> Any:
+        """Re-hash every blob and check every action's references (a ``VerifyReport``)."""
+        from buildgraph.engine import maintenance
+
+        return maintenance.verify(self, repair, progress)
 
     def usage(self) -> Dict[str, int]:
-        size = count = 0
-        for _, path in self.iter_blobs():
-            size += path.stat().st_size
-            count += 1
-        actions = sum(1 for _ in self.iter_actions())
-        return {"bytes": size, "objects": count, "actions": actions}
+        from buildgraph.engine import maintenance
+
+        return maintenance.usage(self)
 
     def gc(self, max_size: Optional[int] = None) -> Dict[str, int]:
-        """Drop least-recently-used actions until blobs fit ``max_size``; then unreferenced blobs."""
-        actions = [(st.st_mtime, key, entry) for key, entry, st in self.iter_actions()]
-        actions.sort(key=lambda a: a[0])
-        sizes = {d: p.stat().st_size for d, p in self.iter_blobs()}
-        refs: Dict[str, int] = {}
-        per_action: Dict[str, List[str]] = {}
-        removed_actions = 0
-        for _, key, entry in actions:
-            if entry is None:
-                self.action_path(key).unlink(missing_ok=True)
-                removed_actions += 1
-                continue
-            digests = [d for d in set(self.referenced_blobs(entry)) if d in sizes]
-            per_action[key] = digests
-            for d in digests:
-                refs[d] = refs.get(d, 0) + 1
-        live = sum(sizes[d] for d in refs)
-        if max_size is not None:
-            for _, key, entry in actions:
-                if live <= max_size:
-                    break
-                if key not in per_action:
-                    continue
-                self.action_path(key).unlink(missing_ok=True)
-                removed_actions += 1
-                for d in per_action.pop(key):
-                    refs[d] -= 1
-                    if refs[d] == 0:
-                        del refs[d]
-                        live -= sizes[d]
-        removed_blobs = freed = 0
-        for digest, size in sizes.items():
-            if digest not in refs:
-                self.blob_path(digest).unlink(missing_ok=True)
-                removed_blobs += 1
-                freed += size
-        tmp = self.clean_tmp()
-        for regenerable in ("recipes", "derived"):  # resolved recipes, memoised digests
-            shutil.rmtree(self.root / regenerable, ignore_errors=True)
-        return {"removed_actions": removed_actions, "removed_objects": removed_blobs,
-                "freed_bytes": freed, "kept_bytes": live, "removed_tmp": tmp}
+        """Drop least-recently-used actions until blobs fit ``max_size``; then unreferenced
+        blobs."""
+        from buildgraph.engine import maintenance
+
+        return maintenance.gc(self, max_size)
 
     def clear(self) -> None:
-        for sub in (self.objects, self.actions, self.tmp, self.locks, self.root / "recipes",
-                    self.root / "derived"):
-            if sub.exists():
-                _rmtree_writable(sub)
-        self.stat_cache.close()
-        self.memo.close()
-        for db in ("stat.db", "memo.db"):
-            for extra in ("", "-wal", "-shm"):
-                (self.root / (db + extra)).unlink(missing_ok=True)
+        from buildgraph.engine import maintenance
+
+        maintenance.clear(self)
 
     def close(self) -> None:
         self.stat_cache.close()
@@ -619,7 +533,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _rmtree_writable(path: Path) -> None:
+def rmtree_writable(path: Path) -> None:
     def onerror(func: Any, p: str, _: Any) -> None:
         os.chmod(os.path.dirname(p), 0o755)
         func(p)
