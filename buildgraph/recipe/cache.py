@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 from buildgraph.engine.graph import Graph
 from buildgraph.engine.environment import environment_token

@@ -5,67 +5,33 @@ expand matrices; interpolate ``${vars.*}``/``${matrix.*}``; validate with the py
 and each step kind's ``Params``; resolve references (``from``, ``${in.STEP.OUT}``), file inputs
 and resources; reject cycles. Every problem becomes a :class:`RecipeError` that names
 ``file:line:col``, the key path and what was expected (DVC's strictyaml approach, done with
-pydantic's ``loc``).
+pydantic's ``loc``). Helpers by concern: :mod:`~buildgraph.recipe.positions` (where a key is),
+:mod:`~buildgraph.recipe.matrix` (expansion), :mod:`~buildgraph.recipe.validation` (pydantic
+errors as text), :mod:`~buildgraph.recipe.interpolate` (``${...}``).
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
-import typing
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from buildgraph.engine import executor as executors
 from buildgraph.errors import Location, RecipeError, did_you_mean
 from buildgraph.engine.graph import Graph, StepNode, find_cycle, topological_order
-from buildgraph.recipe.interpolate import RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs, parse_overrides, references, resolve_vars, scope_lookup, substitute
-from buildgraph.recipe.schema import ID_PATTERN, Recipe, StepSpec
-from buildgraph.recipe.yamlpos import Positions, load_with_positions
+from buildgraph.recipe.interpolate import (RUNTIME_NAMESPACES, InterpolationError, find_runtime_refs,
+                                           parse_overrides, references, resolve_vars, scope_lookup,
+                                           substitute)
+from buildgraph.recipe.matrix import NAME_RE, expand_matrix
+from buildgraph.recipe.positions import Source
+from buildgraph.recipe.schema import Recipe, StepSpec
+from buildgraph.recipe.validation import validation_error
+from buildgraph.recipe.yamlpos import load_with_positions
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 FILENAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 DEFAULT_POOLS = {"gpu": 1}
-
-
-class _Source:
-    """Maps key paths of the (expanded) recipe back to positions in the file."""
-
-    def __init__(self, path: Path, positions: Positions, origin: Dict[str, str]):
-        self.path = path
-        self.positions = positions
-        self.origin = origin  # expanded step id -> id in the file
-
-    def _file_path(self, path: Sequence[Any]) -> Tuple[Any, ...]:
-        path = tuple(path)
-        if len(path) >= 2 and path[0] == "steps" and path[1] in self.origin:
-            path = ("steps", self.origin[path[1]]) + path[2:]
-        return path
-
-    def location(self, path: Sequence[Any], value: bool = False) -> Location:
-        path = self._file_path(path)
-        if value and path + ("<value>",) in self.positions:
-            line, col = self.positions[path + ("<value>",)]
-            return Location(str(self.path), line, col)
-        while path:
-            if path in self.positions:
-                line, col = self.positions[path]
-                return Location(str(self.path), line, col)
-            path = path[:-1]
-        line, col = self.positions.get((), (1, 1))
-        return Location(str(self.path), line, col)
-
-    def error(self, path: Sequence[Any], message: str, hint: str = "",
-              value: bool = False) -> RecipeError:
-        return RecipeError(message, hint=hint, location=self.location(path, value=value),
-                           key=_dotted(self._file_path(path)))
-
-
-def _dotted(path: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in path if p != "<value>")
 
 
 def load_recipe(path: Union[str, Path], overrides: Union[Mapping[str, Any], Sequence[str],
@@ -82,7 +48,7 @@ def load_recipe(path: Union[str, Path], overrides: Union[Mapping[str, Any], Sequ
         raise RecipeError(f"cannot read recipe: {exc}", location=Location(str(path))) from None
     recipe_path = recipe_path.resolve()
     data, positions = load_with_positions(text, str(path))
-    src = _Source(Path(str(path)), positions, {})
+    src = Source(Path(str(path)), positions, {})
     if not isinstance(data, dict):
         raise src.error((), "a recipe must be a mapping with at least 'steps:'; got "
                         + ("an empty file" if data is None else type(data).__name__))
@@ -90,7 +56,7 @@ def load_recipe(path: Union[str, Path], overrides: Union[Mapping[str, Any], Sequ
     return _Resolver(data, src, recipe_path, parse_overrides(overrides)).resolve()
 
 
-def _reject_references_in_keys(value: Any, src: _Source, path: Tuple[Any, ...] = ()) -> None:
+def _reject_references_in_keys(value: Any, src: Source, path: Tuple[Any, ...] = ()) -> None:
     """``${...}`` is expanded in values only. In a key it would stay as written (a matrix step
     whose every expansion has the same literal key ``${matrix.x}``), so it is an error."""
     if isinstance(value, dict):
@@ -108,7 +74,7 @@ def _reject_references_in_keys(value: Any, src: _Source, path: Tuple[Any, ...] =
 
 
 class _Resolver:
-    def __init__(self, data: Dict[str, Any], src: _Source, recipe_path: Path,
+    def __init__(self, data: Dict[str, Any], src: Source, recipe_path: Path,
                  overrides: Dict[str, Any]):
         self.data = data
         self.src = src
@@ -153,7 +119,7 @@ class _Resolver:
                                      + ("nothing" if body is None else type(body).__name__),
                                      value=True)
             matrix = body.get("matrix")
-            for exp_id, combo in self._matrix(base_id, matrix, variables):
+            for exp_id, combo in expand_matrix(self.src, base_id, matrix, variables):
                 if exp_id in expanded:
                     raise self.src.error(("steps", base_id, "matrix"),
                                          f"matrix expansion gives step id '{exp_id}' twice",
@@ -170,59 +136,7 @@ class _Resolver:
                 combos[exp_id] = combo
         return expanded, combos
 
-    def _matrix(self, base_id: str, matrix: Any,
-                variables: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
-        if matrix is None:
-            return [(base_id, {})]
-        where = ("steps", base_id, "matrix")
-        if not isinstance(matrix, dict) or not matrix:
-            raise self.src.error(where, "expected a mapping of axis: [values]", value=True)
-        try:
-            matrix = substitute(matrix, scope_lookup({"vars": variables}), where,
-                                keep=RUNTIME_NAMESPACES)
-        except InterpolationError as exc:
-            raise self.src.error(exc.path, str(exc), hint=exc.hint, value=True) from None
-        exclude = matrix.get("exclude", []) or []
-        include = matrix.get("include", []) or []
-        axes = {k: v for k, v in matrix.items() if k not in ("exclude", "include")}
-        for axis, values in axes.items():
-            if not NAME_RE.match(str(axis)):
-                raise self.src.error(where + (axis,), f"invalid matrix axis name '{axis}'")
-            if not isinstance(values, list):
-                raise self.src.error(where + (axis,), "expected a list of values; got "
-                                     f"{type(values).__name__}", value=True)
-            for i, v in enumerate(values):
-                if not isinstance(v, (str, int, float, bool)):
-                    raise self.src.error(where + (axis, i), "matrix values must be scalars "
-                                         f"(strings, numbers, booleans); got {type(v).__name__}")
-        for kind, entries in (("exclude", exclude), ("include", include)):
-            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-                raise self.src.error(where + (kind,), "expected a list of {axis: value} "
-                                     "mappings", value=True)
-            for i, entry in enumerate(entries):
-                for key in entry:
-                    if key not in axes:
-                        raise self.src.error(where + (kind, i, key),
-                                             f"'{key}' is not a matrix axis"
-                                             f"{did_you_mean(str(key), axes)}")
-        names = list(axes)
-        result: List[Dict[str, Any]] = []
-        for values in itertools.product(*(axes[n] for n in names)):
-            combo = dict(zip(names, values))
-            if any(all(combo.get(k) == v for k, v in ex.items()) for ex in exclude):
-                continue
-            result.append(combo)
-        for i, entry in enumerate(include):
-            if set(entry) != set(names):
-                raise self.src.error(where + ("include", i), "an include entry must give every"
-                                     " axis: " + ", ".join(names))
-            if entry not in result:
-                result.append(dict(entry))
-        if not result:
-            raise self.src.error(where, "the matrix expands to no steps",
-                                 hint="an axis has an empty list, or 'exclude' removes every "
-                                      "combination")
-        return [(base_id + "@" + "-".join(_slug(c[n]) for n in names), c) for c in result]
+
 
     # --- validation --------------------------------------------------------------------------
     def resolve(self) -> Graph:
@@ -241,7 +155,7 @@ class _Resolver:
         try:
             recipe = Recipe.model_validate(data)
         except ValidationError as exc:
-            raise self._validation_error(exc, (), Recipe) from None
+            raise validation_error(self.src, exc, (), Recipe) from None
         name = recipe.name or _default_name(self.recipe_path)
         pools = dict(DEFAULT_POOLS)
         pools.update(recipe.pools)
@@ -287,7 +201,7 @@ class _Resolver:
         try:
             params = params_model.model_validate(spec.with_)
         except ValidationError as exc:
-            raise self._validation_error(exc, where + ("with",), params_model) from None
+            raise validation_error(self.src, exc, where + ("with",), params_model) from None
         raw_params = params.model_dump(mode="json", by_alias=True)
         # outputs
         declared = spec.outputs if spec.outputs is not None else dict(cls.outputs)
@@ -438,86 +352,11 @@ class _Resolver:
                                                      keep=("out",))
         return edges
 
-    def _validation_error(self, exc: ValidationError, prefix: Tuple[Any, ...],
-                          model: Type[BaseModel]) -> RecipeError:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        loc = tuple(first["loc"])
-        path = prefix + loc
-        kind = first["type"]
-        more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this)" \
-            if len(errors) > 1 else ""
-        if kind == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
-            message = f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), allowed)}"
-            hint = "allowed here: " + ", ".join(allowed) if allowed else ""
-            return self.src.error(path, message + more, hint=hint)
-        if kind == "missing":
-            return self.src.error(path[:-1], f"required key '{loc[-1]}' is missing{more}")
-        message = first["msg"]
-        message = re.sub(r"^Input should be ", "expected ", message)
-        message = re.sub(r"^Value error, ", "", message)
-        message = message[0].lower() + message[1:] if message else message
-        got = first.get("input")
-        if kind == "literal_error" and isinstance(got, str):
-            choices = re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", "")))
-            message += f"; got '{got}'{did_you_mean(got, choices)}"
-        elif not isinstance(got, (dict, list)) and got is not None:
-            message += f"; got {got!r}"
-        elif isinstance(got, (dict, list)) and kind not in ("too_short",):
-            message += f"; got a {'mapping' if isinstance(got, dict) else 'list'}"
-        return self.src.error(path, message + more, value=True)
 
 
-def _allowed_keys(model: Type[BaseModel], loc: Tuple[Any, ...]) -> List[str]:
-    """Keys accepted at ``loc`` inside ``model`` (for 'did you mean' on unknown keys)."""
-    current: Any = model
-    i = 0
-    while i < len(loc):
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = None
-            for name, info in current.model_fields.items():
-                if loc[i] in (name, info.alias):
-                    field = info
-            if field is None:
-                return []
-            current = field.annotation
-            i += 1
-            continue
-        origin = typing.get_origin(current)
-        args = typing.get_args(current)
-        if origin in (dict, Dict) and len(args) == 2:
-            current = args[1]
-            i += 1
-        elif origin in (list, List) and args:
-            current = args[0]
-            i += 1
-        elif origin is Union:
-            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-            containers = [a for a in args if typing.get_origin(a) in (dict, list, Dict, List)]
-            if models:
-                current = models[0]
-            elif containers:
-                current = containers[0]
-            else:
-                return []
-        else:
-            return []
-    while typing.get_origin(current) is Union:
-        models = [a for a in typing.get_args(current)
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not models:
-            return []
-        current = models[0]
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [info.alias or name for name, info in current.model_fields.items()]
-    return []
 
 
-def _slug(value: Any) -> str:
-    text = "true" if value is True else "false" if value is False else str(value)
-    text = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
-    return text or "_"
+
 
 
 def _default_name(path: Path) -> str:
