@@ -56,7 +56,7 @@ _TORCH_KINDS: Dict[str, str] = {
     "onnx.simplify": "buildgraph.backends.onnx.simplify:OnnxSimplifyExecutor",
     "verify": "buildgraph.backends.evaluate.verify:VerifyExecutor",
     "benchmark": "buildgraph.backends.evaluate.benchmark:BenchmarkExecutor",
-    "release": "buildgraph.backends.evaluate.benchmark:ReleaseExecutor",
+    "release": "buildgraph.backends.evaluate.release:ReleaseExecutor",
 }
 _TVM_KINDS: Dict[str, str] = {
     "tvm.compile": "buildgraph.backends.tvm.compile:TvmCompileExecutor",
