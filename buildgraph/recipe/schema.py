@@ -42,11 +42,16 @@ class ModelSpec(Strict):
     """A PyTorch model the recipe builds from (see README, 'Model sources')."""
 
     source: str = Field(description="'path/file.py:factory', 'package.module:factory', "
-                        "'torchvision:resnet50', or a saved model file (.pt/.pth, .pt2, "
-                        "TorchScript)")
+                        "'torchvision:resnet50', 'transformers:BertModel', or a saved model "
+                        "file (.pt/.pth, .pt2, TorchScript)")
+    config: Optional[Union[Dict[str, Any], str]] = Field(
+        None, description="transformers: the model config, a dict with model_type "
+        "({model_type: bert, hidden_size: 32, ...}) or a config.json file (or its directory)")
     kwargs: Dict[str, Any] = Field(default_factory=dict,
                                    description="keyword arguments of the factory")
-    weights: Optional[str] = Field(None, description="state_dict or checkpoint file")
+    weights: Optional[str] = Field(None, description="a .safetensors, state_dict or "
+                                   "checkpoint file; for transformers also a directory "
+                                   "written by save_pretrained")
     weights_key: Optional[str] = Field(None, description="key of the state_dict inside a "
                                        "checkpoint dict, e.g. 'state_dict' or 'model'")
     strict: bool = Field(True, description="load_state_dict(strict=...)")
@@ -59,6 +64,23 @@ class ModelSpec(Strict):
     dims: Dict[str, Dict[str, int]] = Field(
         default_factory=dict,
         description="ranges of named dynamic dims, e.g. {batch: {min: 1, opt: 8, max: 32}}")
+    outputs: Optional[List[str]] = Field(
+        None, min_length=1,
+        description="the outputs every export keeps, in order: names (logits, "
+        "last_hidden_state) or dotted paths into the output structure (hidden_states.1); "
+        "default: every tensor the model returns")
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_outputs(cls, value: Optional[List[str]]) -> Optional[List[str]]:
+        if value is not None:
+            for entry in value:
+                if not entry or entry.strip() != entry:
+                    raise ValueError(f"outputs: '{entry}' is not an output name or path")
+            dup = next((e for e in value if value.count(e) > 1), None)
+            if dup:
+                raise ValueError(f"outputs: '{dup}' is listed twice")
+        return value
 
 
 class MatrixSpec(Strict):

@@ -314,7 +314,7 @@ class VerifyExecutor(ModelExecutor):
         with self.timed("reference"):
             for label, tensors in sets:
                 out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
-                flat = torchmodel.flatten_outputs(out)
+                flat = torchmodel.named_outputs(out, spec, f"model '{p.model}'")
                 out_names = [n for n, _ in flat]
                 ref_out.append([torchmodel.to_numpy(t) for _, t in flat])
         np_sets = [[torchmodel.to_numpy(t) for t in tensors] for _, tensors in sets]
@@ -322,7 +322,8 @@ class VerifyExecutor(ModelExecutor):
         def reference_for(tensors: List[Any]) -> List[Any]:
             with self.timed("reference"):
                 out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
-            return [torchmodel.to_numpy(t) for _, t in torchmodel.flatten_outputs(out)]
+            return [torchmodel.to_numpy(t) for _, t in
+                    torchmodel.named_outputs(out, spec, f"model '{p.model}'")]
         report: Dict[str, Any] = {
             "schema": 1, "model": p.model,
             "reference": {"runtime": reference.name, "precision": "fp32"},
@@ -366,6 +367,8 @@ class VerifyExecutor(ModelExecutor):
                                          f"{torchmodel.short_error(exc)[:300]}") from None
                 entry["run_s"] = round(time.perf_counter() - start, 4)
                 entry.update(runtime.details)
+                got = self._by_name(getattr(runtime, "output_names", None), out_names, got,
+                                    entry)
             except StepFailed as exc:
                 if getattr(exc, "skip", False):  # e.g. a library cross-compiled for another CPU
                     skipped = exc.message
@@ -428,6 +431,20 @@ class VerifyExecutor(ModelExecutor):
                             if e.get("skipped")},
                 "max_abs": {c: {o: m.get("max_abs") for o, m in e["outputs"].items()}
                             for c, e in report["candidates"].items()}}
+
+    @staticmethod
+    def _by_name(names: Optional[List[str]], ref_names: List[str], got: List[List[Any]],
+                 entry: Dict[str, Any]) -> List[List[Any]]:
+        """The candidate's outputs in the reference's order when it names the same outputs
+        (an artifact may order them differently); else as they come, their names reported."""
+        if not names or names == ref_names:
+            return got
+        if sorted(names) == sorted(ref_names) and len(set(names)) == len(names):
+            entry["output_order"] = names
+            order = [names.index(n) for n in ref_names]
+            return [[outs[i] for i in order] for outs in got]
+        entry["output_names"] = names  # renamed (output_names:): compared by position
+        return got
 
     @staticmethod
     def _candidates(task: Any, p: VerifyParams) -> List[str]:

@@ -43,6 +43,9 @@ class OnnxRuntime(Runtime):
             raise StepFailed(f"onnxruntime cannot load {self.path.name}: "
                              f"{str(exc).strip().splitlines()[0][:300]}") from None
         self.inputs = self.session.get_inputs()
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        """The graph's output names: verify matches outputs by name when they are the
+        reference's."""
         self.details["providers"] = self.session.get_providers()
         self.precision = self._precision()
 

@@ -6,11 +6,17 @@ Dynamic dims become ``torch.export.Dim`` objects: from the step's ``dynamic:`` m
 (``{input: {axis: name}}``) or, without one, from the named dims of the model's input shapes,
 with ranges from the model's ``dims:``. A dynamic dim whose example size is 1 is exported from
 an example of size 2, because torch.export specializes sizes 0 and 1 (the log says so).
+
+The program returns a tuple of tensors (:func:`buildgraph.backends.torch.outputs.export_module`
+wraps a model returning a dict, a ``ModelOutput`` or a named tuple, or whose spec selects
+``outputs:``), so its output spec names no class of the model's library: a ``.pt2`` from a
+transformers model loads where transformers is not installed. The output names are in the
+archive's extra file ``buildgraph_outputs.json`` and in the metadata ``outputs``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pydantic import Field
 
@@ -28,18 +34,21 @@ class TorchExportParams(ModelParams):
 
 def export_program(task: Any, name: str, spec: Mapping[str, Any], model: Any,
                    dynamic_param: Optional[Mapping[str, Mapping[int, str]]], strict: bool,
-                   what: str = "torch.export") -> Any:
-    """torch.export.export with the model's dynamic dims; shared with the ONNX exporter."""
+                   what: str = "torch.export") -> Tuple[Any, Dict[str, Dict[int, str]],
+                                                        List[Any], List[str]]:
+    """torch.export.export with the model's dynamic dims: (program, dynamic dims, example,
+    output names)."""
     import torch
 
     dynamic = torchmodel.dynamic_dims(spec, dynamic_param)
     sizes = torchmodel.export_sizes(spec, dynamic, task.log)
     example = torchmodel.shaped_inputs(spec, int(spec.get("seed", 0)), sizes)
-    torchmodel.run_eager(name, spec, model, example, task.recipe_dir)
+    eager = torchmodel.run_eager(name, spec, model, example, task.recipe_dir)
+    target, names = torchmodel.export_module(model, spec, eager, f"model '{name}'")
     shapes = torchmodel.torch_dynamic_shapes(spec, dynamic)
     try:
-        return torch.export.export(model, tuple(example), dynamic_shapes=shapes,
-                                   strict=strict), dynamic, example
+        return torch.export.export(target, tuple(example), dynamic_shapes=shapes,
+                                   strict=strict), dynamic, example, names
     except Exception as exc:  # noqa: BLE001 - torch.export raises many error types
         task.log(str(exc))
         raise StepFailed(f"{what} failed: {torchmodel.short_error(exc, lines=2)}") from None
@@ -49,7 +58,7 @@ class TorchExportExecutor(ModelExecutor):
     """torch.export to a .pt2 archive, with dynamic dims."""
 
     kind = "torch.export"
-    version = "1"
+    version = "2"
     Params = TorchExportParams
     outputs = {"model": "model.pt2"}
 
@@ -59,11 +68,12 @@ class TorchExportExecutor(ModelExecutor):
         p: TorchExportParams = self.params(task)
         spec, model = self.model(task, p.model)
         with self.timed("export"):
-            program, dynamic, example = export_program(task, p.model, spec, model, p.dynamic,
-                                                       p.strict)
+            program, dynamic, example, names = export_program(task, p.model, spec, model,
+                                                              p.dynamic, p.strict)
         dest = out_path(task)
         with self.timed("save"):
-            torch.export.save(program, str(dest))
+            torch.export.save(program, str(dest), extra_files={
+                torchmodel.NAMES_FILE: torchmodel.names_record(spec, names)})
         nodes = list(program.graph.nodes)
         return {"nodes": len(nodes),
                 "ops": sum(1 for n in nodes if n.op == "call_function"),
@@ -71,4 +81,5 @@ class TorchExportExecutor(ModelExecutor):
                 "range_constraints": {str(k): str(v)
                                       for k, v in program.range_constraints.items()},
                 "example": torchmodel.describe_inputs(spec, example),
+                "outputs": names,
                 "bytes": dest.stat().st_size, "seconds": self.seconds}

@@ -76,7 +76,8 @@ def make_inputs(spec: Mapping[str, Any], seed: int,
 
 
 def load_samples(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> List[Any]:
-    """The model's real sample inputs (one tensor per input, in forward() order)."""
+    """The model's real sample inputs (one tensor per input, in forward() order), from a
+    ``.npy``/``.npz``, ``.safetensors`` (one tensor per input name) or ``.pt`` file."""
     import numpy as np
     import torch
 
@@ -97,7 +98,12 @@ def load_samples(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> List[A
                 else:
                     arrays = [npz[k] for k in keys]
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                obj = load_file(str(path), device="cpu")
+            else:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(obj, torch.Tensor):
                 arrays = [obj]
             elif isinstance(obj, Mapping):
@@ -126,12 +132,17 @@ def describe_inputs(spec: Mapping[str, Any], tensors: Sequence[Any]) -> str:
 
 def run_eager(name: str, spec: Mapping[str, Any], model: Any, tensors: Sequence[Any],
               recipe_dir: Optional[Path] = None) -> Any:
-    """Call the model once; an exception means it rejects these inputs (one-line error)."""
+    """Call the model once; an exception means it rejects these inputs (one-line error).
+
+    Inputs go by position (forward() order), or by name for Hugging Face models
+    (:func:`~buildgraph.backends.torch.outputs.call_model`)."""
     import torch
+
+    from buildgraph.backends.torch.outputs import call_model
 
     try:
         with torch.inference_mode():
-            return model(*tensors)
+            return call_model(model, spec, tensors)
     except Exception as exc:  # noqa: BLE001 - user code
         if recipe_dir:
             log_failure(exc, [recipe_dir])

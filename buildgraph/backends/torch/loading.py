@@ -154,8 +154,10 @@ def load_saved(path: Path, trusted: bool, what: str, recipe_dir: Optional[Path] 
                          ) from None
 
 
-def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
-    """Build model ``name`` in eval mode: factory (seeded) or saved file, then weights."""
+def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path,
+               with_weights: bool = True) -> Any:
+    """Build model ``name`` in eval mode: factory (seeded) or saved file, then weights
+    (``with_weights=False``: the architecture only, for a state_dict made from it)."""
     import torch
 
     recipe_dir = Path(recipe_dir)
@@ -174,6 +176,10 @@ def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
             where = _user_frame(exc.__traceback__, [recipe_dir])
             raise StepFailed(f"model '{name}': {source}(**kwargs) raised "
                              f"{short_error(exc)}{' at ' + where if where else ''}") from None
+    elif kind == "transformers":
+        from buildgraph.backends.torch import hf
+
+        model = hf.build_model(name, spec, recipe_dir, with_weights)
     elif kind in HUBS:
         model = _hub_model(name, spec)
     else:
@@ -188,7 +194,7 @@ def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
     if not isinstance(model, torch.nn.Module):
         raise StepFailed(f"model '{name}': {source} returned a {type(model).__name__}, not a "
                          "torch.nn.Module")
-    if spec.get("weights"):
+    if with_weights and spec.get("weights") and (recipe_dir / spec["weights"]).is_file():
         load_weights(name, model, recipe_dir / spec["weights"], spec.get("weights_key"),
                      bool(spec.get("strict", True)))
     try:

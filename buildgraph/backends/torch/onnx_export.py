@@ -12,6 +12,12 @@ Its costs: it is slower (seconds, not a fraction of one) and cannot write opsets
 Models over 2 GB (protobuf's limit) need ``external_data: true`` and a second declared output
 for the weights: ``outputs: {model: model.onnx, data: model.onnx.data}``. The ``.onnx`` refers
 to the data file by name, so the two must stay side by side (they do in the build directory).
+
+Outputs: the model's tensors in a fixed order, named as
+:mod:`buildgraph.backends.torch.outputs` names them (``logits``, ``last_hidden_state``...;
+``output_names`` renames them). A model returning a dict, a ``ModelOutput`` or a named tuple, or
+whose spec selects ``outputs:``, is exported through a wrapper returning them as a tuple, and an
+output that is not a tensor (a ``DynamicCache``) fails naming its path and how to drop it.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ class OnnxExportExecutor(ModelExecutor):
     """torch.onnx.export (dynamo or legacy exporter), checked and shape-inferred."""
 
     kind = "onnx.export"
-    version = "1"
+    version = "2"
     Params = OnnxExportParams
     outputs = {"model": "model.onnx"}
     dists = ("torch", "onnx", "onnxscript")
@@ -117,29 +123,32 @@ class OnnxExportExecutor(ModelExecutor):
             else torchmodel.dim_sizes(spec)
         example = torchmodel.shaped_inputs(spec, int(spec.get("seed", 0)), sizes)
         with self.timed("eager"):
-            eager = torchmodel.flatten_outputs(
-                torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir))
+            eager_out = torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir)
+        target, names = torchmodel.export_module(model, spec, eager_out, f"model '{p.model}'")
         in_names = p.input_names or [n for n, _ in torchmodel.input_specs(spec)]
-        out_names = p.output_names or [n for n, _ in eager]
+        out_names = p.output_names or names
         if len(in_names) != len(example):
             raise StepFailed(f"input_names has {len(in_names)} names; the model has "
                              f"{len(example)} inputs")
+        if len(out_names) != len(names):
+            raise StepFailed(f"output_names has {len(out_names)} names; the model has "
+                             f"{len(names)} outputs ({', '.join(names)})")
         big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) \
             > PROTOBUF_LIMIT * 0.9
-        target = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
+        onnx_file = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
         try:
             with warnings.catch_warnings(), self.timed("export"):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 if p.exporter == "dynamo":
                     program = torch.onnx.export(
-                        model, tuple(example), dynamo=True, opset_version=p.opset,
+                        target, tuple(example), dynamo=True, opset_version=p.opset,
                         input_names=in_names, output_names=out_names,
                         dynamic_shapes=torchmodel.torch_dynamic_shapes(spec, dynamic),
                         optimize=p.optimize, external_data=p.external_data or big)
-                    program.save(str(target), external_data=p.external_data or big)
+                    program.save(str(onnx_file), external_data=p.external_data or big)
                 else:
                     torch.onnx.export(
-                        model, tuple(example), str(target), dynamo=False,
+                        target, tuple(example), str(onnx_file), dynamo=False,
                         opset_version=p.opset, input_names=in_names, output_names=out_names,
                         dynamic_axes=self._legacy_axes(dynamic, in_names, out_names, p,
                                                        spec) or None,
@@ -149,9 +158,9 @@ class OnnxExportExecutor(ModelExecutor):
         except Exception as exc:  # noqa: BLE001 - exporter errors have many types
             task.log(f"{type(exc).__name__}: {exc}")
             raise StepFailed(onnx_error_message(exc, p.exporter, p.opset)) from None
-        if target != dest:
+        if onnx_file != dest:
             with self.timed("save"):
-                save_onnx(onnx.load(str(target)), dest, data)
+                save_onnx(onnx.load(str(onnx_file)), dest, data)
         if p.check:
             with self.timed("check"):
                 check_onnx(dest, task.log)

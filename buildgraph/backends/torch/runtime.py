@@ -22,16 +22,28 @@ def _torch_precision(module: Any) -> str:
 
 class _TorchModuleRuntime(Runtime):
     module: Any = None
+    exported: bool = False
+    """An exported archive (TorchScript, .pt2): positional inputs, its outputs as they are.
+    Otherwise the recipe's model: inputs go as the model spec says (by name for transformers)
+    and its ``outputs:`` selection applies."""
+    output_names: Optional[List[str]] = None
+    """Names of ``run``'s outputs, in order, where the archive records them (buildgraph's
+    exporters store them); verify matches outputs by name when they are the reference's."""
 
     def run(self, inputs: Sequence[Any]) -> List[Any]:
         import torch
 
-        from buildgraph.backends.torch.model import flatten_outputs, to_numpy
+        from buildgraph.backends.torch.model import (call_model, flatten_outputs, named_outputs,
+                                                     to_numpy)
 
         tensors = [torch.from_numpy(x) if not isinstance(x, torch.Tensor) else x for x in inputs]
+        spec = self.ctx.model_spec or {}
         with torch.inference_mode():
-            out = self.module(*tensors)
-        return [to_numpy(t) for _, t in flatten_outputs(out)]
+            if self.exported:
+                named = flatten_outputs(self.module(*tensors))
+            else:
+                named = named_outputs(call_model(self.module, spec, tensors), spec)
+        return [to_numpy(t) for _, t in named]
 
     def _set_threads(self) -> None:
         import torch
@@ -93,8 +105,8 @@ class TorchSaveRuntime(_TorchModuleRuntime):
             if self.ctx.model is None or self.ctx.model_spec is None:
                 raise StepFailed(f"{self.path.name} holds a {form}: loading it needs the "
                                  "model's code (verify's 'model:')")
-            spec = {k: v for k, v in self.ctx.model_spec.items() if k not in ("weights",)}
-            module = load_model(self.ctx.model, spec, self.ctx.recipe_dir or Path("."))
+            module = load_model(self.ctx.model, self.ctx.model_spec,
+                                self.ctx.recipe_dir or Path("."), with_weights=False)
             try:
                 module.load_state_dict(state)
             except RuntimeError as exc:
@@ -113,12 +125,18 @@ class TorchScriptRuntime(_TorchModuleRuntime):
 
     name = "torchscript"
     suffixes = (".ts",)
+    exported = True
 
     def _load(self) -> None:
         import torch
 
+        from buildgraph.backends.torch.model import NAMES_FILE, read_names_record
+
         self._set_threads()
-        self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+        extra = {NAMES_FILE: ""}
+        self.module = torch.jit.load(str(self.path), map_location="cpu",
+                                     _extra_files=extra).eval()
+        self.output_names = read_names_record(extra[NAMES_FILE])
         self.precision = _torch_precision(self.module)
 
 
@@ -127,12 +145,22 @@ class ExportedProgramRuntime(_TorchModuleRuntime):
 
     name = "torch.export"
     suffixes = (".pt2",)
+    exported = True
 
     def _load(self) -> None:
         import torch
 
+        from buildgraph.backends.torch.model import NAMES_FILE, read_names_record
+
         self._set_threads()
-        program = torch.export.load(str(self.path))
+        extra = {NAMES_FILE: ""}
+        try:
+            program = torch.export.load(str(self.path), extra_files=extra)
+        except Exception as exc:  # noqa: BLE001 - e.g. an output spec naming a missing class
+            raise StepFailed(f"torch.export.load cannot load {self.path.name}: "
+                             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                             ) from None
+        self.output_names = read_names_record(extra[NAMES_FILE])
         self.module = program.module()
         self.precision = _torch_precision(self.module)
 

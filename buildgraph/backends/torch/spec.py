@@ -16,8 +16,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from buildgraph.errors import RecipeError, did_you_mean
 
-HUBS = ("torchvision", "timm")
+HUBS = ("torchvision", "timm", "transformers")
 """``NAME:model`` sources that build a model from an installed model zoo package."""
+
+OPTIONAL_FIELDS = ("outputs", "config")
+"""Model spec fields added later: left out of the key data while unset, so that adding them
+did not change the key of every model step."""
 
 
 # Globals a weights-only pickle may name (tensors, storages, plain containers). Anything else
@@ -31,9 +35,9 @@ _DATA_TORCH_NAMES = {"Size", "device", "dtype", "float32", "float16", "bfloat16"
                      "strided", "contiguous_format", "channels_last"}
 
 
-
 def source_kind(source: str) -> str:
-    """``"callable"``, ``"torchvision"``, ``"timm"`` or ``"file"`` (a saved model)."""
+    """``"callable"``, ``"torchvision"``, ``"timm"``, ``"transformers"`` or ``"file"`` (a
+    saved model)."""
     module, sep, attr = source.rpartition(":")
     if sep and module in HUBS and attr:
         return module
@@ -195,6 +199,10 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                               hint=f"pip install {kind} (a build matching torch "
                                    f"{_dist_version('torch')}), or define the model in a .py "
                                    "file and use 'file.py:factory'")
+        if kind == "transformers":
+            from buildgraph.backends.torch import hf
+
+            files.update(hf.extra_inputs(name, spec, recipe_dir))
     else:
         path = _existing_file(source, recipe_dir, "model file", name)
         files[f"model:{name}:file"] = path
@@ -217,7 +225,13 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                 module = dotted.rsplit(".", 1)[0]
                 for found in _module_file(module, [recipe_dir, path.parent]):
                     add_sources(found)
+    if spec.get("config") is not None and kind != "transformers":
+        raise RecipeError(f"model '{name}': config: is for 'transformers:CLASS' sources; this "
+                          f"model's source is '{source}'",
+                          hint="pass a factory's settings as kwargs:")
     for key, what in (("weights", "weights file"), ("sample_inputs", "sample inputs file")):
+        if key == "weights" and any(k.startswith(f"model:{name}:weights:") for k in files):
+            continue  # a save_pretrained directory, listed file by file
         if spec.get(key):
             files[f"model:{name}:{key}"] = _existing_file(spec[key], recipe_dir, what, name)
     if need_inputs and not spec.get("inputs"):
@@ -236,7 +250,8 @@ def model_key_data(name: str, models: Mapping[str, Any], recipe_dir: Path) -> Di
     inputs or dims re-runs the steps using it, and ``plan`` names the setting that changed.
 
     Inputs are kept as an ordered list: their order is the order of forward()'s arguments.
-    Installed packages a model comes from (a module, torchvision, timm) count by version.
+    Installed packages a model comes from (a module, torchvision, timm, transformers) count
+    by version.
     """
     from buildgraph.backends.generic.sources import resolve_callable
 
@@ -250,7 +265,8 @@ def model_key_data(name: str, models: Mapping[str, Any], recipe_dir: Path) -> Di
     elif kind in HUBS:
         packages[kind] = _dist_version(kind)
     return {"model": {"name": name,
-                      "spec": {k: v for k, v in sorted(spec.items()) if k != "inputs"},
+                      "spec": {k: v for k, v in sorted(spec.items()) if k != "inputs"
+                               and not (k in OPTIONAL_FIELDS and v is None)},
                       "inputs": [[k, v] for k, v in (spec.get("inputs") or {}).items()],
                       "packages": dict(sorted(packages.items()))}}
 

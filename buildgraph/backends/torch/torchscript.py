@@ -9,6 +9,13 @@ step fails (``divergence: fail``, the default) or warns (``warn``) when they dis
 TracerWarning is written to the log and returned in the metadata. Scripting compiles the
 Python source; a construct TorchScript does not support fails the step with the offending
 source line.
+
+A model that returns a dict, a dataclass (Hugging Face's ``ModelOutput``) or a named tuple, or
+whose spec selects ``outputs:``, is traced through a wrapper that returns its tensors as a
+tuple in a fixed order (the tracer refuses dicts); a scripted model is scripted first and
+wrapped afterwards, so its control flow is kept. The output names are stored in the archive
+(extra file ``buildgraph_outputs.json``; ``torch.jit.load(path, _extra_files=...)`` reads it)
+and returned as metadata ``outputs``.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ class TorchScriptExecutor(ModelExecutor):
     """TorchScript by trace (with a divergence check) or script."""
 
     kind = "torchscript"
-    version = "1"
+    version = "2"
     Params = TorchScriptParams
     outputs = {"model": "model.ts"}
 
@@ -79,6 +86,8 @@ class TorchScriptExecutor(ModelExecutor):
         example = torchmodel.make_inputs(spec, int(spec.get("seed", 0)))
         with self.timed("eager"):
             eager_out = torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir)
+        what = f"model '{p.model}'"
+        target, names = torchmodel.export_module(model, spec, eager_out, what)
         meta: Dict[str, Any] = {"mode": p.mode,
                                 "example": torchmodel.describe_inputs(spec, example)}
         if p.mode == "script":
@@ -89,9 +98,15 @@ class TorchScriptExecutor(ModelExecutor):
             except Exception as exc:  # noqa: BLE001 - frontend errors have several types
                 task.log(str(exc))
                 raise StepFailed(script_error_message(exc, task.recipe_dir)) from None
+            if target is not model:
+                # trace a flattening wrapper around the scripted module: the call into it
+                # stays a call, with its control flow
+                wrapper, _ = torchmodel.export_module(compiled, spec, eager_out, what)
+                with self.timed("script"):
+                    compiled, _ = self._trace(task, wrapper, example)
         else:
             with self.timed("trace"):
-                compiled, tracer_warnings = self._trace(task, model, example)
+                compiled, tracer_warnings = self._trace(task, target, example)
             meta["tracer_warnings"] = tracer_warnings
             if p.divergence != "off":
                 with self.timed("check"):
@@ -100,8 +115,10 @@ class TorchScriptExecutor(ModelExecutor):
         with self.timed("save"):
             if p.freeze:
                 compiled = torch.jit.freeze(compiled.eval())
-            torch.jit.save(compiled, str(out_path(task)))
-        meta["outputs"] = [n for n, _ in torchmodel.flatten_outputs(eager_out)]
+            torch.jit.save(compiled, str(out_path(task)),
+                           _extra_files={torchmodel.NAMES_FILE:
+                                         torchmodel.names_record(spec, names)})
+        meta["outputs"] = names
         meta["seconds"] = self.seconds
         return meta
 
@@ -135,7 +152,7 @@ class TorchScriptExecutor(ModelExecutor):
         second = _second_input(spec, example)
         what = "the example negated" if any(t.is_floating_point() for t in example) else \
             "other random values"
-        eager = torchmodel.flatten_outputs(torchmodel.run_eager(p.model, spec, model, second))
+        eager = torchmodel.named_outputs(torchmodel.run_eager(p.model, spec, model, second), spec)
         problem = ""
         worst = 0.0
         try:
