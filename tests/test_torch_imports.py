@@ -10,7 +10,8 @@ import sys
 
 from conftest import REPO
 
-HEAVY = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy")
+HEAVY = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxscript", "numpy", "transformers",
+         "safetensors")
 
 
 def test_loading_and_planning_the_default_recipe_imports_no_ml_library(tmp_path):

@@ -174,8 +174,24 @@ def is_flat(out: Any) -> bool:
     return type(out) in (tuple, list) and all(isinstance(t, torch.Tensor) for t in out)
 
 
+def _param_names(spec: Mapping[str, Any]) -> Tuple[str, ...]:
+    """forward()'s parameter names for the wrapper: the input names where they are Python
+    identifiers (torch.export and the ONNX exporter read them), else ``input_0``..."""
+    import keyword
+
+    names = list((spec.get("inputs") or {}).keys())
+    if all(n.isidentifier() and not keyword.iskeyword(n) and n != "self" for n in names) \
+            and len(set(names)) == len(names):
+        return tuple(names)
+    return tuple(f"input_{i}" for i in range(len(names)))
+
+
 @functools.lru_cache(maxsize=None)
-def _wrapper_class() -> Any:
+def _wrapper_class(params: Tuple[str, ...]) -> Any:
+    """A module class whose forward takes ``params`` positionally.
+
+    A fixed signature, not ``*args``: torch.export matches ``dynamic_shapes`` to forward()'s
+    parameters, and the exporters name graph inputs after them."""
     import torch
 
     class NamedOutputs(torch.nn.Module):
@@ -187,10 +203,15 @@ def _wrapper_class() -> Any:
             self._spec = dict(spec)
             self._what = what
 
-        def forward(self, *args: Any) -> Any:
+        def _flat(self, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
             out = call_model(self.model, self._spec, args)
             return tuple(t for _, t in named_outputs(out, self._spec, self._what))
 
+    arglist = ", ".join(params)
+    namespace: dict = {}
+    exec(f"def forward(self, {arglist}):\n    return self._flat(({arglist}{',' if params else ''}))\n",
+         namespace)
+    NamedOutputs.forward = namespace["forward"]
     return NamedOutputs
 
 
@@ -205,7 +226,7 @@ def export_module(model: Any, spec: Mapping[str, Any], eager_out: Any, what: str
     names = [n for n, _ in named_outputs(eager_out, spec, what)]
     if not spec.get("outputs") and not keyword_call(spec) and is_flat(eager_out):
         return model, names
-    module = _wrapper_class()(model, spec, what)
+    module = _wrapper_class(_param_names(spec))(model, spec, what)
     module.eval()
     return module, names
 

@@ -180,12 +180,35 @@ def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
     except StepFailed:
         raise
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [""])[-1][:300]
-        raise StepFailed(f"TVM cannot import {path.name}: {type(exc).__name__}: {first}") from None
+        if log is not None:
+            log(f"{type(exc).__name__}: {exc}")
+        raise StepFailed(import_error_message(path, exc)) from None
     if dims and static is None:
         mod = bind_dims(mod, dims)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     return mod
+
+
+def import_error_message(path: Path, exc: BaseException) -> str:
+    """One line: the importer's own reason, and the other route into TVM.
+
+    TVM's errors end with the reason after a C++ backtrace; torch's (the .pt2 importer
+    re-runs the program) start with it, followed by the graph node and a tlparse advert."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    text = text.split("\nWhile executing", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.strip().startswith(("Use tlparse", "File \"", "Original traceback"))]
+    reason = (lines[-1] if lines else "")[:300].rstrip(".")
+    if path.suffix == ".onnx":
+        other = ("a .pt2 from torch.export is the other route into TVM (from: <the "
+                 "torch.export step>), and static shapes (dims: binding every dynamic dim, or "
+                 "an export with dynamic: {}) often import where dynamic ones do not")
+    else:
+        other = ("an ONNX file from onnx.export is the other route into TVM (from: <the "
+                 "onnx.export step>; static shapes import most often)")
+    return f"TVM cannot import {path.name}: {type(exc).__name__}: {reason}; {other}"
 
 
 def symbolic_dims(mod: Any) -> List[str]:
