@@ -97,7 +97,12 @@ class TorchScriptExecutor(ModelExecutor):
                     compiled = torch.jit.script(model)
             except Exception as exc:  # noqa: BLE001 - frontend errors have several types
                 task.log(str(exc))
-                raise StepFailed(script_error_message(exc, task.recipe_dir)) from None
+                message = script_error_message(exc, task.recipe_dir)
+                if torchmodel.source_kind(spec["source"]) == "transformers":
+                    message += ("; transformers models are not scriptable (their code uses "
+                                "Python TorchScript does not compile): use mode: trace, or "
+                                "torch.export")
+                raise StepFailed(message) from None
             if target is not model:
                 # trace a flattening wrapper around the scripted module: the call into it
                 # stays a call, with its control flow
