@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 TINY_TEXT = {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
              "hidden_size": 32}
@@ -56,7 +56,7 @@ sim: {uses: onnx.simplify, from: onnx, with: {test_input_shapes: SHAPES}}
 
 
 def recipe(model: Dict[str, Any], steps: str, shapes: Dict[str, Any],
-           extra_models: Dict[str, Any] = None) -> str:
+           extra_models: Optional[Dict[str, Any]] = None) -> str:
     body = (COMMON + steps).replace("SHAPES", json.dumps(shapes))
     models = {"m": model, **(extra_models or {})}
     return ("name: hf\nmodels: " + json.dumps(models) + "\nsteps:\n"

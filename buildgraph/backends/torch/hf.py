@@ -123,7 +123,10 @@ def make_config(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
             raise StepFailed(f"{what}: transformers {transformers.__version__} has no model_type "
                              f"'{model_type}'{did_you_mean(model_type, list(CONFIG_MAPPING))}"
                              ) from None
-        known = set(cfg_cls().to_dict()) | set(getattr(cfg_cls, "attribute_map", {}))
+        try:
+            known = set(cfg_cls().to_dict()) | set(getattr(cfg_cls, "attribute_map", {}))
+        except Exception:  # noqa: BLE001 - a composite config has no defaults to compare with
+            known = set(settings)
         unknown = [k for k in settings if k not in known]
         if unknown:
             # a config accepts any key silently: a typo would build the default size

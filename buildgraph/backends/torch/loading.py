@@ -194,7 +194,8 @@ def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path,
     if not isinstance(model, torch.nn.Module):
         raise StepFailed(f"model '{name}': {source} returned a {type(model).__name__}, not a "
                          "torch.nn.Module")
-    if with_weights and spec.get("weights") and (recipe_dir / spec["weights"]).is_file():
+    # a directory is a save_pretrained checkpoint, which from_pretrained has loaded already
+    if with_weights and spec.get("weights") and not (recipe_dir / spec["weights"]).is_dir():
         load_weights(name, model, recipe_dir / spec["weights"], spec.get("weights_key"),
                      bool(spec.get("strict", True)))
     try:
