@@ -74,13 +74,12 @@ def output_leaves(out: Any) -> List[Leaf]:
         if items is None:
             leaves.append(Leaf(path, name, value))
             return
-        keyed = not (isinstance(value, (list, tuple)) and not hasattr(value, "_fields"))
+        # the top level's keys are the names (logits); positions and nested keys join the
+        # name of their container (output_0, hidden_states_1)
+        keyed = not path and not (isinstance(value, (list, tuple))
+                                  and not hasattr(value, "_fields"))
         for key, item in items:
-            if not path:
-                sub = key if keyed else f"{name}_{key}"
-            else:
-                sub = f"{name}_{key}"
-            walk(item, path + (key,), sub)
+            walk(item, path + (key,), key if keyed else f"{name}_{key}")
 
     walk(out, (), "output")
     return leaves
