@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from buildgraph.backends.tvm.compile import import_error_message
+from buildgraph.backends.tvm.relax import import_error_message
 
 
 class InternalError(Exception):
@@ -20,8 +20,9 @@ def test_an_onnx_import_failure_points_at_the_pt2_route():
         "TVM cannot import model.onnx: InternalError: Check failed: (data_ty->shape.has_value())"
         " is false: Reshape expects the input tensor to have known shape when there is some "
         "dimension length to infer. However, the given input has no shape; a .pt2 from "
-        "torch.export is the other route into TVM (from: <the torch.export step>), and an ONNX "
-        "export with static shapes (dynamic: {}) often imports where a dynamic one does not")
+        "torch.export is the other route into TVM (from: <the torch.export step>), and static "
+        "shapes (dims: binding every dynamic dim, or an export with dynamic: {}) often import "
+        "where dynamic ones do not")
 
 
 def test_a_pt2_import_failure_keeps_torchs_reason_not_its_advert():
@@ -35,4 +36,4 @@ def test_a_pt2_import_failure_keeps_torchs_reason_not_its_advert():
         "TVM cannot import model.pt2: ValueError: Cannot view a tensor with shape "
         "torch.Size([2, 8, 32]) and strides (32, 64, 1) as a tensor with shape (16, 32)!; an "
         "ONNX file from onnx.export is the other route into TVM (from: <the onnx.export step>; "
-        "static shapes, dynamic: {}, import most often)")
+        "static shapes import most often)")
