@@ -20,9 +20,8 @@ def test_an_onnx_import_failure_points_at_the_pt2_route():
         "TVM cannot import model.onnx: InternalError: Check failed: (data_ty->shape.has_value())"
         " is false: Reshape expects the input tensor to have known shape when there is some "
         "dimension length to infer. However, the given input has no shape; a .pt2 from "
-        "torch.export is the other route into TVM (from: <the torch.export step>), and static "
-        "shapes (dims: binding every dynamic dim, or an export with dynamic: {}) often import "
-        "where dynamic ones do not")
+        "torch.export is the other route into TVM (from: <the torch.export step>), and an ONNX "
+        "export with static shapes (dynamic: {}) often imports where a dynamic one does not")
 
 
 def test_a_pt2_import_failure_keeps_torchs_reason_not_its_advert():

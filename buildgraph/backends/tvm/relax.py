@@ -202,9 +202,10 @@ def import_error_message(path: Path, exc: BaseException) -> str:
              and not ln.strip().startswith(("Use tlparse", "File \"", "Original traceback"))]
     reason = (lines[-1] if lines else "")[:300].rstrip(".")
     if path.suffix == ".onnx":
+        # binding dims: does not help here: a dynamic export computes shapes in the graph
         other = ("a .pt2 from torch.export is the other route into TVM (from: <the "
-                 "torch.export step>), and static shapes (dims: binding every dynamic dim, or "
-                 "an export with dynamic: {}) often import where dynamic ones do not")
+                 "torch.export step>), and an ONNX export with static shapes (dynamic: {}) "
+                 "often imports where a dynamic one does not")
     else:
         other = ("an ONNX file from onnx.export is the other route into TVM (from: <the "
                  "onnx.export step>; static shapes import most often)")
