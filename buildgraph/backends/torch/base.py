@@ -18,6 +18,7 @@ from pydantic import Field
 
 from buildgraph.backends.torch import model as torchmodel
 from buildgraph.errors import StepFailed, did_you_mean
+from buildgraph.engine.environment import package_versions
 from buildgraph.engine.params import StrictParams
 from buildgraph.engine.executor import (DescribeContext, Description, Executor, Task, Timed,  # noqa: F401
                                        artifact_of, out_path, single_upstream, write_json)
@@ -67,7 +68,7 @@ class ModelExecutor(Timed, Executor):
 def describe_model(name: str, ctx: DescribeContext, dists: Tuple[str, ...] = ("torch",),
                    need_inputs: bool = True) -> Description:
     """The description of a step built from recipe model ``name`` (see ``ModelExecutor``)."""
-    env = torchmodel.package_versions(*dists)
+    env = package_versions(*dists)
     env["python"] = "%d.%d" % sys.version_info[:2]
     return Description(
         inputs=torchmodel.model_extra_inputs(name, ctx.models, ctx.recipe_dir,

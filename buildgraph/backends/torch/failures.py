@@ -11,16 +11,7 @@ from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
 from buildgraph.backends.torch.spec import _rel_label
-
-
-def short_error(exc: BaseException, lines: int = 1) -> str:
-    """The first meaningful line(s) of an exception, ANSI colours and blank lines removed."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    parts = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    head = "; ".join(parts[:lines]) if parts else ""
-    return f"{type(exc).__name__}: {head}" if head else type(exc).__name__
+from buildgraph.errors import short_error  # noqa: F401 - part of this module's interface
 
 
 def _user_frames(tb: Any, roots: Sequence[Path]) -> List[Tuple[str, int, str, str]]:

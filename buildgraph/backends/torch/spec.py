@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from buildgraph.errors import RecipeError, did_you_mean
+from buildgraph.engine.environment import package_version, package_versions  # noqa: F401
 
 HUBS = ("torchvision", "timm", "transformers")
 """``NAME:model`` sources that build a model from an installed model zoo package."""
@@ -145,12 +146,7 @@ def _existing_file(rel: str, recipe_dir: Path, what: str, name: str) -> Path:
 
 
 def _dist_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
+    return package_version(dist)
 
 
 def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
@@ -271,6 +267,3 @@ def model_key_data(name: str, models: Mapping[str, Any], recipe_dir: Path) -> Di
                       "packages": dict(sorted(packages.items()))}}
 
 
-def package_versions(*dists: str) -> Dict[str, str]:
-    """``{dist: version}`` from installed metadata (never imports the package)."""
-    return {d: _dist_version(d) for d in dists}
