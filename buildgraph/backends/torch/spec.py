@@ -242,7 +242,7 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
 
 
 def model_key_data(name: str, models: Mapping[str, Any], recipe_dir: Path) -> Dict[str, Any]:
-    """The model's settings as key data (``Executor.key_data``): changing its kwargs, seed,
+    """The model's settings as key data (the description's ``data``): changing its kwargs, seed,
     inputs or dims re-runs the steps using it, and ``plan`` names the setting that changed.
 
     Inputs are kept as an ordered list: their order is the order of forward()'s arguments.
