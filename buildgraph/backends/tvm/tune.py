@@ -26,6 +26,7 @@ Steps (TVM 0.27: Relax + MetaSchedule; Relay, AutoTVM and AutoScheduler are gone
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
