@@ -41,7 +41,7 @@ from conftest import REPO
 
 DATA = REPO / "tests" / "data"
 TRT = REPO / "buildgraph" / "backends" / "tensorrt"
-SOURCES = [TRT / "build.py", TRT / "refit.py", TRT / "runtime.py"]
+SOURCES = [TRT / "builder.py", TRT / "build.py", TRT / "refit.py", TRT / "runtime.py"]
 SPEC = TRT / "spec.py"
 
 # The class of the TensorRT object each variable holds in those files (``tensorrt``: the module).

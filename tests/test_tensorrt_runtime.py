@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from buildgraph.backends.tensorrt import env as trt_env
-from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor, configure
+from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
+from buildgraph.backends.tensorrt.builder import configure
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
 from buildgraph.backends.tensorrt.runtime import TensorRTRuntime
 from buildgraph.backends.tensorrt.spec import BuildDescription, TensorRTBuildParams, describe_build

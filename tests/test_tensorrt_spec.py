@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
-from buildgraph.backends.tensorrt.build import ParserIssue, engine_precision, layer_summary, parser_failure
+from buildgraph.backends.tensorrt.builder import ParserIssue, engine_precision, layer_summary, parser_failure
 from trt_fake import make_test_onnx
 from buildgraph.backends.tensorrt.spec import DescriptionError, InputSpec, ShapeRange, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, parse_size, tactic_flags
 from buildgraph.backends.tensorrt.structure import structure_digest, weight_names

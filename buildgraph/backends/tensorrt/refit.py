@@ -24,7 +24,8 @@ from pydantic import Field
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
-from buildgraph.backends.tensorrt.build import ENGINE_SUFFIXES, ParserIssue, make_logger
+from buildgraph.backends.tensorrt.build import ENGINE_SUFFIXES
+from buildgraph.backends.tensorrt.builder import ParserIssue, make_logger
 from buildgraph.engine.params import StrictParams
 
 

@@ -125,7 +125,7 @@ class TensorRTRuntime(Runtime):
 
     def _load(self) -> None:
         from buildgraph.backends.tensorrt import env as trt_env
-        from buildgraph.backends.tensorrt.build import make_logger
+        from buildgraph.backends.tensorrt.builder import make_logger
 
         trt = trt_env.load_tensorrt()
         self.memory = type(self).buffers()
@@ -162,7 +162,7 @@ class TensorRTRuntime(Runtime):
 
     def _precision(self) -> str:
         """From the inspector JSON the build step wrote beside the engine (``layers``)."""
-        from buildgraph.backends.tensorrt.build import engine_precision, layer_summary
+        from buildgraph.backends.tensorrt.builder import engine_precision, layer_summary
 
         layers = self.path.parent / "layers.json"
         try:
