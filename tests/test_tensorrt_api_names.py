@@ -41,7 +41,8 @@ from conftest import REPO
 
 DATA = REPO / "tests" / "data"
 TRT = REPO / "buildgraph" / "backends" / "tensorrt"
-SOURCES = [TRT / "builder.py", TRT / "build.py", TRT / "refit.py", TRT / "runtime.py"]
+SOURCES = [TRT / "builder.py", TRT / "build.py", TRT / "refit.py", TRT / "runtime.py",
+           TRT / "plugins.py"]
 SPEC = TRT / "spec.py"
 
 # The class of the TensorRT object each variable holds in those files (``tensorrt``: the module).
@@ -55,6 +56,7 @@ OWNERS: Dict[str, str] = {
     "self.engine": "ICudaEngine", "inspector": "EngineInspector", "refitter": "Refitter",
     "parser_refitter": "OnnxParserRefitter", "context": "IExecutionContext",
     "self.context": "IExecutionContext", "sev": "ILogger.Severity", "dtype": "DataType",
+    "creator": "IPluginCreator",
 }
 # Where a file gives a name another class.
 FILE_OWNERS: Dict[str, Dict[str, str]] = {"refit.py": {"config": "ISerializationConfig"}}
@@ -126,6 +128,15 @@ def used_names(source: str, file: str = "<test>") -> List[Use]:
                 owner = owner_of(_chain(child.value), owners)
                 if owner is not None:
                     found.append((owner, child.attr, where, "legacy" in func))
+            # getattr(obj, "member", default) / hasattr: a use guarded for older releases is
+            # still a use, and must exist in the release the code targets
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Name) and \
+                    child.func.id in ("getattr", "hasattr") and len(child.args) >= 2 and \
+                    isinstance(child.args[1], ast.Constant) and \
+                    isinstance(child.args[1].value, str) and child.args[1].value not in NOT_TRT:
+                owner = owner_of(_chain(child.args[0]), owners)
+                if owner is not None:
+                    found.append((owner, child.args[1].value, where, "legacy" in func))
             if isinstance(child, ast.Call) and isinstance(child.func, ast.Name) and \
                     child.func.id == "_enum" and len(child.args) == 3:
                 enum, member = child.args[1], child.args[2]
@@ -209,6 +220,10 @@ def test_the_source_scan_finds_the_calls_and_their_owners():
             ("tensorrt", "OnnxParserRefitter"), ("OnnxParserRefitter", "refit_from_file"),
             ("Refitter", "refit_cuda_engine"), ("ICudaEngine", "create_serialization_config"),
             ("ISerializationConfig", "clear_flag"), ("SerializationFlag", "EXCLUDE_WEIGHTS"),
+            ("SerializationFlag", "INCLUDE_REFIT"), ("ISerializationConfig", "set_flag"),
+            ("tensorrt", "init_libnvinfer_plugins"), ("Runtime", "get_plugin_registry"),
+            ("IPluginRegistry", "load_library"), ("IPluginRegistry", "get_creator"),
+            ("IPluginRegistry", "all_creators"), ("IPluginCreator", "plugin_version"),
             ("IExecutionContext", "execute_async_v3"),
             ("IExecutionContext", "set_tensor_address"),
             ("Runtime", "engine_host_code_allowed"),
@@ -247,6 +262,10 @@ def test_a_removed_or_misowned_api_fails():
         ["BuilderFlag.UINT8"]
     legacy = "def legacy_build(trt, config):\n    config.set_flag(trt.BuilderFlag.FP16)\n"
     assert missing(legacy) == []
+    # a use guarded by getattr/hasattr is checked too
+    assert missing("def f(cache):\n    getattr(cache, 'query_keys', None)\n") == \
+        ["ITimingCache.query_keys"]
+    assert missing("def f(trt):\n    hasattr(trt.SerializationFlag, 'INCLUDE_REFIT')\n") == []
 
 
 def test_every_trt_object_variable_is_known():
@@ -255,7 +274,8 @@ def test_every_trt_object_variable_is_known():
     data (a bool, a number, a string) listed here."""
     plain = {"ok", "mode", "name", "shape", "key", "status", "names", "loaded", "engine_bytes",
              "issues", "missing", "after_keys", "blob_after", "inspector_json", "refitted",
-             "layers", "text", "shapes", "self.inputs", "self.outputs", "outcome", "index"}
+             "layers", "text", "shapes", "self.inputs", "self.outputs", "outcome", "index",
+             "handle", "keys"}
     unscanned = set()
     for path in SOURCES:
         owners = {**OWNERS, **FILE_OWNERS.get(path.name, {})}

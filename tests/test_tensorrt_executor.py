@@ -182,16 +182,29 @@ def test_trt9_gets_explicit_batch(fake, tmp_path, onnx_file):
 
 
 def test_plugins_are_loaded_and_a_missing_one_fails(fake, tmp_path, onnx_file):
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler (cc) to make a test plugin library")
     trt = fake()
-    lib = tmp_path / "libmy.so"
-    lib.write_bytes(b"\x7fELF")
-    run(build_task(tmp_path, {"profiles": [PROFILE], "plugins": ["libmy.so"]}, onnx_file,
+    lib = Path(trt.make_plugin_library(tmp_path / "libmy.so", "dynamic", "BgExecRelu=Relu"))
+    spec = {"path": "libmy.so", "kind": "dynamic"}
+    run(build_task(tmp_path, {"profiles": [PROFILE], "plugins": [spec]}, onnx_file,
                    inputs={"plugin:libmy.so": lib}))
     assert ("load_library", str(lib)) in trt.CALLS
+    # a REGISTER_TENSORRT_PLUGIN library has no getCreators: load_library returns None
+    static = Path(trt.make_plugin_library(tmp_path / "libst.so", "static", "BgExecStatic=Relu"))
+    with pytest.raises(StepFailed) as err:
+        run(build_task(tmp_path, {"profiles": [PROFILE], "plugins": [
+            {"path": "libst.so", "kind": "dynamic"}]}, onnx_file, name="b2",
+            inputs={"plugin:libst.so": static}))
+    assert err.value.message.startswith(
+        "TensorRT could not load plugin library 'libst.so' (kind: dynamic): "
+        "IPluginRegistry.load_library returned None. A dynamic library exports getCreators; "
+        "one that registers its plugins with REGISTER_TENSORRT_PLUGIN is kind: static: ")
+    assert "has no symbol getCreators" in err.value.message
     lib.unlink()
-    with pytest.raises(StepFailed, match="could not load plugin library"):
-        run(build_task(tmp_path, {"profiles": [PROFILE], "plugins": ["libmy.so"]}, onnx_file,
-                       name="b2", inputs={"plugin:libmy.so": lib}))
+    with pytest.raises(StepFailed, match="plugin library 'libmy.so' cannot be read"):
+        run(build_task(tmp_path, {"profiles": [PROFILE], "plugins": [spec]}, onnx_file,
+                       name="b3", inputs={"plugin:libmy.so": lib}))
 
 
 # --- timing caches ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
+from pydantic import ValidationError
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt.spec import DescriptionError, TensorRTBuildParams, describe_build
@@ -154,7 +155,8 @@ def test_every_option_translates_as_written_here():
         "memory_pools": {"tactic_shared_memory": "48KiB"}, "optimization_level": 5,
         "hardware_compatibility": "ampere_plus", "version_compatible": True, "refit": True,
         "tf32": False, "max_aux_streams": 0})
-    desc = describe_build(p, "11.4.0", plugins=["/p/libx.so"])
+    desc = describe_build(p, "11.4.0", plugins=[("/p/libx.so", "static"),
+                                                 ("/p/liby.so", "dynamic")])
     args = trtexec_args(desc, Path("m.onnx"), Path("e.engine"), Path("l.json"), Path("t.cache"))
     assert args == [
         "--onnx=m.onnx",                        # BaseModelOptions::parse
@@ -168,7 +170,8 @@ def test_every_option_translates_as_written_here():
         "--memPoolSize=tacticSharedMem:49152B,workspace:1073741824B",
         "--builderOptimizationLevel=5",
         "--hardwareCompatibilityLevel=ampere+",
-        "--staticPlugins=/p/libx.so",
+        "--staticPlugins=/p/libx.so",          # REGISTER_TENSORRT_PLUGIN: trtexec dlopens it
+        "--dynamicPlugins=/p/liby.so",         # getCreators: IPluginRegistry::loadLibrary
         "--maxAuxStreams=0",
         "--profilingVerbosity=detailed",
         # each profile's shapes right behind its --profile (getAndDelOptionBehind)
@@ -184,8 +187,7 @@ def test_every_option_translates_as_written_here():
 def test_other_options_translate_as_written_here():
     p = TensorRTBuildParams.model_validate({
         "profiles": [PROFILE], "strip_weights": True, "refittable": True, "sparsity": False,
-        "dla_core": 1, "hardware_compatibility": "same_compute_capability",
-        "profiling_verbosity": "layer_names_only", "native_instancenorm": False,
+        "dla_core": 1, "profiling_verbosity": "layer_names_only", "native_instancenorm": False,
         "memory_pools": {"dla_managed_sram": "1MiB", "dla_local_dram": 1024,
                          "dla_global_dram": "2KiB"}, "log_level": "verbose"})
     args = trtexec_args(describe_build(p, "11.4"), Path("m.onnx"), Path("e"), None, None)
@@ -193,8 +195,7 @@ def test_other_options_translate_as_written_here():
         "--onnx=m.onnx", "--saveEngine=e", "--skipInference", "--stronglyTyped",
         "--refit", "--stripWeights", "--allowGPUFallback",
         "--memPoolSize=dlaGlobalDRAM:2048B,dlaLocalDRAM:1024B,dlaSRAM:1048576B",
-        "--hardwareCompatibilityLevel=sameComputeCapability", "--useDLACore=1",
-        "--profilingVerbosity=layer_names_only", "--pluginInstanceNorm",
+        "--useDLACore=1", "--profilingVerbosity=layer_names_only", "--pluginInstanceNorm",
         "--minShapes=x:1x3x16x16", "--optShapes=x:4x3x16x16", "--maxShapes=x:8x3x16x16",
         "--verbose"]
     assert trtexec_accepts(args) == []
@@ -203,6 +204,11 @@ def test_other_options_translate_as_written_here():
          "timing_cache_file": "t.cache"}), "11.4")
     args = trtexec_args(sparse, Path("m.onnx"), Path("e"), None, Path("t.cache"))
     assert args[4:6] == ["--sparsity=enable", "--errorOnTimingCacheMiss"]
+    assert trtexec_accepts(args) == []
+    same = describe_build(TensorRTBuildParams.model_validate(
+        {"profiles": [PROFILE], "hardware_compatibility": "same_compute_capability"}), "11.4")
+    args = trtexec_args(same, Path("m.onnx"), Path("e"), None, None)
+    assert "--hardwareCompatibilityLevel=sameComputeCapability" in args
     assert trtexec_accepts(args) == []
 
 
@@ -221,15 +227,15 @@ def test_what_trtexec_has_no_option_for_is_refused_in_one_line():
         {"memory_pools": {"tactic_dram": "1GiB"}}), "11.4")
     with pytest.raises(DescriptionError, match="cannot limit the tactic_dram"):
         trtexec_args(desc, Path("m"), Path("e"), None, None)
-    for extra in ({"version_compatible": True}, {"hardware_compatibility": "ampere_plus"}):
-        desc = describe_build(TensorRTBuildParams.model_validate(
-            {"native_instancenorm": False, **extra}), "11.4")
-        with pytest.raises(DescriptionError) as err:
-            trtexec_args(desc, Path("m"), Path("e"), None, None)
-        assert str(err.value) == (
-            "native_instancenorm: false (the InstanceNorm plugin) cannot go into a "
-            "version-compatible or ampere_plus engine: trtexec refuses --pluginInstanceNorm "
-            "with --versionCompatible and --hardwareCompatibilityLevel=ampere+")
+    # the InstanceNorm plugin in a compatible engine: refused when the recipe is read (trtexec
+    # throws for --versionCompatible and ampere+; the parser needs NATIVE_INSTANCENORM for any
+    # hardware-compatibility level)
+    for extra in ({"version_compatible": True}, {"hardware_compatibility": "ampere_plus"},
+                  {"hardware_compatibility": "same_compute_capability"}):
+        with pytest.raises(ValidationError) as err:
+            TrtexecExecutor.Params.model_validate({"native_instancenorm": False, **extra})
+        assert "native_instancenorm: false (TensorRT's InstanceNorm plugin) cannot go into a " \
+               "version-compatible or hardware-compatible engine" in str(err.value)
 
 
 def test_version_banner():
@@ -305,8 +311,8 @@ def test_run_through_a_trtexec_binary(fake_gpu, tmp_path):
      "hardware_compatibility": "ampere_plus", "version_compatible": True, "refit": True,
      "tf32": False, "max_aux_streams": 0, "memory_pools": {"tactic_shared_memory": "48KiB"}},
     {"profiles": [PROFILE], "refittable": True, "strip_weights": True, "sparsity": False,
-     "hardware_compatibility": "same_compute_capability", "native_instancenorm": False,
-     "profiling_verbosity": "none", "log_level": "verbose"},
+     "native_instancenorm": False, "profiling_verbosity": "none", "log_level": "verbose"},
+    {"profiles": [PROFILE], "hardware_compatibility": "same_compute_capability"},
 ])
 def test_the_stand_in_accepts_every_translation(fake_gpu, tmp_path, params):
     TrtexecExecutor().run(make_task(tmp_path, params))

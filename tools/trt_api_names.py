@@ -30,6 +30,12 @@ Tables written, one entry a line under a header naming their sources:
 ``trtexec_options[_10].txt``
     The options trtexec's ``AllOptions::parse`` reads (``--onnx``, ``--minShapes``...), with
     the values of the enumerated ones (``--hardwareCompatibilityLevel=ampere+``).
+``tensorrt_api_since.txt`` (``--since``)
+    The version boundaries inside the range buildgraph supports: for every binding and trtexec
+    option (or enumerated value) that is not in all of the releases from 10.0 to the newest,
+    the first and last release (major.minor) whose sources have it. Read from the sources
+    alone, one release tag after another (``v10.0.0`` ... ``v11.1``): a test checks the
+    version table of ``buildgraph/backends/tensorrt/spec.py`` and the fake's against it.
 
 The sources' release may trail the wheel's (11.1 sources for the 11.4 wheel: the newest
 published): a member added since then is missing (a test fails: the safe side), and one removed
@@ -41,6 +47,7 @@ Usage::
     python tools/trt_api_names.py --sources /tmp/TensorRT              # every table
     python tools/trt_api_names.py --sources /tmp/TensorRT --version 11.4.0.106
     python tools/trt_api_names.py --sources /tmp/TensorRT --wheel path/to/tensorrt_cu12_bindings-*.whl
+    python tools/trt_api_names.py --sources /tmp/TensorRT --since       # version boundaries
 """
 
 from __future__ import annotations
@@ -82,6 +89,10 @@ TARGETS = {
     "10.16.1.11": Target("10.16.1.11", "5302b288c5603895508711bdf2df11dc29c8ad92",
                          "TensorRT 10.16.1 update", "_10"),
 }
+# The first tag of each release from 10.0 on, oldest first, as NVIDIA's repository tags them.
+RELEASE_TAGS = ("v10.0.0", "v10.1.0", "v10.2.0", "v10.3.0", "v10.4.0", "v10.5.0", "v10.6.0",
+                "v10.7.0", "v10.8.0", "v10.9.0", "v10.10.0", "v10.11", "v10.12.0", "v10.13.0",
+                "v10.14", "v10.15", "v10.16", "v11.0", "v11.1")
 BINDING_SOURCES = "python/src"
 TRTEXEC_OPTIONS = "samples/common/sampleOptions.cpp"
 
@@ -450,6 +461,50 @@ def make_tables(target: Target, wheel: Path, checkout: Path) -> None:
                 target.table("trtexec_options"))
 
 
+def release(tag: str) -> str:
+    """``v10.13.0`` -> ``10.13``."""
+    return ".".join(tag.lstrip("v").split(".")[:2])
+
+
+def since_rows(per_release: List[Tuple[str, Set[str]]]) -> List[str]:
+    """``NAME<TAB>first<TAB>last`` for each name not in every release (``last`` is empty when
+    the newest release still has it)."""
+    everywhere = set.intersection(*(names for _, names in per_release))
+    rows = []
+    for name in sorted(set.union(*(names for _, names in per_release)) - everywhere):
+        having = [label for label, names in per_release if name in names]
+        last = "" if having[-1] == per_release[-1][0] else having[-1]
+        rows.append(f"{name}\t{having[0]}\t{last}")
+    return rows
+
+
+def trtexec_names(options: Dict[str, Set[str]]) -> Set[str]:
+    """``--option`` and ``--option=value`` for each enumerated value, for :func:`since_rows`."""
+    out = set(options)
+    for option, values in options.items():
+        out.update(f"{option}={v}" for v in values)
+    return out
+
+
+def make_since_table(checkout: Path) -> None:
+    bindings: List[Tuple[str, Set[str]]] = []
+    options: List[Tuple[str, Set[str]]] = []
+    for tag in RELEASE_TAGS:
+        bindings.append((release(tag), binding_members(git_files(checkout, tag,
+                                                                 BINDING_SOURCES))))
+        text = subprocess.run(["git", "-C", str(checkout), "show", f"{tag}:{TRTEXEC_OPTIONS}"],
+                              check=True, capture_output=True, text=True).stdout
+        options.append((release(tag), {f"trtexec{n}" if n.startswith("--") else n
+                                       for n in trtexec_names(trtexec_options(text))}))
+    write_table(since_rows(bindings) + since_rows(options),
+                ["bindings (python/src) and trtexec options (trtexec--option[=value]) that "
+                 "are not in every release",
+                 f"from {RELEASE_TAGS[0]} to {RELEASE_TAGS[-1]} of github.com/NVIDIA/TensorRT: "
+                 "NAME<TAB>first release<TAB>last release (empty: still there);",
+                 "regenerate with tools/trt_api_names.py --since"],
+                DATA / "tensorrt_api_since.txt")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", type=Path, required=True,
@@ -457,7 +512,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--version", choices=sorted(TARGETS), help="one wheel version (default: all)")
     ap.add_argument("--wheel", type=Path, help="use this wheel instead of downloading "
                                                "(with --version)")
+    ap.add_argument("--since", action="store_true", help="write tensorrt_api_since.txt (the "
+                    "version boundaries from the release tags) instead of the other tables")
     args = ap.parse_args(argv)
+    if args.since:
+        make_since_table(args.sources)
+        return 0
     if args.wheel and not args.version:
         ap.error("--wheel needs --version")
     chosen = [TARGETS[args.version]] if args.version else list(TARGETS.values())

@@ -39,8 +39,34 @@ runs it with onnxruntime, on host memory (:class:`HostBuffers` stands in for CUD
 Nothing here imports buildgraph: the fake decides network identity, refittable weights and
 timing-cache keys by its own rules, so that tests do not agree with the product by construction.
 
+Process-wide state, as in the real library (reloading this module stands for a new process):
+
+* **one logger** (NVIDIA/TensorRT issue 1475): while any Builder, Runtime or Refitter is alive,
+  a new one made with another logger gets the existing logger instead, with TensorRT's warning;
+  all their messages go there;
+* **plugin registries**: ``get_plugin_registry()`` is the process's global registry, where
+  ``init_libnvinfer_plugins`` puts TensorRT's own plugins and where a library that uses
+  ``REGISTER_TENSORRT_PLUGIN`` registers itself when anything loads it into the process
+  (``ctypes.CDLL``: the fake finds such libraries in ``/proc/self/maps``); each Builder and
+  Runtime has its own registry whose parent is the global one (searched when a plugin is not
+  found locally, TensorRT's default). ``IPluginRegistry.load_library`` is dynamic registration:
+  the library must export ``getCreators``, else it returns None; it also returns None when one
+  of the library's plugins is already registered (NvInferRuntimeCommon.h). Whether a builder's
+  registry is visible to a separate Runtime is not documented; the fake says no (the safe side);
+* TensorRT's plugin layers: the parser turns InstanceNormalization into the
+  ``InstanceNormalization_TRT`` plugin when NATIVE_INSTANCENORM (on by default) is cleared, and
+  an op it has no importer for into the plugin of that name when a registry it sees has one;
+  an engine with plugin layers deserializes only where those plugins are registered.
+
+Test plugin libraries (:func:`make_plugin_library`, a C compiler) say which plugins they hold
+and, for the fake's execution, which ONNX op each computes (``MyRelu=Relu``).
+
 Select it with ``BUILDGRAPH_TENSORRT_MODULE=trt_fake``; ``BUILDGRAPH_FAKE_TRT_VERSION`` picks the
-version (11.x by default; 10.x has the builder-flag precisions, 9.x wants EXPLICIT_BATCH).
+version (11.x by default; 10.x has the builder-flag precisions, 9.x wants EXPLICIT_BATCH). The
+names a release added or removed follow NVIDIA's sources (:data:`_SINCE`, checked against
+tests/data/tensorrt_api_since.txt): ``10.7`` has no ``ITimingCache.queryKeys``, ``10.8`` no
+``SAME_COMPUTE_CAPABILITY``, ``10.13`` no ``SerializationFlag.INCLUDE_REFIT``. TensorRT 11.3's
+documented known issue, REFIT engines losing a GEMM bias, is reproduced on 11.3.
 Every API call is recorded in :data:`CALLS`.
 """
 
@@ -52,10 +78,44 @@ import enum
 import hashlib
 import json
 import os
+import weakref
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __version__ = os.environ.get("BUILDGRAPH_FAKE_TRT_VERSION", "11.4.0.106")
 _MAJOR = int(__version__.split(".")[0])
+_V = tuple(int(p) for p in (__version__.split(".") + ["0"])[:2])
+
+# Names added to (first) or removed from (last) the bindings after TensorRT 10.0, by release:
+# read in python/src of NVIDIA's release tags (tests/test_tensorrt_fake.py compares this with
+# tests/data/tensorrt_api_since.txt). The fake has a name only in the releases that have it.
+_SINCE: Dict[str, Tuple[Tuple[int, int], Optional[Tuple[int, int]]]] = {
+    "ITimingCache.queryKeys": ((10, 8), None),
+    "tensorrt.TimingCacheKey": ((10, 8), None),
+    "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY": ((10, 9), None),
+    "SerializationFlag.INCLUDE_REFIT": ((10, 14), None),
+    "IPluginRegistry.all_creators_recursive": ((10, 10), None),
+    "BuilderFlag.INT4": ((10, 1), (10, 16)),
+    "BuilderFlag.REFIT_INDIVIDUAL": ((10, 2), None),
+    "BuilderFlag.MONITOR_MEMORY": ((10, 6), None),
+    "BuilderFlag.STRICT_NANS": ((10, 6), None),
+    "BuilderFlag.EDITABLE_TIMING_CACHE": ((10, 8), None),
+    "BuilderFlag.FP4": ((10, 8), (10, 16)),
+    "BuilderFlag.DISTRIBUTIVE_INDEPENDENCE": ((10, 12), None),
+    "NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS": ((10, 9), None),
+    "NetworkDefinitionCreationFlag.PREFER_JIT_PYTHON_PLUGINS": ((10, 9), None),
+}
+# what 10.0 added to 9.x (the fake's 9.x is only there for EXPLICIT_BATCH)
+_SINCE_10 = {"BuilderFlag.STRIP_PLAN", "BuilderFlag.REFIT_IDENTICAL", "BuilderFlag.WEIGHT_STREAMING",
+             "MemoryPoolType.TACTIC_SHARED_MEMORY", "tensorrt.OnnxParserRefitter",
+             "IPluginRegistry.all_creators", "IPluginRegistry.get_creator"}
+
+
+def _has(name: str) -> bool:
+    """Does this release bind ``Owner.member``?"""
+    if name in _SINCE_10 and _V < (10, 0):
+        return False
+    first, last = _SINCE.get(name, ((0, 0), None))
+    return _V >= first and (last is None or _V <= last)
 
 # what this module adds to the real API (tests/test_tensorrt_fake.py leaves these out of its
 # comparison with the bindings)
@@ -65,7 +125,7 @@ FAKE_GPUS = [] if os.environ.get("BUILDGRAPH_FAKE_TRT_NO_GPU") else [
 UNSUPPORTED_OPS = {"NonZeroFake", "FakeUnsupported"}
 CALLS: List[Tuple[str, Any]] = []
 FAKE_ONLY = {"FAKE_CUDA", "FAKE_GPUS", "UNSUPPORTED_OPS", "CALLS", "FAKE_ONLY", "HostBuffers",
-             "make_test_onnx"}
+             "make_test_onnx", "make_plugin_library", "PLUGIN_SOURCE", "TRT_PLUGINS"}
 
 
 def _record(name: str, *args: Any) -> None:
@@ -92,7 +152,7 @@ class _Enum(enum.IntEnum):
 
 
 def _enum(name: str, members: Dict[str, int]) -> Any:
-    return _Enum(name, members)
+    return _Enum(name, {m: v for m, v in members.items() if _has(f"{name}.{m}")})
 
 
 if _MAJOR >= 11:
@@ -214,23 +274,211 @@ def _logger(logger: Any, where: str) -> Any:
 
 
 def _log(logger: Any, severity: _Severity, msg: str) -> None:
-    logger.log(severity, msg)
+    if logger is not None:
+        logger.log(severity, msg)
+
+
+# TensorRT keeps one logger pointer while any builder, runtime or refitter exists
+# (NvInferRuntime.h: getLogger; NVIDIA/TensorRT issue 1475)
+_GLOBAL_LOGGER: Any = None
+_HOLDERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _adopt(obj: Any, logger: Any, where: str) -> Any:
+    """The logger ``obj`` (a Builder, Runtime or Refitter) will use: the one already held while
+    another such object is alive, whatever was passed."""
+    global _GLOBAL_LOGGER
+    _logger(logger, where)
+    if len(_HOLDERS) and _GLOBAL_LOGGER is not None and logger is not _GLOBAL_LOGGER:
+        _log(_GLOBAL_LOGGER, _Severity.WARNING,
+             f"[fake] The logger passed into {where.split('.')[0]} differs from one already "
+             "provided for an existing builder, runtime, or refitter. TensorRT maintains only "
+             "a single logger pointer at any given time, so the existing value, which can be "
+             "retrieved with getLogger(), will be used instead. In order to use a new logger, "
+             "first destroy all existing builder, runner or refitter objects.")
+        logger = _GLOBAL_LOGGER
+    else:
+        _GLOBAL_LOGGER = logger
+    _HOLDERS.add(obj)
+    return logger
+
+
+# --------------------------------------------------------------------------------------------
+# plugins: creators, registries, libraries
+# --------------------------------------------------------------------------------------------
+
+TRT_PLUGINS = {"InstanceNormalization_TRT": "InstanceNormalization"}
+"""TensorRT's own plugins (libnvinfer_plugin) the fake knows: name -> the ONNX op it computes."""
+
+
+class IPluginCreator:
+    __slots__ = ("_name", "_version", "_namespace", "_op")
+
+    def __init__(self, name: str, version: str, namespace: str, op: str):
+        self._name, self._version, self._namespace, self._op = name, version, namespace, op
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def plugin_version(self) -> str:
+        return self._version
+
+    @property
+    def plugin_namespace(self) -> str:
+        return self._namespace
+
+
+def _creators_text(text: str) -> List[IPluginCreator]:
+    """``MyRelu=Relu;Other=Sigmoid`` (a test library's declaration) -> creators, version 1."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        name, _, op = item.partition("=")
+        out.append(IPluginCreator(name, "1", "", op or name))
+    return out
+
+
+def _symbol_text(lib: Any, symbol: str) -> Optional[str]:
+    try:
+        value = ctypes.c_char_p.in_dll(lib, symbol).value
+    except ValueError:
+        return None
+    return value.decode() if value is not None else ""
+
+
+class IPluginRegistry:
+    __slots__ = ("_creators", "_parent", "_search_parent", "__weakref__")
+
+    def __init__(self, parent: Optional["IPluginRegistry"] = None):
+        self._creators: List[IPluginCreator] = []
+        self._parent = parent
+        self._search_parent = True
+
+    def _own(self) -> List[IPluginCreator]:
+        if self is _GLOBAL_REGISTRY:
+            _sync_static()
+        return self._creators
+
+    @property
+    def all_creators(self) -> List[IPluginCreator]:
+        return list(self._own())
+
+    @property
+    def all_creators_recursive(self) -> List[IPluginCreator]:
+        return self._all()
+
+    def _all(self) -> List[IPluginCreator]:
+        return list(self._own()) + (self._parent._all() if self._parent is not None else [])
+
+    @property
+    def parent_search_enabled(self) -> bool:
+        return self._search_parent
+
+    @parent_search_enabled.setter
+    def parent_search_enabled(self, value: bool) -> None:
+        _check(value, bool, "IPluginRegistry.parent_search_enabled")
+        self._search_parent = value
+
+    def get_creator(self, type: str, version: str, plugin_namespace: str = ""  # noqa: A002
+                    ) -> Optional[IPluginCreator]:
+        _check(type, str, "IPluginRegistry.get_creator")
+        _check(version, str, "IPluginRegistry.get_creator")
+        return self._find(type, version, plugin_namespace)
+
+    def _find(self, name: str, version: str, namespace: str) -> Optional[IPluginCreator]:
+        for c in self._own():
+            if (c.name, c.plugin_version, c.plugin_namespace) == (name, version, namespace):
+                return c
+        if self._parent is not None and self._search_parent:
+            return self._parent._find(name, version, namespace)
+        return None
+
+    def load_library(self, plugin_path: str) -> Any:
+        """Dynamic registration: ``getCreators`` must be exported; None when it is not, when
+        the library cannot be opened, or when one of its plugins is already registered."""
+        _check(plugin_path, str, "IPluginRegistry.load_library")
+        _record("load_library", plugin_path)
+        try:
+            lib = ctypes.CDLL(plugin_path)
+        except OSError as exc:
+            _log(_GLOBAL_LOGGER, _Severity.ERROR, f"[fake] IPluginRegistry::loadLibrary: "
+                                                  f"cannot load {plugin_path}: {exc}")
+            return None
+        if not hasattr(lib, "getCreators"):
+            _log(_GLOBAL_LOGGER, _Severity.ERROR, f"[fake] IPluginRegistry::loadLibrary: "
+                                                  f"{plugin_path} has no symbol getCreators")
+            return None
+        creators = _creators_text(_symbol_text(lib, "trt_fake_creators") or "")
+        for c in creators:
+            if self._find(c.name, c.plugin_version, c.plugin_namespace) is not None:
+                _log(_GLOBAL_LOGGER, _Severity.ERROR,
+                     f"[fake] IPluginRegistry::loadLibrary: plugin {c.name} (version "
+                     f"{c.plugin_version}) is already registered")
+                return None
+        self._creators.extend(creators)
+        return _LibraryHandle(plugin_path)
+
+
+class _LibraryHandle:
+    """What ``load_library`` returns (an opaque handle)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str):
+        self.path = path
+
+
+_GLOBAL_REGISTRY = IPluginRegistry()
+_STATIC_SEEN: Dict[Tuple[str, int], bool] = {}
+
+
+def _sync_static() -> None:
+    """REGISTER_TENSORRT_PLUGIN: a library's static registrar runs when the library is loaded
+    into the process, by whatever loads it; the fake looks for such libraries (a marker symbol)
+    among the files mapped into this process."""
+    try:
+        maps = open("/proc/self/maps", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return
+    for line in maps.splitlines():
+        parts = line.split(None, 5)
+        path = parts[5] if len(parts) == 6 else ""
+        if ".so" not in path or not path.startswith("/"):
+            continue
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        key = (path, stat.st_ino)
+        if key in _STATIC_SEEN:
+            continue
+        _STATIC_SEEN[key] = False
+        if stat.st_size > 1 << 20:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                if b"trt_fake_static_creators" not in fh.read():
+                    continue
+        except OSError:
+            continue
+        _STATIC_SEEN[key] = True
+        text = _symbol_text(ctypes.CDLL(path), "trt_fake_static_creators") or ""
+        _GLOBAL_REGISTRY._creators.extend(_creators_text(text))
+
+
+def get_plugin_registry() -> IPluginRegistry:
+    return _GLOBAL_REGISTRY
 
 
 def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
     _logger(logger, "init_libnvinfer_plugins")
     _check(namespace, str, "init_libnvinfer_plugins")
     _record("init_libnvinfer_plugins", namespace)
+    for name, op in TRT_PLUGINS.items():
+        if _GLOBAL_REGISTRY._find(name, "1", namespace) is None:
+            _GLOBAL_REGISTRY._creators.append(IPluginCreator(name, "1", namespace, op))
     return True
-
-
-class IPluginRegistry:
-    __slots__ = ()
-
-    def load_library(self, plugin_path: str) -> Any:
-        _check(plugin_path, str, "IPluginRegistry.load_library")
-        _record("load_library", plugin_path)
-        return object() if os.path.isfile(plugin_path) else None
 
 
 class IHostMemory(bytes):
@@ -340,14 +588,17 @@ class ITensor:
 
 
 class INetworkDefinition:
-    __slots__ = ("_flags", "_model", "_io", "_layers", "_types")
+    __slots__ = ("_flags", "_model", "_io", "_layers", "_types", "_registry", "_plugins")
 
-    def __init__(self, flags: int):
+    def __init__(self, flags: int, registry: IPluginRegistry):
         self._flags = flags
         self._model: Any = None
         self._io: List[Dict[str, Any]] = []
         self._layers: List[Tuple[str, str]] = []
         self._types: List[str] = []
+        self._registry = registry
+        self._plugins: List[Tuple[str, str, str, str]] = []
+        """Plugin layers: (node op type, plugin name, version, namespace)."""
 
     @property
     def num_layers(self) -> int:
@@ -429,7 +680,7 @@ class OnnxParser(_Errors):
         _record("OnnxParser")
         self._network = network
         self._errors: List[ParserError] = []
-        self._flags = 0
+        self._flags = 1 << int(OnnxParserFlag.NATIVE_INSTANCENORM)  # on by default
 
     @property
     def flags(self) -> int:
@@ -465,14 +716,32 @@ class OnnxParser(_Errors):
                                             "EXPLICIT_BATCH to parse ONNX",
                                             ErrorCode.INVALID_GRAPH))
             return False
+        registry = self._network._registry
+        plugins: List[Tuple[str, str, str, str]] = []
         for i, node in enumerate(proto.graph.node):
-            if node.op_type in UNSUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
-                self._errors.append(ParserError(
-                    i, node.name, node.op_type, f"No importer registered for op: {node.op_type}",
-                    ErrorCode.UNSUPPORTED_NODE))
+            attrs = {a.name: a.s.decode() for a in node.attribute if a.s}
+            if node.op_type == "InstanceNormalization" and not self.get_flag(
+                    OnnxParserFlag.NATIVE_INSTANCENORM):
+                if registry._find("InstanceNormalization_TRT", "1", "") is None:
+                    self._errors.append(ParserError(
+                        i, node.name, node.op_type, "Plugin not found, are the plugin name, "
+                        "version, and namespace correct?", ErrorCode.UNSUPPORTED_NODE))
+                    continue
+                plugins.append((node.op_type, "InstanceNormalization_TRT", "1", ""))
+            elif node.op_type in UNSUPPORTED_OPS or node.domain not in ("", "ai.onnx"):
+                # the fallback importer: a registered plugin of the op's name
+                version = attrs.get("plugin_version", "1")
+                namespace = attrs.get("plugin_namespace", "")
+                if registry._find(node.op_type, version, namespace) is None:
+                    self._errors.append(ParserError(
+                        i, node.name, node.op_type, f"No importer registered for op: "
+                        f"{node.op_type}", ErrorCode.UNSUPPORTED_NODE))
+                    continue
+                plugins.append((node.op_type, node.op_type, version, namespace))
         if self._errors:
             return False
         net = self._network
+        net._plugins = plugins
         net._model = proto
         net._io = _io(proto)
         net._layers = [(n.name or f"node{i}", n.op_type) for i, n in enumerate(proto.graph.node)]
@@ -678,10 +947,11 @@ class IBuilderConfig:
 # --------------------------------------------------------------------------------------------
 
 class Builder:
-    __slots__ = ("_logger",)
+    __slots__ = ("_logger", "_registry", "__weakref__")
 
     def __init__(self, logger: ILogger):
-        self._logger = _logger(logger, "Builder.__init__")
+        self._logger = _adopt(self, logger, "Builder.__init__")
+        self._registry = IPluginRegistry(_GLOBAL_REGISTRY)
         _record("Builder")
 
     @property
@@ -689,12 +959,12 @@ class Builder:
         return 0
 
     def get_plugin_registry(self) -> IPluginRegistry:
-        return IPluginRegistry()
+        return self._registry
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
         _check(flags, int, "Builder.create_network")
         _record("create_network", flags)
-        return INetworkDefinition(flags)
+        return INetworkDefinition(flags, self._registry)
 
     def create_builder_config(self) -> IBuilderConfig:
         _record("create_builder_config")
@@ -740,7 +1010,7 @@ class Builder:
                     return (f"Optimization profile {i} is missing values for dynamic input "
                             f"'{tensor['name']}'")
         if (config._hwcompat != HardwareCompatibilityLevel.NONE or "VERSION_COMPATIBLE" in flags) \
-                and any(op == "InstanceNormalization" for _, op in network._layers):
+                and any(p[1] == "InstanceNormalization_TRT" for p in network._plugins):
             return "InstanceNormalization as a plugin cannot go into a compatible engine"
         return None
 
@@ -786,11 +1056,19 @@ class Builder:
             "refittable": _refittable(model) if refittable else {},
             "model": base64.b64encode(model.SerializeToString()).decode(),
             "weights_missing": sorted(_refittable(model)) if stripped and refittable else [],
+            "plugins": sorted({tuple(p[1:]) for p in network._plugins}),
+            "plugin_ops": {p[0]: _plugin_op(network._registry, p) for p in network._plugins},
         }
         if engine["weights_missing"]:
             engine["model"] = base64.b64encode(_without(model, engine["weights_missing"])
                                                .SerializeToString()).decode()
         return IHostMemory(json.dumps(engine, sort_keys=True).encode())
+
+
+def _plugin_op(registry: IPluginRegistry, plugin: Tuple[str, str, str, str]) -> str:
+    """The ONNX op the fake's execution runs for a plugin layer."""
+    creator = registry._find(plugin[1], plugin[2], plugin[3])
+    return creator._op if creator is not None else plugin[0]
 
 
 def _without(model: Any, names: Iterable[str]) -> Any:
@@ -812,11 +1090,16 @@ def _without(model: Any, names: Iterable[str]) -> Any:
 # --------------------------------------------------------------------------------------------
 
 class Runtime:
-    __slots__ = ("_logger", "_host_code")
+    __slots__ = ("_logger", "_host_code", "_registry", "__weakref__")
 
     def __init__(self, logger: ILogger):
-        self._logger = _logger(logger, "Runtime.__init__")
+        self._logger = _adopt(self, logger, "Runtime.__init__")
         self._host_code = False
+        self._registry = IPluginRegistry(_GLOBAL_REGISTRY)
+        _record("Runtime")
+
+    def get_plugin_registry(self) -> IPluginRegistry:
+        return self._registry
 
     @property
     def engine_host_code_allowed(self) -> bool:
@@ -851,6 +1134,12 @@ class Runtime:
                  "[fake] Serialization: the engine is version-compatible: it holds host code "
                  "(the lean runtime), and Runtime.engine_host_code_allowed is False")
             return None
+        for name, version, namespace in data.get("plugins", []):
+            if self._registry._find(name, version, namespace) is None:
+                _log(self._logger, _Severity.ERROR,
+                     f"[fake] IPluginRegistry::getCreator: Error Code 4: API Usage Error "
+                     f"(Cannot find plugin: {name}, version: {version}, namespace:{namespace}.)")
+                return None
         return ICudaEngine(data, self._logger)
 
 
@@ -978,6 +1267,11 @@ class ICudaEngine:
             data["weights_missing"] = sorted(data["refittable"])
             data["model"] = base64.b64encode(_without(model, data["weights_missing"])
                                              .SerializeToString()).decode()
+        elif getattr(SerializationFlag, "INCLUDE_REFIT", None) not in config._flags:
+            # "INCLUDE_REFIT: remain refittable if originally so": without it (before 10.14 it
+            # does not exist) the fake's plan is no longer refittable. Whether TensorRT's is, is
+            # an open question (docs/tensorrt.md); a GPU test answers it.
+            data["refittable"] = {}
         return IHostMemory(json.dumps(data, sort_keys=True).encode())
 
 
@@ -1084,7 +1378,13 @@ class IExecutionContext:
         if self._session is None:
             import onnxruntime as ort
 
-            self._session = ort.InferenceSession(_model(self._engine._data).SerializeToString(),
+            model = _model(self._engine._data)
+            ops = self._engine._data.get("plugin_ops", {})
+            for node in model.graph.node:
+                if node.op_type in ops and ops[node.op_type] != node.op_type:
+                    node.op_type, node.domain = ops[node.op_type], ""
+                    del node.attribute[:]
+            self._session = ort.InferenceSession(model.SerializeToString(),
                                                  providers=["CPUExecutionProvider"])
         outputs = self._session.run(None, feed)
         for t, value in zip([t for t in io if t["mode"] == "OUTPUT"], outputs):
@@ -1136,11 +1436,11 @@ class EngineInspector:
 # --------------------------------------------------------------------------------------------
 
 class Refitter:
-    __slots__ = ("_engine", "_logger", "_new")
+    __slots__ = ("_engine", "_logger", "_new", "__weakref__")
 
     def __init__(self, engine: ICudaEngine, logger: ILogger):
         _check(engine, ICudaEngine, "Refitter.__init__")
-        self._logger = _logger(logger, "Refitter.__init__")
+        self._logger = _adopt(self, logger, "Refitter.__init__")
         _record("Refitter")
         if not engine.refittable:
             _log(self._logger, _Severity.ERROR, "[fake] the engine was not built refittable")
@@ -1170,6 +1470,16 @@ class Refitter:
         for init in model.graph.initializer:
             if init.name in self._new:
                 init.CopyFrom(self._new[init.name])
+        if _V == (11, 3):  # the release notes' known issue: REFIT engines may lose a GEMM bias
+            biases = {n.input[2] for n in model.graph.node if n.op_type == "Gemm"
+                      and len(n.input) > 2}
+            for init in model.graph.initializer:
+                if init.name in biases and init.name in self._new:
+                    import numpy as np
+                    from onnx import numpy_helper
+
+                    zero = np.zeros_like(numpy_helper.to_array(init))
+                    init.CopyFrom(numpy_helper.from_array(zero, init.name))
         data["model"] = base64.b64encode(model.SerializeToString()).decode()
         data["weights_missing"] = []
         data["weights"] = hashlib.sha256(b"".join(
@@ -1212,6 +1522,22 @@ class OnnxParserRefitter(_Errors):
 
 
 # --------------------------------------------------------------------------------------------
+# what this release does not bind (enums are filtered where they are made)
+# --------------------------------------------------------------------------------------------
+
+for _name in sorted(set(_SINCE) | _SINCE_10):
+    _owner, _, _member = _name.partition(".")
+    if _has(_name):
+        continue
+    if _owner == "tensorrt":
+        globals().pop(_member, None)
+        continue
+    _cls = globals().get(_owner)
+    if isinstance(_cls, type) and not isinstance(_cls, enum.EnumMeta) and _member in vars(_cls):
+        delattr(_cls, _member)
+
+
+# --------------------------------------------------------------------------------------------
 # test helpers (not TensorRT's)
 # --------------------------------------------------------------------------------------------
 
@@ -1243,10 +1569,13 @@ class HostBuffers:
 
 def make_test_onnx(path: Any, channels: Tuple[int, int] = (32, 64), classes: int = 10,
                    size: int = 16, seed: int = 0, dynamic_batch: bool = True,
-                   extra_op: Optional[str] = None, opset: int = 17) -> Any:
+                   extra_op: Optional[str] = None, opset: int = 17,
+                   instance_norm: bool = False, plugin_op: Optional[str] = None) -> Any:
     """A small CNN as ONNX (Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm), input ``x``
     [batch, 3, size, size], output ``y`` [batch, classes]; weights from ``seed``.
-    ``extra_op`` appends a node of that (unsupported) op type, for parser-error tests."""
+    ``extra_op`` appends a node of that (unsupported) op type, for parser-error tests;
+    ``instance_norm`` puts an InstanceNormalization after the first Conv; ``plugin_op`` makes the
+    first Relu a node of that op type in the domain ``trt.plugins`` (a plugin layer)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -1261,15 +1590,28 @@ def make_test_onnx(path: Any, channels: Tuple[int, int] = (32, 64), classes: int
     inits = [init("w1", (c1, 3, 3, 3), (2 / 27) ** 0.5), init("b1", (c1,), 0.1),
              init("w2", (c2, c1, 3, 3), (2 / (9 * c1)) ** 0.5), init("b2", (c2,), 0.1),
              init("w3", (classes, c2), (1 / c2) ** 0.5), init("b3", (classes,), 0.1)]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1] * 4,
-                              strides=[2, 2]),
-             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="pool"),
-             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "w3", "b3"], ["y" if not extra_op else "y0"],
-                              name="fc", transB=1)]
+    first = "c1"
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4)]
+    if instance_norm:
+        inits += [numpy_helper.from_array((1 + 0.1 * rng.standard_normal(c1)).astype(np.float32),
+                                          "in_scale"),
+                  numpy_helper.from_array((0.1 * rng.standard_normal(c1)).astype(np.float32),
+                                          "in_bias")]
+        nodes.append(helper.make_node("InstanceNormalization", ["c1", "in_scale", "in_bias"],
+                                      ["n1"], name="norm1", epsilon=1e-5))
+        first = "n1"
+    if plugin_op:
+        nodes.append(helper.make_node(plugin_op, [first], ["r1"], name="plugin1",
+                                      domain="trt.plugins"))
+    else:
+        nodes.append(helper.make_node("Relu", [first], ["r1"], name="relu1"))
+    nodes += [helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1] * 4,
+                               strides=[2, 2]),
+              helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+              helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="pool"),
+              helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "w3", "b3"], ["y" if not extra_op else "y0"],
+                               name="fc", transB=1)]
     if extra_op:
         nodes.append(helper.make_node(extra_op, ["y0"], ["y"], name="odd", domain=""))
     batch: Any = "batch" if dynamic_batch else 1
@@ -1277,8 +1619,39 @@ def make_test_onnx(path: Any, channels: Tuple[int, int] = (32, 64), classes: int
         nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                       [batch, 3, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="buildgraph-test")
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("trt.plugins", 1)]
+                                                 if plugin_op else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="buildgraph-test")
     model.ir_version = 8
     onnx.save(model, str(path))
     return model
+
+
+PLUGIN_SOURCE = {
+    # dynamic registration: what IPluginRegistry.load_library and trtexec --dynamicPlugins want
+    "dynamic": """
+const char *trt_fake_creators = "%s";
+void *getCreators(int *count) { *count = 0; return 0; }
+""",
+    # static registration (REGISTER_TENSORRT_PLUGIN): registers itself when loaded
+    "static": """
+const char *trt_fake_static_creators = "%s";
+""",
+}
+
+
+def make_plugin_library(path: Any, kind: str, creators: str) -> Any:
+    """Compile a test plugin library (``cc -shared``): ``kind`` dynamic (exports getCreators)
+    or static (registers when loaded); ``creators`` like ``MyRelu=Relu`` (plugin name = the
+    ONNX op the fake runs for it). Returns the path."""
+    import subprocess
+    import tempfile
+
+    path = os.fspath(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "plugin.c")
+        with open(source, "w", encoding="utf-8") as fh:
+            fh.write(PLUGIN_SOURCE[kind] % creators)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", path, source], check=True,
+                       capture_output=True)
+    return path

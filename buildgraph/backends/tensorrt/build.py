@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from buildgraph.backends.tensorrt import env as trt_env
-from buildgraph.backends.tensorrt.builder import BuildResult, build_engine, cache_keys, layer_summary, make_logger, trt_combiner
+from buildgraph.backends.tensorrt import plugins as trt_plugins
+from buildgraph.backends.tensorrt.builder import NO_QUERY_KEYS, BuildResult, build_engine, cache_keys, capture, layer_summary, trt_combiner
 from buildgraph.errors import RecipeError, StepFailed
-from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major
+from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major, version_problems
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
 
 
@@ -50,7 +51,7 @@ class TensorRTBuildExecutor(Executor):
     """Build a TensorRT engine from ONNX: strongly typed, profiles, shared timing caches."""
 
     kind = "tensorrt.build"
-    version = "1"
+    version = "2"
     Params = TensorRTBuildParams
     outputs = {"model": "model.engine", "info": "engine.json", "log": "build.log",
                "layers": "layers.json", "timing_cache": "timing.cache"}
@@ -62,14 +63,26 @@ class TensorRTBuildExecutor(Executor):
         the default optimization profile, and an ONNX file holds only their names); the GPU,
         CUDA and TensorRT found now (volatile: the GPU can change without the Python
         environment changing); with ``refit: true``, the ONNX model counts by its structure
-        only; the shared timing-cache area."""
+        only; the shared timing-cache area. A parameter value the installed TensorRT lacks is a
+        recipe error naming the release it needs (the version table, spec.VERSION_TABLE)."""
+        env = self._environment(params)
+        self.check_version(params, env.get("tensorrt"))
         return Description(inputs=self._files(params, ctx), data=self._model_data(params, ctx),
-                           env=self._environment(params), volatile=True,
+                           env=env, volatile=True,
                            upstream_view=STRUCTURE_VIEW if params.refit else None,
                            areas=(TIMING_AREA,))
 
     def _environment(self, params: TensorRTBuildParams) -> Dict[str, str]:
         return trt_env.probe().fingerprint(params.hardware_compatibility)
+
+    def check_version(self, params: TensorRTBuildParams, version: Optional[str]) -> None:
+        """Refuse, as a recipe error, what TensorRT ``version`` lacks (nothing when no TensorRT
+        is found or its version cannot be read: the run says so)."""
+        problems = version_problems(params, version, self.kind)
+        if problems:
+            message, hint = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise RecipeError(message + more, hint=hint or None)
 
     @staticmethod
     def _model_data(params: TensorRTBuildParams, ctx: DescribeContext) -> Dict[str, Any]:
@@ -83,11 +96,11 @@ class TensorRTBuildExecutor(Executor):
     def _files(self, params: TensorRTBuildParams, ctx: DescribeContext) -> Dict[str, Path]:
         extra: Dict[str, Path] = {}
         for i, lib in enumerate(params.plugins):
-            path = ctx.recipe_dir / lib
+            path = ctx.recipe_dir / lib.path
             if not path.is_file():
-                raise RecipeError(f"plugins[{i}]: plugin library '{lib}' does not exist "
+                raise RecipeError(f"plugins[{i}]: plugin library '{lib.path}' does not exist "
                                   f"(looked in {ctx.recipe_dir})")
-            extra[f"plugin:{lib}"] = path
+            extra[f"plugin:{lib.path}"] = path
         if params.timing_cache_file:
             path = ctx.recipe_dir / params.timing_cache_file
             if not path.is_file():
@@ -120,12 +133,16 @@ class TensorRTBuildExecutor(Executor):
         onnx_path = task.inputs["onnx"] if p.onnx else find_artifact(task, "tensorrt.build", (".onnx",))
         self.validate_profiles(task, p, onnx_path)
         profiles = self._profiles(task, p, onnx_path)
-        plugins = [str(task.inputs[f"plugin:{lib}"]) for lib in p.plugins]
+        libs = trt_plugins.from_params(p.plugins, task.inputs)
         env = trt_env.probe()
         trt = trt_env.load_tensorrt(env)
         version = str(getattr(trt, "__version__", env.tensorrt or ""))
+        problems = version_problems(p, version, self.kind)
+        if problems:
+            raise StepFailed(problems[0][0] + (f"; {problems[0][1]}" if problems[0][1] else ""))
         try:
-            desc = describe_build(p, version, profiles, plugins)
+            desc = describe_build(p, version, profiles,
+                                  [(str(lib.file), lib.kind) for lib in libs])
         except DescriptionError as exc:
             raise StepFailed(str(exc)) from None
         for note in desc.notes:
@@ -139,7 +156,7 @@ class TensorRTBuildExecutor(Executor):
         network_key = _network_key(onnx_path, desc)
         sink: List[Tuple[str, str]] = []
         try:
-            result = build_engine(trt, desc, onnx_path, sink, blob, trt_major(version))
+            result = build_engine(trt, desc, onnx_path, sink, blob, trt_major(version), libs)
         finally:
             self._write_log(task, sink, desc, loaded_message)
         if "log" in task.outputs:
@@ -160,12 +177,10 @@ class TensorRTBuildExecutor(Executor):
 
             meta["structure_digest"] = structure_digest(onnx_path)
         task.log(f"engine: {len(result.engine)} bytes in {result.build_s:.1f} s")
+        if result.plugins:
+            meta["plugins"] = [lib.as_info() for lib in result.plugins]
         if "info" in task.outputs:  # what runtimes need to load the engine (artifact_info)
-            info = {k: meta[k] for k in ("tensorrt", "gpu", "compute_capability", "cuda",
-                                         "strongly_typed", "flags", "profiles") if k in meta}
-            info["version_compatible"] = "VERSION_COMPATIBLE" in desc.builder_flags
-            task.outputs["info"].write_text(json.dumps(info, indent=1, sort_keys=True) + "\n",
-                                            encoding="utf-8")
+            write_info(task, engine_info(meta, desc, result.plugins))
         return meta
 
     @staticmethod
@@ -211,10 +226,11 @@ class TensorRTBuildExecutor(Executor):
         known = store.needed_keys(scope, network_key) if mode in ("shared", "readonly") \
             else None
         before = result.keys_before if not result.cache_loaded.startswith("rejected") \
-            else set()
-        stats = tc.hit_stats(before, result.keys_after, known)
+            else (set() if result.keys_before is not None else None)
+        stats = tc.hit_stats(before, result.keys_after, known, NO_QUERY_KEYS)
         task.log(stats.line())
         meta: Dict[str, Any] = {"mode": mode, "start": result.cache_loaded, **stats.as_dict()}
+        # (where the keys cannot be listed, ERROR_ON_TIMING_CACHE_MISS alone guards a pin)
         if mode == "pinned" and result.keys_after != result.keys_before:
             raise StepFailed(f"timing_cache: pinned, but TensorRT timed "
                              f"{len(result.keys_after - result.keys_before)} tactics the pinned "
@@ -226,14 +242,19 @@ class TensorRTBuildExecutor(Executor):
                     store.record_needed(scope, network_key, learned)
                 except OSError as exc:
                     task.log(f"warning: could not record the network's timing keys: {exc}")
-        if mode == "shared" and result.timing_cache and stats.timed:
-            # build a config only to combine and count caches
-            logger = make_logger(trt, "ERROR", [])
-            config = trt.Builder(logger).create_builder_config()
+        if mode == "shared" and result.timing_cache and stats.timed != 0:
+            # a config only to combine and count caches (its messages go to the step's log)
+            sink: List[Tuple[str, str]] = []
             try:
-                outcome = store.merge(scope, result.timing_cache, trt_combiner(config),
-                                      count_entries=lambda b: len(cache_keys(
-                                          config.create_timing_cache(b))))
+                with capture(trt, "ERROR", sink) as logger:
+                    config = trt.Builder(logger).create_builder_config()
+
+                    def count(blob: bytes) -> Optional[int]:
+                        keys = cache_keys(config.create_timing_cache(blob))
+                        return len(keys) if keys is not None else None
+
+                    outcome = store.merge(scope, result.timing_cache, trt_combiner(config),
+                                          count_entries=count)
             except Exception as exc:  # noqa: BLE001 - the engine is built; the cache is extra
                 task.log(f"warning: could not update the shared timing cache: "
                          f"{type(exc).__name__}: {exc}")
@@ -267,6 +288,24 @@ class TensorRTBuildExecutor(Executor):
         if "timing_cache" in task.outputs:
             task.outputs["timing_cache"].write_bytes(result.timing_cache or b"")
 
+
+
+def engine_info(meta: Dict[str, Any], desc: BuildDescription,
+                libs: List[trt_plugins.PluginLibrary], timing_only: bool = False
+                ) -> Dict[str, Any]:
+    """The ``info`` output: what a later step needs to load the engine as it was built."""
+    info = {k: meta[k] for k in ("tensorrt", "gpu", "compute_capability", "cuda",
+                                 "strongly_typed", "flags", "profiles") if k in meta}
+    info["version_compatible"] = "VERSION_COMPATIBLE" in desc.builder_flags
+    info["refittable"] = "REFIT" in desc.builder_flags
+    info["plugins"] = [lib.as_info() for lib in libs]
+    info["timing_only"] = timing_only
+    return info
+
+
+def write_info(task: Task, info: Dict[str, Any]) -> None:
+    task.outputs["info"].write_text(json.dumps(info, indent=1, sort_keys=True) + "\n",
+                                    encoding="utf-8")
 
 
 def _cache_mode(p: TensorRTBuildParams) -> str:

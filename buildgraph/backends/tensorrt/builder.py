@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+from buildgraph.backends.tensorrt import plugins
+from buildgraph.backends.tensorrt.plugins import PluginLibrary
 from buildgraph.backends.tensorrt.spec import BuildDescription
 from buildgraph.errors import StepFailed
 
@@ -100,21 +103,95 @@ def _datatype(fmt: str) -> str:
 # The layer that talks to TensorRT
 # --------------------------------------------------------------------------------------------
 
-def make_logger(trt: Any, severity: str, sink: List[Tuple[str, str]]) -> Any:
-    """An ``ILogger`` that keeps messages at ``severity`` or worse in ``sink``."""
-    order = ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"]
-    limit = order.index(severity)
+SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+"""TensorRT's severities, most severe first."""
 
-    class CapturingLogger(trt.ILogger):  # type: ignore[misc, name-defined]
+Sink = List[Tuple[str, str]]
+
+
+@dataclass
+class _Route:
+    sink: Sink
+    limit: int
+
+
+class _Routing:
+    """Where this process's TensorRT messages go now.
+
+    TensorRT keeps a single logger pointer while any Builder, Runtime or Refitter exists and
+    ignores a new one meanwhile (NVIDIA/TensorRT issue 1475), so a worker that serves several
+    steps must hand TensorRT one logger for its whole life and switch where that logger writes:
+    to the step that holds the current :func:`capture`. Messages from the thread that opened
+    the capture go to it; messages from TensorRT's own threads go to the most recent capture;
+    messages outside every capture are kept in ``stray`` (the last 200)."""
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.latest: Optional[_Route] = None
+        self.stray: Any = collections.deque(maxlen=200)
+        self.loggers: Dict[int, Tuple[Any, Any]] = {}
+
+    def route(self) -> Optional[_Route]:
+        stack = getattr(self.local, "stack", None)
+        return stack[-1] if stack else self.latest
+
+    def write(self, severity: str, msg: str) -> None:
+        with self.lock:
+            route = self.route()
+            if route is None:
+                self.stray.append((severity, msg))
+            elif severity in SEVERITIES and SEVERITIES.index(severity) <= route.limit:
+                route.sink.append((severity, msg))
+
+
+_ROUTING = _Routing()
+
+
+def worker_logger(trt: Any) -> Any:
+    """This process's one ``ILogger`` for the ``trt`` module (made on first use)."""
+    held = _ROUTING.loggers.get(id(trt))
+    if held is not None and held[0] is trt.ILogger:  # (a reloaded module has a new class)
+        return held[1]
+
+    class RoutingLogger(trt.ILogger):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 
         def log(self, sev: Any, msg: str) -> None:
-            name = getattr(sev, "name", str(sev)).split(".")[-1]
-            if name in order and order.index(name) <= limit:
-                sink.append((name, msg))
+            _ROUTING.write(getattr(sev, "name", str(sev)).split(".")[-1], str(msg))
 
-    return CapturingLogger()
+    logger = RoutingLogger()
+    _ROUTING.loggers[id(trt)] = (trt.ILogger, logger)
+    return logger
+
+
+@contextmanager
+def capture(trt: Any, severity: str, sink: Sink) -> Iterator[Any]:
+    """Route TensorRT's messages at ``severity`` or worse into ``sink`` while the block runs;
+    yields the process's logger (:func:`worker_logger`), the only one to hand TensorRT."""
+    logger = worker_logger(trt)
+    route = _Route(sink, SEVERITIES.index(severity))
+    stack = getattr(_ROUTING.local, "stack", None)
+    if stack is None:
+        stack = _ROUTING.local.stack = []
+    with _ROUTING.lock:
+        stack.append(route)
+        previous, _ROUTING.latest = _ROUTING.latest, route
+    try:
+        yield logger
+    finally:
+        with _ROUTING.lock:
+            stack.pop()
+            if _ROUTING.latest is route:
+                _ROUTING.latest = previous
+
+
+def errors_in(sink: Sink) -> List[str]:
+    return [m for s, m in sink if s in ("ERROR", "INTERNAL_ERROR")]
 
 
 def _enum(trt: Any, enum_name: str, member: str) -> Any:
@@ -126,12 +203,16 @@ class BuildResult:
     engine: bytes
     inspector_json: str
     timing_cache: Optional[bytes]
-    keys_before: Set[str]
-    keys_after: Set[str]
+    keys_before: Optional[Set[str]]
+    """The timing cache's keys before the build; None where TensorRT cannot list them (no
+    ``ITimingCache.queryKeys`` before 10.8)."""
+    keys_after: Optional[Set[str]]
     cache_loaded: str
     """How the starting cache went: none, empty, loaded, rejected (with the reason)."""
     build_s: float
     layers_parsed: int
+    plugins: List[PluginLibrary] = field(default_factory=list)
+    """The plugin libraries, with the creators each dynamic one registered."""
 
 
 def network_flags(trt: Any, desc: BuildDescription, major: int) -> int:
@@ -203,10 +284,19 @@ def attach_timing_cache(config: Any, blob: Optional[bytes]) -> Tuple[Any, str]:
     return cache, status
 
 
-def cache_keys(cache: Any) -> Set[str]:
+def cache_keys(cache: Any) -> Optional[Set[str]]:
+    """The keys a timing cache holds; None where this TensorRT cannot list them
+    (``ITimingCache.queryKeys`` is bound from 10.8 on)."""
     if cache is None:
         return set()
-    return {str(k) for k in cache.queryKeys()}
+    query = getattr(cache, "queryKeys", None)
+    if query is None:
+        return None
+    return {str(k) for k in query()}
+
+
+NO_QUERY_KEYS = ("this TensorRT cannot list a timing cache's keys (ITimingCache.queryKeys "
+                 "comes with 10.8), so the hit rate is not known")
 
 
 def trt_combiner(config: Any) -> Callable[[bytes, bytes], bytes]:
@@ -228,16 +318,21 @@ def trt_combiner(config: Any) -> Callable[[bytes, bytes], bytes]:
     return combine
 
 
-def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: List[Tuple[str, str]],
-                 cache_blob: Optional[bytes], major: int) -> BuildResult:
+def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: Sink,
+                 cache_blob: Optional[bytes], major: int,
+                 plugins: Sequence[PluginLibrary] = ()) -> BuildResult:
     """Parse ``onnx_path`` and build an engine as ``desc`` says. Raises StepFailed."""
-    logger = make_logger(trt, desc.log_severity, sink)
+    with capture(trt, desc.log_severity, sink) as logger:
+        return _build(trt, logger, desc, onnx_path, sink, cache_blob, major, plugins)
+
+
+def _build(trt: Any, logger: Any, desc: BuildDescription, onnx_path: Path, sink: Sink,
+           cache_blob: Optional[bytes], major: int, libs: Sequence[PluginLibrary]
+           ) -> BuildResult:
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     registry = builder.get_plugin_registry()
-    for lib in desc.plugins:
-        if registry.load_library(lib) is None:
-            raise StepFailed(f"TensorRT could not load plugin library {lib}")
+    loaded = plugins.load_all(registry, libs, sink)
     network = builder.create_network(network_flags(trt, desc, major))
     parser = trt.OnnxParser(network, logger)
     for flag, on in desc.parser_flags:
@@ -270,24 +365,44 @@ def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: List[T
     serialized = builder.build_serialized_network(network, config)
     build_s = time.monotonic() - start
     if serialized is None:
-        errors = [m for s, m in sink if s in ("ERROR", "INTERNAL_ERROR")]
+        errors = errors_in(sink)
         raise StepFailed("TensorRT could not build the engine"
                          + (f": {errors[-1][:300]}" if errors else " (see the log)"))
     engine_bytes = bytes(serialized)
     after = config.get_timing_cache()
     blob_after = bytes(after.serialize()) if after is not None else None
-    inspector_json = inspect_engine(trt, logger, engine_bytes, desc)
+    inspector_json = inspect_engine(trt, logger, engine_bytes, desc, loaded, sink)
     return BuildResult(engine_bytes, inspector_json, blob_after, keys_before, cache_keys(after),
-                       cache_status, build_s, int(network.num_layers))
+                       cache_status, build_s, int(network.num_layers), loaded)
 
 
-def inspect_engine(trt: Any, logger: Any, engine_bytes: bytes, desc: BuildDescription) -> str:
-    """The engine inspector's JSON (layers, precisions, tactics)."""
+def open_runtime(trt: Any, logger: Any, libs: Sequence[PluginLibrary], host_code: bool,
+                 sink: Sink) -> Any:
+    """A ``trt.Runtime`` ready to deserialize an engine this recipe built: TensorRT's own
+    plugins registered (``init_libnvinfer_plugins``, as Polygraphy does before every
+    deserialize), the engine's plugin libraries loaded where this Runtime sees them, host code
+    allowed for a version-compatible engine when ``host_code``. Call it inside
+    :func:`capture` (``logger`` is the process's one logger)."""
+    trt.init_libnvinfer_plugins(logger, "")
     runtime = trt.Runtime(logger)
-    if "VERSION_COMPATIBLE" in desc.builder_flags:
+    plugins.load_all(runtime.get_plugin_registry(), libs, sink)
+    if host_code:
         runtime.engine_host_code_allowed = True
+    return runtime
+
+
+def inspect_engine(trt: Any, logger: Any, engine_bytes: bytes, desc: BuildDescription,
+                   libs: Sequence[PluginLibrary] = (), sink: Optional[Sink] = None) -> str:
+    """The engine inspector's JSON (layers, precisions, tactics); an ``error`` entry (and a
+    warning in the log) when the engine cannot be read back."""
+    sink = sink if sink is not None else []
+    runtime = open_runtime(trt, logger, libs, "VERSION_COMPATIBLE" in desc.builder_flags, sink)
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
-        return json.dumps({"error": "the engine could not be deserialized for inspection"})
+        errors = errors_in(sink)
+        why = "the engine could not be deserialized for inspection" + \
+            (f": {errors[-1][:300]}" if errors else "")
+        sink.append(("WARNING", why))
+        return json.dumps({"error": why})
     inspector = engine.create_engine_inspector()
     return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))

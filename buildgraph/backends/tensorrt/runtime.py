@@ -12,7 +12,13 @@ A version-compatible engine embeds TensorRT's lean runtime, host code that deser
 so TensorRT loads it only with ``engine_host_code_allowed``: this runtime allows it for engines
 that this recipe's ``tensorrt.build``/``tensorrt.refit`` steps made (their build chose to embed
 it) and for artifacts the caller trusts (``ctx.trusted``), not for an ``.engine`` of unknown
-origin.
+origin. Before deserializing, TensorRT's own plugins are registered (``init_libnvinfer_plugins``)
+and the plugin libraries the producing step's ``info`` records (``ctx.meta['plugins']``) are
+loaded, checked by sha256, into this Runtime's registry. TensorRT's messages reach this runtime
+through the worker's one logger (:func:`~buildgraph.backends.tensorrt.builder.capture`).
+
+An engine the ``info`` marks ``timing_only`` (trtexec ``--int8`` without calibration:
+placeholder dynamic ranges) says so in ``details``: its numbers mean nothing.
 
 Like every runtime, nothing imports TensorRT or torch before :meth:`Runtime.load`. The class
 registers as ``tensorrt`` for the ``tensorrt.build``/``tensorrt.refit`` kinds and the
@@ -125,16 +131,26 @@ class TensorRTRuntime(Runtime):
 
     def _load(self) -> None:
         from buildgraph.backends.tensorrt import env as trt_env
-        from buildgraph.backends.tensorrt.builder import make_logger
+        from buildgraph.backends.tensorrt.plugins import from_info
 
         trt = trt_env.load_tensorrt()
+        libs = from_info(self.ctx.meta, self.ctx.recipe_dir)
         self.memory = type(self).buffers()
         self.trt = trt
         self.messages: List[Tuple[str, str]] = []
-        self.logger = make_logger(trt, "WARNING", self.messages)
-        self.runtime = trt.Runtime(self.logger)
+        with self._capture() as logger:
+            self._open(trt, logger, libs)
+
+    def _capture(self) -> Any:
+        from buildgraph.backends.tensorrt.builder import capture
+
+        return capture(self.trt, "WARNING", self.messages)
+
+    def _open(self, trt: Any, logger: Any, libs: Any) -> None:
+        from buildgraph.backends.tensorrt.builder import open_runtime
+
         allowed = host_code_allowed(self.ctx)
-        self.runtime.engine_host_code_allowed = allowed
+        self.runtime = open_runtime(trt, logger, libs, allowed, self.messages)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             errors = "; ".join(m for _, m in self.messages[-2:])
@@ -159,6 +175,9 @@ class TensorRTRuntime(Runtime):
         self.precision = str(self.ctx.meta.get("precision") or self._precision())
         self.details["inputs"] = self.inputs
         self.details["outputs"] = self.outputs
+        if self.ctx.meta.get("timing_only"):
+            self.details["timing_only"] = ("trtexec --int8 without calibration: placeholder "
+                                           "dynamic ranges, an engine for timing only")
 
     def _precision(self) -> str:
         """From the inspector JSON the build step wrote beside the engine (``layers``)."""
@@ -184,6 +203,10 @@ class TensorRTRuntime(Runtime):
         return tuple(tuple(int(d) for d in s) for s in shapes)
 
     def run(self, inputs: Sequence[Any]) -> List[Any]:
+        with self._capture():
+            return self._run(inputs)
+
+    def _run(self, inputs: Sequence[Any]) -> List[Any]:
         if len(inputs) != len(self.inputs):
             raise StepFailed(f"the engine takes {len(self.inputs)} inputs "
                              f"({', '.join(self.inputs)}); got {len(inputs)}")
@@ -237,10 +260,17 @@ class TensorRTRuntime(Runtime):
         self.memory = None
 
 
-def load(path: Path, meta: Optional[Dict[str, Any]] = None) -> TensorRTRuntime:
-    """Load an engine outside ``verify`` (tests, notebooks)."""
-    loaded = TensorRTRuntime(Path(path), RuntimeContext(kind="tensorrt.build",
-                                                        meta=meta or {}, device="cuda"))
+def load(path: Path, meta: Optional[Dict[str, Any]] = None,
+         recipe_dir: Optional[Path] = None) -> TensorRTRuntime:
+    """Load an engine outside ``verify`` (tests, notebooks); ``meta`` is the build step's
+    ``info`` (default: the ``engine.json`` beside the engine), ``recipe_dir`` where its plugin
+    libraries' paths start (default: the current directory)."""
+    from buildgraph.engine.runtime import artifact_info
+
+    if meta is None:
+        meta = artifact_info({"info": Path(path).parent / "engine.json"})
+    loaded = TensorRTRuntime(Path(path), RuntimeContext(kind="tensorrt.build", meta=meta,
+                                                        recipe_dir=recipe_dir, device="cuda"))
     loaded._load()
     return loaded
 

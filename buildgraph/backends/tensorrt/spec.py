@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -76,6 +76,24 @@ class ShapeRange(StrictParams):
 
 Profile = Dict[str, ShapeRange]
 
+PLUGIN_KINDS = {
+    "dynamic": "exports getCreators: IPluginRegistry.load_library (trtexec --dynamicPlugins)",
+    "static": "registers its plugins with REGISTER_TENSORRT_PLUGIN when loaded: ctypes.CDLL, as "
+              "Polygraphy does (trtexec --staticPlugins)",
+}
+
+
+class PluginSpec(StrictParams):
+    """A plugin library and how TensorRT must load it: the two kinds are not interchangeable
+    (``load_library`` returns None for a library without ``getCreators``, and loading a dynamic
+    one with ctypes registers nothing)."""
+
+    path: str = Field(description="the .so, relative to the recipe")
+    kind: Literal["dynamic", "static"] = Field(
+        description="dynamic: the library exports getCreators (IPluginRegistry.load_library, "
+                    "trtexec --dynamicPlugins); static: it registers its plugins with "
+                    "REGISTER_TENSORRT_PLUGIN when loaded (ctypes.CDLL, trtexec --staticPlugins)")
+
 
 class TensorRTBuildParams(StrictParams):
     """``with:`` of ``tensorrt.build``."""
@@ -121,9 +139,11 @@ class TensorRTBuildParams(StrictParams):
     dla_core: Optional[int] = Field(None, ge=0, description="run on this DLA core (Jetson)")
     gpu_fallback: bool = Field(True, description="with dla_core: layers DLA cannot run fall "
                                "back to the GPU")
-    plugins: List[str] = Field(default_factory=list,
-                               description="plugin libraries (.so) to load, relative to the "
-                                           "recipe; part of the key")
+    plugins: List[PluginSpec] = Field(
+        default_factory=list,
+        description="plugin libraries to load: {path: lib.so, kind: dynamic|static}; part of "
+                    "the key, recorded with their sha256 in the 'info' output so that refit, "
+                    "verify and benchmark load the same ones")
     max_aux_streams: Optional[int] = Field(None, ge=0, description="auxiliary streams per "
                                            "execution context")
     profiling_verbosity: Literal["detailed", "layer_names_only", "none"] = Field(
@@ -140,6 +160,17 @@ class TensorRTBuildParams(StrictParams):
                                              "cache file, relative to the recipe")
     log_level: Literal["verbose", "info", "warning", "error"] = Field(
         "info", description="severity kept in the builder log output")
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugin_kind(cls, value: Any) -> Any:
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if isinstance(item, str):
+                raise ValueError(
+                    f"plugins[{i}]: say how TensorRT loads '{item}': {{path: {item}, kind: "
+                    f"dynamic}} (the library {PLUGIN_KINDS['dynamic']}) or kind: static (it "
+                    f"{PLUGIN_KINDS['static']})")
+        return value
 
     @field_validator("workspace")
     @classmethod
@@ -170,6 +201,14 @@ class TensorRTBuildParams(StrictParams):
                              "tactics from the weights' 2:4 pattern) cannot be combined with it")
         if self.timing_cache == "pinned" and not self.timing_cache_file:
             raise ValueError("timing_cache: pinned needs timing_cache_file")
+        if self.native_instancenorm is False and (self.version_compatible or
+                                                  self.hardware_compatibility != "none"):
+            raise ValueError(
+                "native_instancenorm: false (TensorRT's InstanceNorm plugin) cannot go into a "
+                "version-compatible or hardware-compatible engine: the ONNX parser's "
+                "NATIVE_INSTANCENORM is required there (NvOnnxParser.h), and trtexec refuses "
+                "--pluginInstanceNorm with --versionCompatible or a hardware-compatibility "
+                "level")
         if self.timing_cache_file and self.timing_cache != "pinned":
             raise ValueError("timing_cache_file is only read with timing_cache: pinned")
         for i, profile in enumerate(self.profiles):
@@ -284,7 +323,8 @@ class BuildDescription:
     hardware_compatibility: str
     """``trt.HardwareCompatibilityLevel`` member."""
     dla_core: Optional[int]
-    plugins: Tuple[str, ...]
+    plugins: Tuple[Tuple[str, str], ...]
+    """(resolved path, kind: dynamic or static) of each plugin library."""
     max_aux_streams: Optional[int]
     profiling_verbosity: str
     parser_flags: Tuple[Tuple[str, bool], ...]
@@ -302,13 +342,122 @@ def trt_major(version: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def parse_version(version: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``10.8.0.43`` -> (10, 8); None when it cannot be read ("unknown", "", None)."""
+    m = re.match(r"^(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# Which TensorRT each parameter value needs (docs/tensorrt.md prints this table; a test checks
+# it against tests/data/tensorrt_api_since.txt, read from NVIDIA's release tags)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Requirement:
+    """A parameter value that needs a TensorRT release range."""
+
+    param: str
+    """As a recipe writes it: ``hardware_compatibility: same_compute_capability``."""
+    first: str
+    """The first release (major.minor) with what it needs."""
+    api: str
+    """What it needs: a binding (``Owner.member``) or a trtexec option."""
+    kinds: Tuple[str, ...]
+    """The step kinds it concerns."""
+    removed: str = ""
+    """The first release without it (empty: every release since ``first`` has it)."""
+    applies: Callable[[Any], bool] = field(default=lambda p: True, compare=False, repr=False)
+    refused: bool = True
+    """False: an older TensorRT only loses a report (the timing cache's hit rate)."""
+    hint: str = ""
+
+
+BUILD_KINDS = ("tensorrt.build", "trtexec")
+VERSION_TABLE: Tuple[Requirement, ...] = (
+    Requirement("(default) strongly typed network", "9.1",
+                "NetworkDefinitionCreationFlag.STRONGLY_TYPED", BUILD_KINDS,
+                applies=lambda p: not p.legacy_precision_flags),
+    Requirement("legacy_precision_flags", "8.6", "BuilderFlag.FP16/INT8/FP8 (BF16: 9.1)",
+                BUILD_KINDS, removed="11.0", applies=lambda p: bool(p.legacy_precision_flags),
+                hint="TensorRT 11 builds strongly typed networks only: make the ONNX graph carry "
+                     "the precision with onnx.autocast (fp16/bf16) or onnx.quantize (int8/fp8) "
+                     "upstream, and drop legacy_precision_flags"),
+    Requirement("hardware_compatibility: ampere_plus", "8.6",
+                "HardwareCompatibilityLevel.AMPERE_PLUS", BUILD_KINDS,
+                applies=lambda p: p.hardware_compatibility == "ampere_plus"),
+    Requirement("hardware_compatibility: same_compute_capability", "10.9",
+                "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY "
+                "(trtexec --hardwareCompatibilityLevel=sameComputeCapability)", BUILD_KINDS,
+                applies=lambda p: p.hardware_compatibility == "same_compute_capability"),
+    Requirement("version_compatible", "8.6", "BuilderFlag.VERSION_COMPATIBLE", BUILD_KINDS,
+                applies=lambda p: p.version_compatible),
+    Requirement("exclude_lean_runtime", "8.6", "BuilderFlag.EXCLUDE_LEAN_RUNTIME", BUILD_KINDS,
+                applies=lambda p: p.exclude_lean_runtime),
+    Requirement("optimization_level", "8.6", "IBuilderConfig.builder_optimization_level",
+                BUILD_KINDS, applies=lambda p: p.optimization_level is not None),
+    Requirement("max_aux_streams", "8.6", "IBuilderConfig.max_aux_streams", BUILD_KINDS,
+                applies=lambda p: p.max_aux_streams is not None),
+    Requirement("native_instancenorm", "8.6", "OnnxParserFlag.NATIVE_INSTANCENORM",
+                BUILD_KINDS, applies=lambda p: p.native_instancenorm is not None),
+    Requirement("strip_weights", "10.0", "BuilderFlag.STRIP_PLAN (trtexec --stripWeights)",
+                BUILD_KINDS, applies=lambda p: p.strip_weights),
+    Requirement("memory_pools: tactic_shared_memory", "10.0",
+                "MemoryPoolType.TACTIC_SHARED_MEMORY", BUILD_KINDS,
+                applies=lambda p: "tactic_shared_memory" in p.memory_pools),
+    Requirement("timing_cache: pinned", "9.1", "BuilderFlag.ERROR_ON_TIMING_CACHE_MISS",
+                BUILD_KINDS, applies=lambda p: p.timing_cache == "pinned"),
+    Requirement("plugins: kind: dynamic", "8.6",
+                "IPluginRegistry.load_library (trtexec --dynamicPlugins)", BUILD_KINDS,
+                applies=lambda p: any(x.kind == "dynamic" for x in p.plugins)),
+    Requirement("(timing cache hit rate)", "10.8", "ITimingCache.queryKeys", ("tensorrt.build",),
+                refused=False),
+    Requirement("tensorrt.refit", "10.0", "OnnxParserRefitter.refit_from_file",
+                ("tensorrt.refit",)),
+    Requirement("tensorrt.refit of a tensorrt.refit step's engine", "10.14",
+                "SerializationFlag.INCLUDE_REFIT", ("tensorrt.refit",),
+                applies=lambda p: bool(getattr(p, "refit_chain", False)),
+                hint="without it a refitted engine is serialized without its refit data: refit "
+                     "the tensorrt.build step's engine instead"),
+)
+"""The minimum (and where removed, maximum) TensorRT release of each parameter value."""
+
+
+def version_problems(params: Any, version: Optional[str], kind: str
+                     ) -> List[Tuple[str, str]]:
+    """What ``params`` asks for that TensorRT ``version`` lacks, as (message naming the release
+    it needs, hint); [] when the version cannot be read (the step fails closed when it runs)."""
+    have = parse_version(version)
+    if have is None:
+        return []
+    out = []
+    for req in VERSION_TABLE:
+        if kind not in req.kinds or not req.refused or not req.applies(params):
+            continue
+        first = parse_version(req.first)
+        removed = parse_version(req.removed) if req.removed else None
+        if first is not None and have < first:
+            out.append((f"{req.param} needs TensorRT {req.first} or later ({req.api}); "
+                        f"installed: TensorRT {version}", req.hint))
+        elif removed is not None and have >= removed:
+            out.append((f"{req.param}: TensorRT {req.removed} removed {req.api}; installed: "
+                        f"TensorRT {version}", req.hint))
+    return out
+
+
 def describe_build(params: TensorRTBuildParams, trt_version: str,
                    profiles: Optional[Sequence[Mapping[str, ShapeRange]]] = None,
-                   plugins: Sequence[str] = ()) -> BuildDescription:
+                   plugins: Sequence[Tuple[str, str]] = ()) -> BuildDescription:
     """Translate validated params into the builder's terms for TensorRT ``trt_version``.
 
     ``profiles`` overrides ``params.profiles`` (defaults derived from the model's dims);
-    ``plugins`` are the resolved plugin paths."""
+    ``plugins`` are the resolved plugin paths with their kinds. A version that cannot be read
+    fails closed: which options exist depends on it (TensorRT 11 refuses the legacy precision
+    flags)."""
+    if parse_version(trt_version) is None:
+        raise DescriptionError(f"cannot tell the TensorRT version ({trt_version or 'none'!r}): "
+                               "which builder options exist depends on it (TensorRT 11 has no "
+                               "FP16/INT8 builder flags), so buildgraph does not guess")
     major = trt_major(trt_version)
     flags: List[str] = []
     cleared: List[str] = []
@@ -325,6 +474,10 @@ def describe_build(params: TensorRTBuildParams, trt_version: str,
         flags.extend(LEGACY_PRECISIONS[p] for p in params.legacy_precision_flags)
         notes.append("weakly typed build with builder flags " + ", ".join(flags)
                      + f" (TensorRT {trt_version})")
+        if "int8" in params.legacy_precision_flags:
+            notes.append("INT8 without a calibrator: tensors without a dynamic range stay in a "
+                         "higher precision (the Python path sets no placeholder ranges, unlike "
+                         "trtexec --int8); for real int8 put onnx.quantize upstream")
     else:
         strongly_typed = True
     if params.tf32 is True:

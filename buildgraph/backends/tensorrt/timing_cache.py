@@ -271,11 +271,12 @@ def _scope_text(scope: object) -> str:
 
 @dataclass
 class HitStats:
-    """Timing-cache use of one build. ``hits``/``hit_rate`` are None when unknown."""
+    """Timing-cache use of one build. ``hits``/``hit_rate`` are None when unknown; every count
+    is None where TensorRT cannot list a cache's keys (before 10.8)."""
 
-    entries_before: int
-    entries_after: int
-    timed: int
+    entries_before: Optional[int]
+    entries_after: Optional[int]
+    timed: Optional[int]
     """Tactic timings this build measured (keys it added): the misses."""
     hits: Optional[int] = None
     hit_rate: Optional[float] = None
@@ -285,6 +286,8 @@ class HitStats:
         return asdict(self)
 
     def line(self) -> str:
+        if self.timed is None:
+            return f"timing cache: hit rate unknown ({self.note})"
         if self.hit_rate is None:
             return (f"timing cache: {self.timed} tactic timings measured, "
                     f"{self.entries_before} entries available; hit rate unknown ({self.note})")
@@ -292,14 +295,18 @@ class HitStats:
                 f"{self.timed} measured; {self.entries_before} -> {self.entries_after} entries)")
 
 
-def hit_stats(before: Set[str], after: Set[str], needed: Optional[Set[str]]) -> HitStats:
+def hit_stats(before: Optional[Set[str]], after: Optional[Set[str]],
+              needed: Optional[Set[str]], unknown: str = "") -> HitStats:
     """Hits and misses of one build from the cache's keys before and after it.
 
     TensorRT says which keys a cache holds (``ITimingCache.queryKeys``), not which ones a build
     looked up; so the keys this network needs are remembered per network and scope
     (``needed``): hits are the needed keys the cache already had. A first build from an empty
     cache needs exactly what it added; a first build from a non-empty one leaves the hit count
-    unknown (it is known from the next build on)."""
+    unknown (it is known from the next build on). ``before``/``after`` None: TensorRT could not
+    list the keys (``unknown`` says why); nothing is known."""
+    if before is None or after is None:
+        return HitStats(None, None, None, note=unknown or "the cache's keys are unknown")
     timed = len(after - before)
     if needed is None and not before:
         needed = set(after)
@@ -313,9 +320,11 @@ def hit_stats(before: Set[str], after: Set[str], needed: Optional[Set[str]]) -> 
                     (hits / total) if total else 1.0)
 
 
-def learned_needed(before: Set[str], after: Set[str], known: Optional[Set[str]]
-                   ) -> Optional[Set[str]]:
+def learned_needed(before: Optional[Set[str]], after: Optional[Set[str]],
+                   known: Optional[Set[str]]) -> Optional[Set[str]]:
     """What to remember as the keys a network needs after a build (None: still unknown)."""
+    if before is None or after is None:
+        return None
     if known is not None:
         return known | (after - before)
     if not before:

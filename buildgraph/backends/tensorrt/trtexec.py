@@ -10,7 +10,19 @@ new timings); the result replaces the team cache only if nobody changed it meanw
 combining two caches needs the Python API (``tensorrt.build`` does that).
 
 The key includes the version trtexec reports (``[TensorRT v110400]``) and the GPU, as for
-``tensorrt.build``.
+``tensorrt.build``; what that version lacks is a recipe error at plan time (the version table),
+and a version trtexec does not report fails the step (closed: which options exist depends on
+it, and trtexec 11 stops at ``Unknown option: --fp16``).
+
+Input names go into ``--minShapes``-style lists, which trtexec splits at every ``,`` before it
+looks at quotes (``getShapesBuild``, then ``splitNameAndValue``): a name with ``,`` or ``'``
+cannot be written there and is refused; one with ``:`` is quoted (``'in:0':1x3``), which
+``splitNameAndValue`` reads back. Plugin libraries go to ``--dynamicPlugins`` or
+``--staticPlugins`` by their kind.
+
+``--int8`` without a calibration cache makes trtexec set placeholder dynamic ranges (an engine
+good for timing only), which the Python path never does: ``legacy_precision_flags: [int8]``
+needs ``timing_only: true`` here, and the ``info`` output says ``timing_only``.
 """
 
 from __future__ import annotations
@@ -24,11 +36,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pydantic import Field
 
+from pydantic import model_validator
+
 from buildgraph.backends.tensorrt import env as trt_env
-from buildgraph.errors import StepFailed
-from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, tactic_flags
-from buildgraph.engine.executor import Task, find_artifact
-from buildgraph.backends.tensorrt.build import TIMING_AREA, TensorRTBuildExecutor
+from buildgraph.backends.tensorrt import plugins as trt_plugins
+from buildgraph.errors import RecipeError, StepFailed
+from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, parse_version, tactic_flags
+from buildgraph.engine.executor import DescribeContext, Description, Task, find_artifact
+from buildgraph.backends.tensorrt.build import TIMING_AREA, TensorRTBuildExecutor, engine_info, write_info
 
 POOLS = {"WORKSPACE": "workspace", "DLA_MANAGED_SRAM": "dlaSRAM",
          "DLA_LOCAL_DRAM": "dlaLocalDRAM", "DLA_GLOBAL_DRAM": "dlaGlobalDRAM",
@@ -41,19 +56,53 @@ FLAGS = {"REFIT": "--refit", "STRIP_PLAN": "--stripWeights", "SPARSE_WEIGHTS": "
 HWCOMPAT = {"NONE": "none", "AMPERE_PLUS": "ampere+",
             "SAME_COMPUTE_CAPABILITY": "sameComputeCapability"}
 VERSION_RE = re.compile(r"\[TensorRT v(\d+)\]")
+PLUGIN_OPTIONS = {"dynamic": "--dynamicPlugins", "static": "--staticPlugins"}
+UNWRITABLE = re.compile(r"[,']")
+"""Characters an input name cannot have in trtexec's shape lists."""
 
 
 class TrtexecParams(TensorRTBuildParams):
     trtexec: str = Field("trtexec", description="the trtexec binary (name on PATH or path)")
     extra_args: List[str] = Field(default_factory=list, description="more trtexec options, "
                                   "appended as given (part of the key)")
+    timing_only: bool = Field(False, description="with legacy_precision_flags: [int8]: accept "
+                              "trtexec's placeholder int8 ranges (no calibration), an engine "
+                              "for timing only; the info output says so")
+
+    @model_validator(mode="after")
+    def _int8_is_timing_only(self) -> "TrtexecParams":
+        int8 = "int8" in self.legacy_precision_flags
+        if int8 and not self.timing_only:
+            raise ValueError("legacy_precision_flags: [int8] with trtexec means --int8 without "
+                             "calibration: trtexec sets placeholder dynamic ranges, an engine "
+                             "whose outputs mean nothing (good for timing only). Put "
+                             "onnx.quantize upstream for a real int8 engine, or say "
+                             "timing_only: true")
+        if self.timing_only and not int8:
+            raise ValueError("timing_only: true only marks a legacy int8 engine without "
+                             "calibration; this step has none")
+        return self
+
+
+def name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot go into a trtexec shape list (None: it can)."""
+    bad = sorted(set(UNWRITABLE.findall(name)))
+    if not bad:
+        return None
+    return (f"input '{name}' has {' and '.join(repr(c) for c in bad)} in its name, which "
+            "trtexec's shape options cannot carry (they split at every ',' before reading "
+            "quotes): rename the input in the ONNX model, or use tensorrt.build")
 
 
 def shape_spec(shapes: List[Tuple[str, Tuple[int, ...]]]) -> str:
-    """``x:1x3x224x224,mask:1x128`` (names with ':' or ',' quoted, as trtexec accepts)."""
+    """``x:1x3x224x224,'in:0':1x128``: names with ':' quoted (``splitNameAndValue`` reads
+    everything between the quotes as the name); names with ',' or "'" are refused."""
     parts = []
     for name, dims in shapes:
-        label = f"'{name}'" if re.search(r"[:,']", name) else name
+        problem = name_problem(name)
+        if problem:
+            raise DescriptionError(problem)
+        label = f"'{name}'" if ":" in name else name
         parts.append(f"{label}:" + "x".join(str(d) for d in dims))
     return ",".join(parts)
 
@@ -85,18 +134,19 @@ def trtexec_args(desc: BuildDescription, onnx: Path, engine: Path, layers: Optio
         args.append(f"--hardwareCompatibilityLevel={HWCOMPAT[desc.hardware_compatibility]}")
     if desc.dla_core is not None:
         args.append(f"--useDLACore={desc.dla_core}")
-    for lib in desc.plugins:
-        args.append(f"--staticPlugins={lib}")
+    for lib, kind in desc.plugins:
+        args.append(f"{PLUGIN_OPTIONS[kind]}={lib}")
     if desc.max_aux_streams is not None:
         args.append(f"--maxAuxStreams={desc.max_aux_streams}")
     args.append(f"--profilingVerbosity={desc.profiling_verbosity.lower()}")
     if ("NATIVE_INSTANCENORM", False) in desc.parser_flags:
-        if "VERSION_COMPATIBLE" in desc.builder_flags or \
-                desc.hardware_compatibility == "AMPERE_PLUS":
+        if "VERSION_COMPATIBLE" in desc.builder_flags or desc.hardware_compatibility != "NONE":
             raise DescriptionError(
                 "native_instancenorm: false (the InstanceNorm plugin) cannot go into a "
-                "version-compatible or ampere_plus engine: trtexec refuses --pluginInstanceNorm "
-                "with --versionCompatible and --hardwareCompatibilityLevel=ampere+")
+                "version-compatible or hardware-compatible engine: trtexec refuses "
+                "--pluginInstanceNorm with --versionCompatible and "
+                "--hardwareCompatibilityLevel=ampere+, and the parser needs NATIVE_INSTANCENORM "
+                "for every compatible engine")
         args.append("--pluginInstanceNorm")
     many = len(desc.profiles) > 1
     for i, profile in enumerate(desc.profiles):
@@ -143,13 +193,30 @@ class TrtexecExecutor(TensorRTBuildExecutor):
     """Build a TensorRT engine with the trtexec binary (same parameters as tensorrt.build)."""
 
     kind = "trtexec"
-    version = "1"
+    version = "2"
     Params = TrtexecParams
 
     def _environment(self, params: Any) -> Dict[str, str]:
         env = trt_env.probe().fingerprint(params.hardware_compatibility)
         env["tensorrt"] = trtexec_version(params.trtexec) or "(no trtexec)"
         return env
+
+    def describe(self, params: Any, ctx: DescribeContext) -> Description:
+        """As tensorrt.build's, against the version trtexec reports; input names trtexec cannot
+        write (the profiles', the model's) are recipe errors here too."""
+        for i, profile in enumerate(params.profiles):
+            for name in profile:
+                problem = name_problem(name)
+                if problem:
+                    raise RecipeError(f"profiles[{i}].{name}: {problem}")
+        if params.model and params.model in ctx.models:
+            from buildgraph.backends.tensorrt.spec import model_spec_inputs
+
+            for name in model_spec_inputs(ctx.models[params.model]):
+                problem = name_problem(name)
+                if problem:
+                    raise RecipeError(f"model '{params.model}': {problem}")
+        return super().describe(params, ctx)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         from buildgraph.engine.procs import run_logged
@@ -160,6 +227,11 @@ class TrtexecExecutor(TensorRTBuildExecutor):
         onnx_path = task.inputs["onnx"] if p.onnx else find_artifact(task, "trtexec", (".onnx",))
         self.validate_profiles(task, p, onnx_path)
         profiles = self._profiles(task, p, onnx_path)
+        for profile in profiles:
+            for name in profile:
+                problem = name_problem(name)
+                if problem:
+                    raise RecipeError(problem)  # the scheduler adds the step's file and line
         env = trt_env.probe()
         binary = shutil.which(p.trtexec)
         version = trtexec_version(p.trtexec)
@@ -168,11 +240,17 @@ class TrtexecExecutor(TensorRTBuildExecutor):
             if env.gpu is None:
                 missing.append("no NVIDIA GPU" + (f" ({env.gpu_problem})" if env.gpu_problem
                                                   else ""))
-            raise StepFailed(f"needs an NVIDIA GPU and TensorRT's trtexec; found: "
+            raise StepFailed("needs an NVIDIA GPU and TensorRT's trtexec; found: "
                              + ", ".join(missing))
-        plugins = [str(task.inputs[f"plugin:{lib}"]) for lib in p.plugins]
+        if parse_version(version) is None:
+            raise StepFailed(f"cannot read the TensorRT version of {binary} (its --help banner "
+                             "has no '[TensorRT vNNNNNN]'): which options exist depends on it "
+                             "(trtexec 11 has no --fp16), so the step does not guess")
+        self.check_version(p, version)
+        libs = trt_plugins.from_params(p.plugins, task.inputs)
         try:
-            desc = describe_build(p, version or "", profiles, plugins)
+            desc = describe_build(p, version or "", profiles,
+                                  [(str(lib.file), lib.kind) for lib in libs])
         except DescriptionError as exc:
             raise StepFailed(str(exc)) from None
         scope = tc.CacheScope(env.gpu.name, env.gpu.compute_capability, env.cuda or "",
@@ -218,7 +296,14 @@ class TrtexecExecutor(TensorRTBuildExecutor):
             except Exception as exc:  # noqa: BLE001 - never fatal
                 shared = f"not updated ({exc})"
             task.log(f"shared timing cache: {shared}")
-        return {"tensorrt": version, "gpu": scope.gpu, "compute_capability":
-                scope.compute_capability, "engine_bytes": engine.stat().st_size,
-                "trtexec_args": args, "timing_cache": {"mode": p.timing_cache,
-                                                       "shared": shared}}
+        meta = {"tensorrt": version, "gpu": scope.gpu, "compute_capability":
+                scope.compute_capability, "cuda": scope.cuda,
+                "strongly_typed": desc.strongly_typed, "flags": list(desc.builder_flags),
+                "profiles": [{n: {"min": list(a), "opt": list(b), "max": list(c)}
+                              for n, a, b, c in prof} for prof in desc.profiles],
+                "engine_bytes": engine.stat().st_size, "trtexec_args": args,
+                "timing_cache": {"mode": p.timing_cache, "shared": shared},
+                "timing_only": p.timing_only}
+        if "info" in task.outputs:
+            write_info(task, engine_info(meta, desc, libs, timing_only=p.timing_only))
+        return meta
