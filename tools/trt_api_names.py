@@ -32,10 +32,10 @@ Tables written, one entry a line under a header naming their sources:
     the values of the enumerated ones (``--hardwareCompatibilityLevel=ampere+``).
 ``tensorrt_api_since.txt`` (``--since``)
     The version boundaries inside the range buildgraph supports: for every binding and trtexec
-    option (or enumerated value) that is not in all of the releases from 10.0 to the newest,
+    option (or enumerated value) that is not in all of the releases from 8.6 to the newest,
     the first and last release (major.minor) whose sources have it. Read from the sources
-    alone, one release tag after another (``v10.0.0`` ... ``v11.1``): a test checks the
-    version table of ``buildgraph/backends/tensorrt/spec.py`` and the fake's against it.
+    alone, one release tag after another (:data:`RELEASE_TAGS`: 8.6 to 11.1): a test checks
+    the version table of ``buildgraph/backends/tensorrt/spec.py`` and the fake's against it.
 
 The sources' release may trail the wheel's (11.1 sources for the 11.4 wheel: the newest
 published): a member added since then is missing (a test fails: the safe side), and one removed
@@ -89,10 +89,13 @@ TARGETS = {
     "10.16.1.11": Target("10.16.1.11", "5302b288c5603895508711bdf2df11dc29c8ad92",
                          "TensorRT 10.16.1 update", "_10"),
 }
-# The first tag of each release from 10.0 on, oldest first, as NVIDIA's repository tags them.
-RELEASE_TAGS = ("v10.0.0", "v10.1.0", "v10.2.0", "v10.3.0", "v10.4.0", "v10.5.0", "v10.6.0",
-                "v10.7.0", "v10.8.0", "v10.9.0", "v10.10.0", "v10.11", "v10.12.0", "v10.13.0",
-                "v10.14", "v10.15", "v10.16", "v11.0", "v11.1")
+# One tag per release from 8.6 on, oldest first, as NVIDIA's repository tags them: the first of
+# each release, except 8.6, whose first tag (v8.6.0, the early-access sources) lacks bindings
+# that 8.6.1 has (OnnxParserFlag.NATIVE_INSTANCENORM)
+RELEASE_TAGS = ("v8.6.1", "v9.1.0", "v9.2.0", "v9.3.0", "v10.0.0", "v10.1.0", "v10.2.0",
+                "v10.3.0", "v10.4.0", "v10.5.0", "v10.6.0", "v10.7.0", "v10.8.0", "v10.9.0",
+                "v10.10.0", "v10.11", "v10.12.0", "v10.13.0", "v10.14", "v10.15", "v10.16",
+                "v11.0", "v11.1")
 BINDING_SOURCES = "python/src"
 TRTEXEC_OPTIONS = "samples/common/sampleOptions.cpp"
 

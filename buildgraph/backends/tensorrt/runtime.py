@@ -78,15 +78,22 @@ class DeviceBuffers:
         raise NotImplementedError
 
 
+class NoDeviceMemory(StepFailed):
+    """No CUDA memory to run an engine with (no torch, or a torch without CUDA)."""
+
+
 class TorchCudaBuffers(DeviceBuffers):
     """CUDA memory and a stream through torch."""
 
     def __init__(self) -> None:
-        import torch
-
+        try:
+            import torch
+        except ImportError as exc:
+            raise NoDeviceMemory(f"the TensorRT runtime needs CUDA through torch, which is not "
+                                 f"installed ({exc})") from None
         if not torch.cuda.is_available():
-            raise StepFailed("the TensorRT runtime needs CUDA through torch; this torch has "
-                             "no CUDA (torch.cuda.is_available() is False)")
+            raise NoDeviceMemory("the TensorRT runtime needs CUDA through torch; this torch "
+                                 "has no CUDA (torch.cuda.is_available() is False)")
         self.torch = torch
         self._stream = torch.cuda.Stream()
         self.stream = self._stream.cuda_stream
