@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt.spec import DescriptionError, TensorRTBuildParams, describe_build
 from buildgraph.backends.tensorrt.trtexec import TrtexecExecutor, _versions, trtexec_args, version_from_output
 from buildgraph.engine.executor import DescribeContext, Task
-from buildgraph.errors import StepFailed
+from buildgraph.errors import RecipeError, StepFailed
 from conftest import REPO
 from trt_fake import make_test_onnx
 
@@ -47,7 +48,8 @@ for line in open(table):
     if line.startswith("--"):
         name, _, values = line.strip().partition("=")
         options[name] = values.split("|") if values else []
-print("&&&& RUNNING TensorRT.trtexec [TensorRT v110400] [b106] # trtexec " + " ".join(args))
+banner = os.environ.get("STANDIN_BANNER", "[TensorRT v110400] [b106]")
+print("&&&& RUNNING TensorRT.trtexec " + banner + " # trtexec " + " ".join(args))
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "args.txt"), "a") as fh:
     fh.write("\n".join(args) + "\n")
 def fail(message):
@@ -76,6 +78,21 @@ for pos, arg in enumerate(args):
             fail(f"{name}: unknown value {item}")
         if name == "--memPoolSize" and not re.fullmatch(r"\w+:\d+(\.\d+)?[BKMGbkmg]?", item):
             fail(f"{item}: invalid unit specifier")
+    if name in ("--minShapes", "--optShapes", "--maxShapes"):
+        # getShapesBuild: split at ',' first; splitNameAndValue: 'name':dims, else the name is
+        # everything before the last ':'; dims: ints joined by 'x' (stoi throws otherwise)
+        for item in value.split(","):
+            quoted = item.split("'")
+            if len(quoted) not in (1, 3):
+                fail(f"Found invalid number of 's when parsing {item}. Expected: 2, received: "
+                     f"{len(quoted) - 1}.")
+            tensor, dims = (quoted[0] + quoted[1], quoted[2][1:]) if len(quoted) == 3 else \
+                item.rpartition(":")[::2]
+            if not all(d.isdigit() for d in dims.split("x")):
+                fail("stoi")
+            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes.txt"),
+                      "a") as fh:
+                fh.write(f"{name} {tensor} {dims}\n")
     parsed.append((name, value))
 # getOptimizationProfiles: each --profile takes the shape options right behind it
 SHAPES = ("--minShapes", "--optShapes", "--maxShapes")
@@ -247,15 +264,21 @@ def test_version_banner():
 
 # --- runs through the stand-in ---------------------------------------------------------------
 
-@pytest.fixture
-def fake_gpu(monkeypatch, tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+def install_standin(bin_dir: Path, major: int = 11) -> None:
+    bin_dir.mkdir(exist_ok=True)
     (bin_dir / "standin.py").write_text(STANDIN, encoding="utf-8")
     script = bin_dir / "trtexec"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} {bin_dir / 'standin.py'} "
-                      f"{TABLES[11]} \"$@\"\n")
+                      f"{TABLES[major]} \"$@\"\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """A stand-in trtexec on PATH (11.4's banner and options; STANDIN_BANNER and
+    :func:`install_standin` change them) and the fake's GPU."""
+    bin_dir = tmp_path / "bin"
+    install_standin(bin_dir)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
     importlib.reload(importlib.import_module("trt_fake"))
@@ -331,3 +354,126 @@ def test_missing_trtexec_is_one_line(fake_gpu, tmp_path):
         TrtexecExecutor().run(task)
     assert err.value.message == ("needs an NVIDIA GPU and TensorRT's trtexec; found: no "
                                  "'no-such-trtexec' on PATH")
+
+
+def test_info_output_is_written_for_runtimes(fake_gpu, tmp_path):
+    task = make_task(tmp_path, {"profiles": [PROFILE]})
+    TrtexecExecutor().run(task)
+    info = json.loads(task.outputs["info"].read_text())
+    assert info["tensorrt"] == "11.4.0" and info["timing_only"] is False
+    assert info["profiles"] == [{"x": {"min": [1, 3, 16, 16], "opt": [4, 3, 16, 16],
+                                       "max": [8, 3, 16, 16]}}]
+
+
+# --- input names trtexec cannot write ----------------------------------------------------------
+
+def renamed_onnx(path: Path, name: str) -> Path:
+    """The test CNN with its input called ``name``."""
+    import onnx
+
+    model = make_test_onnx(path)
+    model.graph.input[0].name = name
+    for node in model.graph.node:
+        node.input[:] = [name if i == "x" else i for i in node.input]
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_name_with_a_colon_is_quoted_as_trtexec_reads_it(fake_gpu, tmp_path):
+    renamed_onnx(tmp_path / "model.onnx", "in:0")
+    task = make_task(tmp_path, {"profiles": [{"in:0": PROFILE["x"]}]})
+    TrtexecExecutor().run(task)
+    assert "--minShapes='in:0':1x3x16x16" in (fake_gpu / "args.txt").read_text().splitlines()
+    assert "--minShapes in:0 1x3x16x16" in (fake_gpu / "shapes.txt").read_text()
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's"])
+def test_a_name_trtexec_cannot_write_is_refused(fake_gpu, tmp_path, name):
+    # what trtexec does with it, quoted as before: it splits at ',' first
+    bad = [f"--onnx={make_onnx(tmp_path)}", f"--minShapes='{name}':1x3x16x16"]
+    import subprocess
+
+    proc = subprocess.run(["trtexec", *bad], capture_output=True, text=True)
+    assert proc.returncode == 1 and "[E] " in proc.stdout
+    # at plan time: the profile's names, and the model's
+    executor = TrtexecExecutor()
+    with pytest.raises(RecipeError) as err:
+        executor.describe(executor.Params.model_validate({"profiles": [{name: PROFILE["x"]}]}),
+                          DescribeContext(recipe_dir=tmp_path))
+    assert err.value.message.startswith(f"profiles[0].{name}: input '{name}' has ")
+    assert "which trtexec's shape options cannot carry" in err.value.message
+    models = {"m": {"inputs": {name: {"shape": ["batch", 3, 16, 16]}}}}
+    with pytest.raises(RecipeError, match=f"model 'm': input '{re.escape(name)}' has"):
+        executor.describe(executor.Params.model_validate({"model": "m"}),
+                          DescribeContext(recipe_dir=tmp_path, models=models))
+    # at run time, from the upstream ONNX (defaults from the model's dims)
+    renamed_onnx(tmp_path / "model.onnx", name)
+    task = make_task(tmp_path, {"model": "m"})
+    task.data = {"model": {"dims": {"batch": {"min": 1, "opt": 2, "max": 4}}}}
+    with pytest.raises(RecipeError, match="which trtexec's shape options cannot carry"):
+        executor.run(task)
+
+
+def make_onnx(tmp_path: Path) -> Path:
+    path = tmp_path / "plain.onnx"
+    if not path.exists():
+        make_test_onnx(path)
+    return path
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+def test_an_unreadable_version_fails_closed(fake_gpu, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_BANNER", "[build 1234]")
+    executor = TrtexecExecutor()
+    assert executor.describe(executor.Params(), DescribeContext(recipe_dir=tmp_path)
+                             ).env["tensorrt"] == "unknown"
+    with pytest.raises(StepFailed) as err:
+        executor.run(make_task(tmp_path, {"profiles": [PROFILE]}))
+    assert err.value.message.endswith(
+        "(its --help banner has no '[TensorRT vNNNNNN]'): which options exist depends on it "
+        "(trtexec 11 has no --fp16), so the step does not guess")
+    ran = (fake_gpu / "args.txt").read_text().splitlines()
+    assert ran == ["--help"]  # asked for its version, never told to build
+
+
+def test_what_the_trtexec_version_lacks_is_a_recipe_error(fake_gpu, tmp_path, monkeypatch):
+    install_standin(fake_gpu, 10)
+    monkeypatch.setenv("STANDIN_BANNER", "[TensorRT v100800] [b43]")
+    executor = TrtexecExecutor()
+    params = executor.Params.model_validate({"profiles": [PROFILE], "hardware_compatibility":
+                                             "same_compute_capability"})
+    with pytest.raises(RecipeError, match="same_compute_capability needs TensorRT 10.9 or later "
+                                          ".*installed: TensorRT 10.8.0"):
+        executor.describe(params, DescribeContext(recipe_dir=tmp_path))
+
+
+# --- plugins, int8 ------------------------------------------------------------------------------
+
+def test_plugins_go_to_the_option_of_their_kind(fake_gpu, tmp_path):
+    for name in ("libd.so", "libs.so"):
+        (tmp_path / name).write_bytes(b"\x7fELF not really")
+    task = make_task(tmp_path, {"profiles": [PROFILE], "plugins": [
+        {"path": "libd.so", "kind": "dynamic"}, {"path": "libs.so", "kind": "static"}]})
+    task.inputs = {"plugin:libd.so": tmp_path / "libd.so", "plugin:libs.so": tmp_path / "libs.so"}
+    TrtexecExecutor().run(task)
+    args = (fake_gpu / "args.txt").read_text().splitlines()
+    assert f"--dynamicPlugins={tmp_path / 'libd.so'}" in args
+    assert f"--staticPlugins={tmp_path / 'libs.so'}" in args
+    info = json.loads(task.outputs["info"].read_text())
+    assert [(e["path"], e["kind"]) for e in info["plugins"]] == [("libd.so", "dynamic"),
+                                                                 ("libs.so", "static")]
+
+
+def test_int8_without_calibration_is_timing_only_and_says_so(fake_gpu, tmp_path, monkeypatch):
+    with pytest.raises(ValidationError, match="trtexec sets placeholder dynamic ranges"):
+        TrtexecExecutor.Params.model_validate({"legacy_precision_flags": ["int8"]})
+    with pytest.raises(ValidationError, match="timing_only: true only marks"):
+        TrtexecExecutor.Params.model_validate({"timing_only": True})
+    install_standin(fake_gpu, 10)
+    monkeypatch.setenv("STANDIN_BANNER", "[TensorRT v101601] [b11]")
+    task = make_task(tmp_path, {"profiles": [PROFILE], "legacy_precision_flags": ["int8"],
+                                "timing_only": True})
+    meta = TrtexecExecutor().run(task)
+    assert "--int8" in meta["trtexec_args"] and meta["timing_only"] is True
+    assert json.loads(task.outputs["info"].read_text())["timing_only"] is True
