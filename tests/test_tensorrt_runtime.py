@@ -94,8 +94,8 @@ def test_an_engine_runs_and_matches_its_network(fake, tmp_path, tiny):
 
 def test_a_version_compatible_engine_loads_for_verify_and_benchmark(fake, tmp_path, tiny):
     """The engine's provenance (this recipe's tensorrt.build or tensorrt.refit) lets its host
-    code run: with the step's info as verify passes it, and without any (a refit step writes
-    none)."""
+    code run: with the step's info as verify passes it (which says version_compatible), and
+    without any."""
     task = build(tmp_path, tiny, {"profiles": [PROFILE], "version_compatible": True})
     assert "VERSION_COMPATIBLE" in task.meta["flags"]  # type: ignore[attr-defined]
     for kind, meta in (("tensorrt.build", None), ("tensorrt.refit", {})):
@@ -103,6 +103,20 @@ def test_a_version_compatible_engine_loads_for_verify_and_benchmark(fake, tmp_pa
         x = np.ones((2, 3, 16, 16), np.float32)
         np.testing.assert_allclose(rt.run([x])[0], ort(tiny, x), rtol=1e-5, atol=1e-6)
         rt.close()
+
+
+def test_the_build_info_says_version_compatible_and_a_timing_only_engine_is_labelled(
+        fake, tmp_path, tiny):
+    task = build(tmp_path, tiny, {"profiles": [PROFILE], "version_compatible": True})
+    info = artifact_info(task.outputs)
+    assert info["version_compatible"] is True and info["plugins"] == []
+    assert info["timing_only"] is False
+    rt = load(task.outputs["model"])
+    assert "timing_only" not in rt.details
+    rt.close()
+    rt = load(task.outputs["model"], meta={**info, "timing_only": True})
+    assert "placeholder dynamic ranges" in rt.details["timing_only"]
+    rt.close()
 
 
 def test_an_engine_of_unknown_origin_gets_no_host_code(fake, tmp_path, tiny):
