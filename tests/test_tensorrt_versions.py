@@ -19,7 +19,7 @@ import pytest
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
-from buildgraph.backends.tensorrt.spec import VERSION_TABLE, DescriptionError, TensorRTBuildParams, describe_build, version_problems
+from buildgraph.backends.tensorrt.spec import VERSION_TABLE, DescriptionError, TensorRTBuildParams, describe_build, parse_version, version_problems
 from buildgraph.engine.executor import DescribeContext
 from buildgraph.errors import RecipeError
 from conftest import REPO
@@ -104,7 +104,8 @@ def test_the_fakes_boundaries_are_nvidias(monkeypatch):
 def first_release(api: str) -> Optional[Tuple[str, str]]:
     """(first, last) release of the binding or trtexec option an ``api`` text names first; None
     when every release of the table's range (8.6 to 11.1) has it."""
-    token = api.split()[0].split("/")[0]
+    words = api.split()
+    token = words[0] + words[1] if words[0] == "trtexec" else words[0].split("/")[0]
     return SINCE.get(token)
 
 
@@ -227,3 +228,31 @@ def test_without_query_keys_the_build_has_no_hit_rate_and_says_why(fake, tmp_pat
     assert "hit rate unknown (this TensorRT cannot list" in (tmp_path / "b1" / "log.txt").read_text()
     scope = next((tmp_path / "cache" / "trt-timing").iterdir())
     assert json.loads((scope / "meta.json").read_text())["entries"] is None
+
+
+def test_every_trtexec_option_the_translation_writes_is_covered_by_the_table():
+    """An option newer than the trtexec kind's floor (10.0) needs its own row, with the same
+    first release; one that a release removed must not be written without a row saying so."""
+    from buildgraph.backends.tensorrt import trtexec
+
+    source = (REPO / "buildgraph" / "backends" / "tensorrt" / "trtexec.py").read_text()
+    options = set(re.findall(r'"(--[A-Za-z][A-Za-z0-9]*)', source))
+    values = {f"--hardwareCompatibilityLevel=~{v.lower()}" for v in trtexec.HWCOMPAT.values()}
+    values |= {f"--memPoolSize={v}:*" for v in trtexec.POOLS.values()}
+    floor = next(r for r in VERSION_TABLE if r.param == "(any trtexec step)")
+    rows = {r.api: r for r in VERSION_TABLE if "trtexec" in r.kinds}
+    unchecked = []
+    for option in sorted(options | values):
+        found = SINCE.get(f"trtexec{option}")
+        if found is None:
+            continue  # in every release since 8.6
+        first, last = found
+        if last:  # removed since: only the legacy precision options, behind their row
+            assert option in ("--fp16", "--bf16", "--int8", "--fp8"), option
+            assert RELEASES[RELEASES.index(last) + 1] == "11.0"
+            continue
+        if parse_version(first) <= parse_version(floor.first):
+            continue
+        if not any(r.first == first and option.split("=")[0] in api for api, r in rows.items()):
+            unchecked.append(f"{option} (from {first})")
+    assert not unchecked, f"trtexec options newer than the table says: {unchecked}"

@@ -410,6 +410,11 @@ VERSION_TABLE: Tuple[Requirement, ...] = (
     Requirement("plugins: kind: dynamic", "8.6",
                 "IPluginRegistry.load_library (trtexec --dynamicPlugins)", BUILD_KINDS,
                 applies=lambda p: any(x.kind == "dynamic" for x in p.plugins)),
+    Requirement("(any trtexec step)", "10.0",
+                "trtexec --pluginInstanceNorm (9.x: the InstanceNorm plugin unless "
+                "--nativeInstanceNorm, the opposite default)", ("trtexec",),
+                hint="the trtexec kind writes the options of trtexec 10 and 11; use "
+                     "tensorrt.build with TensorRT 9"),
     Requirement("(timing cache hit rate)", "10.8", "ITimingCache.queryKeys", ("tensorrt.build",),
                 refused=False),
     Requirement("tensorrt.refit", "10.0", "OnnxParserRefitter.refit_from_file",
