@@ -262,6 +262,8 @@ class TensorRTBuildExecutor(Executor):
             else:
                 task.log(f"{outcome.message} ({outcome.size} bytes, {outcome.path})")
                 meta["shared"] = outcome.status
+            for sev, msg in sink:
+                task.log(f"[TensorRT {sev}] {msg}")
         elif mode == "shared":
             meta["shared"] = "unchanged (nothing new was timed)"
         return meta
