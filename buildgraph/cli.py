@@ -19,26 +19,42 @@ from typing import Any, List, Optional, Sequence
 from buildgraph.errors import BuildgraphError
 
 
-def _parser() -> argparse.ArgumentParser:
+COMMANDS = ("run", "plan", "graph", "cache", "tune-db", "schema", "kinds", "log")
+
+
+def _parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that command's subparser.
+
+    Building all of them costs more than a whole no-op run's decisions (argparse formats and
+    translates every help string as it is added), so a command line that names its command
+    gets a parser for that command alone: its usage, help and errors read the same, since each
+    subparser is complete on its own. ``buildgraph --help`` and bad commands get them all."""
     p = argparse.ArgumentParser(prog="buildgraph", description="Build deployable model "
                                 "artifacts from a YAML recipe, with content-hash caching.")
     p.add_argument("--version", action="version", version=f"buildgraph {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in _SUBPARSERS.items():
+        if only is None or only == name:
+            add(sub)
+    return p
 
-    def recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
-        sp.add_argument("recipe", help="the recipe YAML file")
-        if targets:
-            sp.add_argument("targets", nargs="*", metavar="STEP",
-                            help="build only these steps and what they need")
-        sp.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="NAME=VALUE", help="override a recipe variable")
-        sp.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
-                        "or .cache)")
-        sp.add_argument("--build-dir", help="where outputs are materialized (default: "
-                        "build/RECIPE_NAME)")
 
+def _recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
+    sp.add_argument("recipe", help="the recipe YAML file")
+    if targets:
+        sp.add_argument("targets", nargs="*", metavar="STEP",
+                        help="build only these steps and what they need")
+    sp.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="NAME=VALUE", help="override a recipe variable")
+    sp.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
+                    "or .cache)")
+    sp.add_argument("--build-dir", help="where outputs are materialized (default: "
+                    "build/RECIPE_NAME)")
+
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="build the recipe (cached steps are skipped)")
-    recipe_args(run)
+    _recipe_args(run)
     run.add_argument("-j", "--jobs", type=int, default=0,
                      help="steps run at once (default: number of CPU cores)")
     run.add_argument("-k", "--keep-going", action="store_true",
@@ -53,18 +69,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="write JSON-lines events to stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
 
+
+def _add_plan(sub: Any) -> None:
     plan = sub.add_parser("plan", help="show what would run, and why")
-    recipe_args(plan)
+    _recipe_args(plan)
     plan.add_argument("--force", action="append", default=[], metavar="STEP")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
 
+
+def _add_graph(sub: Any) -> None:
     graph = sub.add_parser("graph", help="draw the DAG (Mermaid, Graphviz DOT, PNG/SVG)")
-    recipe_args(graph, targets=False)
+    _recipe_args(graph, targets=False)
     graph.add_argument("--format", choices=["mermaid", "dot", "png", "svg"], default="mermaid")
     graph.add_argument("-o", "--output", help="write to this file (required for png/svg)")
     graph.add_argument("--status", action="store_true", help="colour steps by plan status")
 
+
+def _add_cache(sub: Any) -> None:
     cache = sub.add_parser("cache", help="inspect and maintain the cache")
     cache.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
                        "or .cache)")
@@ -85,15 +107,32 @@ def _parser() -> argparse.ArgumentParser:
                     "fits, e.g. 5GiB")
     csub.add_parser("clear", help="delete everything in the cache", parents=[where])
 
-    # the real parser lives in buildgraph.backends.tvm.records and is built only when this command is used
+
+def _add_tune_db(sub: Any) -> None:
+    # the real parser lives in buildgraph.backends.tvm.records and is built only when this
+    # command is used
     sub.add_parser("tune-db", help="list, merge, prune, import and export TVM tuning databases",
                    add_help=False)
+
+
+def _add_schema(sub: Any) -> None:
     sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+
+
+def _add_kinds(sub: Any) -> None:
     sub.add_parser("kinds", help="list the step kinds available")
+
+
+def _add_log(sub: Any) -> None:
     log = sub.add_parser("log", help="print the log of a step's last build")
-    recipe_args(log, targets=False)
+    _recipe_args(log, targets=False)
     log.add_argument("step")
-    return p
+
+
+_SUBPARSERS = {"run": _add_run, "plan": _add_plan, "graph": _add_graph, "cache": _add_cache,
+               "tune-db": _add_tune_db, "schema": _add_schema, "kinds": _add_kinds,
+               "log": _add_log}
+assert tuple(_SUBPARSERS) == COMMANDS
 
 
 def _version() -> str:
@@ -121,7 +160,7 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
             return command(argv[1:])
         except KeyboardInterrupt:
             return 130
-    parser = _parser()
+    parser = _parser(argv[0] if argv and argv[0] in _SUBPARSERS else None)
     args, extra = parser.parse_known_args(argv)
     # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
     if extra and hasattr(args, "targets") and not any(e.startswith("-") for e in extra):
