@@ -8,15 +8,18 @@ hint) and exit 2; failed steps exit 1; an interrupted run exits 130. No tracebac
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from buildgraph.errors import BuildgraphError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
 
 
 COMMANDS = ("run", "plan", "graph", "cache", "tune-db", "schema", "kinds", "log")
@@ -29,6 +32,8 @@ def _parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     translates every help string as it is added), so a command line that names its command
     gets a parser for that command alone: its usage, help and errors read the same, since each
     subparser is complete on its own. ``buildgraph --help`` and bad commands get them all."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="buildgraph", description="Build deployable model "
                                 "artifacts from a YAML recipe, with content-hash caching.")
     p.add_argument("--version", action="version", version=f"buildgraph {_version()}")
@@ -90,6 +95,8 @@ def _add_cache(sub: Any) -> None:
     cache = sub.add_parser("cache", help="inspect and maintain the cache")
     cache.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
                        "or .cache)")
+    import argparse
+
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
     # --cache-dir also after the action (`cache gc --cache-dir D`)
     where = argparse.ArgumentParser(add_help=False)
@@ -135,6 +142,75 @@ _SUBPARSERS = {"run": _add_run, "plan": _add_plan, "graph": _add_graph, "cache":
 assert tuple(_SUBPARSERS) == COMMANDS
 
 
+# `run`'s options for the fast path below: flag -> (attribute, kind). Keep in step with _add_run
+# (tests/test_cli.py compares the two parsers' results).
+_RUN_OPTIONS: Dict[str, tuple] = {
+    "--set": ("overrides", "append"), "--cache-dir": ("cache_dir", "str"),
+    "--build-dir": ("build_dir", "str"), "-j": ("jobs", "int"), "--jobs": ("jobs", "int"),
+    "-k": ("keep_going", "flag"), "--keep-going": ("keep_going", "flag"),
+    "--force": ("force", "append"), "-B": ("always_make", "flag"),
+    "--always-make": ("always_make", "flag"), "--no-cache": ("no_cache", "flag"),
+    "--link": ("link", ("hardlink", "copy")), "--json": ("json", "flag"),
+    "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
+}
+
+
+def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
+    """``run``'s arguments without argparse, or None to let argparse handle the command line.
+
+    A no-op ``run`` should cost little more than starting Python, and importing and building
+    an argparse parser is a sizeable share of that. This accepts only the plain spellings (whole
+    option names, ``--name=value``, separate values) and gives up on anything else: help, an
+    abbreviation, ``-kv``, ``-j4``, ``--``, a value that looks like an option, a bad value. So
+    argparse still produces every message, and a result from here is what argparse returns."""
+    if not argv or argv[0] != "run":
+        return None
+    args: Dict[str, Any] = {"command": "run", "targets": [], "overrides": [], "cache_dir": None,
+                            "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
+                            "always_make": False, "no_cache": False, "link": "hardlink",
+                            "json": False, "verbose": False}
+    positionals: List[str] = []
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("-") or token == "-":
+            if token == "-":
+                return None
+            positionals.append(token)
+            continue
+        name, eq, value = token.partition("=")
+        spec = _RUN_OPTIONS.get(name)
+        if spec is None or (eq and (spec[1] == "flag" or not name.startswith("--"))):
+            return None
+        attr, kind = spec
+        if kind == "flag":
+            args[attr] = True
+            continue
+        if not eq:
+            if i >= len(argv) or argv[i].startswith("-"):
+                return None
+            value = argv[i]
+            i += 1
+        if kind == "int":
+            try:
+                args[attr] = int(value)
+            except ValueError:
+                return None
+        elif kind == "append":
+            args[attr] = args[attr] + [value]
+        elif kind == "str":
+            args[attr] = value
+        elif value in kind:
+            args[attr] = value
+        else:
+            return None
+    if not positionals:
+        return None
+    args["recipe"], args["targets"] = positionals[0], positionals[1:]
+    return SimpleNamespace(**args)
+
+
 def _version() -> str:
     from buildgraph import __version__
 
@@ -160,18 +236,11 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
             return command(argv[1:])
         except KeyboardInterrupt:
             return 130
-    parser = _parser(argv[0] if argv and argv[0] in _SUBPARSERS else None)
-    args, extra = parser.parse_known_args(argv)
-    # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
-    if extra and hasattr(args, "targets") and not any(e.startswith("-") for e in extra):
-        args.targets = list(args.targets) + extra
-    elif extra:
-        parser.error("unrecognized arguments: " + " ".join(extra))
-    if not args.command:
-        parser.print_help(sys.stderr)
+    args = _fast_run_args(argv) or _parse(argv)
+    if args is None:
         return 2
     try:
-        return _dispatch(args, parser)
+        return _dispatch(args)
     except BuildgraphError as exc:
         if os.environ.get("BUILDGRAPH_DEBUG"):
             raise
@@ -192,7 +261,23 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _parse(argv: List[str]) -> Optional[argparse.Namespace]:
+    """argparse's reading of ``argv``; None (after printing the help) when it names no
+    command. Errors exit with status 2, as argparse does."""
+    parser = _parser(argv[0] if argv and argv[0] in _SUBPARSERS else None)
+    args, extra = parser.parse_known_args(argv)
+    # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
+    if extra and hasattr(args, "targets") and not any(e.startswith("-") for e in extra):
+        args.targets = list(args.targets) + extra
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return None
+    return args
+
+
+def _dispatch(args: Any) -> int:
     command = args.command
     if command == "run":
         return _run(args)
@@ -229,11 +314,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if command == "log":
         return _log(args)
-    parser.error(f"unknown command {command}")  # pragma: no cover
-    return 2
+    raise AssertionError(f"unknown command {command}")  # pragma: no cover
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: Any) -> int:
     from buildgraph import api
     from buildgraph.report import ConsoleReporter, JsonReporter
 
