@@ -200,18 +200,19 @@ class Scheduler:
                         pending.remove(sid)
                         self.reporter.step_started(sid, decision.reasons)
                         if pool is None:
-                            from concurrent.futures import ThreadPoolExecutor
+                            from concurrent import futures
 
-                            pool = ThreadPoolExecutor(max_workers=self.jobs,
-                                                      thread_name_prefix="buildgraph")
+                            pool = futures.ThreadPoolExecutor(
+                                max_workers=self.jobs, thread_name_prefix="buildgraph")
                         future = pool.submit(self._execute, step, decision, need["cpu"])
                         running[future] = (sid, need)
                         progressed = True
                 if not running:
                     break
-                from concurrent.futures import FIRST_COMPLETED, wait
+                from concurrent import futures
 
-                done, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
+                done, _ = futures.wait(list(running), timeout=0.25,
+                                       return_when=futures.FIRST_COMPLETED)
                 for future in done:
                     sid, need = running.pop(future)
                     for k, v in need.items():
