@@ -1,16 +1,20 @@
-"""The Python API: the same operations as the CLI, returning data instead of printing."""
+"""The Python API: the same operations as the CLI, returning data instead of printing.
+
+The engine is imported inside each function, not here: ``import buildgraph.api`` (and so
+``buildgraph --help`` or ``buildgraph cache du``) must not pay for the planner, scheduler and
+store, and a fully cached ``run`` imports only what deciding it needs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
-from buildgraph.engine.graph import Graph
-from buildgraph.engine.lockfile import lock_path, read_lock
-from buildgraph.engine.planner import Decision, Planner
-from buildgraph.report import Reporter
-from buildgraph.engine.scheduler import RunOptions, RunResult, Scheduler, default_build_dir
-from buildgraph.engine.store import Store, default_cache_dir
+if TYPE_CHECKING:  # pragma: no cover
+    from buildgraph.engine.graph import Graph
+    from buildgraph.engine.planner import Decision
+    from buildgraph.engine.scheduler import RunResult
+    from buildgraph.report import Reporter
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]
 
@@ -24,9 +28,17 @@ def load(recipe: Union[str, Path], set: Overrides = None,  # noqa: A002 - mirror
         from buildgraph.recipe.load import load_recipe
 
         return load_recipe(recipe, set)
+    from buildgraph.engine.store import default_cache_dir
     from buildgraph.recipe.cache import load_graph
 
     return load_graph(recipe, set, Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+def _graph(recipe: Union[str, Path, Graph], set: Overrides,  # noqa: A002
+           cache_dir: Optional[Union[str, Path]]) -> Graph:
+    from buildgraph.engine.graph import Graph
+
+    return recipe if isinstance(recipe, Graph) else load(recipe, set, cache_dir)
 
 
 def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overrides = None,  # noqa: A002
@@ -35,7 +47,11 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
         reporter: Optional[Reporter] = None) -> RunResult:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results."""
-    graph = recipe if isinstance(recipe, Graph) else load(recipe, set, cache_dir)
+    from buildgraph.engine.scheduler import RunOptions, Scheduler
+    from buildgraph.engine.store import Store
+    from buildgraph.report import Reporter
+
+    graph = _graph(recipe, set, cache_dir)
     reporter = reporter or Reporter()
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
@@ -52,7 +68,12 @@ def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Over
          cache_dir: Optional[Union[str, Path]] = None,
          build_dir: Optional[Union[str, Path]] = None) -> Dict[str, Decision]:
     """What ``run`` would do for each selected step, and why."""
-    graph = recipe if isinstance(recipe, Graph) else load(recipe, set, cache_dir)
+    from buildgraph.engine.lockfile import lock_path, read_lock
+    from buildgraph.engine.planner import Planner
+    from buildgraph.engine.scheduler import default_build_dir
+    from buildgraph.engine.store import Store
+
+    graph = _graph(recipe, set, cache_dir)
     store = Store(Path(cache_dir) if cache_dir else None)
     try:
         planner = Planner(graph, store, Path(build_dir) if build_dir else

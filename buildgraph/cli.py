@@ -8,37 +8,55 @@ hint) and exit 2; failed steps exit 1; an interrupted run exits 130. No tracebac
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from buildgraph.errors import BuildgraphError
 
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that command's subparser.
+
+    Building all of them costs more than a whole no-op run's decisions (argparse formats and
+    translates every help string as it is added), so a command line that names its command
+    gets a parser for that command alone: its usage, help and errors read the same, since each
+    subparser is complete on its own. ``buildgraph --help`` and bad commands get them all."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="buildgraph", description="Build deployable model "
                                 "artifacts from a YAML recipe, with content-hash caching.")
     p.add_argument("--version", action="version", version=f"buildgraph {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in _SUBPARSERS.items():
+        if only is None or only == name:
+            add(sub)
+    return p
 
-    def recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
-        sp.add_argument("recipe", help="the recipe YAML file")
-        if targets:
-            sp.add_argument("targets", nargs="*", metavar="STEP",
-                            help="build only these steps and what they need")
-        sp.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="NAME=VALUE", help="override a recipe variable")
-        sp.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
-                        "or .cache)")
-        sp.add_argument("--build-dir", help="where outputs are materialized (default: "
-                        "build/RECIPE_NAME)")
 
+def _recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
+    sp.add_argument("recipe", help="the recipe YAML file")
+    if targets:
+        sp.add_argument("targets", nargs="*", metavar="STEP",
+                        help="build only these steps and what they need")
+    sp.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="NAME=VALUE", help="override a recipe variable")
+    sp.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
+                    "or .cache)")
+    sp.add_argument("--build-dir", help="where outputs are materialized (default: "
+                    "build/RECIPE_NAME)")
+
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="build the recipe (cached steps are skipped)")
-    recipe_args(run)
+    _recipe_args(run)
     run.add_argument("-j", "--jobs", type=int, default=0,
                      help="steps run at once (default: number of CPU cores)")
     run.add_argument("-k", "--keep-going", action="store_true",
@@ -53,17 +71,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="write JSON-lines events to stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
 
+
+def _add_plan(sub: Any) -> None:
     plan = sub.add_parser("plan", help="show what would run, and why")
-    recipe_args(plan)
+    _recipe_args(plan)
     plan.add_argument("--force", action="append", default=[], metavar="STEP")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
 
+
+def _add_graph(sub: Any) -> None:
     graph = sub.add_parser("graph", help="draw the DAG (Mermaid, Graphviz DOT, PNG/SVG)")
-    recipe_args(graph, targets=False)
+    _recipe_args(graph, targets=False)
     graph.add_argument("--format", choices=["mermaid", "dot", "png", "svg"], default="mermaid")
     graph.add_argument("-o", "--output", help="write to this file (required for png/svg)")
     graph.add_argument("--status", action="store_true", help="colour steps by plan status")
+
+
+def _add_cache(sub: Any) -> None:
+    import argparse
 
     cache = sub.add_parser("cache", help="inspect and maintain the cache")
     cache.add_argument("--cache-dir", help="cache directory (default: $BUILDGRAPH_CACHE_DIR "
@@ -85,15 +111,100 @@ def _parser() -> argparse.ArgumentParser:
                     "fits, e.g. 5GiB")
     csub.add_parser("clear", help="delete everything in the cache", parents=[where])
 
-    # the real parser lives in buildgraph.backends.tvm.records and is built only when this command is used
+
+def _add_tune_db(sub: Any) -> None:
+    # the real parser lives in buildgraph.backends.tvm.records and is built only when this
+    # command is used
     sub.add_parser("tune-db", help="list, merge, prune, import and export TVM tuning databases",
                    add_help=False)
+
+
+def _add_schema(sub: Any) -> None:
     sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+
+
+def _add_kinds(sub: Any) -> None:
     sub.add_parser("kinds", help="list the step kinds available")
+
+
+def _add_log(sub: Any) -> None:
     log = sub.add_parser("log", help="print the log of a step's last build")
-    recipe_args(log, targets=False)
+    _recipe_args(log, targets=False)
     log.add_argument("step")
-    return p
+
+
+_SUBPARSERS = {"run": _add_run, "plan": _add_plan, "graph": _add_graph, "cache": _add_cache,
+               "tune-db": _add_tune_db, "schema": _add_schema, "kinds": _add_kinds,
+               "log": _add_log}
+
+
+# `run`'s options for the fast path below: flag -> (attribute, kind). Keep in step with _add_run
+# (tests/test_cli_args.py holds the two to the same results).
+_RUN_OPTIONS: Dict[str, tuple] = {
+    "--set": ("overrides", "append"), "--cache-dir": ("cache_dir", "str"),
+    "--build-dir": ("build_dir", "str"), "-j": ("jobs", "int"), "--jobs": ("jobs", "int"),
+    "-k": ("keep_going", "flag"), "--keep-going": ("keep_going", "flag"),
+    "--force": ("force", "append"), "-B": ("always_make", "flag"),
+    "--always-make": ("always_make", "flag"), "--no-cache": ("no_cache", "flag"),
+    "--link": ("link", ("hardlink", "copy")), "--json": ("json", "flag"),
+    "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
+}
+
+
+def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
+    """``run``'s arguments without argparse, or None to let argparse handle the command line.
+
+    A no-op ``run`` should cost little more than starting Python, and importing and building
+    an argparse parser is a sizeable share of that. This accepts only the plain spellings (whole
+    option names, ``--name=value``, separate values) and gives up on anything else: help, an
+    abbreviation, ``-kv``, ``-j4``, ``--``, a value that looks like an option, a bad value. So
+    argparse still produces every message, and a result from here is what argparse returns."""
+    if not argv or argv[0] != "run":
+        return None
+    args: Dict[str, Any] = {"command": "run", "targets": [], "overrides": [], "cache_dir": None,
+                            "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
+                            "always_make": False, "no_cache": False, "link": "hardlink",
+                            "json": False, "verbose": False}
+    positionals: List[str] = []
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("-") or token == "-":
+            if token == "-":
+                return None
+            positionals.append(token)
+            continue
+        name, eq, value = token.partition("=")
+        spec = _RUN_OPTIONS.get(name)
+        if spec is None or (eq and (spec[1] == "flag" or not name.startswith("--"))):
+            return None
+        attr, kind = spec
+        if kind == "flag":
+            args[attr] = True
+            continue
+        if not eq:
+            if i >= len(argv) or argv[i].startswith("-"):
+                return None
+            value = argv[i]
+            i += 1
+        if kind == "int":
+            try:
+                args[attr] = int(value)
+            except ValueError:
+                return None
+        elif kind == "append":
+            args[attr] = args[attr] + [value]
+        elif kind == "str":
+            args[attr] = value
+        elif value in kind:
+            args[attr] = value
+        else:
+            return None
+    if not positionals:
+        return None
+    args["recipe"], args["targets"] = positionals[0], positionals[1:]
+    return SimpleNamespace(**args)
 
 
 def _version() -> str:
@@ -121,18 +232,11 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
             return command(argv[1:])
         except KeyboardInterrupt:
             return 130
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
-    if extra and hasattr(args, "targets") and not any(e.startswith("-") for e in extra):
-        args.targets = list(args.targets) + extra
-    elif extra:
-        parser.error("unrecognized arguments: " + " ".join(extra))
-    if not args.command:
-        parser.print_help(sys.stderr)
+    args = _fast_run_args(argv) or _parse(argv)
+    if args is None:
         return 2
     try:
-        return _dispatch(args, parser)
+        return _dispatch(args)
     except BuildgraphError as exc:
         if os.environ.get("BUILDGRAPH_DEBUG"):
             raise
@@ -153,7 +257,23 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _parse(argv: List[str]) -> Optional[argparse.Namespace]:
+    """argparse's reading of ``argv``; None (after printing the help) when it names no
+    command. Errors exit with status 2, as argparse does."""
+    parser = _parser(argv[0] if argv and argv[0] in _SUBPARSERS else None)
+    args, extra = parser.parse_known_args(argv)
+    # targets may follow options (`run r.yaml --json STEP`); argparse leaves those over
+    if extra and hasattr(args, "targets") and not any(e.startswith("-") for e in extra):
+        args.targets = list(args.targets) + extra
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return None
+    return args
+
+
+def _dispatch(args: Any) -> int:
     command = args.command
     if command == "run":
         return _run(args)
@@ -190,11 +310,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if command == "log":
         return _log(args)
-    parser.error(f"unknown command {command}")  # pragma: no cover
-    return 2
+    raise AssertionError(f"unknown command {command}")  # pragma: no cover
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: Any) -> int:
     from buildgraph import api
     from buildgraph.report import ConsoleReporter, JsonReporter
 

@@ -10,7 +10,6 @@ missing file) from *a failure* (a step ran and failed); the latter is :class:`St
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -79,6 +78,8 @@ class Interrupted(BuildgraphError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
+    import difflib  # only on an error path: keeps a no-op run's imports light
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

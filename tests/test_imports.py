@@ -25,6 +25,21 @@ def test_import_buildgraph_cli_is_light(tmp_path):
     assert not [m for m in HEAVY if m in mods]
 
 
+def test_import_api_leaves_the_engine_to_its_functions(tmp_path):
+    mods = _modules_after("import buildgraph.api", tmp_path)
+    for name in ("buildgraph.engine.planner", "buildgraph.engine.scheduler",
+                 "buildgraph.engine.store", "sqlite3"):
+        assert name not in mods, name
+
+
+# What a fully cached run decides on one thread with the modules it needs: no argument parser
+# (run's command line is read directly), no thread pool, no worker machinery, no error helpers.
+NOT_ON_THE_NO_OP_PATH = ("yaml", "pydantic", "rich", "argparse", "concurrent.futures",
+                         "logging", "difflib", "filelock", "subprocess",
+                         "buildgraph.engine.workers",
+                         "buildgraph.recipe.load")
+
+
 def test_fully_cached_run_imports_no_yaml_pydantic_or_rich(project):
     project.write("r.yaml", "steps:\n  a: {uses: shell, with: {cmd: 'echo > ${out.o}'},"
                             " outputs: [o]}\n")
@@ -32,5 +47,5 @@ def test_fully_cached_run_imports_no_yaml_pydantic_or_rich(project):
     project.run()  # the second run stores nothing new
     mods = _modules_after("from buildgraph.cli import run_cli\n"
                           "assert run_cli(['run', 'r.yaml']) == 0", project.root)
-    for name in HEAVY + ("yaml", "pydantic", "rich"):
+    for name in HEAVY + NOT_ON_THE_NO_OP_PATH:
         assert name not in mods, name

@@ -14,13 +14,17 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
-from typing import IO, List, Optional, Sequence, Set
+from typing import IO, TYPE_CHECKING, List, Optional, Sequence, Set
 
 from buildgraph.errors import StepFailed
+
+# subprocess (with selectors and locale, ~5 ms) is imported where a process starts or is waited
+# for: a fully cached run starts none
+if TYPE_CHECKING:  # pragma: no cover
+    import subprocess
 
 _lock = threading.Lock()
 _running: Set[subprocess.Popen] = set()
@@ -52,6 +56,8 @@ def kill_all() -> None:
     _cancelled.set()
     with _lock:
         procs = list(_running)
+    import subprocess
+
     for proc in procs:
         kill_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + 2
@@ -80,6 +86,8 @@ def signal_name(returncode: int) -> str:
 def run_logged(argv: Sequence[str], log: IO[bytes], cwd: str, env: Optional[dict] = None,
                timeout: Optional[float] = None, what: str = "command") -> None:
     """Run ``argv`` with stdout+stderr into ``log``; raise StepFailed on failure or timeout."""
+    import subprocess
+
     if _cancelled.is_set():
         raise StepFailed("cancelled")
     proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,

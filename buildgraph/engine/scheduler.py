@@ -18,11 +18,9 @@ import os
 import shutil
 import threading
 import time
-import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from buildgraph.engine import procs
 from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
@@ -32,6 +30,9 @@ from buildgraph.engine.lockfile import lock_path, read_lock, write_lock
 from buildgraph.engine.planner import CACHED, RESTORE, RUN, Decision, Planner
 from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 BUILT, RESTORED, FAILED, SKIPPED, CANCELLED = "built", "restored", "failed", "skipped", "cancelled"
 
@@ -149,7 +150,9 @@ class Scheduler:
         free = {"cpu": self.jobs, **self.graph.pools}
         running: Dict[Future, Tuple[str, Dict[str, int]]] = {}
         stop = False
-        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="buildgraph")
+        # Threads (and concurrent.futures, which imports logging) only once a step must run:
+        # a fully cached run decides everything on this thread.
+        pool: Optional[ThreadPoolExecutor] = None
         try:
             while True:
                 progressed = True
@@ -196,12 +199,20 @@ class Scheduler:
                             free[k] -= v
                         pending.remove(sid)
                         self.reporter.step_started(sid, decision.reasons)
+                        if pool is None:
+                            from concurrent import futures
+
+                            pool = futures.ThreadPoolExecutor(
+                                max_workers=self.jobs, thread_name_prefix="buildgraph")
                         future = pool.submit(self._execute, step, decision, need["cpu"])
                         running[future] = (sid, need)
                         progressed = True
                 if not running:
                     break
-                done, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
+                from concurrent import futures
+
+                done, _ = futures.wait(list(running), timeout=0.25,
+                                       return_when=futures.FIRST_COMPLETED)
                 for future in done:
                     sid, need = running.pop(future)
                     for k, v in need.items():
@@ -229,7 +240,8 @@ class Scheduler:
                     results[sid].status = CANCELLED
             raise
         finally:
-            pool.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def _needs(self, step: StepNode) -> Dict[str, int]:
         need = dict(step.resources)
@@ -370,6 +382,8 @@ class Scheduler:
         except BuildgraphError as exc:
             return self._failed(step, key, exc.message, log_path, final_log, start)
         except Exception as exc:  # noqa: BLE001 - executor bugs fail the step, not the run
+            import traceback
+
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(traceback.format_exc())
             return self._failed(step, key, f"{type(exc).__name__}: {exc}", log_path, final_log,

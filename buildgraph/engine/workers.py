@@ -132,11 +132,21 @@ class Worker:
         procs.unregister(self.proc)
 
     def close(self) -> None:
+        self.stop()
+        self.reap()
+
+    def stop(self) -> None:
+        """Ask the worker to exit (end of its input); :meth:`reap` waits for it."""
         try:
             if self.proc.stdin:
                 self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+        except OSError:
+            pass
+
+    def reap(self, timeout: float = 5) -> None:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             self.kill()
         procs.unregister(self.proc)
 
@@ -179,5 +189,7 @@ class WorkerPool:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
+        for worker in idle:  # all at once: each exit overlaps the others'
+            worker.stop()
         for worker in idle:
-            worker.close()
+            worker.reap()

@@ -1,0 +1,50 @@
+"""Persistent workers: the end of a run does not wait for their interpreters to finalize."""
+
+from __future__ import annotations
+
+import os
+
+RECIPE = """
+steps:
+  a: {uses: python, with: {function: 'slow_exit.py:step', args: {name: a}}, outputs: [o]}
+  b: {uses: python, with: {function: 'slow_exit.py:step', args: {name: b}}, outputs: [o]}
+"""
+
+# Like torch, whose teardown at interpreter exit takes up to a second: a module that makes
+# finalizing its process slow, and says so in a file if it ever gets there.
+SLOW_EXIT = """
+import atexit, os, time
+
+def _slow():
+    time.sleep(8)
+    with open(os.path.join(os.environ["MARKS"], "finalized-%d" % os.getpid()), "w"):
+        pass
+
+atexit.register(_slow)
+
+def step(inputs, outputs, name):
+    outputs["o"].write_text(name + " " + str(os.getpid()))
+"""
+
+
+def test_run_ends_without_waiting_for_workers_to_finalize(project, monkeypatch):
+    marks = project.root / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("MARKS", str(marks))
+    project.write("slow_exit.py", SLOW_EXIT)
+    project.write("r.yaml", RECIPE)
+    events = project.run("r.yaml", "-j", "2")
+    assert project.statuses(events) == {"a": "built", "b": "built"}
+    pids = {int((project.build / "r" / s / "o").read_text().split()[1]) for s in "ab"}
+    # Each worker's exit handler sleeps 8 s: a run that waits for its workers to finalize, one
+    # after the other, ends 16 s after its last step (or kills them at a 5 s timeout each).
+    last_step = max(e["time"] for e in events if e["event"] == "step_finished")
+    finish = next(e["time"] for e in events if e["event"] == "finish")
+    assert finish - last_step < 3, finish - last_step
+    assert list(marks.iterdir()) == []
+    for pid in pids:  # and none is left behind
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"worker {pid} is still running")
