@@ -111,6 +111,7 @@ def gc(store: "Store", max_size: Optional[int] = None) -> Dict[str, int]:
             removed_blobs += 1
             freed += size
     tmp = store.clean_tmp()
+    store.memo.clear()  # memoised descriptions and views: regenerable, and never pruned else
     for regenerable in ("recipes", "derived"):  # resolved recipes, memoised digests
         shutil.rmtree(store.root / regenerable, ignore_errors=True)
     return {"removed_actions": removed_actions, "removed_objects": removed_blobs,

@@ -25,6 +25,9 @@ class Memo:
         self._db_path = db_path
         self._conn: Optional[sqlite3.Connection] = None
         self._pending: Dict[Tuple[str, str], str] = {}
+        self._loaded: Dict[str, Dict[str, str]] = {}
+        """Namespaces read whole, in one query, on their first lookup: a 1,000-step plan asks
+        for 1,000 descriptions, and one SELECT each would cost more than the plan itself."""
 
     def _connect(self) -> Optional[sqlite3.Connection]:
         if self._conn is None and self._db_path is not None:
@@ -44,17 +47,20 @@ class Memo:
     def get(self, namespace: str, key: str) -> Optional[Any]:
         text = self._pending.get((namespace, key))
         if text is None:
-            conn = self._connect()
-            if conn is None:
+            loaded = self._loaded.get(namespace)
+            if loaded is None:
+                conn = self._connect()
+                if conn is None:
+                    return None
+                try:
+                    rows = conn.execute("SELECT key, value FROM memo WHERE ns = ?",
+                                        (namespace,)).fetchall()
+                except sqlite3.Error:
+                    return None
+                loaded = self._loaded[namespace] = dict(rows)
+            text = loaded.get(key)
+            if text is None:
                 return None
-            try:
-                row = conn.execute("SELECT value FROM memo WHERE ns = ? AND key = ?",
-                                   (namespace, key)).fetchone()
-            except sqlite3.Error:
-                return None
-            if row is None:
-                return None
-            text = row[0]
         try:
             return json.loads(text)
         except ValueError:
@@ -84,6 +90,7 @@ class Memo:
 
     def clear(self) -> None:
         self._pending.clear()
+        self._loaded.clear()
         conn = self._connect()
         if conn is not None:
             try:

@@ -275,6 +275,8 @@ def _label(path: Path, base: Path) -> str:
 def _jsonable(data: Mapping[str, Any]) -> Dict[str, Any]:
     """Description data as it round-trips through JSON (tuples become lists), so that a
     memoised description and a fresh one give the same key."""
+    if not data:
+        return {}
     import json
 
     return json.loads(json.dumps(dict(data), sort_keys=True, default=str))
