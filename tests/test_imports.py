@@ -35,7 +35,7 @@ def test_import_api_leaves_the_engine_to_its_functions(tmp_path):
 # What a fully cached run decides on one thread with the modules it needs: no argument parser
 # (run's command line is read directly), no thread pool, no worker machinery, no error helpers.
 NOT_ON_THE_NO_OP_PATH = ("yaml", "pydantic", "rich", "argparse", "concurrent.futures",
-                         "logging", "difflib", "filelock", "subprocess",
+                         "logging", "difflib", "filelock", "subprocess", "shutil",
                          "buildgraph.engine.workers",
                          "buildgraph.recipe.load")
 

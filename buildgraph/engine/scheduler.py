@@ -15,7 +15,6 @@ artifact; the next run resumes from every step that completed.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -389,6 +388,8 @@ class Scheduler:
             return self._failed(step, key, f"{type(exc).__name__}: {exc}", log_path, final_log,
                                 start)
         finally:
+            import shutil
+
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _invoke(self, cls: Any, step: StepNode, task: Task) -> Any:
@@ -422,6 +423,8 @@ class Scheduler:
                           log_path=final_log, log_tail=tail)
 
     def _keep_log(self, src: Path, dest: Path) -> None:
+        import shutil
+
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")

@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat as stat_module
 import sys
 import time
@@ -83,6 +82,8 @@ class Store:
 
     def put_file(self, src: Path, move: bool = True) -> Tuple[str, int]:
         """Add a file's content; returns (digest, size). ``move`` consumes ``src``."""
+        import shutil
+
         digest, size = hash_file(src)
         dest = self.blob_path(digest)
         if dest.exists() and self.check_blob(digest):
@@ -212,6 +213,8 @@ class Store:
     # --- materialization into the build directory -------------------------------------------
     def materialize(self, entry: Dict[str, Any], dest: Path, link: str = "hardlink") -> None:
         """Make ``dest`` hold the output atomically (hard link, or copy across filesystems)."""
+        import shutil
+
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = _scratch_name(dest, "tmp")
         try:
@@ -250,6 +253,8 @@ class Store:
         self._record_materialized(entry, dest)
 
     def _place(self, digest: str, exec_bit: bool, target: Path, link: str) -> None:
+        import shutil
+
         blob = self.blob_path(digest)
         if link == "hardlink":
             try:
@@ -407,6 +412,8 @@ class Store:
                 continue
             if pid == os.getpid():
                 continue
+            import shutil  # only here: most runs find nothing to remove
+
             shutil.rmtree(d, ignore_errors=True)
             removed += 1
         return removed
@@ -534,6 +541,8 @@ def _alive(pid: int) -> bool:
 
 
 def rmtree_writable(path: Path) -> None:
+    import shutil
+
     def onerror(func: Any, p: str, _: Any) -> None:
         os.chmod(os.path.dirname(p), 0o755)
         func(p)
