@@ -27,7 +27,7 @@ from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
 from buildgraph.engine.executor import Description, Task, load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.lockfile import lock_path, read_lock, write_lock
-from buildgraph.engine.planner import CACHED, RESTORE, RUN, Decision, Planner
+from buildgraph.engine.planner import CACHED, PULL, RESTORE, RUN, Decision, Planner
 from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.store import Store
 
@@ -93,11 +93,15 @@ def default_build_dir(graph: Graph) -> Path:
 
 
 class Scheduler:
-    def __init__(self, graph: Graph, store: Store, options: RunOptions, reporter: Any):
+    def __init__(self, graph: Graph, store: Store, options: RunOptions, reporter: Any,
+                 remote: Any = None):
         self.graph = graph
         self.store = store
         self.options = options
         self.reporter = reporter
+        self.remote = remote
+        """The team cache (``engine.remote.TeamCache``) or None: read on a local miss,
+        written after a build."""
         self.jobs = options.resolved_jobs()
         self.build_dir = (options.build_dir or default_build_dir(graph)).absolute()
         self.log_dir = self.build_dir / ".logs"
@@ -118,7 +122,8 @@ class Scheduler:
             self.store.sweep_build_dir(self.build_dir)  # what a killed run left half-placed
             lock_entries = read_lock(self.lock_file, warn=self.reporter.warning)
             planner = Planner(self.graph, self.store, self.build_dir, lock_entries,
-                              force=set(self.options.force), no_cache=self.options.no_cache)
+                              force=set(self.options.force), no_cache=self.options.no_cache,
+                              remote=self.remote)
             try:
                 planner.describe_all(selected)
             finally:
@@ -133,6 +138,8 @@ class Scheduler:
             finally:
                 if self._workers is not None:
                     self._workers.close()
+                if self.remote is not None:
+                    self._finish_remote(interrupted)
                 self.store.stat_cache.flush()
                 self.store.memo.flush()
                 if self.options.write_lock:
@@ -182,6 +189,8 @@ class Scheduler:
                                 progressed = True
                                 stop = stop or not self.options.keep_going
                                 continue
+                            if decision.action == PULL:
+                                decision = self._pull(step, decision)
                             decisions[sid] = decision
                         if decision.action in (CACHED, RESTORE):
                             results[sid] = self._hit(step, decision)
@@ -263,9 +272,49 @@ class Scheduler:
             return StepResult(step.id, FAILED, decision.key,
                               message=f"cannot restore outputs from the cache: {exc}")
         return StepResult(step.id, RESTORED if decision.action == RESTORE else CACHED,
-                          decision.key, entry.get("wall_s", 0.0), reasons=decision.reasons,
+                          decision.key, entry.get("wall_s", 0.0), message=decision.note,
+                          reasons=decision.reasons,
                           outputs={n: self.build_dir / step.id / f for n, f in step.outputs.items()},
                           meta=dict(entry.get("meta") or {}))
+
+    # --- the team cache ------------------------------------------------------------------------
+    def _pull(self, step: StepNode, decision: Decision) -> Decision:
+        """Download a team-cache hit into the local store (verified): a RESTORE decision, or
+        RUN when its copy cannot be used (the team cache said why, once)."""
+        self.reporter.step_started(step.id, decision.reasons)
+        entry = None
+        try:
+            entry = self.remote.fetch(decision.key or "", self.store,
+                                      lambda done, total: self.reporter.transfer(step.id, done,
+                                                                                 total))
+        except Exception as exc:  # noqa: BLE001 - a team cache never fails a build
+            self.reporter.warning(f"{self.remote.label()}: could not pull {step.id}: "
+                                  f"{type(exc).__name__}: {exc}")
+        if entry is None or not all(n in entry["outputs"] and
+                                    self.store.check_output(entry["outputs"][n])
+                                    for n in step.outputs):
+            return Decision(step.id, RUN, ("not in the local cache, and the team cache's copy "
+                                           "could not be used",), decision.key, decision.parts,
+                            description=decision.description)
+        size = sum(int(o.get("size", 0)) for o in entry["outputs"].values())
+        from buildgraph.engine.sizes import format_size
+
+        return Decision(step.id, RESTORE, decision.reasons, decision.key, decision.parts, entry,
+                        decision.description,
+                        note=f"pulled from the {self.remote.label()} ({format_size(size)})")
+
+    def _finish_remote(self, interrupted: bool) -> None:
+        """Wait for the background pushes (a run leaves nothing half-pushed behind it) and say
+        what went where."""
+        summary = self.remote.wait()
+        if summary.entries or summary.records:
+            from buildgraph.engine.sizes import format_size
+
+            self.reporter.info(f"pushed {summary.entries} results ({summary.blobs} new objects, "
+                               f"{format_size(summary.bytes)})"
+                               + (f" and {summary.records} record segments"
+                                  if summary.records else "")
+                               + f" to the {self.remote.label()}")
 
     # --- execution (worker threads) -----------------------------------------------------------
     def _execute(self, step: StepNode, decision: Decision, threads: int) -> StepResult:
@@ -330,6 +379,9 @@ class Scheduler:
         description = decision.description or Description()
         inputs = {n: Path(p) for n, p in step.inputs.items()}
         inputs.update({n: Path(p) for n, p in description.inputs.items()})
+        team_records: List[str] = []
+        if self.remote is not None and description.areas:  # start from the team's records
+            team_records = self.remote.pull_areas(self.store, description.areas)
         params = step.raw_params
         if cls.expand_params:
             params = expand_runtime(params, {n: str(p) for n, p in inputs.items()},
@@ -346,7 +398,9 @@ class Scheduler:
                     areas={a: self.store.area(a) for a in description.areas})
         try:
             log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
-                                f"# why: {'; '.join(decision.reasons)}\n", encoding="utf-8")
+                                f"# why: {'; '.join(decision.reasons)}\n"
+                                + "".join(f"# team records: {line}\n" for line in team_records),
+                                encoding="utf-8")
             meta = self._invoke(cls, step, task)
             if procs.cancelled():
                 raise StepFailed("interrupted")
@@ -363,6 +417,8 @@ class Scheduler:
                                         "outputs": entries, "log": log_digest,
                                         "meta": meta, "wall_s": round(wall, 3),
                                         "created": time.time()})
+            if self.remote is not None:  # blobs, then the entry, then the records
+                self.remote.push_later(key, self.store, description.areas)
             for name, entry in entries.items():
                 self.store.materialize(entry, self.build_dir / step.id / step.outputs[name],
                                        self.options.link)
