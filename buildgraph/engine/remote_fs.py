@@ -75,6 +75,16 @@ def _fatal(exc: BaseException) -> Optional[str]:
     return None
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that could not be made (refused, no route, no name): the storage
+    library's own retries have been spent on it already."""
+    import socket
+
+    name = type(exc).__name__
+    return isinstance(exc, (ConnectionRefusedError, socket.gaierror)) or \
+        "ConnectionError" in name or "ConnectorError" in name
+
+
 class RemoteFS:
     """Files under one fsspec URL (see the module's doc)."""
 
@@ -172,7 +182,7 @@ class RemoteFS:
                                             hint=_credentials_hint(self.protocol)
                                             if "denied" in fatal or "credentials" in fatal
                                             else "") from None
-                if not delays:
+                if not delays or _unreachable(exc):  # the library has retried connecting
                     raise RemoteUnavailable(f"{self.url}: {what}: cannot reach the storage "
                                             f"({_short(exc)})",
                                             hint="check the network and the URL") from None

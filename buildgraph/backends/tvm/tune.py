@@ -276,11 +276,11 @@ def remaining_budget(trials: int, per_task: Optional[int], budget: int, spent: L
     counted up to ``budget``) and the shares of the ``skipped`` tasks. With no cap per task
     (MetaSchedule's default) the gradient scheduler shares the rest; with one, each task gets
     at most its difference. At least one trial per task, never more than ``trials``."""
-    if not spent or trials <= 0:
+    if (not spent and not skipped) or trials <= 0:
         return trials, (min(per_task, trials) if per_task else trials)
     rest = trials - sum(min(s, budget) for s in spent) - budget * skipped
     if per_task:
-        deficits = [max(budget - s, 1) for s in spent]
+        deficits = [max(budget - s, 1) for s in spent] or [1]
         rest = min(rest, sum(deficits))
         total = max(rest, min(trials, len(spent)))
         return total, max(deficits)
