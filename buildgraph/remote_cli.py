@@ -515,21 +515,28 @@ def _pull(team: Any, store: Any, recipe: Optional[str], targets: List[str],
         from buildgraph.engine.scheduler import default_build_dir
 
         graph = api.load(recipe, args.overrides, args.cache_dir)
-        planner = Planner(graph, store, default_build_dir(graph).absolute(),
-                          read_lock(lock_path(graph.recipe_path)), remote=team)
-        decisions = planner.plan(graph.select(targets))
-        for sid, d in decisions.items():
-            if d.action in (CACHED, RESTORE):
-                local += 1
-            elif d.action == PULL:
-                entry = team.fetch(d.key, store)
-                if entry is None:
+        selected = graph.select(targets)
+        done: set = set()
+        while True:  # a step whose key reads a pulled upstream file is planned once it is here
+            planner = Planner(graph, store, default_build_dir(graph).absolute(),
+                              read_lock(lock_path(graph.recipe_path)), remote=team)
+            decisions = planner.plan(selected)
+            todo = [(sid, d) for sid, d in decisions.items()
+                    if d.action == PULL and sid not in done]
+            for sid, d in todo:
+                done.add(sid)
+                if team.fetch(d.key, store) is None:
                     failed += 1
                     print(f"✗ {sid}: could not be pulled", file=out)
                 else:
                     pulled += 1
                     print(f"↓ {sid}", file=out)
-            else:
+            if not todo:
+                break
+        for sid, d in decisions.items():
+            if d.action in (CACHED, RESTORE):
+                local += 1 if sid not in done else 0
+            elif d.action != PULL:
                 missing += 1
                 if not args.no_records:  # it will be built here: bring the team's records
                     areas.update(planner.describe(graph.steps[sid]).areas)

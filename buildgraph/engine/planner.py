@@ -263,15 +263,31 @@ class Planner:
         """Decisions for ``selected`` (topological order), as if nothing ran in between."""
         decisions: Dict[str, Decision] = {}
         outputs: Dict[str, Dict[str, Any]] = {}
+        pulled: Set[str] = set()
         self.describe_all(selected)
         for sid in selected:
             step = self.graph.steps[sid]
             known = all(up in outputs for up in step.upstream)
+            if known and self.describe(step).upstream_view and pulled & set(step.upstream):
+                # its key reads an upstream file that is still in the team cache
+                known = all(self._view_known(step, up, outputs[up]) for up in step.upstream)
             decision = self.decide(step, {u: outputs[u] for u in step.upstream} if known else None)
             decisions[sid] = decision
             if decision.action in (CACHED, RESTORE, PULL) and decision.entry is not None:
                 outputs[sid] = {n: decision.entry["outputs"][n] for n in step.outputs}
+            if decision.action == PULL:
+                pulled.add(sid)
         return decisions
+
+    def _view_known(self, step: StepNode, up: str, entries: Mapping[str, Any]) -> bool:
+        """Can the view of ``up``'s outputs be had without the files (memoised, or here)?"""
+        view = self.describe(step).upstream_view
+        for name, entry in entries.items():
+            if self.store.memo.get(VIEW_MEMO, digest_json({"view": view,
+                                                           "digest": entry["digest"]})) is None \
+                    and not self.upstream_path(up, name, entry).exists():
+                return False
+        return True
 
 
 def _label(path: Path, base: Path) -> str:

@@ -309,15 +309,17 @@ class RemoteFS:
 
     def _ranged(self, rpath: str, dest: Path, size: int, progress: Callable[[int], None],
                 blake3: Any, xxhash: Any) -> Tuple[str, str, int]:
-        """Parallel ranged GETs written in place (``pwrite``), hashed in order: at most
-        ``workers`` chunks are held at once, however big the object."""
+        """Parallel ranged GETs, each written in place (``pwrite``) as it arrives, in any
+        order; this thread hashes the file in order behind them, reading back what is written
+        (from the page cache). Memory holds the chunks in flight, whatever the object's size,
+        and a slow chunk holds up only the hashing, never the other downloads."""
         from concurrent.futures import ThreadPoolExecutor
 
         b3, xx = blake3.blake3(), xxhash.xxh3_128()
         chunks = (size + CHUNK - 1) // CHUNK
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 
-        def fetch(i: int) -> bytes:
+        def fetch(i: int) -> None:
             start = i * CHUNK
             end = min(size, start + CHUNK)
             data = self.call("download", self.fs.cat_file, rpath, start=start, end=end)
@@ -326,25 +328,22 @@ class RemoteFS:
                                      f"{end - start} (the object is shorter than its entry "
                                      "says)")
             os.pwrite(fd, data, start)
-            return data
 
         try:
             with ThreadPoolExecutor(max_workers=min(self.workers, chunks),
                                     thread_name_prefix="buildgraph-get") as pool:
-                pending: Dict[int, Any] = {}
-                submitted = 0
+                futures = [pool.submit(fetch, i) for i in range(chunks)]
                 try:
-                    for i in range(chunks):
-                        while submitted < chunks and submitted < i + self.workers:
-                            pending[submitted] = pool.submit(fetch, submitted)
-                            submitted += 1
-                        data = pending.pop(i).result()
+                    for i, future in enumerate(futures):
+                        future.result()
+                        start = i * CHUNK
+                        data = os.pread(fd, min(CHUNK, size - start), start)
                         b3.update(data)
                         xx.update(data)
                         progress(len(data))
                         del data
                 finally:
-                    for future in pending.values():
+                    for future in futures:
                         future.cancel()
         finally:
             os.close(fd)
