@@ -261,8 +261,12 @@ class TeamCache:
         known = self._found.get(key)
         if known is not None:
             return known
-        data = self._guard(lambda: self.rfs.cat(self.entry_path(key)))
-        found = Found() if data is None else self.judge(key, data)
+
+        def look() -> Found:
+            data = self.rfs.cat(self.entry_path(key))
+            return Found() if data is None else self.judge(key, data)
+
+        found = self._guard(look, Found())  # a bad trusted key too: a warning, not a failure
         self._found[key] = found
         return found
 
