@@ -96,9 +96,11 @@ def test_a_corrupt_object_on_the_server_is_rejected_reported_and_never_used(tmp_
     assert results["write"]["status"] == "restored"
     assert results["upper"]["status"] == "built"  # rejected: built here instead
     assert (b.root / "build/team/upper/upper.txt").read_text() == "HELLO FROM ALICE\n"
+    # upper's entry names the replaced blob (so may tree's, whose a.txt has the same bytes,
+    # when both are pulled at once): each rejection says so, once
     warnings = b.warnings()
-    assert len(warnings) == 1 and "rejected the entry of upper" in warnings[0] \
-        and "does not match its name" in warnings[0], warnings
+    assert "rejected the entry of upper" in warnings[0], warnings
+    assert all("does not match its name" in w for w in warnings) and len(warnings) <= 2
     from buildgraph.engine.store import Store
 
     store = Store(b.cache)

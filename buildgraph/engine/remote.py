@@ -328,6 +328,8 @@ class TeamCache:
             message = f"{self.label()}: rejected the entry of {step}: {exc}; building it here"
             self.rejected.append(message)
             self._warn(message)
+            self._found[key] = Found(None, found.doc, f"{self.label()} has an entry, "
+                                                      f"rejected: {exc}")
             return None
         if result is False:
             return None

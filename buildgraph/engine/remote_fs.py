@@ -171,6 +171,13 @@ class RemoteFS:
                     self._lanes = lanes
         return self._lanes
 
+    def _lane(self) -> Any:
+        """The next lane, round robin: concurrent small downloads spread over the loops."""
+        lanes = self.lanes()
+        with self._lock:
+            self._turn = (getattr(self, "_turn", 0) + 1) % len(lanes)
+            return lanes[self._turn]
+
     def create_root(self) -> None:
         """Make the remote's directory (file systems only; buckets exist or not)."""
         proto = self.url.split("://", 1)[0] if "://" in self.url else "file"
@@ -315,7 +322,7 @@ class RemoteFS:
             b3, xx, written = blake3.blake3(), xxhash.xxh3_128(), 0
             with open(dest, "wb") as out:
                 if self.ranged:  # a small object: one GET
-                    data = self.fs.cat_file(rpath)
+                    data = self._lane().cat_file(rpath)
                     b3.update(data)
                     xx.update(data)
                     out.write(data)

@@ -108,6 +108,7 @@ class Scheduler:
         self.lock_file = lock_path(graph.recipe_path)
         self._workers: Any = None
         self._workers_lock = threading.Lock()
+        self._pulled: Dict[str, str] = {}
 
     # --- public ------------------------------------------------------------------------------
     def run(self, targets: Sequence[str] = ()) -> RunResult:
@@ -130,6 +131,8 @@ class Scheduler:
                 self.store.memo.flush()
             self.reporter.start(self.graph, selected, self.jobs)
             try:
+                if self.remote is not None:
+                    self._prefetch(planner, selected)
                 self._loop(selected, planner, results)
             except KeyboardInterrupt:
                 interrupted = True
@@ -272,7 +275,8 @@ class Scheduler:
             return StepResult(step.id, FAILED, decision.key,
                               message=f"cannot restore outputs from the cache: {exc}")
         return StepResult(step.id, RESTORED if decision.action == RESTORE else CACHED,
-                          decision.key, entry.get("wall_s", 0.0), message=decision.note,
+                          decision.key, entry.get("wall_s", 0.0),
+                          message=decision.note or self._pulled.get(step.id, ""),
                           reasons=decision.reasons,
                           outputs={n: self.build_dir / step.id / f for n, f in step.outputs.items()},
                           meta=dict(entry.get("meta") or {}))
@@ -302,6 +306,27 @@ class Scheduler:
         return Decision(step.id, RESTORE, decision.reasons, decision.key, decision.parts, entry,
                         decision.description,
                         note=f"pulled from the {self.remote.label()} ({format_size(size)})")
+
+    def _prefetch(self, planner: Planner, selected: List[str]) -> None:
+        """Pull, in parallel, every step the team cache has and whose key is known before
+        anything runs (a fully remote-cached run: all of them); the loop then restores them
+        from the local store. Steps downstream of one that must run are pulled when decided."""
+        try:
+            decisions = planner.plan(selected)
+        except BuildgraphError:
+            return  # the loop decides again and reports it at the step
+        pulls = [d for d in decisions.values() if d.action == PULL]
+        if not pulls:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def pull(decision: Decision) -> None:
+            done = self._pull(self.graph.steps[decision.step_id], decision)
+            if done.action == RESTORE:
+                self._pulled[decision.step_id] = done.note
+
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="buildgraph-pull") as pool:
+            list(pool.map(pull, pulls))
 
     def _finish_remote(self, interrupted: bool) -> None:
         """Wait for the background pushes (a run leaves nothing half-pushed behind it) and say
