@@ -94,18 +94,28 @@ def test_concurrent_record_pushes_lose_nothing_and_compaction_keeps_the_union(tm
     assert len(entries["shared"].records) == 12
     # pulling again changes nothing
     assert team.pull_areas(_store(reader), ["tvm-tunedb"], force=True) == []
-    # many pushes: the next push compacts the scope to one segment holding everything
+    # more segments than COMPACT_AT: the next push leaves one segment holding everything
+    count = len(open_remote(remote)._listing("tvm-tunedb")[scope_of(entries["shared"])])
     for i in range(remote_mod.COMPACT_AT + 2):
-        _publish(caches[0], "shared", 1, 5e-3 + i * 1e-4, trials=1)
-        open_remote(remote).push_areas(_store(caches[0]), ["tvm-tunedb"])
-    listing = open_remote(remote)._listing("tvm-tunedb")
-    (scope, segments), = listing.items()
-    assert len(segments) <= remote_mod.COMPACT_AT
+        _publish(caches[i % 2], "shared", 1, 5e-3 + i * 1e-4, trials=1)
+        open_remote(remote).push_areas(_store(caches[i % 2]), ["tvm-tunedb"])
+        before, count = count, len(open_remote(remote)._listing("tvm-tunedb")
+                                   [scope_of(entries["shared"])])
+        if count < before:
+            break
+    else:
+        pytest.fail("no push compacted the scope")
+    assert count == 1
     fresh = tmp_path / "fresh"
     open_remote(remote).pull_areas(_store(fresh), ["tvm-tunedb"])
     got = {e.shash: e for _, _, e in SharedTuneDB(fresh / "tunedb").entries()}
     assert set(got) == set(entries)
-    assert got["shared"].trials == sum(1 + i for i in range(6)) + remote_mod.COMPACT_AT + 2
+    assert got["shared"].trials == sum(1 + i for i in range(6)) + i + 1
+    assert len(got["shared"].records) == 12 + i + 1
+
+
+def scope_of(entry: Any) -> str:
+    return "/".join(entry.path.parent.parts[-3:])
 
 
 def test_a_corrupt_or_unsigned_record_segment_is_ignored(tmp_path, remote):
@@ -125,6 +135,65 @@ def test_a_corrupt_or_unsigned_record_segment_is_ignored(tmp_path, remote):
     reader.pull_areas(_store(tmp_path / "b"), ["tvm-tunedb"])
     assert list(SharedTuneDB(tmp_path / "b" / "tunedb").entries()) == []
     assert len(warned) == 1 and "does not match its name" in warned[0]
+
+
+def test_tvm_record_merge_is_a_union_independent_of_order_and_repetition(tmp_path):
+    from buildgraph.backends.tvm.shared import RecordSync
+
+    for i in range(3):
+        _publish(tmp_path / f"m{i}", "w", 2, 1e-3 * (i + 1), trials=i + 1)
+    payloads = []
+    for i in range(3):
+        sync = RecordSync(tmp_path / f"m{i}" / "tunedb")
+        (scope,) = sync.scopes()
+        payloads.append(sync.export(scope))
+    results = []
+    for order in ([0, 1, 2], [2, 0, 1, 1, 2]):
+        sync = RecordSync(tmp_path / f"r{len(results)}" / "tunedb")
+        sync.merge(scope, [payloads[k] for k in order])
+        sync.merge(scope, [payloads[0]])  # again: changes nothing
+        results.append(sync.export(scope))
+    assert results[0] == results[1]
+    (w,) = results[0]["workloads"].values()
+    assert len(w["records"]) == 6 and sum(w["trials_by"].values()) == 1 + 2 + 3
+
+
+def test_timing_cache_merge_combines_and_never_replaces_what_is_here(tmp_path, monkeypatch):
+    import base64
+
+    import trt_fake
+    from buildgraph.backends.tensorrt import env as trt_env
+    from buildgraph.backends.tensorrt.timing_cache import CacheScope, RecordSync
+
+    monkeypatch.setenv(trt_env.MODULE_ENV, "trt_fake")
+    trt_env.probe(refresh=True)
+    header = trt_fake._device_header()
+    gpu = trt_fake.FAKE_GPUS[0]
+    scope = CacheScope(gpu["name"], gpu["compute_capability"], trt_fake.FAKE_CUDA,
+                       trt_fake.__version__)
+
+    def payload(entries: Dict[str, str], sc: CacheScope = scope) -> Dict[str, Any]:
+        import hashlib
+
+        blob = json.dumps({"trt_fake_timing_cache": 1, "header": header, "entries": entries},
+                          sort_keys=True).encode()
+        return {"scope": sc.as_dict(), "sha256": hashlib.sha256(blob).hexdigest(),
+                "cache": base64.b64encode(blob).decode()}
+
+    sync = RecordSync(tmp_path / "trt-timing")
+    try:
+        assert sync.merge(scope.dirname(), [payload({"a": "1"}), payload({"b": "2"})]) \
+            .startswith("timing cache created")
+        sync.merge(scope.dirname(), [payload({"c": "3"})])
+        other = CacheScope("another GPU", "9.0", "12", "11")
+        assert sync.merge(scope.dirname(), [payload({"x": "9"}, other)]) == "nothing usable"
+        bad = dict(payload({"y": "9"}), sha256="0" * 64)
+        assert sync.merge(scope.dirname(), [bad]) == "nothing usable"
+        loaded = sync.store.load(scope)
+        assert json.loads(loaded.blob)["entries"] == {"a": "1", "b": "2", "c": "3"}
+    finally:
+        monkeypatch.delenv(trt_env.MODULE_ENV)
+        trt_env.probe(refresh=True)
 
 
 # --- TVM: two machines tune, a third skips everything --------------------------------------------
@@ -229,8 +298,12 @@ def test_timing_caches_merge_across_machines_with_the_fake_tensorrt(tmp_path, s3
     pytest.importorskip("onnx")
     from trt_fake import make_test_onnx
 
+    # a and b sign with their own keys and trust only their own, so b never merges a's cache
+    # into its push: the remote holds two disjoint timing caches, and c, trusting both, has to
+    # combine them (merge on read)
+    keys = tmp_path / "keys"
+    url = s3_server.url()
     env = dict(s3_server.env(), BUILDGRAPH_TENSORRT_MODULE="trt_fake")
-    cfg = config(s3_server.url(), s3_server.options())
     machines = {}
     for name in ("a", "b", "c"):
         m = Machine(tmp_path / name, env)
@@ -238,7 +311,12 @@ def test_timing_caches_merge_across_machines_with_the_fake_tensorrt(tmp_path, s3
         make_test_onnx(m.root / "one.onnx", channels=(32, 64))
         make_test_onnx(m.root / "two.onnx", channels=(16, 48))
         _other_network(m.root / "two.onnx")
-        m.write("buildgraph.toml", cfg)
+        if name != "c":
+            m.cli("trust", "keygen", "--out", str(keys / name))
+            m.env = dict(env, BUILDGRAPH_SIGNING_KEY=str(keys / name))
+        trusted = [str(keys / f"{k}.pub") for k in (("a", "b") if name == "c" else (name,))]
+        m.write("buildgraph.toml", config(url, s3_server.options(),
+                                          f"[trust]\nkeys = {json.dumps(trusted)}\n"))
         machines[name] = m
     a, b, c = machines["a"], machines["b"], machines["c"]
     a.write("r.yaml", TRT_RECIPE.replace("NET", "one.onnx").replace("LEVEL", "3"))
@@ -246,7 +324,11 @@ def test_timing_caches_merge_across_machines_with_the_fake_tensorrt(tmp_path, s3
     for m in (a, b):
         meta = m.run()["engine"]
         assert meta["status"] == "built", meta
-        assert meta["meta"]["timing_cache"]["timed"] > 0
+        assert meta["meta"]["timing_cache"]["timed"] > 0 and \
+            meta["meta"]["timing_cache"]["entries_before"] == 0
+    team = open_remote((url, s3_server.options(), {}))
+    (scope, segments), = team._listing("trt-timing").items()
+    assert len(segments) == 2
     pulled = c.cli("cache", "pull").stdout
     assert pulled.count("↓ records trt-timing") == 1 and "timing cache created" in pulled, pulled
     # both networks, at another optimization level (other keys, same tactics): nothing timed
