@@ -569,6 +569,11 @@ class TeamCache:
             listing = self._listing(area)
             for scope, segments in sorted(listing.items()):
                 seen = state.seen(scope)
+                # were the local records all published (or pulled) before this merge? then what
+                # the merge makes is only the team's, and a push has nothing to add
+                before = handler.export(scope)
+                mine = b3_bytes(canonical_json(before)) if before is not None else None
+                clean = mine is None or mine in seen or mine == state.synced.get(scope)
                 payloads = []
                 for name in sorted(set(segments) - seen):
                     payload, why = self._read_segment(area, scope, name,
@@ -582,7 +587,7 @@ class TeamCache:
                     summary = handler.merge(scope, payloads)
                     lines.append(f"{area} {scope}: {summary}")
                     exported = handler.export(scope)
-                    if exported is not None:
+                    if exported is not None and clean:
                         state.synced[scope] = b3_bytes(canonical_json(exported))
                 state.listed[scope] = sorted(segments)
             state.save()

@@ -416,10 +416,15 @@ def _team_combiner() -> Tuple[Optional[Callable[[bytes, bytes], bytes]],
     loaded (a machine that does not build engines only adopts a cache it lacks)."""
     try:
         from buildgraph.backends.tensorrt import env as trt_env
-        from buildgraph.backends.tensorrt.build import cache_keys, make_logger, trt_combiner
+        from buildgraph.backends.tensorrt.builder import cache_keys, trt_combiner, worker_logger
 
         trt = trt_env.load_tensorrt(trt_env.probe())
-        config = trt.Builder(make_logger(trt, "ERROR", [])).create_builder_config()
+        config = trt.Builder(worker_logger(trt)).create_builder_config()
     except Exception:  # noqa: BLE001 - no TensorRT, no GPU: adopt only
         return None, None
-    return trt_combiner(config), lambda b: len(cache_keys(config.create_timing_cache(b)))
+
+    def count(blob: bytes) -> Optional[int]:
+        keys = cache_keys(config.create_timing_cache(blob))
+        return len(keys) if keys is not None else None
+
+    return trt_combiner(config), count
