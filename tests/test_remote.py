@@ -12,15 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 
 from conftest import REPO
-from remote_helpers import RECIPE, Machine, config, open_remote, team
+from remote_helpers import Machine, config, open_remote, team
 
 pytest.importorskip("fsspec", reason="the team cache needs fsspec (pip install buildgraph[remote])")
 pytest.importorskip("blake3", reason="the team cache needs blake3 (pip install buildgraph[remote])")

@@ -6,7 +6,6 @@ freezing quality."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any, Dict, List
