@@ -45,8 +45,12 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         jobs: int = 0, keep_going: bool = False, force: Iterable[str] = (),
         no_cache: bool = False, cache_dir: Optional[Union[str, Path]] = None,
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
-        reporter: Optional[Reporter] = None) -> RunResult:
-    """Build ``targets`` (default: every step) of ``recipe``; returns per-step results."""
+        reporter: Optional[Reporter] = None, remote: Optional[str] = None,
+        remote_read_only: bool = False) -> RunResult:
+    """Build ``targets`` (default: every step) of ``recipe``; returns per-step results.
+
+    ``remote`` names the team cache (a configured name or a URL; default: the project's, see
+    ``engine.remote_config``); ``remote_read_only`` reads it without writing."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
     from buildgraph.engine.store import Store
     from buildgraph.report import Reporter
@@ -57,17 +61,36 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
                          no_cache=no_cache, link=link,
                          build_dir=Path(build_dir) if build_dir else None)
+    team = team_cache(graph.recipe_dir, remote, remote_read_only, reporter.warning)
     try:
-        return Scheduler(graph, store, options, reporter).run(targets)
+        return Scheduler(graph, store, options, reporter, remote=team).run(targets)
     finally:
         store.close()
+
+
+def team_cache(start: Path, remote: Optional[str] = None, read_only: bool = False,
+               warn: Any = None, strict: bool = False) -> Any:
+    """The team cache (``engine.remote.TeamCache``) the project configures, or None. Only
+    ``engine.remote_config`` is imported to find out (a few ``stat`` calls when there is no
+    config file); the remote itself is opened on first use."""
+    import os
+
+    from buildgraph.engine.remote_config import ENV_REMOTE, find_config
+
+    if remote is None and not os.environ.get(ENV_REMOTE) and find_config(start) is None:
+        return None
+    from buildgraph.engine.remote import open_team_cache
+
+    return open_team_cache(Path(start), remote, read_only, warn=warn, strict=strict)
 
 
 def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overrides = None,  # noqa: A002
          force: Iterable[str] = (), no_cache: bool = False,
          cache_dir: Optional[Union[str, Path]] = None,
-         build_dir: Optional[Union[str, Path]] = None) -> Dict[str, Decision]:
-    """What ``run`` would do for each selected step, and why."""
+         build_dir: Optional[Union[str, Path]] = None, remote: Optional[str] = None,
+         warn: Any = None) -> Dict[str, Decision]:
+    """What ``run`` would do for each selected step, and why (asking the team cache, when
+    one is configured, about what is not in the local one)."""
     from buildgraph.engine.lockfile import lock_path, read_lock
     from buildgraph.engine.planner import Planner
     from buildgraph.engine.scheduler import default_build_dir
@@ -75,11 +98,12 @@ def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Over
 
     graph = _graph(recipe, set, cache_dir)
     store = Store(Path(cache_dir) if cache_dir else None)
+    team = team_cache(graph.recipe_dir, remote, True, warn)
     try:
         planner = Planner(graph, store, Path(build_dir) if build_dir else
                           default_build_dir(graph).absolute(),
                           read_lock(lock_path(graph.recipe_path)), force=set_of(force),
-                          no_cache=no_cache)
+                          no_cache=no_cache, remote=team)
         return planner.plan(graph.select(targets))
     finally:
         store.close()

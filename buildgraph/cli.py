@@ -1,7 +1,7 @@
 """The ``buildgraph`` command line (also ``python -m buildgraph``).
 
-Commands: ``run``, ``plan``, ``graph``, ``cache {ls,du,verify,gc,clear}``, ``schema``,
-``kinds``, ``log``. Errors on bad input print one block (``file:line:col: key: message`` and a
+Commands: ``run``, ``plan``, ``graph``, ``cache {ls,du,verify,gc,clear,push,pull}``,
+``schema``, ``kinds``, ``log``; ``remote`` and ``trust`` (the team cache, in ``remote_cli``). Errors on bad input print one block (``file:line:col: key: message`` and a
 hint) and exit 2; failed steps exit 1; an interrupted run exits 130. No traceback unless
 ``BUILDGRAPH_DEBUG=1``.
 """
@@ -70,12 +70,19 @@ def _add_run(sub: Any) -> None:
                      help="how outputs are placed in the build directory")
     run.add_argument("--json", action="store_true", help="write JSON-lines events to stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+    run.add_argument("--remote", metavar="NAME", help="the team cache to read and write (a "
+                     "configured name or a URL; default: the project's, or $BUILDGRAPH_REMOTE; "
+                     "'off' for none)")
+    run.add_argument("--remote-read-only", action="store_true",
+                     help="read the team cache but never write to it (CI, laptops)")
 
 
 def _add_plan(sub: Any) -> None:
     plan = sub.add_parser("plan", help="show what would run, and why")
     _recipe_args(plan)
     plan.add_argument("--force", action="append", default=[], metavar="STEP")
+    plan.add_argument("--remote", metavar="NAME", help="the team cache to ask (default: the "
+                      "project's; 'off' for none)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
 
@@ -110,12 +117,28 @@ def _add_cache(sub: Any) -> None:
     gc.add_argument("--max-size", help="evict least-recently-used actions until the cache "
                     "fits, e.g. 5GiB")
     csub.add_parser("clear", help="delete everything in the cache", parents=[where])
+    from buildgraph.remote_cli import add_transfer_args
+
+    add_transfer_args(csub.add_parser("push", help="upload results and shared records to the "
+                                      "team cache", parents=[where]))
+    add_transfer_args(csub.add_parser("pull", help="download results and shared records from "
+                                      "the team cache", parents=[where]))
 
 
 def _add_tune_db(sub: Any) -> None:
     # the real parser lives in buildgraph.backends.tvm.records and is built only when this
     # command is used
     sub.add_parser("tune-db", help="list, merge, prune, import and export TVM tuning databases",
+                   add_help=False)
+
+
+def _add_remote(sub: Any) -> None:
+    # `remote` and `trust` parse their own arguments (buildgraph.remote_cli)
+    sub.add_parser("remote", help="the team cache: add, ls, verify, gc", add_help=False)
+
+
+def _add_trust(sub: Any) -> None:
+    sub.add_parser("trust", help="signing keys for the team cache: keygen, add, ls",
                    add_help=False)
 
 
@@ -134,8 +157,8 @@ def _add_log(sub: Any) -> None:
 
 
 _SUBPARSERS = {"run": _add_run, "plan": _add_plan, "graph": _add_graph, "cache": _add_cache,
-               "tune-db": _add_tune_db, "schema": _add_schema, "kinds": _add_kinds,
-               "log": _add_log}
+               "tune-db": _add_tune_db, "remote": _add_remote, "trust": _add_trust,
+               "schema": _add_schema, "kinds": _add_kinds, "log": _add_log}
 
 
 # `run`'s options for the fast path below: flag -> (attribute, kind). Keep in step with _add_run
@@ -148,6 +171,7 @@ _RUN_OPTIONS: Dict[str, tuple] = {
     "--always-make": ("always_make", "flag"), "--no-cache": ("no_cache", "flag"),
     "--link": ("link", ("hardlink", "copy")), "--json": ("json", "flag"),
     "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
+    "--remote": ("remote", "str"), "--remote-read-only": ("remote_read_only", "flag"),
 }
 
 
@@ -164,7 +188,8 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
     args: Dict[str, Any] = {"command": "run", "targets": [], "overrides": [], "cache_dir": None,
                             "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
                             "always_make": False, "no_cache": False, "link": "hardlink",
-                            "json": False, "verbose": False}
+                            "json": False, "verbose": False, "remote": None,
+                            "remote_read_only": False}
     positionals: List[str] = []
     i = 1
     while i < len(argv):
@@ -217,7 +242,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(run_cli(argv))
 
 
-BACKEND_COMMANDS = {"tune-db": "buildgraph.backends.tvm.tunedb_cli:cli_main"}
+BACKEND_COMMANDS = {"tune-db": "buildgraph.backends.tvm.tunedb_cli:cli_main",
+                    "remote": "buildgraph.remote_cli:remote_main",
+                    "trust": "buildgraph.remote_cli:trust_main"}
 """Commands a backend registers: name -> ``"module:function(argv) -> exit code"``, imported only
 when used (the tuning-record tools need neither the engine nor TVM)."""
 
@@ -283,7 +310,8 @@ def _dispatch(args: Any) -> int:
 
         graph = api.load(args.recipe, args.overrides, args.cache_dir)
         decisions = api.plan(graph, args.targets, force=args.force, cache_dir=args.cache_dir,
-                             build_dir=args.build_dir)
+                             build_dir=args.build_dir, remote=args.remote,
+                             warn=lambda m: print(f"warning: {m}", file=sys.stderr))
         print(plan_json(graph, decisions) if args.json else plan_text(graph, decisions,
                                                                          args.verbose))
         return 0
@@ -333,7 +361,8 @@ def _run(args: Any) -> int:
     try:
         result = api.run(graph, args.targets, jobs=args.jobs, keep_going=args.keep_going,
                          force=force, no_cache=args.no_cache, cache_dir=args.cache_dir,
-                         build_dir=args.build_dir, link=args.link, reporter=reporter)
+                         build_dir=args.build_dir, link=args.link, reporter=reporter,
+                         remote=args.remote, remote_read_only=args.remote_read_only)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.interrupted:
@@ -387,8 +416,12 @@ def _cache(args: argparse.Namespace) -> int:
                   warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     action = args.cache_command
     if action is None:
-        print("usage: buildgraph cache {ls,du,verify,gc,clear}", file=sys.stderr)
+        print("usage: buildgraph cache {ls,du,verify,gc,clear,push,pull}", file=sys.stderr)
         return 2
+    if action in ("push", "pull"):
+        from buildgraph.remote_cli import cache_transfer
+
+        return cache_transfer(args)
     if action == "ls":
         rows = []
         for key, entry, st in store.iter_actions():

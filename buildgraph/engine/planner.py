@@ -24,6 +24,7 @@ CACHED = "cached"      # in the cache and in the build directory: nothing to do
 RESTORE = "restore"    # in the cache; the build directory copy is missing or changed
 RUN = "run"            # must execute
 WAITS = "waits"        # depends on a step that will run; decided once that one finishes
+PULL = "pull"          # not here, in the team cache: download, verify, restore
 
 DESCRIBE_MEMO = "describe/1"
 VIEW_MEMO = "view/1"
@@ -39,6 +40,8 @@ class Decision:
     entry: Optional[Dict[str, Any]] = field(default=None, compare=False)
     description: Optional[Description] = field(default=None, compare=False)
     """What the executor contributed to the key; the scheduler builds the Task from it."""
+    note: str = field(default="", compare=False)
+    """A line for the step's result (where a pulled result came from)."""
 
 
 class Planner:
@@ -46,13 +49,15 @@ class Planner:
 
     def __init__(self, graph: Graph, store: Store, build_dir: Path,
                  lock_entries: Mapping[str, Any], force: Set[str] = frozenset(),
-                 no_cache: bool = False):
+                 no_cache: bool = False, remote: Any = None):
         self.graph = graph
         self.store = store
         self.build_dir = build_dir
         self.lock = lock_entries
         self.force = force
         self.no_cache = no_cache
+        self.remote = remote
+        """The team cache (``engine.remote.TeamCache``), asked only on a local miss."""
         self._described: Dict[str, Tuple[Description, Dict[str, str]]] = {}
 
     def output_path(self, step: StepNode, name: str) -> Path:
@@ -244,21 +249,45 @@ class Planner:
         reasons = explain_difference(previous, parts, labels)
         if entry is not None:
             reasons = ["cached result is incomplete or corrupt"]
+        if self.remote is not None:
+            found = self.remote.lookup(key)
+            if found.entry is not None and all(n in found.entry["outputs"]
+                                               for n in step.outputs):
+                return Decision(step.id, PULL, (found.reason,), key, parts, found.entry,
+                                description)
+            if found.reason:
+                reasons.append(found.reason)
         return Decision(step.id, RUN, tuple(reasons), key, parts, description=description)
 
     def plan(self, selected: List[str]) -> Dict[str, Decision]:
         """Decisions for ``selected`` (topological order), as if nothing ran in between."""
         decisions: Dict[str, Decision] = {}
         outputs: Dict[str, Dict[str, Any]] = {}
+        pulled: Set[str] = set()
         self.describe_all(selected)
         for sid in selected:
             step = self.graph.steps[sid]
             known = all(up in outputs for up in step.upstream)
+            if known and self.describe(step).upstream_view and pulled & set(step.upstream):
+                # its key reads an upstream file that is still in the team cache
+                known = all(self._view_known(step, up, outputs[up]) for up in step.upstream)
             decision = self.decide(step, {u: outputs[u] for u in step.upstream} if known else None)
             decisions[sid] = decision
-            if decision.action in (CACHED, RESTORE) and decision.entry is not None:
+            if decision.action in (CACHED, RESTORE, PULL) and decision.entry is not None:
                 outputs[sid] = {n: decision.entry["outputs"][n] for n in step.outputs}
+            if decision.action == PULL:
+                pulled.add(sid)
         return decisions
+
+    def _view_known(self, step: StepNode, up: str, entries: Mapping[str, Any]) -> bool:
+        """Can the view of ``up``'s outputs be had without the files (memoised, or here)?"""
+        view = self.describe(step).upstream_view
+        for name, entry in entries.items():
+            if self.store.memo.get(VIEW_MEMO, digest_json({"view": view,
+                                                           "digest": entry["digest"]})) is None \
+                    and not self.upstream_path(up, name, entry).exists():
+                return False
+        return True
 
 
 def _label(path: Path, base: Path) -> str:

@@ -26,7 +26,7 @@ from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
 from buildgraph.engine.executor import Description, Task, load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.lockfile import lock_path, read_lock, write_lock
-from buildgraph.engine.planner import CACHED, RESTORE, RUN, Decision, Planner
+from buildgraph.engine.planner import CACHED, PULL, RESTORE, RUN, Decision, Planner
 from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.store import Store
 
@@ -92,17 +92,22 @@ def default_build_dir(graph: Graph) -> Path:
 
 
 class Scheduler:
-    def __init__(self, graph: Graph, store: Store, options: RunOptions, reporter: Any):
+    def __init__(self, graph: Graph, store: Store, options: RunOptions, reporter: Any,
+                 remote: Any = None):
         self.graph = graph
         self.store = store
         self.options = options
         self.reporter = reporter
+        self.remote = remote
+        """The team cache (``engine.remote.TeamCache``) or None: read on a local miss,
+        written after a build."""
         self.jobs = options.resolved_jobs()
         self.build_dir = (options.build_dir or default_build_dir(graph)).absolute()
         self.log_dir = self.build_dir / ".logs"
         self.lock_file = lock_path(graph.recipe_path)
         self._workers: Any = None
         self._workers_lock = threading.Lock()
+        self._pulled: Dict[str, str] = {}
 
     # --- public ------------------------------------------------------------------------------
     def run(self, targets: Sequence[str] = ()) -> RunResult:
@@ -117,13 +122,16 @@ class Scheduler:
             self.store.sweep_build_dir(self.build_dir)  # what a killed run left half-placed
             lock_entries = read_lock(self.lock_file, warn=self.reporter.warning)
             planner = Planner(self.graph, self.store, self.build_dir, lock_entries,
-                              force=set(self.options.force), no_cache=self.options.no_cache)
+                              force=set(self.options.force), no_cache=self.options.no_cache,
+                              remote=self.remote)
             try:
                 planner.describe_all(selected)
             finally:
                 self.store.memo.flush()
             self.reporter.start(self.graph, selected, self.jobs)
             try:
+                if self.remote is not None:
+                    self._prefetch(planner, selected)
                 self._loop(selected, planner, results)
             except KeyboardInterrupt:
                 interrupted = True
@@ -132,6 +140,8 @@ class Scheduler:
             finally:
                 if self._workers is not None:
                     self._workers.close()
+                if self.remote is not None:
+                    self._finish_remote(interrupted)
                 self.store.stat_cache.flush()
                 self.store.memo.flush()
                 if self.options.write_lock:
@@ -181,6 +191,8 @@ class Scheduler:
                                 progressed = True
                                 stop = stop or not self.options.keep_going
                                 continue
+                            if decision.action == PULL:
+                                decision = self._pull(step, decision)
                             decisions[sid] = decision
                         if decision.action in (CACHED, RESTORE):
                             results[sid] = self._hit(step, decision)
@@ -262,9 +274,71 @@ class Scheduler:
             return StepResult(step.id, FAILED, decision.key,
                               message=f"cannot restore outputs from the cache: {exc}")
         return StepResult(step.id, RESTORED if decision.action == RESTORE else CACHED,
-                          decision.key, entry.get("wall_s", 0.0), reasons=decision.reasons,
+                          decision.key, entry.get("wall_s", 0.0),
+                          message=decision.note or self._pulled.get(step.id, ""),
+                          reasons=decision.reasons,
                           outputs={n: self.build_dir / step.id / f for n, f in step.outputs.items()},
                           meta=dict(entry.get("meta") or {}))
+
+    # --- the team cache ------------------------------------------------------------------------
+    def _pull(self, step: StepNode, decision: Decision) -> Decision:
+        """Download a team-cache hit into the local store (verified): a RESTORE decision, or
+        RUN when its copy cannot be used (the team cache said why, once)."""
+        self.reporter.step_started(step.id, decision.reasons)
+        entry = None
+        try:
+            entry = self.remote.fetch(decision.key or "", self.store,
+                                      lambda done, total: self.reporter.transfer(step.id, done,
+                                                                                 total))
+        except Exception as exc:  # noqa: BLE001 - a team cache never fails a build
+            self.reporter.warning(f"{self.remote.label()}: could not pull {step.id}: "
+                                  f"{type(exc).__name__}: {exc}")
+        if entry is None or not all(n in entry["outputs"] and
+                                    self.store.check_output(entry["outputs"][n])
+                                    for n in step.outputs):
+            return Decision(step.id, RUN, ("not in the local cache, and the team cache's copy "
+                                           "could not be used",), decision.key, decision.parts,
+                            description=decision.description)
+        size = sum(int(o.get("size", 0)) for o in entry["outputs"].values())
+        from buildgraph.engine.sizes import format_size
+
+        return Decision(step.id, RESTORE, decision.reasons, decision.key, decision.parts, entry,
+                        decision.description,
+                        note=f"pulled from the {self.remote.label()} ({format_size(size)})")
+
+    def _prefetch(self, planner: Planner, selected: List[str]) -> None:
+        """Pull, in parallel, every step the team cache has and whose key is known before
+        anything runs (a fully remote-cached run: all of them); the loop then restores them
+        from the local store. Steps downstream of one that must run are pulled when decided."""
+        try:
+            decisions = planner.plan(selected)
+        except BuildgraphError:
+            return  # the loop decides again and reports it at the step
+        pulls = [d for d in decisions.values() if d.action == PULL]
+        if not pulls:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def pull(decision: Decision) -> None:
+            done = self._pull(self.graph.steps[decision.step_id], decision)
+            if done.action == RESTORE:
+                self._pulled[decision.step_id] = done.note
+
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="buildgraph-pull") as pool:
+            list(pool.map(pull, pulls))
+
+    def _finish_remote(self, interrupted: bool) -> None:
+        """Wait for the background pushes (a run leaves nothing half-pushed behind it) and say
+        what went where."""
+        summary = self.remote.wait()
+        if summary.entries or summary.records:
+            from buildgraph.engine.sizes import format_size
+
+            self.reporter.info(f"pushed {summary.entries} results ({summary.blobs} new objects, "
+                               f"{format_size(summary.bytes)})"
+                               + (f" and {summary.records} record segments"
+                                  if summary.records else "")
+                               + f" to the {self.remote.label()}")
 
     # --- execution (worker threads) -----------------------------------------------------------
     def _execute(self, step: StepNode, decision: Decision, threads: int) -> StepResult:
@@ -329,6 +403,9 @@ class Scheduler:
         description = decision.description or Description()
         inputs = {n: Path(p) for n, p in step.inputs.items()}
         inputs.update({n: Path(p) for n, p in description.inputs.items()})
+        team_records: List[str] = []
+        if self.remote is not None and description.areas:  # start from the team's records
+            team_records = self.remote.pull_areas(self.store, description.areas)
         params = step.raw_params
         if cls.expand_params:
             params = expand_runtime(params, {n: str(p) for n, p in inputs.items()},
@@ -345,7 +422,9 @@ class Scheduler:
                     areas={a: self.store.area(a) for a in description.areas})
         try:
             log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
-                                f"# why: {'; '.join(decision.reasons)}\n", encoding="utf-8")
+                                f"# why: {'; '.join(decision.reasons)}\n"
+                                + "".join(f"# team records: {line}\n" for line in team_records),
+                                encoding="utf-8")
             meta = self._invoke(cls, step, task)
             if procs.cancelled():
                 raise StepFailed("interrupted")
@@ -362,6 +441,8 @@ class Scheduler:
                                         "outputs": entries, "log": log_digest,
                                         "meta": meta, "wall_s": round(wall, 3),
                                         "created": time.time()})
+            if self.remote is not None:  # blobs, then the entry, then the records
+                self.remote.push_later(key, self.store, description.areas)
             for name, entry in entries.items():
                 self.store.materialize(entry, self.build_dir / step.id / step.outputs[name],
                                        self.options.link)

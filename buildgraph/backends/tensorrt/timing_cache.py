@@ -330,3 +330,101 @@ def learned_needed(before: Optional[Set[str]], after: Optional[Set[str]],
     if not before:
         return set(after)
     return None
+
+
+# --- the team cache's entry points ---------------------------------------------------------
+
+class RecordSync:
+    """The team cache's view of this area (``buildgraph.engine.remote.AREA_SYNC``): one scope
+    per scope directory, exported as its cache blob (base64) with its scope and checksum, and
+    merged back with TensorRT's own ``combine``.
+
+    Merging never loses what is here: a team cache that TensorRT refuses to combine (or a
+    machine without TensorRT, which can only adopt a cache when it has none) is skipped, not
+    swapped in; a payload that claims another scope or fails its checksum is ignored."""
+
+    def __init__(self, root: Path):
+        self.store = TimingCacheStore(root)
+
+    def scopes(self) -> List[str]:
+        if not self.store.root.is_dir():
+            return []
+        return [d.name for d in sorted(self.store.root.iterdir())
+                if (d / "cache.bin").is_file() and (d / "meta.json").is_file()]
+
+    def export(self, scope: str) -> Optional[Dict[str, object]]:
+        import base64
+
+        d = self.store.root / scope
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+            blob = (d / "cache.bin").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("schema") != SCHEMA \
+                or meta.get("sha256") != _sha256(blob) or not isinstance(meta.get("scope"), dict):
+            return None
+        return {"scope": meta["scope"], "sha256": meta["sha256"], "size": len(blob),
+                "entries": meta.get("entries"), "cache": base64.b64encode(blob).decode()}
+
+    def merge(self, scope: str, payloads: List[Dict[str, object]]) -> str:
+        import base64
+
+        blobs: List[bytes] = []
+        target: Optional[CacheScope] = None
+        for payload in payloads:
+            try:
+                raw = dict(payload["scope"])  # type: ignore[arg-type]
+                cs = CacheScope(str(raw["gpu"]), str(raw["compute_capability"]),
+                                str(raw["cuda"]), str(raw["tensorrt"]),
+                                tuple(str(f) for f in raw.get("flags") or ()))
+                blob = base64.b64decode(str(payload["cache"]), validate=True)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if cs.dirname() != scope or _sha256(blob) != payload.get("sha256"):
+                continue
+            target = cs
+            blobs.append(blob)
+        if target is None:
+            return "nothing usable"
+        combine, count = _team_combiner()
+        skipped = [0]
+
+        def lenient(base: bytes, new: bytes) -> bytes:
+            if combine is None:
+                skipped[0] += 1
+                return base
+            try:
+                return combine(base, new)
+            except CacheRejected:
+                skipped[0] += 1
+                return base
+
+        candidate = blobs[0]
+        for blob in blobs[1:]:
+            candidate = lenient(candidate, blob)
+        outcome = self.store.merge(target, candidate, lenient, count_entries=count)
+        note = f", {skipped[0]} not combined" + (" (TensorRT is not installed here)"
+                                                   if combine is None else "") \
+            if skipped[0] else ""
+        return f"timing cache {outcome.status} ({outcome.size} bytes{note})"
+
+
+def _team_combiner() -> Tuple[Optional[Callable[[bytes, bytes], bytes]],
+                              Optional[Callable[[bytes], Optional[int]]]]:
+    """TensorRT's ``combine`` and an entry counter, or (None, None) where TensorRT cannot be
+    loaded (a machine that does not build engines only adopts a cache it lacks)."""
+    try:
+        from buildgraph.backends.tensorrt import env as trt_env
+        from buildgraph.backends.tensorrt.builder import cache_keys, trt_combiner, worker_logger
+
+        trt = trt_env.load_tensorrt(trt_env.probe())
+        config = trt.Builder(worker_logger(trt)).create_builder_config()
+    except Exception:  # noqa: BLE001 - no TensorRT, no GPU: adopt only
+        return None, None
+
+    def count(blob: bytes) -> Optional[int]:
+        keys = cache_keys(config.create_timing_cache(blob))
+        return len(keys) if keys is not None else None
+
+    return trt_combiner(config), count

@@ -6,10 +6,13 @@ Steps (TVM 0.27: Relax + MetaSchedule; Relay, AutoTVM and AutoScheduler are gone
 1. import the model as ``tvm.compile`` does (same frontend, same ``dims``), fuse it with the
    same passes, and extract the tuning tasks (one per fused kernel);
 2. look every task up in the shared tuning records under the cache directory
-   (:class:`buildgraph.backends.tvm.records.SharedTuneDB`, keyed per TVM version, target identity and
-   workload structural hash): a task that already has ``reuse_min_records`` records for this
-   target is **not tuned again** (a second model sharing layers with a tuned one tunes only its
-   new kernels);
+   (:class:`buildgraph.backends.tvm.shared.SharedTuneDB`, keyed per TVM version, target
+   identity and workload structural hash; with a team cache, the team's records merged in):
+   a task is **not tuned again** when the trials measured for it, by anyone, cover this step's
+   per-task budget (``trials_per_task``, else its share of ``trials``) and it has
+   ``reuse_min_records`` records. A skip must not freeze quality: a task with fewer trials is
+   tuned for the difference, starting from the best records found (they seed the search), and
+   the step's budget is reduced by what was already spent on its tasks;
 3. tune the rest with MetaSchedule's gradient task scheduler, the local builder (a persistent
    process pool whose build function skips the 15 s tensor-intrinsic import) and the local
    runner, with the trial budget (global and per task) and measurement options of the
@@ -71,10 +74,11 @@ class TvmTuneParams(TvmParams):
     seed: int = Field(0, description="seed of the search")
     ops: Optional[List[str]] = Field(None, description="tune only tasks whose name contains "
                                      "one of these (e.g. [conv2d])")
-    reuse: bool = Field(True, description="skip tasks that already have records for this "
-                        "target in the cache's shared tuning records")
+    reuse: bool = Field(True, description="skip tasks whose shared records for this target "
+                        "(this cache's and the team's) already cover this step's per-task "
+                        "budget; tune the others for the difference, starting from them")
     reuse_min_records: int = Field(1, ge=1, description="records a task needs there to be "
-                                   "skipped")
+                                   "skipped (besides trials covering its budget)")
     share: bool = Field(True, description="publish this step's records to the shared area")
     keep: int = Field(32, ge=1, description="records kept per workload in the output")
 
@@ -256,10 +260,32 @@ class _Progress:
                 self.task.log(f"warning: cannot publish records to the shared area: {exc}")
 
 
-def _per_task_budget(trials: int, per_task: Optional[int]) -> int:
-    """MetaSchedule's default: no cap below the global budget (the gradient scheduler gives
-    more trials to the tasks whose latency still falls)."""
-    return min(per_task, trials) if per_task else trials
+def skip_budget(trials: int, per_task: Optional[int], tasks: int) -> int:
+    """The trials a task must have had (by anyone) to be skipped: ``trials_per_task``, else
+    its share of ``trials``. The default recipe's 64 trials over 19 tasks make 3; a later
+    400-trial recipe asks for 21 and tunes every task for the difference."""
+    if per_task:
+        return min(per_task, trials)
+    return trials // tasks if tasks else trials
+
+
+def remaining_budget(trials: int, per_task: Optional[int], budget: int, spent: List[int],
+                     skipped: int) -> Tuple[int, int]:
+    """(global trials, cap per task) for the tasks still to tune, whose shared records hold
+    ``spent`` trials each: the step's budget less what was already spent on its tasks (each
+    counted up to ``budget``) and the shares of the ``skipped`` tasks. With no cap per task
+    (MetaSchedule's default) the gradient scheduler shares the rest; with one, each task gets
+    at most its difference. At least one trial per task, never more than ``trials``."""
+    if (not spent and not skipped) or trials <= 0:
+        return trials, (min(per_task, trials) if per_task else trials)
+    rest = trials - sum(min(s, budget) for s in spent) - budget * skipped
+    if per_task:
+        deficits = [max(budget - s, 1) for s in spent] or [1]
+        rest = min(rest, sum(deficits))
+        total = max(rest, min(trials, len(spent)))
+        return total, max(deficits)
+    total = max(rest, min(trials, len(spent)))
+    return total, total
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,32 +370,54 @@ class TvmTuneExecutor(Executor):
 
         shared = SharedTuneDB(task.areas[AREA], top_k=max(p.keep, 32))
         found = shared.lookup(version, effective, hashes) if p.reuse else {}
+        selected = [i for i, name in enumerate(names)
+                    if not p.ops or any(op in name for op in p.ops)]
+        budget = skip_budget(p.trials, p.trials_per_task, len(selected))
         status: Dict[int, str] = {}
+        spent: Dict[int, int] = {}
         for i, (name, shash) in enumerate(zip(names, hashes)):
             entry = found.get(shash)
-            if entry is not None and entry.valid >= p.reuse_min_records:
+            if entry is not None and entry.valid >= p.reuse_min_records \
+                    and entry.trials >= budget:
                 status[i] = "reused"
                 best = entry.best
-                task.log(f"  skip {name}: {entry.valid} records in the cache ("
-                         f"{entry.trials} trials"
-                         + (f", best {best * 1e6:.3g} us" if best else "") + ")")
-            elif p.ops and not any(op in name for op in p.ops):
+                task.log(f"  skip {name}: {entry.valid} records in the cache, {entry.trials} "
+                         f"trials measured (this step's budget: {budget} per task)"
+                         + (f", best {best * 1e6:.3g} us" if best else ""))
+            elif i not in selected:
                 status[i] = "not selected"
             else:
                 status[i] = "tune"
+                if entry is not None and entry.valid:
+                    spent[i] = entry.trials
+                    task.log(f"  tune {name} for the difference: {entry.trials} of {budget} "
+                             f"trials measured, {entry.valid} records to start from")
         to_tune = [i for i in range(len(extracted)) if status[i] == "tune"]
         reused = [i for i in range(len(extracted)) if status[i] == "reused"]
         task.log(f"shared tuning records: {shared.root}; {len(reused)} of "
                  f"{len(extracted)} tasks already tuned for this target, {len(to_tune)} to tune")
+        trials, per_task = remaining_budget(p.trials, p.trials_per_task, budget,
+                                            [spent.get(i, 0) for i in to_tune],
+                                            sum(1 for i in reused if i in selected))
 
         ms_dir = Path(task.work_dir) / "ms"
         ms_dir.mkdir(parents=True, exist_ok=True)
         progress: Optional[_Progress] = None
         tune_s = 0.0
-        if to_tune and p.trials > 0:
+        if to_tune and trials > 0:
+            seed = TuneDatabase()
+            for i in to_tune:
+                entry = found.get(hashes[i])
+                if entry is not None and entry.records:
+                    seed.workloads[hashes[i]] = workloads[hashes[i]]
+                    seed.records.extend((hashes[i], r) for r in entry.records)
+            if seed.records:  # warm start: the best records known seed the search
+                write_db(merge([seed], target=effective, valid_only=True), ms_dir)
+                task.log(f"warm start: {len(seed.records)} records of "
+                         f"{len(seed.workloads)} tasks seed the search")
             progress, tune_s = self._tune(task, p, ms, extracted, to_tune, names,
-                                                       hashes, workloads, effective, ms_dir,
-                                                       shared, version)
+                                          hashes, workloads, effective, ms_dir,
+                                          shared, version, trials, per_task)
         elif to_tune:
             task.log("trials: 0 - nothing is tuned; the output holds the records found")
 
@@ -421,7 +469,8 @@ class TvmTuneExecutor(Executor):
     def _tune(self, task: Task, p: TvmTuneParams, ms: Any, extracted: List[Any],
               to_tune: List[int], names: List[str], hashes: List[str],
               workloads: Dict[str, str], effective: Dict[str, Any], ms_dir: Path,
-              shared: Any, version: str) -> Tuple[_Progress, float]:
+              shared: Any, version: str, trials: int, per_task: int
+              ) -> Tuple[_Progress, float]:
         import logging
 
         from buildgraph.backends.tvm.records import TuneDatabase, read_db
@@ -438,16 +487,15 @@ class TvmTuneExecutor(Executor):
             [extracted[i] for i in to_tune], str(ms_dir), space="post-order-apply",
             strategy=strategy, num_threads=threads, seed=p.seed)
         per_iter = p.trials_per_iter
-        if p.trials < len(contexts) * per_iter:
+        if trials < len(contexts) * per_iter:
             # the gradient scheduler first gives every task one batch: with a budget smaller
             # than that, the last tasks would get no trial at all
-            per_iter = max(1, p.trials // len(contexts))
+            per_iter = max(1, trials // len(contexts))
             task.log(f"trials_per_iter {p.trials_per_iter} -> {per_iter} so that all "
-                     f"{len(contexts)} tasks get trials out of {p.trials}")
-            if p.trials < len(contexts):
-                task.log(f"warning: {p.trials} trials for {len(contexts)} tasks: "
-                         f"{len(contexts) - p.trials} tasks will get none")
-        per_task = _per_task_budget(p.trials, p.trials_per_task)
+                     f"{len(contexts)} tasks get trials out of {trials}")
+            if trials < len(contexts):
+                task.log(f"warning: {trials} trials for {len(contexts)} tasks: "
+                         f"{len(contexts) - trials} tasks will get none")
         budget = [per_task] * len(contexts)
         tuned_names = [names[i] for i in to_tune]
         tuned_hashes = [hashes[i] for i in to_tune]
@@ -461,7 +509,7 @@ class TvmTuneExecutor(Executor):
             shared.publish(version, db, tasks={shash: names[hashes.index(shash)]},
                            trials={shash: n})
 
-        progress = _Progress(task, tuned_names, tuned_hashes, budget, p.trials, publish)
+        progress = _Progress(task, tuned_names, tuned_hashes, budget, trials, publish)
         builder = _persistent_builder_class()(max_workers=p.workers or threads,
                                               timeout_sec=p.build_timeout,
                                               f_build=fast_build if _cpu(effective) else None)
@@ -472,7 +520,7 @@ class TvmTuneExecutor(Executor):
                 enable_cpu_cache_flush=p.cpu_cache_flush))
         callbacks = list(ms.MeasureCallback.create("default")) + \
             [_progress_callback_class()(progress)]
-        task.log(f"tuning {len(contexts)} tasks: {p.trials} trials in all, up to {per_task} "
+        task.log(f"tuning {len(contexts)} tasks: {trials} trials in all, up to {per_task} "
                  f"per task, {per_iter} per batch; measure number={p.number} "
                  f"repeat={p.repeat} min_repeat_ms={p.min_repeat_ms}; {threads} threads")
         interrupted = False
@@ -484,7 +532,7 @@ class TvmTuneExecutor(Executor):
             old = None
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(ms_dir),
-                          max_trials_global=p.trials, max_trials_per_task=per_task,
+                          max_trials_global=trials, max_trials_per_task=per_task,
                           num_trials_per_iter=per_iter, builder=builder,
                           runner=runner,
                           database=ms.database.JSONDatabase(work_dir=str(ms_dir)),

@@ -1,0 +1,784 @@
+"""The team cache: the local store's layout on shared storage, verified and signed.
+
+A run checks its local cache, then the team's. A remote hit is downloaded, checked and placed
+in the local store, then restored like any local hit; a step built here is uploaded, blobs
+first and the action entry last, so that no reader ever sees an entry whose blobs are missing.
+Layout under the remote's URL (the ``v1`` is the layout's version: another one is invisible,
+never misread)::
+
+    v1/cas/ab/<blake3>            blobs named by the BLAKE3-256 of their bytes
+    v1/ac/ab/<key>.json           action entries: the local entry, the blobs it names
+                                  (xxh3 -> BLAKE3 and size), who produced it, a signature
+    v1/records/<area>/<scope>/<blake3>.json
+                                  shared records (TVM tuning records, TensorRT timing caches)
+                                  as append-only segments, merged on read
+
+Integrity: the local store names blobs by xxh3, which is fast but not collision resistant; on
+the remote a blob's name is its BLAKE3, and a download is hashed as it arrives, so a blob whose
+bytes do not match its name (a corrupt or replaced object) is rejected, reported and never
+used. An entry's key parts must hash to its key. An entry says who produced it (user, host,
+tool versions) and may be signed with ed25519 (:mod:`buildgraph.engine.signing`); a project
+that lists trusted keys ignores any other entry, and ``plan`` says why.
+
+Concurrency: two machines building the same key both upload; each object is written
+atomically (a single PUT, or a write and a rename), so the remote ends with one valid entry.
+Records are never rewritten in place: a push adds a segment named by its content after merging
+every segment it can see, and deletes segments only once one of its own contains them, so no
+concurrent push is lost (append-only segments merged on read).
+
+A remote that is down never fails a build that can go on locally: the first error is one
+warning, and the run goes on without the remote. Nothing here imports fsspec, BLAKE3 or
+cryptography until the remote is actually used: a run that finds everything in its local
+cache makes no request and loads none of them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from buildgraph.engine.hashing import canonical_json
+from buildgraph.engine.remote_config import RemoteSpec
+from buildgraph.engine.remote_fs import IntegrityError, RemoteFS, RemoteUnavailable
+from buildgraph.engine.sizes import format_size
+from buildgraph.errors import BuildgraphError
+
+LAYOUT = "v1"
+ACTION_FORMAT = "buildgraph-action"
+RECORDS_FORMAT = "buildgraph-records"
+SCHEMA = 1
+EXISTS_CHECK_MIN = 256 << 10
+"""Blobs at least this big are looked up before uploading; smaller ones are just written."""
+COMPACT_AT = 8
+"""A record scope with more segments than this is compacted by the next push."""
+
+AREA_SYNC = {"tvm-tunedb": "buildgraph.backends.tvm.shared:RecordSync",
+             "trt-timing": "buildgraph.backends.tensorrt.timing_cache:RecordSync"}
+"""Record areas the team cache synchronises: name -> ``"module:Class"`` with
+``Class(area_dir)``, ``scopes() -> [scope]``, ``export(scope) -> JSON payload or None`` and
+``merge(scope, payloads) -> str`` (a one-line summary). Imported only when used."""
+
+_SCOPE_RE = re.compile(r"^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def b3_bytes(data: bytes) -> str:
+    import blake3
+
+    return blake3.blake3(data).hexdigest()
+
+
+def b3_file(path: Path) -> str:
+    import blake3
+
+    hasher = blake3.blake3()
+    with open(path, "rb", buffering=0) as fh:
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        while True:
+            n = fh.readinto(buffer)
+            if not n:
+                break
+            hasher.update(view[:n])
+    return hasher.hexdigest()
+
+
+def producer() -> Dict[str, Any]:
+    """Who made an entry: user, host, buildgraph and Python versions, when."""
+    from buildgraph import __version__
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return {"user": user, "host": socket.gethostname(), "buildgraph": __version__,
+            "python": platform.python_version(),
+            "platform": f"{platform.system().lower()}-{platform.machine()}",
+            "time": round(time.time(), 3)}
+
+
+def who(doc: Dict[str, Any]) -> str:
+    p = doc.get("producer") if isinstance(doc.get("producer"), dict) else {}
+    return f"{p.get('user', '?')}@{p.get('host', '?')}"
+
+
+def signed_payload(doc: Dict[str, Any]) -> bytes:
+    """What a signature covers: the document without its signature, canonical JSON."""
+    return canonical_json({k: v for k, v in doc.items() if k != "signature"})
+
+
+@dataclass
+class Found:
+    """What the team cache holds for one key: a usable entry, or why there is none."""
+
+    entry: Optional[Dict[str, Any]] = None
+    doc: Optional[Dict[str, Any]] = None
+    reason: str = ""
+    size: int = 0
+
+
+@dataclass
+class PushSummary:
+    entries: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    records: int = 0
+    problems: List[str] = field(default_factory=list)
+
+
+class _Corrupt(Exception):
+    """A downloaded blob or entry is not what its name or its entry says."""
+
+
+def _entry_blobs(entry: Dict[str, Any]) -> List[str]:
+    """Digests an entry names directly: file outputs, directory manifests, the log."""
+    digests = []
+    for out in entry.get("outputs", {}).values():
+        digests.append(out["manifest"] if out.get("type") == "dir" else out["digest"])
+    if entry.get("log"):
+        digests.append(entry["log"])
+    return digests
+
+
+class TeamCache:
+    """One remote's action cache, blobs and shared records (see the module's doc).
+
+    ``strict`` (the ``remote``/``cache push``/``cache pull`` commands) raises
+    :class:`RemoteUnavailable`; otherwise (a run) the first error is one warning and the
+    remote is then left alone."""
+
+    def __init__(self, spec: RemoteSpec, trusted_keys: Sequence[Path] = (),
+                 signing_key: Optional[Path] = None,
+                 warn: Optional[Callable[[str], None]] = None, workers: int = 8,
+                 strict: bool = False):
+        self.spec = spec
+        self.name = spec.name
+        self.read_only = spec.read_only
+        self.rfs = RemoteFS(spec.url, spec.options, workers=workers)
+        self.workers = workers
+        self.strict = strict
+        self._warn = warn or (lambda message: None)
+        self._trusted_keys = list(trusted_keys)
+        self._signing_key = signing_key
+        self._trust: Any = None
+        self._signer: Any = False  # False: not loaded yet; None: no key
+        self._lock = threading.Lock()
+        self.down: Optional[str] = None
+        self._found: Dict[str, Found] = {}
+        self._areas_pulled: Set[str] = set()
+        self._area_locks: Dict[str, threading.Lock] = {}
+        self._push_pool: Optional[ThreadPoolExecutor] = None
+        self._blob_pool: Optional[ThreadPoolExecutor] = None
+        self._pending: List[Future] = []
+        self.summary = PushSummary()
+        self.pulled_bytes = 0
+        self.rejected: List[str] = []
+
+    @property
+    def remote_id(self) -> str:
+        """A stable id of this remote (its URL), for the local record-sync state."""
+        from buildgraph.engine.hashing import digest_bytes
+
+        return digest_bytes(self.spec.url.encode())[:16]
+
+    def label(self) -> str:
+        return f"team cache '{self.name}'"
+
+    # --- failure policy -------------------------------------------------------------------
+    def _guard(self, fn: Callable[[], Any], default: Any = None) -> Any:
+        if self.down is not None:
+            if self.strict:
+                raise RemoteUnavailable(self.down)
+            return default
+        try:
+            return fn()
+        except RemoteUnavailable as exc:
+            if self.strict:
+                raise
+            self._went_down(exc)
+            return default
+        except BuildgraphError as exc:  # a bad key file: the remote cannot be used safely
+            if self.strict:
+                raise
+            self._went_down(exc)
+            return default
+
+    def _went_down(self, exc: BuildgraphError) -> None:
+        with self._lock:
+            if self.down is not None:
+                return
+            self.down = exc.message
+        hint = f" ({exc.hint})" if exc.hint else ""
+        self._warn(f"{self.label()} is unavailable: {exc.message}{hint}; going on without it")
+
+    # --- trust ---------------------------------------------------------------------------
+    def trust(self) -> Any:
+        if self._trust is None:
+            from buildgraph.engine.signing import Trust, load_trust
+
+            self._trust = load_trust(self._trusted_keys) if self._trusted_keys else Trust()
+        return self._trust
+
+    def signer(self) -> Any:
+        if self._signer is False:
+            from buildgraph.engine.signing import load_signer
+
+            self._signer = load_signer(self._signing_key) if self._signing_key else None
+        return self._signer
+
+    def _sign(self, doc: Dict[str, Any]) -> Dict[str, Any]:
+        signer = self.signer()
+        if signer is not None:
+            doc["signature"] = signer.sign(signed_payload(doc))
+        return doc
+
+    # --- paths ---------------------------------------------------------------------------
+    def entry_path(self, key: str) -> str:
+        return self.rfs.path(LAYOUT, "ac", key[:2], f"{key}.json")
+
+    def blob_path(self, b3: str) -> str:
+        return self.rfs.path(LAYOUT, "cas", b3[:2], b3)
+
+    def records_prefix(self, area: str) -> str:
+        return self.rfs.path(LAYOUT, "records", area)
+
+    # --- action entries ------------------------------------------------------------------
+    def lookup(self, key: str) -> Found:
+        """The team's entry for ``key``, judged (format, key, signature), not downloaded."""
+        known = self._found.get(key)
+        if known is not None:
+            return known
+
+        def look() -> Found:
+            data = self.rfs.cat(self.entry_path(key))
+            return Found() if data is None else self.judge(key, data)
+
+        found = self._guard(look, Found())  # a bad trusted key too: a warning, not a failure
+        self._found[key] = found
+        return found
+
+    def judge(self, key: str, data: bytes) -> Found:
+        """Can this entry document be used for ``key``? (Found.entry set) Else why not."""
+        from buildgraph.engine.keys import action_key
+
+        def ignored(why: str, doc: Optional[Dict[str, Any]] = None) -> Found:
+            return Found(None, doc, f"{self.label()} has an entry, ignored: {why}")
+
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return ignored("it is not valid JSON")
+        if not isinstance(doc, dict) or doc.get("format") != ACTION_FORMAT:
+            return ignored("not a buildgraph action entry")
+        if doc.get("schema") != SCHEMA:
+            return ignored(f"entry schema {doc.get('schema')!r} (this buildgraph reads "
+                           f"{SCHEMA})")
+        entry = doc.get("entry")
+        blobs = doc.get("blobs")
+        if doc.get("key") != key or not isinstance(entry, dict) or not isinstance(blobs, dict) \
+                or not isinstance(entry.get("outputs"), dict) \
+                or not isinstance(entry.get("parts"), dict):
+            return ignored("malformed entry", doc)
+        try:
+            if action_key(entry["parts"]) != key:
+                return ignored("its key parts do not hash to its key (corrupt or forged)", doc)
+            for digest in _entry_blobs(entry):
+                ref = blobs.get(digest)
+                if not isinstance(ref, dict) or not _HEX64.match(str(ref.get("b3", ""))):
+                    return ignored(f"it names blob {digest[:12]} without uploading it", doc)
+        except (KeyError, TypeError, ValueError):
+            return ignored("malformed entry", doc)
+        why = self.trust().check(signed_payload(doc), doc.get("signature"))
+        if why is not None:
+            return ignored(why, doc)
+        size = sum(int(r.get("size", 0)) for r in blobs.values() if isinstance(r, dict))
+        signed = doc.get("signature")
+        by = f", signed by {self.trust().signer_label(signed)}" \
+            if isinstance(signed, dict) and self.trust().required else ""
+        return Found(dict(entry, schema=1, key=key), doc,
+                     f"in the {self.label()} (built by {who(doc)}{by}, {format_size(size)})",
+                     size)
+
+    def fetch(self, key: str, store: Any,
+              progress: Optional[Callable[[int, int], None]] = None,
+              found: Optional[Found] = None) -> Optional[Dict[str, Any]]:
+        """Download what the team's entry for ``key`` names into ``store``, verify it, write
+        the local entry; the local entry, or None (reported) when a blob is corrupt or the
+        remote fails."""
+        found = found if found is not None else self.lookup(key)
+        if found.entry is None or found.doc is None:
+            return None
+        step = found.entry.get("step", key[:12])
+        try:
+            result = self._guard(lambda: self._fetch(key, found, store, progress), False)
+        except _Corrupt as exc:
+            message = f"{self.label()}: rejected the entry of {step}: {exc}; building it here"
+            self.rejected.append(message)
+            self._warn(message)
+            self._found[key] = Found(None, found.doc, f"{self.label()} has an entry, "
+                                                      f"rejected: {exc}")
+            return None
+        if result is False:
+            return None
+        return result
+
+    def _fetch(self, key: str, found: Found, store: Any,
+               progress: Optional[Callable[[int, int], None]]) -> Optional[Dict[str, Any]]:
+        entry, doc = dict(found.entry or {}), found.doc or {}
+        blobs: Dict[str, Dict[str, Any]] = doc["blobs"]
+        total = found.size
+        done = [0]
+        lock = threading.Lock()
+
+        def advance(n: int) -> None:
+            with lock:
+                done[0] += n
+                self.pulled_bytes += n
+            if progress is not None:
+                progress(done[0], total)
+
+        scratch = store.scratch_dir(key)
+        try:
+            def get(digest: str) -> None:
+                if store.check_blob(digest):
+                    advance(int(blobs[digest].get("size", 0)))
+                    return
+                self._get_blob(digest, blobs[digest], store, scratch, advance)
+
+            direct = _entry_blobs(entry)
+            self._parallel(get, direct)
+            files: List[str] = []
+            for name, out in entry["outputs"].items():
+                if out.get("type") == "dir":
+                    manifest = store.tree(out)
+                    if manifest is None:
+                        raise _Corrupt(f"the manifest of output {name} does not match its "
+                                       "digest")
+                    for rel, f in manifest.items():
+                        if f["digest"] not in blobs:
+                            raise _Corrupt(f"output {name}/{rel} names a blob the entry does "
+                                           "not upload")
+                        files.append(f["digest"])
+            self._parallel(get, sorted(set(files) - set(direct)))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        local = {k: v for k, v in entry.items() if k not in ("schema", "key")}
+        local["origin"] = {"remote": self.name, "producer": doc.get("producer"),
+                           "signature": (doc.get("signature") or {}).get("key")}
+        store.put_action(key, local)  # last: the blobs are all in place
+        return store.get_action(key)
+
+    def _parallel(self, fn: Callable[[str], None], items: Sequence[str]) -> None:
+        if len(items) <= 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(items)),
+                                thread_name_prefix="buildgraph-pull") as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            error: Optional[BaseException] = None
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - the first one is raised
+                    error = error or exc
+            if error is not None:
+                raise error
+
+    def _get_blob(self, digest: str, ref: Dict[str, Any], store: Any, scratch: Path,
+                  advance: Callable[[int], None]) -> None:
+        b3, size = str(ref["b3"]), int(ref.get("size", 0))
+        tmp = scratch / f"{digest}.part"
+        try:
+            got_b3, got_xx, n = self.rfs.download(self.blob_path(b3), tmp, size, advance)
+        except FileNotFoundError:
+            raise _Corrupt(f"blob {b3[:16]} is missing on the remote") from None
+        except IntegrityError as exc:
+            raise _Corrupt(str(exc)) from None
+        if got_b3 != b3:
+            raise _Corrupt(f"blob {b3[:16]} does not match its name (its content hashes to "
+                           f"{got_b3[:16]}): corrupt or replaced on the remote; "
+                           "`buildgraph remote verify --repair` removes it")
+        if got_xx != digest or n != size:
+            raise _Corrupt(f"blob {b3[:16]} is not the content the entry names")
+        store.put_verified(tmp, digest)
+
+    # --- pushing -------------------------------------------------------------------------
+    def push(self, key: str, store: Any, force: bool = False) -> str:
+        """Upload ``key``'s blobs, then its entry. Returns what happened (one word:
+        pushed, present, missing, read-only, down)."""
+        if self.read_only:
+            return "read-only"
+        result = self._guard(lambda: self._push(key, store, force), "down")
+        return result
+
+    def _push(self, key: str, store: Any, force: bool) -> str:
+        entry = store.get_action(key)
+        if entry is None:
+            return "missing"
+        if not force:
+            existing = self.rfs.cat(self.entry_path(key))
+            if existing is not None and self.judge(key, existing).entry is not None:
+                with self._lock:
+                    self.summary.skipped += 1
+                return "present"
+        digests = sorted(set(store.referenced_blobs(entry)))
+        refs: Dict[str, Dict[str, Any]] = {}
+        sent = [0, 0]
+        lock = threading.Lock()
+
+        def upload(digest: str) -> None:
+            path = store.blob_path(digest)
+            if not store.check_blob(digest):
+                raise BuildgraphError(f"local blob {digest[:12]} of {entry.get('step')} is "
+                                      "missing or corrupt; not pushing it")
+            size = path.stat().st_size
+            b3 = b3_file(path)
+            refs_entry = {"b3": b3, "size": size}
+            rpath = self.blob_path(b3)
+            if size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
+                self.rfs.put_file(path, rpath)
+                with lock:
+                    sent[0] += 1
+                    sent[1] += size
+            with lock:
+                refs[digest] = refs_entry
+
+        self._parallel(upload, digests)
+        doc = {"format": ACTION_FORMAT, "schema": SCHEMA, "key": key,
+               "entry": {k: v for k, v in entry.items()
+                         if k not in ("schema", "key", "origin")},
+               "blobs": dict(sorted(refs.items())), "producer": producer()}
+        self.rfs.put_bytes(self.entry_path(key), json.dumps(self._sign(doc), sort_keys=True,
+                                                             indent=1).encode())
+        with self._lock:
+            self.summary.entries += 1
+            self.summary.blobs += sent[0]
+            self.summary.bytes += sent[1]
+        self._found.pop(key, None)
+        return "pushed"
+
+    def push_later(self, key: str, store: Any, areas: Iterable[str] = ()) -> None:
+        """Push in the background (a step built; the run goes on). :meth:`wait` joins."""
+        if self.read_only or self.down is not None:
+            return
+        areas = [a for a in areas if a in AREA_SYNC]
+        with self._lock:
+            if self._push_pool is None:
+                self._push_pool = ThreadPoolExecutor(max_workers=2,
+                                                     thread_name_prefix="buildgraph-push")
+            pool = self._push_pool
+
+        def job() -> None:
+            self.push(key, store)
+            if areas:
+                self.push_areas(store, areas)
+
+        self._pending.append(pool.submit(job))
+
+    def wait(self) -> PushSummary:
+        """Finish the background pushes (called before a run ends)."""
+        for future in list(self._pending):
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - a push never fails a build
+                self.summary.problems.append(str(exc))
+                self._warn(f"{self.label()}: could not push: {exc}")
+        self._pending.clear()
+        if self._push_pool is not None:
+            self._push_pool.shutdown(wait=True)
+            self._push_pool = None
+        return self.summary
+
+    # --- shared records ------------------------------------------------------------------
+    def _handler(self, area: str, store: Any) -> Any:
+        from buildgraph.engine.executor import import_object
+
+        cls = import_object(AREA_SYNC[area], what=f"the record sync of area '{area}'")
+        return cls(store.area(area))
+
+    def _area_lock(self, area: str) -> threading.Lock:
+        with self._lock:
+            return self._area_locks.setdefault(area, threading.Lock())
+
+    def pull_areas(self, store: Any, areas: Iterable[str], force: bool = False) -> List[str]:
+        """Merge the team's records of ``areas`` into the local ones (once per run, unless
+        ``force``). Returns one line per scope that changed."""
+        lines: List[str] = []
+        for area in areas:
+            if area not in AREA_SYNC:
+                continue
+            with self._area_lock(area):
+                if area in self._areas_pulled and not force:
+                    continue
+                got = self._guard(lambda: self._pull_area(store, area), None)
+                self._areas_pulled.add(area)
+                lines.extend(got or [])
+        return lines
+
+    def push_areas(self, store: Any, areas: Iterable[str]) -> int:
+        """Merge, then publish the local records of ``areas`` as new segments where they
+        hold something the team's do not. Returns segments written."""
+        if self.read_only:
+            return 0
+        written = 0
+        for area in areas:
+            if area not in AREA_SYNC:
+                continue
+            with self._area_lock(area):
+                written += self._guard(lambda: self._push_area(store, area), 0) or 0
+        with self._lock:
+            self.summary.records += written
+        return written
+
+    def _state(self, store: Any, area: str) -> "_SyncState":
+        return _SyncState(store.area(area) / ".remote" / f"{self.remote_id}.json")
+
+    def _listing(self, area: str) -> Dict[str, Dict[str, Dict[str, Any]]]:
+        """scope -> segment name -> info, of the remote's segments of ``area``."""
+        prefix = self.records_prefix(area)
+        scopes: Dict[str, Dict[str, Dict[str, Any]]] = {}
+        for path, info in self.rfs.find(prefix).items():
+            rel = path[len(prefix):].strip("/")
+            scope, _, name = rel.rpartition("/")
+            if not name.endswith(".json") or not _SCOPE_RE.match(scope) \
+                    or ".." in scope.split("/") or not _HEX64.match(name[:-5]):
+                continue
+            scopes.setdefault(scope, {})[name[:-5]] = dict(info, path=path)
+        return scopes
+
+    def _pull_area(self, store: Any, area: str) -> List[str]:
+        handler = self._handler(area, store)
+        state = self._state(store, area)
+        lines: List[str] = []
+        with state.locked():
+            state.load()
+            listing = self._listing(area)
+            for scope, segments in sorted(listing.items()):
+                seen = state.seen(scope)
+                # were the local records all published (or pulled) before this merge? then what
+                # the merge makes is only the team's, and a push has nothing to add
+                before = handler.export(scope)
+                mine = b3_bytes(canonical_json(before)) if before is not None else None
+                clean = mine is None or mine in seen or mine == state.synced.get(scope)
+                payloads = []
+                for name in sorted(set(segments) - seen):
+                    payload, why = self._read_segment(area, scope, name,
+                                                      segments[name]["path"])
+                    if payload is not None:
+                        payloads.append(payload)
+                    elif why:
+                        state.rejected(scope).add(name)
+                    seen.add(name)
+                if payloads:
+                    summary = handler.merge(scope, payloads)
+                    lines.append(f"{area} {scope}: {summary}")
+                    exported = handler.export(scope)
+                    if exported is not None and clean:
+                        state.synced[scope] = b3_bytes(canonical_json(exported))
+                state.listed[scope] = sorted(segments)
+            state.save()
+        return lines
+
+    def _read_segment(self, area: str, scope: str, name: str, path: str
+                      ) -> Tuple[Optional[Dict[str, Any]], str]:
+        """A segment's payload, verified; else (None, why) - why is empty for a segment that
+        was compacted away since the listing (its content is in a newer one)."""
+        data = self.rfs.cat(path)
+        if data is None:
+            return None, ""
+        why = ""
+        try:
+            doc = json.loads(data)
+            payload = doc["payload"]
+            if doc.get("format") != RECORDS_FORMAT or doc.get("schema") != SCHEMA \
+                    or doc.get("area") != area or doc.get("scope") != scope:
+                raise ValueError("not a record segment of this scope")
+        except (ValueError, KeyError, TypeError):
+            why = "unreadable, or not a record segment of this scope"
+        else:
+            if b3_bytes(canonical_json(payload)) != name:
+                why = "its content does not match its name (corrupt or replaced)"
+            else:
+                why = self.trust().check(signed_payload(doc), doc.get("signature")) or ""
+        if why:
+            message = f"{self.label()}: ignored {area} records {scope}/{name[:12]}: {why}"
+            self.rejected.append(message)
+            self._warn(message)
+            return None, why
+        return payload, ""
+
+    def _push_area(self, store: Any, area: str) -> int:
+        self._pull_area(store, area)  # merge-on-push: publish the union
+        handler = self._handler(area, store)
+        state = self._state(store, area)
+        written = 0
+        with state.locked():
+            state.load()
+            for scope in handler.scopes():
+                if not _SCOPE_RE.match(scope):
+                    continue
+                payload = handler.export(scope)
+                if payload is None:
+                    continue
+                name = b3_bytes(canonical_json(payload))
+                seen = state.seen(scope)
+                if name in seen or state.synced.get(scope) == name:
+                    continue  # nothing the team does not have
+                doc = self._sign({"format": RECORDS_FORMAT, "schema": SCHEMA, "area": area,
+                                  "scope": scope, "payload": payload, "producer": producer()})
+                prefix = f"{self.records_prefix(area)}/{scope}"
+                self.rfs.put_bytes(f"{prefix}/{name}.json",
+                                   json.dumps(doc, sort_keys=True).encode())
+                written += 1
+                seen.add(name)
+                state.synced[scope] = name
+                listed = [n for n in state.listed.get(scope, []) if n != name]
+                if len(listed) + 1 > COMPACT_AT and listed:
+                    # the new segment merged every listed one: they are redundant now
+                    ours_signed = "signature" in doc
+                    if ours_signed or not self.trust().required:
+                        self.rfs.rm([f"{prefix}/{n}.json" for n in listed
+                                     if n in seen and n not in state.rejected(scope)])
+                        listed = []
+                state.listed[scope] = sorted(listed + [name])
+            state.save()
+        return written
+
+    # --- maintenance ---------------------------------------------------------------------
+    def entry_paths(self) -> Dict[str, Dict[str, Any]]:
+        """key -> info (size, mtime, path) of every action entry on the remote."""
+        prefix = self.rfs.path(LAYOUT, "ac")
+        out = {}
+        for path, info in self.rfs.find(prefix).items():
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".json"):
+                out[name[:-5]] = dict(info, path=path)
+        return out
+
+    def blob_paths(self) -> Dict[str, Dict[str, Any]]:
+        prefix = self.rfs.path(LAYOUT, "cas")
+        return {path.rsplit("/", 1)[-1]: dict(info, path=path)
+                for path, info in self.rfs.find(prefix).items()
+                if _HEX64.match(path.rsplit("/", 1)[-1])}
+
+    def read_docs(self, keys: Sequence[str]) -> Dict[str, Found]:
+        """The judged entries of ``keys`` (read in parallel)."""
+        found: Dict[str, Found] = {}
+        lock = threading.Lock()
+
+        def read(key: str) -> None:
+            data = self.rfs.cat(self.entry_path(key))
+            result = Found(reason="gone") if data is None else self.judge(key, data)
+            with lock:
+                found[key] = result
+
+        self._parallel(read, list(keys))
+        return found
+
+    def check_blob(self, b3: str, size: Optional[int], scratch: Path,
+                   digest: Optional[str] = None) -> Optional[str]:
+        """Download one blob and check it against its name (and local digest); the problem,
+        or None."""
+        tmp = scratch / f"{b3}.check"
+        try:
+            got_b3, got_xx, n = self.rfs.download(self.blob_path(b3), tmp, size or 0)
+        except FileNotFoundError:
+            return "missing"
+        except IntegrityError as exc:
+            return str(exc)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if got_b3 != b3:
+            return f"content hashes to {got_b3[:16]}, not to its name"
+        if size is not None and n != size:
+            return f"{n} bytes, the entry says {size}"
+        if digest is not None and got_xx != digest:
+            return "not the content its entry names"
+        return None
+
+    def close(self) -> None:
+        self.wait()
+        self.rfs.close()
+
+
+class _SyncState:
+    """What this cache has merged from, and published to, one remote's records of one area:
+    segment names per scope (content hashes, so 'seen' means 'merged')."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._seen: Dict[str, Set[str]] = {}
+        self._rejected: Dict[str, Set[str]] = {}
+        self.synced: Dict[str, str] = {}
+        self.listed: Dict[str, List[str]] = {}
+
+    def locked(self) -> Any:
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path) + ".lock")
+
+    def load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict) or data.get("schema") != 1:
+            data = {}
+        self._seen = {s: set(v) for s, v in (data.get("seen") or {}).items()}
+        self._rejected = {s: set(v) for s, v in (data.get("rejected") or {}).items()}
+        self.synced = dict(data.get("synced") or {})
+        self.listed = {s: list(v) for s, v in (data.get("listed") or {}).items()}
+
+    def seen(self, scope: str) -> Set[str]:
+        return self._seen.setdefault(scope, set())
+
+    def rejected(self, scope: str) -> Set[str]:
+        return self._rejected.setdefault(scope, set())
+
+    def save(self) -> None:
+        from buildgraph.engine.files import atomic_write
+
+        # forget segments that are no longer listed (compacted away): the state stays small
+        seen = {s: sorted(v & set(self.listed.get(s, v)) | ({self.synced[s]}
+                                                              if s in self.synced else set()))
+                for s, v in self._seen.items()}
+        atomic_write(self.path, json.dumps({"schema": 1, "seen": seen,
+                                            "rejected": {s: sorted(v) for s, v in
+                                                         self._rejected.items() if v},
+                                            "synced": self.synced, "listed": self.listed},
+                                           sort_keys=True, indent=1))
+
+
+def open_team_cache(start: Path, name: Optional[str] = None, read_only: bool = False,
+                    warn: Optional[Callable[[str], None]] = None, strict: bool = False,
+                    workers: int = 8) -> Optional[TeamCache]:
+    """The team cache a run or command uses (see :mod:`remote_config`), or None."""
+    from buildgraph.engine.remote_config import find_config, load_config, resolve, \
+        signing_key_path
+
+    config_path = find_config(start)
+    config = load_config(path=config_path) if config_path is not None else None
+    spec = resolve(start, name, read_only, config=config)
+    if spec is None:
+        return None
+    return TeamCache(spec, trusted_keys=config.trusted_keys if config else (),
+                     signing_key=signing_key_path(), warn=warn, strict=strict,
+                     workers=workers)
+
+
+__all__ = ["TeamCache", "Found", "PushSummary", "RemoteUnavailable", "open_team_cache",
+           "AREA_SYNC", "LAYOUT"]
