@@ -185,6 +185,8 @@ class TensorRTRuntime(Runtime):
         if self.ctx.meta.get("timing_only"):
             self.details["timing_only"] = ("trtexec --int8 without calibration: placeholder "
                                            "dynamic ranges, an engine for timing only")
+        # kernels run on the GPU; no CPU thread pool to pin
+        self.details["threads"] = {"library": "tensorrt", "intra": None, "inter": None}
 
     def _precision(self) -> str:
         """From the inspector JSON the build step wrote beside the engine (``layers``)."""
