@@ -171,8 +171,8 @@ _RUN_OPTIONS: Dict[str, tuple] = {
     "-k": ("keep_going", "flag"), "--keep-going": ("keep_going", "flag"),
     "--force": ("force", "append"), "-B": ("always_make", "flag"),
     "--always-make": ("always_make", "flag"), "--no-cache": ("no_cache", "flag"),
-    "--rebench": ("rebench", "flag"), "--link": ("link", ("hardlink", "copy")), "--json": ("json", "flag"),
-    "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
+    "--rebench": ("rebench", "flag"), "--link": ("link", ("hardlink", "copy")),
+    "--json": ("json", "flag"), "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
 }
 
 
@@ -189,8 +189,7 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
     args: Dict[str, Any] = {"command": "run", "targets": [], "overrides": [], "cache_dir": None,
                             "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
                             "always_make": False, "no_cache": False, "rebench": False,
-                            "link": "hardlink",
-                            "json": False, "verbose": False}
+                            "link": "hardlink", "json": False, "verbose": False}
     positionals: List[str] = []
     i = 1
     while i < len(argv):

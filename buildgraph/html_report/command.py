@@ -34,6 +34,9 @@ def run(args: Any) -> int:
     from buildgraph.html_report.collect import build
 
     threshold = parse_threshold(args.threshold)
+    if args.screenshot and (args.json or args.markdown):
+        raise BuildgraphError("--screenshot takes a picture of the HTML report; it does not go "
+                              "with --json or --markdown")
     lock_file = Path(args.lock) if args.lock else None
     if lock_file is not None and not lock_file.is_file():
         raise BuildgraphError(f"--lock: {lock_file}: no such file")
@@ -68,6 +71,16 @@ def run(args: Any) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render.html_page(doc), encoding="utf-8")
         print(f"wrote {out}", file=sys.stderr)
+        if args.screenshot:
+            from buildgraph.html_report.browser import Browser
+
+            with Browser(width=args.width) as browser:
+                browser.open(out)
+                if browser.errors:
+                    raise BuildgraphError("the report shows errors in Chromium: "
+                                          + "; ".join(browser.errors[:3]))
+                browser.screenshot(Path(args.screenshot))
+            print(f"wrote {args.screenshot}", file=sys.stderr)
         if diff is not None:
             from buildgraph.html_report.compare import text
 

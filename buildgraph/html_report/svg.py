@@ -161,7 +161,7 @@ def bars(items: Sequence[Bar], title: str, unit: str, reference: Optional[float]
     lo, hi = min(values), max(values)
     if log is None:
         log = hi / lo > 30
-    left, right, top, bar_h, gap = 150, 78, 34, 14, 10
+    left, right, top, bar_h, gap = 150, 78, 46, 14, 10
     plot_w = width - left - right
     per_group = len(series) * bar_h + gap
     height = top + len(groups) * per_group + 34 + (16 * ((len(series) + 3) // 4)
