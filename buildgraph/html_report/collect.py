@@ -78,7 +78,7 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
             steps[sid]["note"] = "its report is not in this cache"
     models = _models(graph, lock, steps, reports)
     releases = _releases(graph, steps, reports, models)
-    counts: Dict[str, int] = {}
+    counts: Dict[str, int] = {"built": 0, "local": 0, "remote": 0}
     for s in steps.values():
         counts[s["origin"] or "none"] = counts.get(s["origin"] or "none", 0) + 1
     stale = [sid for sid, s in steps.items() if s["state"] in (STATE_STALE, STATE_NEVER)]

@@ -57,7 +57,7 @@ def run(args: Any) -> int:
         diff = compare(doc, other, threshold)
         doc = {**doc, "compare": {"other": str(args.compare), **diff}}
     if args.json:
-        _emit(json.dumps(doc, indent=2, sort_keys=True) + "\n", args.output)
+        _emit(json.dumps(doc, indent=2) + "\n", args.output)
     elif args.markdown:
         text = render.markdown(doc)
         if diff is not None:

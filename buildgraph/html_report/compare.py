@@ -76,7 +76,7 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any], threshold: float
     for model in sorted(set(new.get("models") or {}) | set(old.get("models") or {})):
         na = ((new.get("models") or {}).get(model) or {}).get("artifacts") or {}
         oa = ((old.get("models") or {}).get(model) or {}).get("artifacts") or {}
-        if not oa:
+        if na and not any((a.get("benchmark") or {}).get("results") for a in oa.values()):
             missing.append(model)
         for cand in sorted(set(na) & set(oa)):
             nres = {r["batch"]: r for r in (na[cand].get("benchmark") or {}).get("results") or []}
