@@ -23,6 +23,7 @@ building anything else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -213,12 +214,17 @@ class BenchmarkExecutor(ModelExecutor):
         env[PARENT_ENV] = str(os.getpid())
         task.log(f"--- {name}: runner with {threads['intra']} intra-op / {threads['inter']} "
                  f"inter-op threads")
+        # a runner that hangs (a runtime stuck in a native call) must not hold the run: its
+        # windows are capped, so give it that, and room to load and warm up
+        sizes = len(settings) if not sweep else 1 + int(math.log(
+            max(1, sweep["max"] // sweep["start"]), sweep["factor"]))
+        limit = task.timeout or 300 + sizes * (2 * policy["max_s"] + 60)
         runner_error = ""
         with open(task.log_path, "ab") as log:
             try:
                 run_logged([sys.executable, "-m", "buildgraph.backends.evaluate.bench_runner",
                             str(job_path), str(results_path)], log, cwd=str(task.work_dir),
-                           env=env, timeout=task.timeout, what=f"the runner of {name}")
+                           env=env, timeout=limit, what=f"the runner of {name}")
             except StepFailed as exc:
                 runner_error = exc.message
         entry.setdefault("results", [])
