@@ -106,7 +106,7 @@ def rebench_steps(graph: Graph, targets: Sequence[str] = (),
                               hint="select a recipe or steps that include a 'uses: "
                                    "benchmark' step")
     after = set(bench)
-    for sid in selected:  # topological order: a step after a benchmark's consumer
+    for sid in selected:  # in topological order, so consumers of consumers are found too
         if any(u in after for u in graph.steps[sid].upstream):
             after.add(sid)
     others = [s for s in selected if s not in after]

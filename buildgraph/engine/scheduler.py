@@ -459,7 +459,6 @@ class Scheduler:
         except OSError as exc:
             self.reporter.warning(f"could not write lock file {self.lock_file}: {exc}")
 
-
     def _write_record(self, results: Dict[str, StepResult]) -> None:
         from buildgraph.engine.runrecord import write_record
 
