@@ -4,6 +4,7 @@ pinned threads, the runner's own peak memory, the batch sweep, ``run --rebench``
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,8 @@ def built(tmp_path_factory):
 def test_benchmark_times_every_artifact_and_release_ships_the_fastest(built):
     report = _bench(built)
     assert set(report["candidates"]) == {"onnx", "ts"}
+    assert report["host_load"]["cpus"] == os.cpu_count()
+    assert report["host_load"]["before"] >= 0 and report["host_load"]["after"] >= 0
     for entry in list(report["candidates"].values()) + [report["reference"]]:
         assert [r["batch"] for r in entry["results"]] == [1, 4]
         for r in entry["results"]:
@@ -59,6 +62,7 @@ def test_benchmark_times_every_artifact_and_release_ships_the_fastest(built):
             # stable means the last two windows agreed within the stated spread
             assert r["stable"] == (r["spread"] <= r["spread_limit"])
             assert r["items_per_s"] == pytest.approx(r["batch"] / (r["p50_ms"] / 1e3), rel=1e-3)
+            assert r["load_1m"] >= 0
     manifest = json.loads((built / "b" / "ship" / "release.json").read_text())
     fastest = min(report["candidates"],
                   key=lambda c: report["candidates"][c]["results"][1]["median_ms"])

@@ -137,6 +137,19 @@ def test_an_edited_recipe_shows_which_steps_are_out_of_date(built, capsys):
     assert doc["models"]["tiny"]["artifacts"]["ts"]["benchmark"]["results"]
 
 
+def test_a_busy_machine_is_named_when_the_load_exceeded_the_cpus():
+    from buildgraph.html_report.collect import _busy
+
+    def model(before, after, during):
+        return {"benchmark": {"host_load": {"cpus": 2, "before": before, "after": after}},
+                "artifacts": {"a": {"benchmark": {"results": [{"load_1m": during}]}}},
+                "reference": None}
+
+    assert _busy(model(0.5, 1.0, 1.9)) is None
+    assert _busy(model(0.5, 1.0, 7.5)) == {"load": 7.5, "cpus": 2}
+    assert _busy(model(3.0, None, None)) == {"load": 3.0, "cpus": 2}
+
+
 def test_markdown_summary(built, capsys):
     code, out, err = built.report(capsys, "--markdown")
     assert code == 0, err

@@ -196,7 +196,7 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
                                       "verify": []})
         m["benchmark"] = {"step": sid, "threads": data.get("threads"),
                           "policy": data.get("policy"), "sweep": data.get("sweep"),
-                          "device": data.get("device")}
+                          "device": data.get("device"), "host_load": data.get("host_load")}
         ref = data.get("reference")
         if ref:
             m["reference"] = _bench_entry(ref)
@@ -208,6 +208,8 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
             a["benchmark"] = _bench_entry(entry)
             a["digest"] = entry.get("digest")
     for model, m in models.items():
+        if m["benchmark"] is not None:
+            m["benchmark"]["busy"] = _busy(m)
         ref_by_batch = {r["batch"]: r for r in ((m["reference"] or {}).get("results") or [])}
         for cand, a in m["artifacts"].items():
             if cand in steps:
@@ -219,6 +221,20 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
     return models
 
 
+def _busy(m: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """``{load, cpus}`` when the 1-minute load average exceeded the CPUs while measuring."""
+    host = m["benchmark"].get("host_load") or {}
+    if not host.get("cpus"):
+        return None
+    seen = [host.get("before"), host.get("after")]
+    for b in [a.get("benchmark") or {} for a in m["artifacts"].values()] + \
+            [m.get("reference") or {}]:
+        seen += [r.get("load_1m") for r in b.get("results") or []]
+    peak = max((v for v in seen if v is not None), default=None)
+    return {"load": peak, "cpus": host["cpus"]} if peak is not None and peak > host["cpus"] \
+        else None
+
+
 def _bench_entry(entry: Mapping[str, Any]) -> Dict[str, Any]:
     keep = ("runtime", "precision", "threads", "peak_rss_mb", "rss_before_load_mb",
             "rss_after_load_mb", "load_s", "skipped", "sweep")
@@ -226,7 +242,8 @@ def _bench_entry(entry: Mapping[str, Any]) -> Dict[str, Any]:
     for r in entry.get("results") or []:
         results.append({k: r.get(k) for k in (
             "batch", "dims", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "items_per_s", "spread",
-            "spread_limit", "stable", "windows", "runs_per_window", "samples", "peak_rss_mb")})
+            "spread_limit", "stable", "windows", "runs_per_window", "samples", "peak_rss_mb",
+            "load_1m")})
         if results[-1]["p50_ms"] is None:  # schema 1 (before windows): median only
             results[-1]["p50_ms"] = r.get("median_ms")
     return {**{k: entry.get(k) for k in keep}, "results": results,
@@ -262,6 +279,11 @@ def _releases(graph: Any, steps: Mapping[str, Any], reports: Mapping[str, Any],
         if unstable:
             reasons.append("caution: these timings did not settle within the time cap, so the "
                            "ranking may not hold: " + ", ".join(unstable))
+        busy = [m["benchmark"]["busy"] for m in models.values()
+                if m.get("benchmark") and m["benchmark"].get("busy")]
+        if busy:
+            reasons.append(f"caution: measured on a busy machine (load average up to "
+                           f"{busy[0]['load']:.1f} on {busy[0]['cpus']} CPUs)")
         for cand in data.get("not_eligible") or []:
             reasons.append(f"{cand}: not eligible: {_why_not(arts.get(cand))}")
         out[sid] = {"chosen": chosen, "kind": data.get("kind"), "artifact": data.get("artifact"),

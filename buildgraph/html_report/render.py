@@ -214,6 +214,12 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
         out.append('<div class="warn">Not stable within the time cap (consecutive windows '
                    "still disagreed): " + ", ".join(_esc(u) for u in unstable)
                    + ". Their figures are the last two windows'.</div>")
+    busy = bench.get("busy")
+    if busy:
+        load, cpus = busy["load"], busy["cpus"]
+        out.append('<div class="warn">The machine was busy while this was measured (1-minute '
+                   f"load average up to {load:.1f} on {cpus} CPUs): every timing here is slower, "
+                   "and may be steadily so, than on an idle machine.</div>")
     out.append(_charts(model, m, batches))
     if len(batches) > 1:
         out.append(_batch_table(model, m, batches))
@@ -348,6 +354,11 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 fmt.sig(r["items_per_s"], 4) if r and r.get("items_per_s") else "–",
                 f"{r['speedup_vs_eager']:.2f}×" if r and r.get("speedup_vs_eager") else "–",
                 f"{size_text} {unit}".strip()]) + " |")
+        busy = (m.get("benchmark") or {}).get("busy")
+        if busy:
+            lines += ["", f"The machine was busy while measuring (load average up to "
+                          f"{busy['load']:.1f} on {busy['cpus']} CPUs): timings are slower "
+                          "than idle."]
         unstable = [f"`{c}`" for c, a in arts.items()
                     for r in (a.get("benchmark") or {}).get("results") or []
                     if r.get("stable") is False]

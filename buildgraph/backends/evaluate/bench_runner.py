@@ -55,6 +55,15 @@ def rss_mb() -> float:
     return round(peak / scale, 1)
 
 
+def load_average() -> Optional[float]:
+    """The host's 1-minute load average: other processes competing for the cores make every
+    timing slower, and a stable one too (a busy machine can be steadily slow)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def make_inputs(spec: Mapping[str, Any], seed: int, sizes: Mapping[str, int]) -> List[Any]:
     """Random inputs shaped and typed by the model's input specs (numpy only)."""
     import numpy as np
@@ -130,7 +139,7 @@ def _one_setting(runtime: Any, spec: Mapping[str, Any], seed: int, sizes: Dict[s
     p50 = figures["p50_ms"]
     result = {"dims": dict(sizes), "batch": batch, "median_ms": p50, **figures,
               "items_per_s": round(batch / (p50 / 1e3), 2) if p50 else None,
-              "peak_rss_mb": rss_mb()}
+              "peak_rss_mb": rss_mb(), "load_1m": load_average()}
     emit("result", **result)
     return result
 

@@ -158,9 +158,12 @@ class BenchmarkExecutor(ModelExecutor):
         threads = {"intra": intra_threads(p), "inter": p.threads.inter}
         policy = {"warmup": p.warmup, "runs": p.runs, "window_s": p.window_s,
                   "spread": p.spread, "max_s": p.max_s}
+        from buildgraph.backends.evaluate.bench_runner import load_average
+
         report: Dict[str, Any] = {
             "schema": 2, "model": p.model, "threads": threads, "policy": policy,
             "sweep": sweep, "warmup": p.warmup, "runs": p.runs, "device": p.device,
+            "host_load": {"cpus": os.cpu_count(), "before": load_average()},
             "candidates": {}}
         base_ctx = {"model": p.model, "model_spec": dict(spec),
                     "recipe_dir": str(task.recipe_dir), "device": p.device}
@@ -183,6 +186,12 @@ class BenchmarkExecutor(ModelExecutor):
                            "trusted": candidate_trusted(kind, spec)}}
             report["candidates"][cand] = self._measure(task, cand, job, threads, policy,
                                                        settings, sweep, spec, entry)
+        report["host_load"]["after"] = load_average()
+        busy = max((v for v in (report["host_load"]["before"], report["host_load"]["after"])
+                    if v is not None), default=0.0)
+        if busy > (os.cpu_count() or 1):
+            task.log(f"the machine was busy while measuring: 1-minute load average {busy:.1f} on "
+                     f"{os.cpu_count()} CPUs; timings are slower than on an idle machine")
         task.outputs["report"].write_text(json.dumps(report, indent=2, sort_keys=True))
         return {"median_ms": {c: [r["median_ms"] for r in e["results"]]
                               for c, e in report["candidates"].items()},
