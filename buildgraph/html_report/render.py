@@ -262,7 +262,8 @@ def _charts(model: str, m: Mapping[str, Any], batches: List[int]) -> str:
             if r.get("p50_ms") is None:
                 continue
             lat.append(svg.Bar(name, f"batch {r['batch']}", r["p50_ms"],
-                               base + ("results", i, "p50_ms"), high=r.get("p99_ms")))
+                               base + ("results", i, "p50_ms"), high=r.get("p99_ms"),
+                               high_path=base + ("results", i, "p99_ms")))
             if name != "eager" and r.get("speedup_vs_eager"):
                 speed.append(svg.Bar(name, f"batch {r['batch']}", r["speedup_vs_eager"],
                                      base + ("results", i, "speedup_vs_eager"),

@@ -38,6 +38,12 @@ def _text(x: float, y: float, text: str, cls: str = "", anchor: str = "start",
     return f"<text {attrs}>{_esc(text)}</text>"
 
 
+def _tspan(text: str, path: Path, value: Any, fill: str = "") -> str:
+    colour = f' fill="{fill}"' if fill else ""
+    return (f'<tspan data-path="{_esc(dotted(path))}" data-value="{_esc(json.dumps(value))}"'
+            f'{colour}>{_esc(text)}</tspan>')
+
+
 # --- the DAG ------------------------------------------------------------------------------------
 
 def layers(steps: Mapping[str, Mapping[str, Any]]) -> List[List[str]]:
@@ -177,11 +183,12 @@ def bars(items: Sequence[Bar], title: str, unit: str, reference: Optional[float]
             return left + (math.log10(v) - lo_l) / (hi_l - lo_l) * plot_w
         ticks = [10.0 ** e for e in range(lo_l, hi_l + 1)]
     else:
-        top_v = _nice(hi * 1.05)
+        step = _nice(hi * 1.05 / 4, (1, 2, 2.5, 5, 10))
+        top_v = math.ceil(hi * 1.05 / step) * step
 
         def scale(v: float) -> float:
             return left + v / top_v * plot_w
-        ticks = [top_v * i / 4 for i in range(5)]
+        ticks = [step * i for i in range(int(round(top_v / step)) + 1)]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="{_esc(title)}">',
@@ -191,7 +198,7 @@ def bars(items: Sequence[Bar], title: str, unit: str, reference: Optional[float]
         x = scale(t)
         parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" '
                      f'stroke="#e3e6ea" stroke-width="1"/>')
-        parts.append(_text(x, axis_y + 14, sig(t, 3) if t else "0", anchor="middle", size=10,
+        parts.append(_text(x, axis_y + 14, f"{t:g}", anchor="middle", size=10,
                            fill="#666"))
     parts.append(_text(left + plot_w / 2, axis_y + 28, unit + (" (log scale)" if log else ""),
                        anchor="middle", size=10.5, fill="#666"))
@@ -217,8 +224,12 @@ def bars(items: Sequence[Bar], title: str, unit: str, reference: Optional[float]
                              f'y1="{yc - 4:.1f}" x2="{x2:.1f}" y2="{yc + 4:.1f}" '
                              f'stroke="#333" stroke-width="1"/>')
                 end = x2
-            parts.append(_text(end + 4, y + bar_h - 3.5, b.label or sig(b.value, 4), size=10.5,
-                               path=b.path, value=b.value))
+            label = _tspan(b.label or sig(b.value, 4), b.path, b.value)
+            if b.high is not None and b.high_path is not None:
+                label += (f'<tspan fill="#666"> · p99 </tspan>'
+                          + _tspan(sig(b.high, 4), b.high_path, b.high, fill="#666"))
+            parts.append(f'<text x="{end + 4:.1f}" y="{y + bar_h - 3.5:.1f}" font-size="10.5" '
+                         f'fill="#222">{label}</text>')
     if reference:
         x = scale(reference)
         parts.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{axis_y}" '
@@ -237,12 +248,13 @@ def bars(items: Sequence[Bar], title: str, unit: str, reference: Optional[float]
     return "".join(parts)
 
 
-def _nice(value: float) -> float:
-    """The smallest 1/2/2.5/5 x 10^k at or above ``value``."""
+def _nice(value: float, steps: Sequence[float] = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10)
+          ) -> float:
+    """The smallest ``step x 10^k`` at or above ``value``."""
     if value <= 0:
         return 1.0
     exp = math.floor(math.log10(value))
-    for m in (1, 2, 2.5, 5, 10):
+    for m in steps:
         if m * 10 ** exp >= value:
             return m * 10 ** exp
     return 10 ** (exp + 1)
