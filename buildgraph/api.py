@@ -46,16 +46,21 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         no_cache: bool = False, cache_dir: Optional[Union[str, Path]] = None,
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
         reporter: Optional[Reporter] = None, remote: Optional[str] = None,
-        remote_read_only: bool = False) -> RunResult:
+        remote_read_only: bool = False, rebench: bool = False) -> RunResult:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results.
 
     ``remote`` names the team cache (a configured name or a URL; default: the project's, see
-    ``engine.remote_config``); ``remote_read_only`` reads it without writing."""
+    ``engine.remote_config``); ``remote_read_only`` reads it without writing. ``rebench``:
+    measure again (every selected ``benchmark`` step runs) without building anything else;
+    raises :class:`BuildgraphError` naming the steps that would have to be built first. Steps
+    that consume the measurements (``release``) follow as usual."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
     from buildgraph.engine.store import Store
     from buildgraph.report import Reporter
 
     graph = _graph(recipe, set, cache_dir)
+    if rebench:
+        force = set_of(force) | rebench_steps(graph, targets, cache_dir, build_dir)
     reporter = reporter or Reporter()
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
@@ -107,6 +112,37 @@ def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Over
         return planner.plan(graph.select(targets))
     finally:
         store.close()
+
+
+def rebench_steps(graph: Graph, targets: Sequence[str] = (),
+                  cache_dir: Optional[Union[str, Path]] = None,
+                  build_dir: Optional[Union[str, Path]] = None) -> set:
+    """The selected ``benchmark`` steps, after checking that nothing else would be built:
+    every selected step that is not a benchmark nor downstream of one must be cached."""
+    from buildgraph.engine.planner import CACHED, RESTORE
+    from buildgraph.errors import BuildgraphError
+
+    selected = graph.select(targets)
+    bench = [s for s in selected if graph.steps[s].kind == "benchmark"]
+    if not bench:
+        raise BuildgraphError("--rebench: no benchmark step among the selected steps",
+                              hint="select a recipe or steps that include a 'uses: "
+                                   "benchmark' step")
+    after = set(bench)
+    for sid in selected:  # in topological order, so consumers of consumers are found too
+        if any(u in after for u in graph.steps[sid].upstream):
+            after.add(sid)
+    others = [s for s in selected if s not in after]
+    decisions = plan(graph, others, cache_dir=cache_dir, build_dir=build_dir) if others else {}
+    stale = [d for d in decisions.values() if d.action not in (CACHED, RESTORE)]
+    if stale:
+        shown = "; ".join(f"{d.step_id} ({', '.join(d.reasons[:1]) or d.action})"
+                          for d in stale[:5]) + (f"; +{len(stale) - 5} more" if len(stale) > 5
+                                                  else "")
+        raise BuildgraphError(f"--rebench measures what is built, and {len(stale)} step(s) "
+                              f"would have to be built first: {shown}",
+                              hint="run without --rebench first (buildgraph plan shows why)")
+    return set(bench)
 
 
 def set_of(items: Iterable[str]) -> set:

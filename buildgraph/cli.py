@@ -1,7 +1,8 @@
 """The ``buildgraph`` command line (also ``python -m buildgraph``).
 
 Commands: ``run``, ``plan``, ``graph``, ``cache {ls,du,verify,gc,clear,push,pull}``,
-``schema``, ``kinds``, ``log``; ``remote`` and ``trust`` (the team cache, in ``remote_cli``). Errors on bad input print one block (``file:line:col: key: message`` and a
+``schema``, ``kinds``, ``log``, ``report``; ``remote`` and ``trust`` (the team cache, in
+``remote_cli``). Errors on bad input print one block (``file:line:col: key: message`` and a
 hint) and exit 2; failed steps exit 1; an interrupted run exits 130. No traceback unless
 ``BUILDGRAPH_DEBUG=1``.
 """
@@ -66,6 +67,9 @@ def _add_run(sub: Any) -> None:
     run.add_argument("-B", "--always-make", action="store_true", help="re-run every step")
     run.add_argument("--no-cache", action="store_true",
                      help="ignore cached results (still stores new ones)")
+    run.add_argument("--rebench", action="store_true",
+                     help="measure again: re-run the benchmark steps (and what uses their "
+                          "reports); fails if anything else would have to be built")
     run.add_argument("--link", choices=["hardlink", "copy"], default="hardlink",
                      help="how outputs are placed in the build directory")
     run.add_argument("--json", action="store_true", help="write JSON-lines events to stdout")
@@ -150,6 +154,28 @@ def _add_kinds(sub: Any) -> None:
     sub.add_parser("kinds", help="list the step kinds available")
 
 
+def _add_report(sub: Any) -> None:
+    import argparse
+
+    report = sub.add_parser("report", help="write an HTML report of the recorded build "
+                            "(DAG, artifacts, latency, release); --markdown, --json, --compare")
+    _recipe_args(report, targets=False)
+    report.add_argument("-o", "--output", help="where to write it (default: "
+                        "BUILD_DIR/report.html; stdout for --markdown and --json)")
+    fmt = report.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="a summary for CI comments")
+    fmt.add_argument("--json", action="store_true", help="the data behind every figure")
+    report.add_argument("--compare", metavar="OTHER.lock.json",
+                        help="compare with another build (its lock file, or a report --json): "
+                             "keys, output digests, latency; exit 1 on a regression")
+    report.add_argument("--threshold", default="10%",
+                        help="p50 slowdown that counts as a regression (default: 10%%)")
+    report.add_argument("--lock", help="report this lock file instead of the recipe's own")
+    report.add_argument("--screenshot", metavar="PNG", help="also save a PNG of the page, "
+                        "taken with headless Chromium")
+    report.add_argument("--width", type=int, default=1280, help=argparse.SUPPRESS)
+
+
 def _add_log(sub: Any) -> None:
     log = sub.add_parser("log", help="print the log of a step's last build")
     _recipe_args(log, targets=False)
@@ -158,7 +184,8 @@ def _add_log(sub: Any) -> None:
 
 _SUBPARSERS = {"run": _add_run, "plan": _add_plan, "graph": _add_graph, "cache": _add_cache,
                "tune-db": _add_tune_db, "remote": _add_remote, "trust": _add_trust,
-               "schema": _add_schema, "kinds": _add_kinds, "log": _add_log}
+               "schema": _add_schema, "kinds": _add_kinds, "log": _add_log,
+               "report": _add_report}
 
 
 # `run`'s options for the fast path below: flag -> (attribute, kind). Keep in step with _add_run
@@ -169,8 +196,8 @@ _RUN_OPTIONS: Dict[str, tuple] = {
     "-k": ("keep_going", "flag"), "--keep-going": ("keep_going", "flag"),
     "--force": ("force", "append"), "-B": ("always_make", "flag"),
     "--always-make": ("always_make", "flag"), "--no-cache": ("no_cache", "flag"),
-    "--link": ("link", ("hardlink", "copy")), "--json": ("json", "flag"),
-    "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
+    "--rebench": ("rebench", "flag"), "--link": ("link", ("hardlink", "copy")),
+    "--json": ("json", "flag"), "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
     "--remote": ("remote", "str"), "--remote-read-only": ("remote_read_only", "flag"),
 }
 
@@ -187,8 +214,8 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
         return None
     args: Dict[str, Any] = {"command": "run", "targets": [], "overrides": [], "cache_dir": None,
                             "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
-                            "always_make": False, "no_cache": False, "link": "hardlink",
-                            "json": False, "verbose": False, "remote": None,
+                            "always_make": False, "no_cache": False, "rebench": False,
+                            "link": "hardlink", "json": False, "verbose": False, "remote": None,
                             "remote_read_only": False}
     positionals: List[str] = []
     i = 1
@@ -338,6 +365,10 @@ def _dispatch(args: Any) -> int:
         return 0
     if command == "log":
         return _log(args)
+    if command == "report":
+        from buildgraph.html_report.command import run as report_command
+
+        return report_command(args)
     raise AssertionError(f"unknown command {command}")  # pragma: no cover
 
 
@@ -362,7 +393,8 @@ def _run(args: Any) -> int:
         result = api.run(graph, args.targets, jobs=args.jobs, keep_going=args.keep_going,
                          force=force, no_cache=args.no_cache, cache_dir=args.cache_dir,
                          build_dir=args.build_dir, link=args.link, reporter=reporter,
-                         remote=args.remote, remote_read_only=args.remote_read_only)
+                         remote=args.remote, remote_read_only=args.remote_read_only,
+                         rebench=args.rebench)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.interrupted:

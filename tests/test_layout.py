@@ -88,6 +88,21 @@ def test_backends_import_each_other_only_along_the_data_flow(path):
     assert not bad, f"{path.relative_to(PACKAGE)} ({backend}): {bad}"
 
 
+def test_only_the_cli_reaches_the_report_package():
+    """``buildgraph.html_report`` is a front end: the report command's implementation. The
+    engine, recipe and backends never import it, nor does anything on the run path."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "html_report" or rel.as_posix() == "cli.py":
+            continue
+        bad += [(rel.as_posix(), line, m) for line, m in imports(path)
+                if m.startswith("buildgraph.html_report")]
+    assert not bad
+    for path in sorted((PACKAGE / "html_report").rglob("*.py")):
+        assert not [m for _, m in imports(path) if m.startswith("buildgraph.backends")], path
+
+
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     """The rule above must be able to fail: an import inside a function is found."""
     probe = PACKAGE / "engine" / "_probe_for_test.py"

@@ -18,7 +18,7 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
 from buildgraph.backends.tensorrt.builder import configure
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
-from buildgraph.backends.tensorrt.runtime import TensorRTRuntime
+from buildgraph.backends.tensorrt.runtime import BUFFERS_ENV, TensorRTRuntime
 from buildgraph.backends.tensorrt.spec import BuildDescription, TensorRTBuildParams, describe_build
 from buildgraph.engine.executor import DescribeContext, Task
 from buildgraph.engine.runtime import RuntimeContext, artifact_info
@@ -34,6 +34,8 @@ def fake(monkeypatch):
     module = importlib.reload(importlib.import_module("trt_fake"))
     trt_env.probe(refresh=True)
     monkeypatch.setattr(TensorRTRuntime, "buffers", module.HostBuffers)
+    # benchmark runners are processes of their own: they read the same from the environment
+    monkeypatch.setenv(BUFFERS_ENV, "trt_fake:HostBuffers")
     yield module
     trt_env._cached = None
 
@@ -284,8 +286,10 @@ def test_benchmark_times_a_version_compatible_engine(vc_engine, tmp_path):
 
     executor = BenchmarkExecutor()
     task = evaluate_task(tmp_path, executor, {"model": "net", "runs": 2, "warmup": 1,
+                                              "window_s": 0.01, "max_s": 1, "reference": False,
                                               "dims": {"batch": [2]}}, vc_engine)
     meta = executor.run(task)
     assert len(meta["median_ms"]["engine"]) == 1
     entry = json.loads(task.outputs["report"].read_text())["candidates"]["engine"]
     assert entry["runtime"] == "tensorrt" and entry["results"][0]["batch"] == 2
+    assert entry["threads"] == {"library": "tensorrt", "intra": None, "inter": None}

@@ -216,6 +216,25 @@ def test_verify_draws_inputs_a_fixed_shape_library_accepts(tmp_path: Path, built
     assert "match_cast" not in res["check"].message
 
 
+def test_benchmark_pins_the_tvm_thread_pool_and_skips_what_cannot_run_here(built):
+    """TVM sizes its CPU pool once, from TVM_NUM_THREADS (else OMP_NUM_THREADS), and by default
+    to the physical cores (1 on this project's 2-vCPU machines): the runner gets the count
+    asked, and records what TVM reports (without both variables: 1). The arm64 library is
+    listed as skipped, with the reason."""
+    root, recipe, _ = built
+    text = recipe.read_text() + (
+        "  bench: {uses: benchmark, from: [lib, lib_arm], with: {model: net_a, reference: "
+        "false, threads: {intra: 2}, warmup: 1, runs: 3, window_s: 0.01, max_s: 1}}\n")
+    (root / "bench.yaml").write_text(text.replace("name: tvmt", "name: tvmb"))
+    res = run(root / "bench.yaml", root)
+    assert res["bench"].ok, (res["bench"].message, res["bench"].log_tail)
+    report = json.loads(res["bench"].outputs["report"].read_text())
+    lib = report["candidates"]["lib"]
+    assert lib["threads"] == {"library": "tvm", "intra": 2, "inter": 1}
+    assert lib["results"][0]["p50_ms"] > 0 and lib["peak_rss_mb"] > 0
+    assert "cross-compiled" in report["candidates"]["lib_arm"]["skipped"]
+
+
 @pytest.mark.gpu
 def test_cuda_compile_runs_on_the_gpu(tmp_path: Path, built):
     import tvm

@@ -99,6 +99,10 @@ class RuntimeContext:
     """The producing step's description of its artifact: its ``info`` output (JSON), a
     declared output and therefore part of the consumer's key (see :func:`artifact_info`)."""
     threads: int = 1
+    """Intra-op threads: how many threads one operator may use."""
+    interop_threads: int = 1
+    """Inter-op threads: how many operators may run at once (torch, onnxruntime). A runtime
+    records the counts its library reports in ``details["threads"]``."""
     device: str = "cpu"
     trusted: bool = False
     """Unpickling a whole model (runs code) is allowed: artifacts built by the same recipe."""

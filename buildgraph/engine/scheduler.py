@@ -62,6 +62,9 @@ class StepResult:
     log_tail: str = ""
     outputs: Dict[str, Path] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
+    origin: Optional[str] = None
+    """Where a cache hit came from when not this machine's cache (``remote``); see
+    :mod:`buildgraph.engine.runrecord`."""
 
     @property
     def ok(self) -> bool:
@@ -146,6 +149,7 @@ class Scheduler:
                 self.store.memo.flush()
                 if self.options.write_lock:
                     self._write_lock(results, planner)
+                    self._write_record(results)
         result = RunResult(self.graph.name, {sid: results[sid] for sid in selected if sid in results},
                            time.monotonic() - start, self.build_dir, interrupted)
         self.reporter.finish(result)
@@ -538,6 +542,14 @@ class Scheduler:
             write_lock(self.lock_file, self.graph.name, updates, keep=self.graph.steps)
         except OSError as exc:
             self.reporter.warning(f"could not write lock file {self.lock_file}: {exc}")
+
+    def _write_record(self, results: Dict[str, StepResult]) -> None:
+        from buildgraph.engine.runrecord import write_record
+
+        try:
+            write_record(self.build_dir, self.graph.name, results, keep=self.graph.steps)
+        except OSError as exc:
+            self.reporter.warning(f"could not write the run record in {self.build_dir}: {exc}")
 
 
 def _rel(path: Path, base: Path) -> str:

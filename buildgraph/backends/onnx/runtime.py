@@ -26,7 +26,10 @@ class OnnxRuntime(Runtime):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, self.ctx.threads)
-        options.inter_op_num_threads = 1
+        options.inter_op_num_threads = max(1, self.ctx.interop_threads)
+        # operators run one at a time unless inter-op parallelism is asked for
+        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if self.ctx.interop_threads > 1
+                                  else ort.ExecutionMode.ORT_SEQUENTIAL)
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if self.ctx.device.startswith("cuda"):
@@ -47,6 +50,9 @@ class OnnxRuntime(Runtime):
         """The graph's output names: verify matches outputs by name when they are the
         reference's."""
         self.details["providers"] = self.session.get_providers()
+        used = self.session.get_session_options()
+        self.details["threads"] = {"library": "onnxruntime", "intra": used.intra_op_num_threads,
+                                   "inter": used.inter_op_num_threads}
         self.precision = self._precision()
 
     def input_shapes(self) -> List[List[Any]]:

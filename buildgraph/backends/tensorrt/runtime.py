@@ -38,6 +38,10 @@ NAME = "tensorrt"
 TARGET = "buildgraph.backends.tensorrt.runtime:TensorRTRuntime"
 KINDS = ("tensorrt.build", "tensorrt.refit")
 SUFFIXES = (".engine", ".plan")
+BUFFERS_ENV = "BUILDGRAPH_TENSORRT_BUFFERS"
+"""``"module:Class"`` of the :class:`DeviceBuffers` to use instead of :attr:`TensorRTRuntime.buffers`,
+for processes a test cannot patch (benchmark runners); set with ``BUILDGRAPH_TENSORRT_MODULE``
+by the tests that run the fake TensorRT."""
 
 # trt.DataType member -> (numpy dtype name, torch dtype name)
 DTYPES: Dict[str, Tuple[str, str]] = {
@@ -137,12 +141,20 @@ class TensorRTRuntime(Runtime):
     """Makes the tensor memory (tests put host memory here for the fake TensorRT)."""
 
     def _load(self) -> None:
+        import os
+
         from buildgraph.backends.tensorrt import env as trt_env
         from buildgraph.backends.tensorrt.plugins import from_info
 
         trt = trt_env.load_tensorrt()
         libs = from_info(self.ctx.meta, self.ctx.recipe_dir)
-        self.memory = type(self).buffers()
+        factory = type(self).buffers
+        override = os.environ.get(BUFFERS_ENV)
+        if override:  # a process of its own (a benchmark runner) with the fake TensorRT
+            from buildgraph.engine.executor import import_object
+
+            factory = import_object(override, what=f"{BUFFERS_ENV}")
+        self.memory = factory()
         self.trt = trt
         self.messages: List[Tuple[str, str]] = []
         with self._capture() as logger:
@@ -185,6 +197,8 @@ class TensorRTRuntime(Runtime):
         if self.ctx.meta.get("timing_only"):
             self.details["timing_only"] = ("trtexec --int8 without calibration: placeholder "
                                            "dynamic ranges, an engine for timing only")
+        # kernels run on the GPU; no CPU thread pool to pin
+        self.details["threads"] = {"library": "tensorrt", "intra": None, "inter": None}
 
     def _precision(self) -> str:
         """From the inspector JSON the build step wrote beside the engine (``layers``)."""

@@ -46,9 +46,21 @@ class _TorchModuleRuntime(Runtime):
         return [to_numpy(t) for _, t in named]
 
     def _set_threads(self) -> None:
+        """Apply the intra-op count, and the inter-op count where torch still allows it: it
+        can be set once per process, before any inter-op work (a fresh benchmark runner can;
+        a verify worker that already ran models keeps what it has). The counts torch then
+        reports are recorded."""
         import torch
 
         torch.set_num_threads(max(1, self.ctx.threads))
+        inter = max(1, self.ctx.interop_threads)
+        if torch.get_num_interop_threads() != inter:
+            try:
+                torch.set_num_interop_threads(inter)
+            except RuntimeError:
+                pass
+        self.details["threads"] = {"library": "torch", "intra": torch.get_num_threads(),
+                                   "inter": torch.get_num_interop_threads()}
 
 
 class EagerRuntime(_TorchModuleRuntime):

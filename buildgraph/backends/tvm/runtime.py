@@ -126,6 +126,8 @@ class TvmRuntime(Runtime):
         # slows everything else this process runs.)
         os.environ["TVM_NUM_THREADS"] = str(threads)
         self.vm, self.dev = load_library(self.path, self.ctx.device)
+        self.details["threads"] = {"library": "tvm", "intra": _pool_threads(threads),
+                                   "inter": 1}  # the Relax VM runs one operator at a time
         lib, manifest = locate(self.path)
         self.manifest = manifest
         self.details["target"] = manifest.get("target_text", "")
@@ -153,6 +155,18 @@ class TvmRuntime(Runtime):
 
     def close(self) -> None:
         self.vm = None
+
+
+def _pool_threads(asked: int) -> int:
+    """The size of TVM's CPU thread pool as the runtime reports it (it reads
+    ``TVM_NUM_THREADS`` once, when the pool starts: in a process that ran TVM code before with
+    another count, that count stays)."""
+    import tvm
+
+    try:
+        return int(tvm.get_global_func("runtime.NumThreads")())
+    except Exception:  # noqa: BLE001 - an older TVM without it
+        return asked
 
 
 def runnable(path: Path) -> Tuple[bool, str]:
