@@ -46,14 +46,18 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         no_cache: bool = False, cache_dir: Optional[Union[str, Path]] = None,
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
         reporter: Optional[Reporter] = None, remote: Optional[str] = None,
-        remote_read_only: bool = False, rebench: bool = False) -> RunResult:
+        remote_read_only: bool = False, rebench: bool = False, frozen: bool = False,
+        locked: bool = False) -> RunResult:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results.
 
     ``remote`` names the team cache (a configured name or a URL; default: the project's, see
     ``engine.remote_config``); ``remote_read_only`` reads it without writing. ``rebench``:
     measure again (every selected ``benchmark`` step runs) without building anything else;
     raises :class:`BuildgraphError` naming the steps that would have to be built first. Steps
-    that consume the measurements (``release``) follow as usual."""
+    that consume the measurements (``release``) follow as usual. ``frozen``: refuse to build
+    what differs from the lock file (raises LockMismatch with the plan's diff before anything
+    runs); ``locked``: build, but do not write the lock file and report in
+    ``RunResult.lock_changes`` how it would have changed (the run is then not ok)."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
     from buildgraph.engine.store import Store
     from buildgraph.report import Reporter
@@ -65,7 +69,8 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
                          no_cache=no_cache, link=link,
-                         build_dir=Path(build_dir) if build_dir else None)
+                         build_dir=Path(build_dir) if build_dir else None,
+                         frozen=frozen, locked=locked)
     team = team_cache(graph.recipe_dir, remote, remote_read_only, reporter.warning)
     try:
         return Scheduler(graph, store, options, reporter, remote=team).run(targets)

@@ -79,6 +79,12 @@ def _add_run(sub: Any) -> None:
                      "'off' for none)")
     run.add_argument("--remote-read-only", action="store_true",
                      help="read the team cache but never write to it (CI, laptops)")
+    run.add_argument("--frozen", action="store_true",
+                     help="release CI: refuse to build when any step's key differs from the lock "
+                          "file (prints the plan's diff); fail if the lock would change")
+    run.add_argument("--locked", action="store_true",
+                     help="build, but fail at the end (and leave the lock file alone) if the "
+                          "lock file would change")
 
 
 def _add_plan(sub: Any) -> None:
@@ -199,6 +205,7 @@ _RUN_OPTIONS: Dict[str, tuple] = {
     "--rebench": ("rebench", "flag"), "--link": ("link", ("hardlink", "copy")),
     "--json": ("json", "flag"), "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
     "--remote": ("remote", "str"), "--remote-read-only": ("remote_read_only", "flag"),
+    "--frozen": ("frozen", "flag"), "--locked": ("locked", "flag"),
 }
 
 
@@ -216,7 +223,7 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
                             "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
                             "always_make": False, "no_cache": False, "rebench": False,
                             "link": "hardlink", "json": False, "verbose": False, "remote": None,
-                            "remote_read_only": False}
+                            "remote_read_only": False, "frozen": False, "locked": False}
     positionals: List[str] = []
     i = 1
     while i < len(argv):
@@ -394,11 +401,19 @@ def _run(args: Any) -> int:
                          force=force, no_cache=args.no_cache, cache_dir=args.cache_dir,
                          build_dir=args.build_dir, link=args.link, reporter=reporter,
                          remote=args.remote, remote_read_only=args.remote_read_only,
-                         rebench=args.rebench)
+                         rebench=args.rebench, frozen=args.frozen, locked=args.locked)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.interrupted:
         return 130
+    if result.lock_changes:
+        from buildgraph.engine.lockfile import lock_path
+
+        flag = "--frozen" if args.frozen else "--locked"
+        print(f"error: {flag}: the lock file {lock_path(graph.recipe_path)} would change "
+              "(it was not written):\n" + "\n".join(f"  {line}" for line in result.lock_changes)
+              + "\n  hint: run without " + flag + " to update it, review its diff and commit it",
+              file=sys.stderr)
     return 0 if result.ok else 1
 
 

@@ -70,6 +70,12 @@ class StepFailed(BuildgraphError):
     exit_code = 1
 
 
+class LockMismatch(BuildgraphError):
+    """``run --frozen``: the build would not be the one the lock file records."""
+
+    exit_code = 1
+
+
 class Interrupted(BuildgraphError):
     """The run was interrupted (Ctrl-C, SIGTERM)."""
 

@@ -1,9 +1,13 @@
 """The lock file next to a recipe (``hello.yaml`` -> ``hello.lock.json``), like ``dvc.lock``.
 
-It records, per step: the action key and its parts (params, input digests, tool versions),
-output digests and paths, and wall time. It is meant to be committed: keys are sorted and the
-format is stable, so a diff shows exactly which steps changed. ``plan`` diffs its parts against
-the current ones to explain a miss. The file carries a ``schema`` number; an unknown one is
+It records, per step: the action key and its parts (params, input digests, tool versions), and
+each output's digest, size and path (relative to the build directory). It is the release
+contract, meant to be committed like ``Cargo.lock``: keys are sorted, one value per line, and
+nothing in it changes unless a key or an output does (no wall times, no paths that depend on
+where the build directory is), so a review diff shows exactly which steps changed and why.
+``plan`` diffs its parts against the current ones to explain a miss; ``run --frozen`` refuses
+to build what differs from it, and ``run --locked`` fails when a build would change it
+(:func:`lock_changes`). The file carries a ``schema`` number; an unknown one is
 ignored (we rebuild the record), never a crash. It is written once at the end of a run, via a
 temporary file and rename, under a lock, merging with what concurrent runs wrote. The lock
 (``.hello.lock``) sits beside the lock file, not in a cache: two runs of one recipe with
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 LOCK_SCHEMA = 1
 
@@ -55,6 +59,62 @@ def read_lock(path: Path, warn: Optional[Callable[[str], None]] = None) -> Dict[
     return steps if isinstance(steps, dict) else {}
 
 
+def merge_lock(current: Dict[str, Any], updates: Dict[str, Dict[str, Any]],
+               keep: Iterable[str]) -> Dict[str, Any]:
+    """The step entries after a run: ``current`` less the steps not in ``keep`` (gone from
+    the recipe), with ``updates`` (the steps this run built or found cached) on top."""
+    keep = set(keep)
+    merged = {sid: entry for sid, entry in current.items() if sid in keep}
+    merged.update(updates)
+    return dict(sorted(merged.items()))
+
+
+def render_lock(recipe_name: str, steps: Dict[str, Any]) -> str:
+    """The lock file's text: sorted keys, two-space indent, a final newline."""
+    document = {"schema": LOCK_SCHEMA, "recipe": recipe_name, "steps": dict(sorted(steps.items()))}
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def lock_changes(current: Dict[str, Any], updates: Dict[str, Dict[str, Any]],
+                 keep: Iterable[str], labels: Optional[Callable[[str], Dict[str, str]]] = None
+                 ) -> List[str]:
+    """What writing ``updates`` would change in a lock holding ``current``, one line per
+    change, as ``plan`` words it (``onnx: torch 2.12.0→2.13.0``); [] when nothing would.
+    ``labels(step)`` names a step's input files as a person reads them."""
+    from buildgraph.engine.keys import explain_difference
+
+    merged = merge_lock(current, updates, keep)
+    lines: List[str] = []
+    for sid in sorted(set(current) | set(merged)):
+        old, new = current.get(sid), merged.get(sid)
+        if old == new:
+            continue
+        if new is None:
+            lines.append(f"{sid}: no longer in the recipe (its entry would be removed)")
+            continue
+        if not isinstance(old, dict) or not old.get("parts"):
+            lines.append(f"{sid}: not in the lock file")
+            continue
+        if old.get("key") != new.get("key"):
+            why = explain_difference(old.get("parts"), new.get("parts") or {},
+                                     labels(sid) if labels else None)
+            lines.append(f"{sid}: key {str(old.get('key'))[:12]}→{str(new.get('key'))[:12]} ("
+                         + "; ".join(why) + ")")
+            continue
+        old_out, new_out = old.get("outputs") or {}, new.get("outputs") or {}
+        changed = [name for name in sorted(set(old_out) | set(new_out))
+                   if (old_out.get(name) or {}).get("digest") != (new_out.get(name) or {}).get("digest")]
+        if changed:
+            lines.append(f"{sid}: same key, different output " + ", ".join(
+                f"{n} ({str((old_out.get(n) or {}).get('digest'))[:12]}→"
+                f"{str((new_out.get(n) or {}).get('digest'))[:12]})" for n in changed)
+                + ": the step is not reproducible (see 'buildgraph repro')")
+        else:
+            lines.append(f"{sid}: entry would be rewritten (same key and outputs; recorded paths "
+                         "or format differ)")
+    return lines
+
+
 def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
                keep: Iterable[str]) -> bool:
     """Merge ``updates`` into the lock file; drop steps not in ``keep``. Returns True if written.
@@ -64,14 +124,11 @@ def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
     """
     from buildgraph.engine.files import atomic_write
 
-    def render(current: Dict[str, Any]) -> str:
-        merged = {sid: entry for sid, entry in current.items() if sid in keep}
-        merged.update(updates)
-        document = {"schema": LOCK_SCHEMA, "recipe": recipe_name,
-                    "steps": dict(sorted(merged.items()))}
-        return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
     keep = set(keep)
+
+    def render(current: Dict[str, Any]) -> str:
+        return render_lock(recipe_name, merge_lock(current, updates, keep))
+
     try:  # the common no-op case: nothing changed, so no lock and no write
         if path.read_text(encoding="utf-8") == render(read_lock(path)):
             return False

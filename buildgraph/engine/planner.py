@@ -259,6 +259,26 @@ class Planner:
                 reasons.append(found.reason)
         return Decision(step.id, RUN, tuple(reasons), key, parts, description=description)
 
+    def lock_differences(self, selected: List[str]) -> Dict[str, List[str]]:
+        """Steps whose key differs from the lock file's, with the reasons (``run --frozen``).
+
+        Each step is keyed as if its upstream outputs were those the lock records for it, so
+        only the steps that changed themselves are named (a tool version, a source file, a
+        parameter), not everything downstream of them; an upstream that rebuilds to other
+        bytes is caught when it has run."""
+        differences: Dict[str, List[str]] = {}
+        for sid in selected:
+            step = self.graph.steps[sid]
+            entry = self.lock.get(sid)
+            previous = entry.get("parts") if isinstance(entry, dict) else None
+            if not isinstance(previous, dict):
+                differences[sid] = ["not in the lock file"]
+                continue
+            parts = self._make_parts(step, self.describe(step), previous.get("upstream") or {})
+            if action_key(parts) != entry.get("key"):
+                differences[sid] = explain_difference(previous, parts, self.labels(step))
+        return differences
+
     def plan(self, selected: List[str]) -> Dict[str, Decision]:
         """Decisions for ``selected`` (topological order), as if nothing ran in between."""
         decisions: Dict[str, Decision] = {}

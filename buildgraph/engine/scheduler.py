@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from buildgraph.engine import procs
-from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
+from buildgraph.errors import BuildgraphError, LockMismatch, RecipeError, StepFailed
 from buildgraph.engine.executor import Description, Task, load_executor
 from buildgraph.engine.graph import Graph, StepNode
-from buildgraph.engine.lockfile import lock_path, read_lock, write_lock
+from buildgraph.engine.keys import explain_difference
+from buildgraph.engine.lockfile import lock_changes, lock_path, read_lock, write_lock
 from buildgraph.engine.planner import CACHED, PULL, RESTORE, RUN, Decision, Planner
 from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.store import Store
@@ -45,6 +46,12 @@ class RunOptions:
     link: str = "hardlink"
     build_dir: Optional[Path] = None
     write_lock: bool = True
+    frozen: bool = False
+    """Release CI: refuse to build when any step's key differs from the lock file (nothing
+    runs; the error is the plan's diff), fail a step whose key turns out different once its
+    upstream ran, and fail at the end, without writing, if the lock would change."""
+    locked: bool = False
+    """Build, but fail at the end, without writing, if the lock file would change."""
 
     def resolved_jobs(self) -> int:
         return self.jobs if self.jobs and self.jobs > 0 else (os.cpu_count() or 1)
@@ -78,10 +85,14 @@ class RunResult:
     wall_s: float
     build_dir: Path
     interrupted: bool = False
+    lock_changes: List[str] = field(default_factory=list)
+    """With ``--locked``/``--frozen``: how the lock file would have changed (it was not
+    written); a non-empty list fails the run."""
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(r.ok for r in self.steps.values())
+        return not self.interrupted and not self.lock_changes and \
+            all(r.ok for r in self.steps.values())
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.steps.values() if r.status == status)
@@ -129,6 +140,8 @@ class Scheduler:
                               remote=self.remote)
             try:
                 planner.describe_all(selected)
+                if self.options.frozen:
+                    self._check_frozen(planner, selected)
             finally:
                 self.store.memo.flush()
             self.reporter.start(self.graph, selected, self.jobs)
@@ -147,11 +160,16 @@ class Scheduler:
                     self._finish_remote(interrupted)
                 self.store.stat_cache.flush()
                 self.store.memo.flush()
-                if self.options.write_lock:
+                changes: List[str] = []
+                if self.options.frozen or self.options.locked:
+                    if not interrupted:
+                        changes = self._lock_changes(results, planner, lock_entries)
+                elif self.options.write_lock:
                     self._write_lock(results, planner)
+                if self.options.write_lock:
                     self._write_record(results)
         result = RunResult(self.graph.name, {sid: results[sid] for sid in selected if sid in results},
-                           time.monotonic() - start, self.build_dir, interrupted)
+                           time.monotonic() - start, self.build_dir, interrupted, changes)
         self.reporter.finish(result)
         return result
 
@@ -198,6 +216,15 @@ class Scheduler:
                             if decision.action == PULL:
                                 decision = self._pull(step, decision)
                             decisions[sid] = decision
+                            if self.options.frozen:
+                                refused = self._frozen_refusal(planner, step, decision)
+                                if refused is not None:
+                                    results[sid] = refused
+                                    self.reporter.step_finished(refused)
+                                    pending.remove(sid)
+                                    progressed = True
+                                    stop = stop or not self.options.keep_going
+                                    continue
                         if decision.action in (CACHED, RESTORE):
                             results[sid] = self._hit(step, decision)
                             if results[sid].ok:
@@ -519,7 +546,43 @@ class Scheduler:
             pass
 
     # --- lock file -----------------------------------------------------------------------------
-    def _write_lock(self, results: Dict[str, StepResult], planner: Planner) -> None:
+    def _check_frozen(self, planner: Planner, selected: List[str]) -> None:
+        """``--frozen``: before anything runs, every selected step's key, computed as if its
+        upstream outputs were those the lock records, must be the lock's key."""
+        differences = planner.lock_differences(selected)
+        if not differences:
+            return
+        lines = []
+        for sid, reasons in differences.items():
+            lines.append(f"run     {sid}  ({self.graph.steps[sid].kind})")
+            lines.extend(f"          - {r}" for r in reasons)
+        raise LockMismatch(
+            f"--frozen: {len(differences)} of {len(selected)} steps differ from "
+            f"{self._lock_label()}; nothing was built\n" + "\n".join(lines),
+            hint="run without --frozen to build and update the lock file, review its diff "
+                 "and commit it")
+
+    def _frozen_refusal(self, planner: Planner, step: StepNode, decision: Decision
+                        ) -> Optional[StepResult]:
+        """``--frozen``: a step whose key, now that its upstream ran, is not the lock's (an
+        upstream rebuilt to other bytes) is not built."""
+        entry = planner.lock.get(step.id)
+        locked = entry.get("key") if isinstance(entry, dict) else None
+        if decision.key is None or decision.key == locked:
+            return None
+        previous = entry.get("parts") if isinstance(entry, dict) else None
+        reasons = explain_difference(previous, decision.parts or {}, planner.labels(step))
+        return StepResult(step.id, FAILED, decision.key,
+                          message=f"--frozen: key differs from {self._lock_label()} ("
+                                  + "; ".join(reasons) + "); not built")
+
+    def _lock_label(self) -> str:
+        try:
+            return str(self.lock_file.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(self.lock_file)
+
+    def _lock_updates(self, results: Dict[str, StepResult]) -> Dict[str, Dict[str, Any]]:
         updates: Dict[str, Dict[str, Any]] = {}
         for sid, result in results.items():
             if not result.ok or not result.key:
@@ -528,14 +591,25 @@ class Scheduler:
             if entry is None:
                 continue
             step = self.graph.steps[sid]
+            # no wall time and no path outside the build directory: a lock changes only
+            # when a key or an output does
             updates[sid] = {
                 "uses": step.kind, "key": result.key, "parts": entry.get("parts"),
                 "inputs": dict(sorted(step.input_labels.items())),
-                "outputs": {n: {"path": _rel(self.build_dir / sid / step.outputs[n], self.graph.recipe_dir),
+                "outputs": {n: {"path": f"{sid}/{step.outputs[n]}",
                                 "type": o["type"], "digest": o["digest"], "size": o["size"]}
                             for n, o in entry["outputs"].items() if n in step.outputs},
-                "wall_s": entry.get("wall_s"),
             }
+        return updates
+
+    def _lock_changes(self, results: Dict[str, StepResult], planner: Planner,
+                      current: Dict[str, Any]) -> List[str]:
+        """``--locked``/``--frozen``: how writing this run's entries would change the lock."""
+        return lock_changes(current, self._lock_updates(results), self.graph.steps,
+                            labels=lambda sid: planner.labels(self.graph.steps[sid]))
+
+    def _write_lock(self, results: Dict[str, StepResult], planner: Planner) -> None:
+        updates = self._lock_updates(results)
         if not updates:
             return
         try:
