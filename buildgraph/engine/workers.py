@@ -65,6 +65,11 @@ class Worker:
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        # A step's output must not depend on the process it ran in: str hashes, and so the
+        # iteration order of sets of names (TorchScript writes a module's constants in that
+        # order), are seeded per process unless this is fixed. A value the user set stays.
+        if env.get("PYTHONHASHSEED", "random") == "random":
+            env["PYTHONHASHSEED"] = "0"
         env[procs.PARENT_ENV] = str(os.getpid())  # the worker dies with this process
         self.proc = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,

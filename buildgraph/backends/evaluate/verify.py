@@ -267,7 +267,7 @@ class VerifyExecutor(ModelExecutor):
     """Compare upstream artifacts with eager PyTorch; the JSON report is an output."""
 
     kind = "verify"
-    version = "1"
+    version = "2"  # 2: report.json holds no timings (same inputs, same bytes)
     Params = VerifyParams
     outputs = {"report": "report.json", "tensors": "tensors.npz"}
     resources = {"cpu": "all"}
@@ -332,6 +332,7 @@ class VerifyExecutor(ModelExecutor):
                        for label, tensors in sets],
             "outputs": out_names, "candidates": {}, "passed": True}
         rows = []
+        timings: Dict[str, Dict[str, float]] = {}
         for cand in candidates:
             path = artifact_of(task, cand)
             kind = task.upstream_kinds.get(cand)
@@ -341,6 +342,7 @@ class VerifyExecutor(ModelExecutor):
                                   threads=task.threads, device=p.device,
                                   trusted=candidate_trusted(kind, spec))
             start = time.perf_counter()
+            load_s = run_s = 0.0
             got: List[List[Any]] = []
             problem = ""
             skipped = ""
@@ -349,7 +351,7 @@ class VerifyExecutor(ModelExecutor):
             try:
                 entry["runtime"] = runtime_for(kind, path)
                 runtime = load_runtime(path, cctx, entry["runtime"])
-                entry["load_s"] = round(time.perf_counter() - start, 4)
+                load_s = round(time.perf_counter() - start, 4)
                 cand_sets, cand_ref, adapted = self._sets_for(
                     cand, runtime.input_shapes(), p, spec, sets, np_sets, ref_out, reference_for)
                 if adapted:
@@ -365,7 +367,7 @@ class VerifyExecutor(ModelExecutor):
                     except Exception as exc:  # noqa: BLE001 - a runtime rejecting an input
                         raise StepFailed(f"fails on input {label}: "
                                          f"{torchmodel.short_error(exc)[:300]}") from None
-                entry["run_s"] = round(time.perf_counter() - start, 4)
+                run_s = round(time.perf_counter() - start, 4)
                 entry.update(runtime.details)
                 got = self._by_name(getattr(runtime, "output_names", None), out_names, got,
                                     entry)
@@ -377,9 +379,11 @@ class VerifyExecutor(ModelExecutor):
             finally:
                 if runtime is not None:
                     runtime.close()
+                # timings go to the metadata, not the report: the report is an output, and
+                # the same inputs must give the same bytes (``buildgraph repro``)
+                timings[cand] = {"load_s": load_s, "run_s": run_s}
                 self.seconds["candidates"] = round(self.seconds.get("candidates", 0.0)
-                                                   + entry.get("load_s", 0.0)
-                                                   + entry.get("run_s", 0.0), 4)
+                                                   + load_s + run_s, 4)
             if skipped:
                 entry.update(skipped=skipped, passed=True, outputs={})
                 report["candidates"][cand] = entry
@@ -427,6 +431,7 @@ class VerifyExecutor(ModelExecutor):
                              f"{hint}{more}; table in the log")
         task.log(text)
         return {"passed": True, "inputs": len(sets), "seconds": self.seconds,
+                "candidate_seconds": timings,
                 "skipped": {c: e["skipped"] for c, e in report["candidates"].items()
                             if e.get("skipped")},
                 "max_abs": {c: {o: m.get("max_abs") for o, m in e["outputs"].items()}

@@ -74,13 +74,15 @@ class TorchScriptExecutor(ModelExecutor):
     """TorchScript by trace (with a divergence check) or script."""
 
     kind = "torchscript"
-    version = "2"
+    version = "3"  # 3: compiled in a fresh TorchScript compilation unit (deterministic names)
     Params = TorchScriptParams
     outputs = {"model": "model.ts"}
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         torch = self.import_torch()
+        from buildgraph.backends.torch.fresh import reset_torchscript_state
 
+        reset_torchscript_state()  # the same bytes whatever this worker compiled before
         p: TorchScriptParams = self.params(task)
         spec, model = self.model(task, p.model)
         example = torchmodel.make_inputs(spec, int(spec.get("seed", 0)))
