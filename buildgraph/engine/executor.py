@@ -72,6 +72,18 @@ _TENSORRT_KINDS: Dict[str, str] = {
 BUILTIN_KINDS: Dict[str, str] = {**_GENERIC_KINDS, **_TORCH_KINDS, **_TVM_KINDS,
                                  **_TENSORRT_KINDS}
 
+NONDETERMINISTIC_KINDS: Dict[str, str] = {
+    "benchmark": "timings: every run measures this machine anew",
+}
+"""Built-in kinds known not to give the same bytes from the same inputs whose classes do not
+say so themselves (``Executor.nondeterministic``); a kind's own attribute wins."""
+
+
+def nondeterminism(cls: Type["Executor"], description: "Description") -> str:
+    """Why a step of ``cls`` with ``description`` is not deterministic, or ""."""
+    return description.nondeterministic or cls.nondeterministic or \
+        NONDETERMINISTIC_KINDS.get(cls.kind, "")
+
 
 def no_params_model() -> "Type[BaseModel]":
     """The Params of a kind that takes none: an empty model that rejects every key."""
@@ -128,19 +140,32 @@ class Description:
     """Shared record areas of the store the step reads and adds to (``tvm-tunedb``,
     ``trt-timing``). They are outside the key on purpose: records make a build faster, not
     different (or the step keys what it used, as ``timing_cache: pinned`` does)."""
+    nondeterministic: str = ""
+    """Why this step's output bytes may differ between two runs with the same key (tuning by
+    timing, a benchmark), or "" when the same inputs give the same bytes. Not keyed: it says
+    what to expect, it does not change a result. ``buildgraph repro`` compares such a step's
+    outputs by their numbers instead of their bytes, and a release manifest names it."""
+    provenance: bool = False
+    """The step records how its inputs were made (a release manifest): the planner adds to its
+    key data, as ``data["provenance"]``, the recipe file's digest and, for every step it
+    depends on (transitively), its kind, action key, environment and output digests, and why
+    it is not deterministic if it is not."""
 
     def as_json(self) -> Dict[str, Any]:
         return {"inputs": {k: str(v) for k, v in self.inputs.items()},
                 "data": dict(self.data), "env": {k: str(v) for k, v in self.env.items()},
                 "volatile": self.volatile, "upstream_view": self.upstream_view,
-                "areas": list(self.areas)}
+                "areas": list(self.areas), "nondeterministic": self.nondeterministic,
+                "provenance": self.provenance}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Description":
         return cls(inputs={k: Path(v) for k, v in data.get("inputs", {}).items()},
                    data=dict(data.get("data") or {}), env=dict(data.get("env") or {}),
                    volatile=bool(data.get("volatile")), upstream_view=data.get("upstream_view"),
-                   areas=tuple(data.get("areas") or ()))
+                   areas=tuple(data.get("areas") or ()),
+                   nondeterministic=str(data.get("nondeterministic") or ""),
+                   provenance=bool(data.get("provenance")))
 
 
 @dataclass
@@ -251,6 +276,9 @@ class Executor:
     expand_params: ClassVar[bool] = True
     """Substitute ``${in.*}``/``${out.*}`` in string params before ``run`` (shell does its own,
     with quoting)."""
+    nondeterministic: ClassVar[str] = ""
+    """Why the same inputs can give other bytes, for every step of this kind ("" when they
+    cannot); a description may say it for one step only (see ``Description.nondeterministic``)."""
 
     def describe(self, params: Any, ctx: DescribeContext) -> Description:
         """What this step adds to its key beyond its params (see :class:`Description`).

@@ -93,6 +93,8 @@ def explain_difference(old: Optional[Mapping[str, Any]], new: Mapping[str, Any],
             reasons.append(f"{top} settings now part of the key")
         elif top not in n_data:
             reasons.append(f"{top} settings no longer part of the key")
+        elif top == "provenance" and o_data[top] != n_data[top]:
+            reasons.extend(_provenance_difference(o_data[top], n_data[top]))
         elif o_data[top] != n_data[top]:
             old_d, new_d = _flatten(o_data[top], top), _flatten(n_data[top], top)
             for name in sorted(set(old_d) | set(new_d)):
@@ -123,3 +125,18 @@ def explain_difference(old: Optional[Mapping[str, Any]], new: Mapping[str, Any],
     if old.get("salt") != new.get("salt"):
         reasons.append("cache_salt changed")
     return reasons or ["not in the cache (evicted, or built elsewhere)"]
+
+
+def _provenance_difference(old: Any, new: Any) -> List[str]:
+    """One line for a changed provenance record (``Description.provenance``): which of the
+    steps it records changed, rather than a line per key and digest."""
+    old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+    reasons = []
+    if old.get("recipe") != new.get("recipe"):
+        reasons.append("recipe file changed")
+    o_steps, n_steps = old.get("steps") or {}, new.get("steps") or {}
+    changed = sorted(s for s in set(o_steps) | set(n_steps) if o_steps.get(s) != n_steps.get(s))
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+        reasons.append(f"provenance of {shown} changed")
+    return reasons or ["provenance changed"]

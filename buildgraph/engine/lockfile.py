@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 LOCK_SCHEMA = 1
 
@@ -145,3 +145,17 @@ def write_lock(path: Path, recipe_name: str, updates: Dict[str, Dict[str, Any]],
             pass
         atomic_write(path, text.encode("utf-8"))
         return True
+
+
+def entries_digest(steps: Mapping[str, Mapping[str, Any]]) -> str:
+    """The digest of some steps' keys and output digests, from lock file entries (outputs as
+    records) or from a provenance record (outputs as digests): a release manifest holds it, so
+    a lock file can be checked against the bundle it describes."""
+    from buildgraph.engine.hashing import digest_json
+
+    canonical = {}
+    for sid, entry in steps.items():
+        outputs = {name: (out.get("digest") if isinstance(out, Mapping) else out)
+                   for name, out in (entry.get("outputs") or {}).items()}
+        canonical[sid] = {"key": entry.get("key"), "outputs": outputs}
+    return digest_json(canonical)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
-from buildgraph.engine.executor import DescribeContext, Description, import_object, load_executor
+from buildgraph.engine.executor import (DescribeContext, Description, import_object, load_executor,
+                                       nondeterminism)
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.hashing import digest_json, path_digest
 from buildgraph.engine.keys import action_key, explain_difference, make_parts
@@ -59,6 +60,9 @@ class Planner:
         self.remote = remote
         """The team cache (``engine.remote.TeamCache``), asked only on a local miss."""
         self._described: Dict[str, Tuple[Description, Dict[str, str]]] = {}
+        self._keys: Dict[str, str] = {}
+        self._outputs: Dict[str, Dict[str, str]] = {}
+        """Keys decided and output digests seen so far, for the provenance of later steps."""
 
     def output_path(self, step: StepNode, name: str) -> Path:
         return self.build_dir / step.id / step.outputs[name]
@@ -116,6 +120,11 @@ class Planner:
             if not isinstance(description, Description):
                 raise TypeError(f"describe() returned {type(description).__name__}, not a "
                                 "Description")
+            why = nondeterminism(cls, description)
+            if why != description.nondeterministic:
+                from dataclasses import replace
+
+                description = replace(description, nondeterministic=why)
         except BuildgraphError as exc:
             if exc.location is None:
                 exc.location = step.params_location or step.location
@@ -194,18 +203,48 @@ class Planner:
     def parts(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
         """Key parts; ``upstream`` maps each upstream id to its output manifest entries."""
         description = self.describe(step)
+        for up in step.upstream:
+            self._outputs[up] = {name: entry["digest"] for name, entry in upstream[up].items()}
         up_digests = {f"{up}.{name}": self._upstream_digest(description.upstream_view, up,
                                                             name, entry)
                       for up in step.upstream for name, entry in upstream[up].items()}
-        return self._make_parts(step, description, up_digests)
+        return self._make_parts(step, description, up_digests,
+                                self.provenance(step) if description.provenance else None)
 
     def _make_parts(self, step: StepNode, description: Description,
-                    up_digests: Mapping[str, str]) -> Dict[str, Any]:
+                    up_digests: Mapping[str, str],
+                    provenance: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        data = _jsonable(description.data)
+        if description.provenance and provenance is not None:
+            data["provenance"] = _jsonable(provenance)
         return make_parts(step.kind, step.executor_version, step.raw_params, step.outputs,
                           self.input_digests(step), up_digests,
                           {k: str(v) for k, v in description.env.items()},
-                          self.graph.cache_salt, _jsonable(description.data),
+                          self.graph.cache_salt, data,
                           {u: self.graph.steps[u].kind for u in step.upstream})
+
+    def provenance(self, step: StepNode) -> Dict[str, Any]:
+        """How the inputs of ``step`` were made (see ``Description.provenance``): the recipe
+        file's digest, and per step it depends on its kind, key, upstream steps, environment,
+        output digests and why it is not deterministic (when it is not). Known once every one of them is
+        decided, which is when ``step`` itself can be."""
+        steps: Dict[str, Any] = {}
+        for sid in self.graph.select([step.id]):
+            if sid == step.id:
+                continue
+            up = self.graph.steps[sid]
+            description = self.describe(up)
+            record: Dict[str, Any] = {"kind": up.kind, "key": self._keys.get(sid),
+                                      "upstream": list(up.upstream),
+                                      "env": {k: str(v) for k, v in description.env.items()},
+                                      "outputs": dict(self._outputs.get(sid) or {})}
+            if description.nondeterministic:
+                record["nondeterministic"] = description.nondeterministic
+            steps[sid] = record
+        recipe = self.graph.recipe_path
+        return {"recipe": {"name": self.graph.name, "file": recipe.name,
+                           "digest": path_digest(recipe, self.store.stat_cache).digest},
+                "steps": steps}
 
     def decide(self, step: StepNode,
                upstream: Optional[Mapping[str, Mapping[str, Any]]]) -> Decision:
@@ -217,7 +256,8 @@ class Planner:
         if upstream is None:
             reasons = ["upstream " + ", ".join(f"'{u}'" for u in step.upstream) + " may change"]
             if previous:
-                partial = self._make_parts(step, description, previous.get("upstream", {}))
+                partial = self._make_parts(step, description, previous.get("upstream", {}),
+                                           (previous.get("data") or {}).get("provenance"))
                 diff = explain_difference(previous, partial, labels)
                 if diff != ["not in the cache (evicted, or built elsewhere)"]:
                     reasons = diff + reasons
@@ -226,6 +266,7 @@ class Planner:
             return Decision(step.id, WAITS, tuple(reasons), description=description)
         parts = self.parts(step, upstream)
         key = action_key(parts)
+        self._keys[step.id] = key
         forced = []
         if step.id in self.force or step.base_id in self.force:
             forced.append("forced (--force)")
@@ -274,7 +315,8 @@ class Planner:
             if not isinstance(previous, dict):
                 differences[sid] = ["not in the lock file"]
                 continue
-            parts = self._make_parts(step, self.describe(step), previous.get("upstream") or {})
+            parts = self._make_parts(step, self.describe(step), previous.get("upstream") or {},
+                                     (previous.get("data") or {}).get("provenance"))
             if action_key(parts) != entry.get("key"):
                 differences[sid] = explain_difference(previous, parts, self.labels(step))
         return differences
