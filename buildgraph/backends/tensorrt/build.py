@@ -47,6 +47,12 @@ STRUCTURE_VIEW = "buildgraph.backends.tensorrt.structure:onnx_structure_view"
 """How a weight-agnostic (refittable) build sees its upstream ONNX model."""
 
 
+UNPINNED_TACTICS = ("TensorRT picks each layer's tactic by timing candidates on this GPU, so "
+                    "two builds can choose differently; timing_cache: pinned fixes the choices")
+"""Why an engine built without a pinned timing cache is not deterministic (repro compares its
+numbers, and a release manifest names it)."""
+
+
 class TensorRTBuildExecutor(Executor):
     """Build a TensorRT engine from ONNX: strongly typed, profiles, shared timing caches."""
 
@@ -70,7 +76,9 @@ class TensorRTBuildExecutor(Executor):
         return Description(inputs=self._files(params, ctx), data=self._model_data(params, ctx),
                            env=env, volatile=True,
                            upstream_view=STRUCTURE_VIEW if params.refit else None,
-                           areas=(TIMING_AREA,))
+                           areas=(TIMING_AREA,),
+                           nondeterministic="" if getattr(params, "timing_cache", None) == "pinned"
+                           else UNPINNED_TACTICS)
 
     def _environment(self, params: TensorRTBuildParams) -> Dict[str, str]:
         return trt_env.probe().fingerprint(params.hardware_compatibility)

@@ -297,6 +297,9 @@ class TvmTuneExecutor(Executor):
 
     kind = "tvm.tune"
     version = "1"
+    nondeterministic = ("MetaSchedule keeps the schedules that measured fastest on this CPU: "
+                        "timings vary, so the records (and a library compiled from them) "
+                        "differ run to run")
     Params = TvmTuneParams
     outputs = {"database": "tunedb"}
     resources = {"cpu": "all"}
