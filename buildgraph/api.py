@@ -152,3 +152,17 @@ def rebench_steps(graph: Graph, targets: Sequence[str] = (),
 
 def set_of(items: Iterable[str]) -> set:
     return {i for i in items}
+
+
+def repro(recipe: Union[str, Path, Graph], targets: Sequence[str] = (),
+          set: Overrides = None,  # noqa: A002
+          cache_dir: Optional[Union[str, Path]] = None,
+          build_dir: Optional[Union[str, Path]] = None, jobs: int = 0,
+          reporter: Optional[Reporter] = None, keep: bool = False) -> Any:
+    """Rebuild ``targets`` (default: what the release depends on) with the cache bypassed, into
+    a scratch store, and compare every output with the cached build's (a ``ReproResult``)."""
+    from buildgraph.repro import repro as run_repro
+
+    graph = _graph(recipe, set, cache_dir)
+    return run_repro(graph, targets, Path(cache_dir) if cache_dir else None,
+                     Path(build_dir) if build_dir else None, jobs, reporter, keep)

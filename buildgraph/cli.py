@@ -1,10 +1,10 @@
 """The ``buildgraph`` command line (also ``python -m buildgraph``).
 
-Commands: ``run``, ``plan``, ``graph``, ``cache {ls,du,verify,gc,clear,push,pull}``,
+Commands: ``run``, ``plan``, ``repro``, ``graph``, ``cache {ls,du,verify,gc,clear,push,pull}``,
 ``schema``, ``kinds``, ``log``, ``report``; ``remote`` and ``trust`` (the team cache, in
 ``remote_cli``). Errors on bad input print one block (``file:line:col: key: message`` and a
-hint) and exit 2; failed steps exit 1; an interrupted run exits 130. No traceback unless
-``BUILDGRAPH_DEBUG=1``.
+hint) and exit 2; failed steps exit 1 (``repro``: a step that should be deterministic is not);
+an interrupted run exits 130. No traceback unless ``BUILDGRAPH_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -95,6 +95,18 @@ def _add_plan(sub: Any) -> None:
                       "project's; 'off' for none)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+
+
+
+def _add_repro(sub: Any) -> None:
+    repro = sub.add_parser("repro", help="rebuild with the cache bypassed and compare with the "
+                           "cached build, bit for bit or numerically")
+    _recipe_args(repro)
+    repro.add_argument("-j", "--jobs", type=int, default=0,
+                       help="steps run at once (default: number of CPU cores)")
+    repro.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    repro.add_argument("--keep", action="store_true",
+                       help="keep the scratch cache and build directory (the path is printed)")
 
 
 def _add_graph(sub: Any) -> None:
@@ -188,7 +200,8 @@ def _add_log(sub: Any) -> None:
     log.add_argument("step")
 
 
-_SUBPARSERS = {"run": _add_run, "plan": _add_plan, "graph": _add_graph, "cache": _add_cache,
+_SUBPARSERS = {"run": _add_run, "plan": _add_plan, "repro": _add_repro, "graph": _add_graph,
+               "cache": _add_cache,
                "tune-db": _add_tune_db, "remote": _add_remote, "trust": _add_trust,
                "schema": _add_schema, "kinds": _add_kinds, "log": _add_log,
                "report": _add_report}
@@ -349,6 +362,8 @@ def _dispatch(args: Any) -> int:
         print(plan_json(graph, decisions) if args.json else plan_text(graph, decisions,
                                                                          args.verbose))
         return 0
+    if command == "repro":
+        return _repro(args)
     if command == "graph":
         return _graph(args)
     if command == "cache":
@@ -414,6 +429,21 @@ def _run(args: Any) -> int:
               "(it was not written):\n" + "\n".join(f"  {line}" for line in result.lock_changes)
               + "\n  hint: run without " + flag + " to update it, review its diff and commit it",
               file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _repro(args: argparse.Namespace) -> int:
+    from buildgraph import api
+    from buildgraph.repro import render
+    from buildgraph.report import ConsoleReporter
+
+    graph = api.load(args.recipe, args.overrides, args.cache_dir)
+    result = api.repro(graph, args.targets, cache_dir=args.cache_dir, build_dir=args.build_dir,
+                       jobs=args.jobs, reporter=ConsoleReporter(sys.stderr), keep=args.keep)
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2, default=str))
+    else:
+        sys.stdout.write(render(result))
     return 0 if result.ok else 1
 
 

@@ -2,7 +2,9 @@
 
 Reads ``("run", kind, task)`` requests and answers ``("ok", metadata)``,
 ``("failed", message)`` for a clean step failure, or ``("error", message)`` for an unexpected
-exception (whose traceback goes to the step's log).
+exception (whose traceback goes to the step's log). ``("call", "module:function", payload,
+log_path)`` calls a function the same way (``buildgraph repro`` compares outputs with the
+runtimes this way, out of its own process) and answers ``("ok", its result)``.
 """
 
 from __future__ import annotations
@@ -30,21 +32,44 @@ def main() -> None:
     os.dup2(devnull, 1)
     while True:
         request = _recv(proto_in)
-        if request is None or request[0] != "run":
+        if request is None or request[0] not in ("run", "call"):
             # An idle worker holds nothing to finalize; tearing down torch & co. takes up to a
             # second per worker, which every run would wait for at its end.
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+        if request[0] == "call":
+            _, target, payload, log_path = request
+            _send(proto_out, _call_one(target, payload, log_path, devnull))
+            continue
         _, kind, task = request
         _send(proto_out, _run_one(kind, task, devnull))
 
 
+def _call_one(target: str, payload: object, log_path: str, devnull: int) -> tuple:
+    def call() -> object:
+        from buildgraph.engine.executor import import_object
+
+        return import_object(target, what=f"function '{target}'")(payload)
+
+    return _logged(log_path, os.getcwd(), devnull, call)
+
+
 def _run_one(kind: str, task: object, devnull: int) -> tuple:
-    from buildgraph.engine import executor as executors
+    def run() -> object:
+        from buildgraph.engine import executor as executors
+
+        return executors.load_executor(kind)().run(task)  # type: ignore[arg-type]
+
+    return _logged(task.log_path, task.work_dir, devnull, run)  # type: ignore[attr-defined]
+
+
+def _logged(log_path: str, work_dir: str, devnull: int, work: object) -> tuple:
+    """``work()`` with fd 1 and 2 on the log and ``work_dir`` as the working directory; its
+    result or failure as a reply."""
     from buildgraph.errors import BuildgraphError, RecipeError
 
-    log_fd = os.open(task.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # type: ignore[attr-defined]
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     saved_err = os.dup(2)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -52,10 +77,8 @@ def _run_one(kind: str, task: object, devnull: int) -> tuple:
     os.dup2(log_fd, 2)
     cwd = os.getcwd()
     try:
-        os.chdir(task.work_dir)  # type: ignore[attr-defined]
-        cls = executors.load_executor(kind)
-        meta = cls().run(task)  # type: ignore[arg-type]
-        return ("ok", meta)
+        os.chdir(work_dir)
+        return ("ok", work())  # type: ignore[operator]
     except RecipeError as exc:  # the scheduler adds the step's location
         return ("recipe", (exc.message, exc.hint))
     except BuildgraphError as exc:

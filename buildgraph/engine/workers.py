@@ -78,10 +78,12 @@ class Worker:
         self.kinds: set = set()
         self.tasks = 0
 
-    def call(self, kind: str, task: Any, timeout: Optional[float]) -> Any:
+    def call(self, kind: str, task: Any, timeout: Optional[float],
+             request: Optional[tuple] = None) -> Any:
+        """Run a step of ``kind`` (or send ``request``, a ``("call", ...)``) and wait."""
         assert self.proc.stdin and self.proc.stdout
         try:
-            _send(self.proc.stdin.fileno(), ("run", kind, task))
+            _send(self.proc.stdin.fileno(), request or ("run", kind, task))
         except (BrokenPipeError, OSError):
             raise StepFailed(self._death()) from None
         fd = self.proc.stdout.fileno()
@@ -165,10 +167,17 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.started = 0
 
-    def run(self, kind: str, task: Any, timeout: Optional[float] = None) -> Tuple[str, Any]:
+    def call_function(self, target: str, payload: Any, log_path: str,
+                      timeout: Optional[float] = None) -> Tuple[str, Any]:
+        """Call ``"module:function"(payload)`` in a worker (its output goes to ``log_path``);
+        answers like :meth:`run`."""
+        return self.run(f"call:{target}", None, timeout, ("call", target, payload, log_path))
+
+    def run(self, kind: str, task: Any, timeout: Optional[float] = None,
+            request: Optional[tuple] = None) -> Tuple[str, Any]:
         worker = self._take(kind)
         try:
-            reply = worker.call(kind, task, timeout)
+            reply = worker.call(kind, task, timeout, request)
         except StepFailed:
             worker.kill()
             raise
