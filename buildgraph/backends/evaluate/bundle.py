@@ -214,17 +214,24 @@ def _reproducible(cand: str, steps: Mapping[str, Mapping[str, Any]]) -> str:
 def _provenance(task: Task, provenance: Mapping[str, Any], stamp: bool) -> Dict[str, Any]:
     from buildgraph.engine.lockfile import entries_digest
 
+    import re
+
     steps = dict(provenance.get("steps") or {})
     tools: Dict[str, List[str]] = {}
+    environment: Dict[str, List[str]] = {}
     gpu = []
     for rec in steps.values():
         for k, v in (rec.get("env") or {}).items():
+            value = str(v)
             if "gpu" in k.lower():
-                gpu.append(str(v))
-            elif k != "host" and str(v) != "not installed":
-                tools.setdefault(k, [])
-                if str(v) not in tools[k]:
-                    tools[k].append(str(v))
+                gpu.append(value)
+            elif k == "host" or value == "not installed":
+                continue
+            else:  # a version is a tool's; the rest (targets, compilers) is environment
+                into = tools if re.match(r"^\d+(\.\d+)+", value) else environment
+                into.setdefault(k, [])
+                if value not in into[k]:
+                    into[k].append(value)
     recipe = dict(provenance.get("recipe") or {})
     lock_name = (recipe.get("file") or "recipe.yaml").rsplit(".", 1)[0] + ".lock.json"
     return {
@@ -232,6 +239,7 @@ def _provenance(task: Task, provenance: Mapping[str, Any], stamp: bool) -> Dict[
         "steps": {sid: {k: rec.get(k) for k in ("kind", "key", "upstream", "outputs")}
                   for sid, rec in sorted(steps.items())},
         "tools": {k: " | ".join(sorted(v)) for k, v in sorted(tools.items())},
+        "environment": {k: sorted(v) for k, v in sorted(environment.items())},
         "host": {"cpu": task.env.get("host"), "gpu": sorted(set(gpu)) or None},
         "buildgraph": task.env.get("buildgraph"),
         "lock": {"file": lock_name, "digest": entries_digest(
