@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+from conftest import Project
 from torch_helpers import write_recipe
 
 STEPS = """
@@ -38,11 +40,20 @@ def drift_torch(root: Path, monkeypatch: pytest.MonkeyPatch, version: str = "2.9
         p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p))
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """One build, copied for each test: a torch step costs seconds, a copy does not."""
+    root = tmp_path_factory.mktemp("locked")
+    write_recipe(root, STEPS)
+    Project(root).run()
+    return root
+
+
 @pytest.fixture
-def built(project):
-    write_recipe(project.root, STEPS)
-    project.run()
+def built(project, template):
+    shutil.copytree(template, project.root, dirs_exist_ok=True, symlinks=True)
     lock = project.root / "r.lock.json"
+    assert project.statuses(project.run()) == {"saved": "cached", "copy": "cached"}
     return project, lock, lock.read_bytes()
 
 
