@@ -17,20 +17,16 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from buildgraph.engine.executor import Task
+from buildgraph.engine.files import ARCHIVE_MTIME, write_tar_gz  # noqa: F401 - ARCHIVE_MTIME: tests
 
-ARCHIVE_MTIME = 315532800
-"""1980-01-01 00:00:00 UTC, the earliest time a zip can hold (and what torch writes in its
-archives): every entry of the archive has it."""
 COMPRESSLEVEL = 6
 """Float weights barely compress (ResNet-18's ONNX: 93% at level 6 and at level 9), and
 level 9 costs a quarter more time."""
@@ -300,29 +296,9 @@ def write_bundle(dest: Path, manifest: Dict[str, Any], sources: Dict[str, Path],
 
 
 def write_archive(src: Path, dest: Path, top: str) -> None:
-    """``src`` as ``dest`` (.tar.gz) under the folder ``top``: entries sorted by name, every
-    mtime ARCHIVE_MTIME, owner 0:0 without names, mode 0644 (0755 for directories and
-    executables), GNU format, gzip header with mtime 0 and no file name."""
-    entries = [src] + sorted(src.rglob("*"), key=lambda p: p.relative_to(src).as_posix())
-    with open(dest, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                          compresslevel=COMPRESSLEVEL) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for path in entries:
-            rel = path.relative_to(src).as_posix()
-            info = tarfile.TarInfo(top if rel == "." else f"{top}/{rel}")
-            info.mtime = ARCHIVE_MTIME
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if path.is_dir():
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-                continue
-            info.size = path.stat().st_size
-            info.mode = 0o755 if path.stat().st_mode & 0o100 else 0o644
-            with open(path, "rb") as fh:
-                tar.addfile(info, fh)
+    """``src`` as ``dest`` (.tar.gz) under the folder ``top``, its bytes a function of the
+    files' names, contents and executable bits only (:func:`engine.files.write_tar_gz`)."""
+    write_tar_gz(src, dest, top=top, compresslevel=COMPRESSLEVEL)
 
 
 # --------------------------------------------------------------------------------------------

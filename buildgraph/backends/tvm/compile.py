@@ -163,7 +163,7 @@ class TvmCompileExecutor(Executor):
     """Compile an ONNX or torch.export model with TVM Relax into a library."""
 
     kind = "tvm.compile"
-    version = "1"
+    version = "2"  # 2: a .tar export is deterministic (sorted, fixed mtimes and owner)
     Params = TvmCompileParams
     outputs = {"model": "model"}
     isolation = "worker"

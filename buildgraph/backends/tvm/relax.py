@@ -371,7 +371,8 @@ def exporter(target: Mapping[str, Any], cc: Optional[str], export: str
 
     host = tvmtarget.is_host_target(target) or target.get("kind") == "cuda"
     if export == "tar":
-        return "model.tar", None, "object files; link them with the target's C compiler"
+        return "model.tar", deterministic_tar, "object files; link them with the target's C " \
+                                               "compiler"
     if host:
         if cc:
             if not shutil.which(cc):
@@ -390,5 +391,26 @@ def exporter(target: Mapping[str, Any], cc: Optional[str], export: str
         raise StepFailed(f"no cross compiler for {triple} (looked for {triple}-gcc); "
                          "install one (Debian: gcc-aarch64-linux-gnu) or set cc:, or use "
                          "export: tar")
-    return "model.tar", None, (f"no {triple}-gcc here: object files in a tar; link on the "
-                               f"device with: gcc -shared -o model.so *.o")
+    return "model.tar", deterministic_tar, (f"no {triple}-gcc here: object files in a tar; link "
+                                            f"on the device with: gcc -shared -o model.so *.o")
+
+
+def deterministic_tar(output: str, files: List[str], **_: Any) -> None:
+    """``export_library``'s ``fcompile`` for a ``.tar`` of object files, in place of TVM's own
+    (``tvm.support.tar.tar`` runs ``tar -czf``): the same objects give the same archive, where
+    TVM's held the copies' mtimes, the owner and directory order (``buildgraph repro`` found
+    two exports of one cross-compiled library differing)."""
+    import tempfile
+
+    from buildgraph.engine.files import write_tar_gz
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name in files:
+            base = os.path.basename(name)
+            if os.path.exists(os.path.join(folder, base)):
+                raise ValueError(f"duplicate file name {base}")
+            shutil.copyfile(name, os.path.join(folder, base))
+        write_tar_gz(Path(folder), Path(output))
+
+
+deterministic_tar.output_format = "tar"  # type: ignore[attr-defined]
