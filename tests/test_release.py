@@ -20,7 +20,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from buildgraph.backends.evaluate.bundle import ARCHIVE_MTIME, write_archive  # noqa: E402
+from buildgraph.backends.evaluate.bundle import write_archive  # noqa: E402
+from buildgraph.engine.files import ARCHIVE_MTIME  # noqa: E402
 from buildgraph.engine.lockfile import entries_digest  # noqa: E402
 from torch_helpers import write_recipe  # noqa: E402
 

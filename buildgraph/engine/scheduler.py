@@ -626,13 +626,6 @@ class Scheduler:
             self.reporter.warning(f"could not write the run record in {self.build_dir}: {exc}")
 
 
-def _rel(path: Path, base: Path) -> str:
-    try:
-        return os.path.relpath(path, base)
-    except ValueError:
-        return str(path)
-
-
 def _jsonable(meta: Any) -> Any:
     import json
 

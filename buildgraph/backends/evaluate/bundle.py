@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from buildgraph.engine.executor import Task
-from buildgraph.engine.files import ARCHIVE_MTIME, write_tar_gz  # noqa: F401 - ARCHIVE_MTIME: tests
+from buildgraph.engine.files import write_tar_gz
 
 COMPRESSLEVEL = 6
 """Float weights barely compress (ResNet-18's ONNX: 93% at level 6 and at level 9), and
