@@ -425,7 +425,12 @@ def _run(args: Any) -> int:
         from buildgraph.engine.lockfile import lock_path
 
         flag = "--frozen" if args.frozen else "--locked"
-        print(f"error: {flag}: the lock file {lock_path(graph.recipe_path)} would change "
+        where = lock_path(graph.recipe_path).absolute()
+        try:
+            where = where.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        print(f"error: {flag}: the lock file {where} would change "
               "(it was not written):\n" + "\n".join(f"  {line}" for line in result.lock_changes)
               + "\n  hint: run without " + flag + " to update it, review its diff and commit it",
               file=sys.stderr)
