@@ -189,3 +189,47 @@ def test_loaders_run_each_artifact_from_the_extracted_archive(built, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"{art['step']} ({art['runtime']}): inputs [1, 3, 16, 16] -> outputs [1, 10]" \
             in proc.stdout
+
+
+@pytest.mark.slow
+def test_default_recipe_release_is_a_byte_identical_bundle(tmp_path):
+    """The README's first command, cold, then the release rebuilt from the same inputs: the
+    same archive, byte for byte; its manifest's lock digest matches the lock file written."""
+    import shutil
+
+    pytest.importorskip("tvm")
+    shutil.copytree(REPO / "recipes" / "models", tmp_path / "models")
+    shutil.copy(REPO / "recipes" / "resnet_cpu.yaml", tmp_path / "resnet_cpu.yaml")
+    env = dict(os.environ, BUILDGRAPH_CACHE_DIR=str(tmp_path / ".cache"))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+
+    def run(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "buildgraph", "run", "resnet_cpu.yaml",
+                               *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run()
+    release = tmp_path / "build" / "resnet_cpu" / "release"
+    first = (release / "bundle.tar.gz").read_bytes()
+    run("--force", "release", "release")
+    assert (release / "bundle.tar.gz").read_bytes() == first
+    manifest = json.loads((release / "bundle" / "manifest.json").read_text())
+    lock = json.loads((tmp_path / "resnet_cpu.lock.json").read_text())["steps"]
+    steps = manifest["provenance"]["steps"]
+    assert len(steps) == 16
+    assert manifest["provenance"]["lock"]["digest"] == entries_digest({s: lock[s] for s in steps})
+    assert set(manifest["nondeterministic"]) == {"tvm_tune", "benchmark"}
+    # every candidate that passed, each through its loader (onnxruntime, TorchScript,
+    # torch.export, the TVM runtime)
+    recipe = tmp_path / "resnet_cpu.yaml"
+    recipe.write_text(recipe.read_text() + "    with: {select: all_passed}\n")
+    run("release")
+    manifest = json.loads((release / "bundle" / "manifest.json").read_text())
+    runtimes = {a["runtime"] for a in manifest["artifacts"]}
+    assert runtimes == {"onnxruntime", "torchscript", "torch.export", "tvm.relax"}
+    for art in manifest["artifacts"]:
+        proc = subprocess.run([sys.executable, str(release / "bundle" / art["loader"]),
+                               art["step"]], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "inputs [1, 3, 224, 224] -> outputs [1, 1000]" in proc.stdout
