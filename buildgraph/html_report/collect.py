@@ -31,11 +31,13 @@ STATE_NEVER = "never built"
 
 class Outputs:
     """Reads a lock-recorded output's bytes: from the store by digest, else from the build
-    directory when the file there still has that digest."""
+    directory when the file there still has that digest. A lock records an output's path
+    inside the build directory (older ones: relative to the recipe); each of ``bases`` is
+    tried."""
 
-    def __init__(self, store: Any, recipe_dir: Path):
+    def __init__(self, store: Any, *bases: Path):
         self.store = store
-        self.recipe_dir = recipe_dir
+        self.bases = bases
 
     def json(self, out: Optional[Mapping[str, Any]]) -> Optional[Any]:
         if not out or out.get("type") != "file" or not out.get("digest"):
@@ -44,12 +46,14 @@ class Outputs:
         if data is None and out.get("path"):
             from buildgraph.engine.hashing import path_digest
 
-            path = self.recipe_dir / out["path"]
-            try:
-                if path.is_file() and path_digest(path).digest == out["digest"]:
-                    data = path.read_bytes()
-            except OSError:
-                data = None
+            for base in self.bases:
+                path = Path(base) / out["path"]
+                try:
+                    if path.is_file() and path_digest(path).digest == out["digest"]:
+                        data = path.read_bytes()
+                        break
+                except OSError:
+                    continue
         if data is None:
             return None
         try:
@@ -128,7 +132,9 @@ def _steps(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
             "last_status": rec.get("status"),
             "origin": rec.get("origin") if same_build or not locked else None,
             "remote_origin": rec.get("remote_origin"),
-            "wall_s": locked.get("wall_s") if locked else rec.get("wall_s"),
+            # the run record's time of this very build; a lock holds no wall time (older
+            # ones did)
+            "wall_s": rec.get("wall_s") if same_build or not locked else locked.get("wall_s"),
             "key": locked.get("key"),
             "message": rec.get("message") if rec.get("status") not in ("built", "cached",
                                                                         "restored") else None,
@@ -328,7 +334,7 @@ def build(recipe: Any, overrides: Any = None, cache_dir: Optional[str] = None,
     store = Store(Path(cache_dir) if cache_dir else None)
     try:
         doc = collect(graph, lock, decisions, read_record(bdir.absolute()),
-                      Outputs(store, graph.recipe_dir))
+                      Outputs(store, bdir.absolute(), graph.recipe_dir))
     finally:
         store.close()
     return doc, graph
