@@ -85,7 +85,8 @@ def graph_inputs_as_specs(graph: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]
 
 
 def reconcile_inputs(name: str, source: str, graph: Mapping[str, Any],
-                     declared: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+                     declared: Mapping[str, Any], theirs: str = "the file",
+                     hint: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     """The model's inputs, in the graph's order: the graph's own, or the recipe's where it
     declares them. The recipe may name a dynamic dim differently or fix it to a size; anything
     else that differs is an error listing every difference."""
@@ -103,10 +104,10 @@ def reconcile_inputs(name: str, source: str, graph: Mapping[str, Any],
     missing = [n for n in declared if n not in graph]
     extra = [n for n in graph if n not in declared]
     for n in missing:
-        problems.append(f"the recipe declares input '{n}', which the file does not have"
+        problems.append(f"the recipe declares input '{n}', which {theirs} does not have"
                         f"{did_you_mean(n, extra or list(graph))}")
     for n in extra:
-        problems.append(f"the file has input '{n}' {graph[n].describe()} {graph[n].dtype}, "
+        problems.append(f"{theirs} has input '{n}' {graph[n].describe()} {graph[n].dtype}, "
                         "which the recipe does not declare")
     result: Dict[str, Dict[str, Any]] = {}
     for iname, gspec in graph.items():
@@ -116,19 +117,19 @@ def reconcile_inputs(name: str, source: str, graph: Mapping[str, Any],
         shape = list(want.get("shape") or [])
         if len(shape) != len(gspec.dims):
             problems.append(f"input '{iname}': the recipe gives {len(shape)} dims "
-                            f"{_show(shape)}, the file {len(gspec.dims)} {gspec.describe()}")
+                            f"{_show(shape)}, {theirs} {len(gspec.dims)} {gspec.describe()}")
         else:
-            for axis, (mine, theirs) in enumerate(zip(shape, gspec.dims)):
-                fixed = isinstance(theirs, int) and theirs > 0
-                if fixed and isinstance(mine, int) and mine != theirs:
-                    problems.append(f"input '{iname}' dim {axis}: the recipe says {mine}, the "
-                                    f"file {theirs}")
+            for axis, (mine, size) in enumerate(zip(shape, gspec.dims)):
+                fixed = isinstance(size, int) and size > 0
+                if fixed and isinstance(mine, int) and mine != size:
+                    problems.append(f"input '{iname}' dim {axis}: the recipe says {mine}, "
+                                    f"{theirs} {size}")
                 elif fixed and isinstance(mine, str):
                     problems.append(f"input '{iname}' dim {axis}: the recipe names it "
-                                    f"'{mine}' (dynamic), but the file fixes it to {theirs}")
+                                    f"'{mine}' (dynamic), but {theirs} fixes it to {size}")
         dtype = want.get("dtype") or "float32"
         if dtype != gspec.dtype:
-            problems.append(f"input '{iname}': the recipe says {dtype}, the file "
+            problems.append(f"input '{iname}': the recipe says {dtype}, {theirs} "
                             f"{gspec.dtype}")
         result[iname] = {"shape": shape, "dtype": dtype, "min": want.get("min"),
                          "max": want.get("max")}
@@ -136,8 +137,9 @@ def reconcile_inputs(name: str, source: str, graph: Mapping[str, Any],
         have = ", ".join(f"{n}{g.describe()} {g.dtype}" for n, g in graph.items())
         raise RecipeError(f"model '{name}': {source}'s inputs do not match the recipe's "
                           "inputs: " + "; ".join(problems),
-                          hint=f"the file's inputs: {have}; leave 'inputs:' out to take them "
-                               "from the file, or rename/fix only its dynamic dims")
+                          hint=hint.format(have=have) if hint else
+                          f"the file's inputs: {have}; leave 'inputs:' out to take them "
+                          "from the file, or rename/fix only its dynamic dims")
     return result
 
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from buildgraph.backends.onnx.modelspec import KERAS_SUFFIXES, SAVED_MODEL_FILE
 from buildgraph.backends.tensorflow.base import TfModelExecutor, TfModelParams, tf_model_data
 from buildgraph.engine.executor import Task, out_path
-from buildgraph.errors import StepFailed, short_error
+from buildgraph.errors import BuildgraphError, StepFailed, short_error
 
 
 class Tf2OnnxParams(TfModelParams):
@@ -101,7 +101,9 @@ class Tf2OnnxExecutor(TfModelExecutor):
                                                 (spec.get("inputs") or {}).values())]
         if unknown:
             raise StepFailed(f"dims: model '{p.model}' has no dim named '{unknown[0]}'")
-        signature = p.signature or spec.get("signature") or loading.DEFAULT_SIGNATURE
+        # the model's signature: names one of its own SavedModel; an upstream's is Keras's
+        signature = p.signature or (None if source is not None else spec.get("signature")) \
+            or loading.DEFAULT_SIGNATURE
         if source is not None:
             if source.is_dir():
                 form, label = "savedmodel", f"the SavedModel {source.parent.name}/{source.name}"
@@ -110,10 +112,11 @@ class Tf2OnnxExecutor(TfModelExecutor):
                 form, label = "keras", source.name
                 keras_model = loading.load_keras_file(source, bool(spec.get("trusted")),
                                                       f"model '{p.model}'")
+        elif form == "savedmodel":
+            source = Path(task.inputs[f"model:{p.model}:savedmodel"])
+            label = f"the SavedModel {source.name}"
         else:
-            label = "the Keras model" if keras_model is not None else "the SavedModel"
-            if form == "savedmodel":
-                source = Path(task.inputs[f"model:{p.model}:savedmodel"])
+            label = "the Keras model"
         import tensorflow as tf
         import tf2onnx
 
@@ -144,7 +147,7 @@ class Tf2OnnxExecutor(TfModelExecutor):
 
                     proto, _ = tf2onnx.convert.from_function(call, input_signature=specs,
                                                              opset=p.opset)
-            except (StepFailed, KeyboardInterrupt):
+            except (BuildgraphError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # noqa: BLE001 - tf2onnx's own failures
                 task.log(f"{type(exc).__name__}: {exc}")

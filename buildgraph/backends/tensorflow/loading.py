@@ -259,8 +259,7 @@ def check_inputs(name: str, label: str, model_inputs: Mapping[str, Tuple[List[An
     from buildgraph.backends.onnx.source import reconcile_inputs
 
     graph = {n: InputSpec(n, tuple(shape), dtype) for n, (shape, dtype) in model_inputs.items()}
-    try:
-        reconcile_inputs(name, label, graph, spec.get("inputs") or {})
-    except RecipeError as exc:
-        raise RecipeError(exc.message, hint=(exc.hint or "") + "; Keras images are NHWC: "
-                          "[batch, height, width, channels]") from None
+    reconcile_inputs(name, label, graph, spec.get("inputs") or {}, theirs="the model",
+                     hint="the model's inputs: {have}; declare them in the model's own layout "
+                          "(Keras images are NHWC: [batch, height, width, channels]), named "
+                          "dims where the model's are dynamic")
