@@ -146,8 +146,10 @@ def load_saved_model(path: Path, signature: Optional[str], spec: Mapping[str, An
     if sig_name not in sigs:
         have = ", ".join(sorted(sigs)) or "none"
         raise RecipeError(f"{what}: {label} has no signature '{sig_name}' (it has: {have})",
-                          hint=("set signature: " + sorted(sigs)[0] + " on the model")
-                          if sigs else "export it with signatures (Keras: model.export(dir))")
+                          hint=("set signature: " + (DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in
+                                                     sigs else sorted(sigs)[0])
+                                + " on the model") if sigs else
+                          "export it with signatures (Keras: model.export(dir))")
     fn = sigs[sig_name]
     inputs = fn.structured_input_signature[1]
     outputs = fn.structured_outputs
