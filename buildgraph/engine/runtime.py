@@ -18,9 +18,10 @@ This module is the interface and the registry; the runtimes live with their back
 ``torch.eager`` (the reference: the recipe's model, fp32), ``torch.save`` (state_dict,
 checkpoint or whole-model pickle, told apart by reading the file), ``torchscript``
 (``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``), all in
-:mod:`buildgraph.backends.torch.runtime`; ``onnxruntime`` and ``onnxruntime.fp32`` (an ONNX source's reference: graph optimizations
-off) (:mod:`buildgraph.backends.onnx.runtime`); ``tensorflow`` (Keras files, SavedModels and
-a TensorFlow model source, :mod:`buildgraph.backends.tensorflow.runtime`);
+:mod:`buildgraph.backends.torch.runtime`; ``onnxruntime`` and ``onnxruntime.fp32`` (an ONNX
+source's reference: graph optimizations off) (:mod:`buildgraph.backends.onnx.runtime`);
+``tensorflow`` (Keras files, SavedModels and a TensorFlow model source,
+:mod:`buildgraph.backends.tensorflow.runtime`);
 ``tvm.relax`` (TVM's relax VirtualMachine,
 :mod:`buildgraph.backends.tvm.runtime`) and ``tensorrt`` (:mod:`buildgraph.backends.tensorrt.runtime`). More
 come with :func:`register_runtime` or through the ``buildgraph.runtimes`` entry-point group
