@@ -238,3 +238,33 @@ def test_an_onnx_model_builds_and_verifies_without_torch(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "build" / "nt" / "verify" / "report.json").read_text())
     assert report["passed"] and report["reference"]["runtime"] == "onnxruntime.fp32"
+
+
+def test_every_onnx_step_describes_the_model_file_it_takes(tmp_path: Path):
+    """``with: {model: m}`` makes the file and its external data inputs of the step (keyed
+    by content); without it, the description is what it always was."""
+    from buildgraph.engine.executor import DescribeContext, load_executor
+
+    tiny_cnn(tmp_path / "m.onnx", external_data=True)
+    models = {"m": {"source": "m.onnx"}}
+    ctx = DescribeContext(recipe_dir=tmp_path, models=models)
+    want = {"model:m:file": (tmp_path / "m.onnx").resolve(),
+            "model:m:data:m.onnx.data": (tmp_path / "m.onnx.data").resolve()}
+    for kind, extra in (("onnx.simplify", {}), ("onnx.autocast", {}),
+                        ("onnx.quantize", {"calibration": "${in.c.data}"}),
+                        ("tvm.compile", {"target": "native"}),
+                        ("tvm.tune", {"target": "native"})):
+        cls = load_executor(kind)
+        described = cls().describe(cls.Params.model_validate({"model": "m", **extra}), ctx)
+        assert {k: v for k, v in described.inputs.items() if k.startswith("model:")} == want, \
+            kind
+        plain = cls().describe(cls.Params.model_validate(extra), ctx)
+        assert not [k for k in plain.inputs if k.startswith("model:")], kind
+
+
+def test_verify_reference_must_be_an_upstream_step(tmp_path: Path):
+    tiny_cnn(tmp_path / "m.onnx")
+    message = _plan_error(tmp_path, "m: {source: m.onnx}", """
+        s: {uses: onnx.simplify, with: {model: m}}
+        v: {uses: verify, from: s, with: {model: m, reference: ss}}""")
+    assert message.startswith("reference: 'ss' is not an upstream step (did you mean 's'?)")
