@@ -47,7 +47,7 @@ class OnnxSimplifyParams(StrictParams):
 
 
 class OnnxSimplifyExecutor(Timed, Executor):
-    """onnxsim (or onnxslim) on an upstream ONNX model; node counts before/after."""
+    """onnxsim (or onnxslim) on an ONNX model (upstream, or model:); node counts before/after."""
 
     kind = "onnx.simplify"
     version = "1"
