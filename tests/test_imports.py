@@ -9,7 +9,8 @@ import sys
 
 from conftest import REPO
 
-HEAVY = ("torch", "tvm", "tensorrt", "onnxruntime", "onnx", "onnxsim")
+HEAVY = ("torch", "tvm", "tensorrt", "onnxruntime", "onnx", "onnxsim", "tensorflow", "keras",
+         "tf2onnx")
 
 
 def _modules_after(code: str, cwd) -> list:
@@ -90,3 +91,26 @@ def test_a_cached_run_with_a_remote_configured_makes_no_request(project):
     mods = _modules_after(code, project.root)
     assert "buildgraph.engine.remote" in mods  # the remote is configured...
     assert not [m for m in REMOTE_LIBS if m in mods]  # ...and never opened
+
+
+def test_plan_of_a_tensorflow_recipe_imports_no_tensorflow(project):
+    """Describing TensorFlow steps reads files and metadata only: no TensorFlow, Keras,
+    tf2onnx or torch (the model's factory is read with ast). tests/test_tensorflow.py checks
+    that a fully cached run of such a recipe imports none either."""
+    project.write("models/nets.py", "import keras\n\ndef cnn():\n    return keras.Sequential()\n")
+    project.write("saved/saved_model.pb", "not read at plan time")
+    project.write("r.yaml", """
+        models:
+          cnn: {source: models/nets.py:cnn, framework: tensorflow,
+                inputs: {image: {shape: [batch, 16, 16, 3]}}}
+          saved: {source: saved, inputs: {image: {shape: [batch, 16, 16, 3]}}}
+        steps:
+          export: {uses: keras.export, with: {model: cnn}}
+          onnx: {uses: tf2onnx.convert, from: export, with: {model: cnn}}
+          onnx2: {uses: tf2onnx.convert, with: {model: saved}}
+          verify: {uses: verify, from: [export, onnx, onnx2], with: {model: cnn}}
+        """)
+    mods = _modules_after("from buildgraph.cli import run_cli\n"
+                          "assert run_cli(['plan', 'r.yaml']) == 0", project.root)
+    for name in HEAVY:
+        assert name not in mods, name

@@ -4,7 +4,7 @@
   only through their ``"module:Class"`` strings;
 * ``recipe/`` imports the engine, never a backend;
 * backends import each other only along the data flow: torch -> onnx (and generic), tensorrt
-  -> onnx, evaluate -> the runtimes of every backend.
+  -> onnx, tensorflow -> onnx (and generic), evaluate -> the runtimes of every backend.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ ALLOWED_BACKEND_EDGES: Dict[str, Set[str]] = {
     "torch": {"onnx", "generic"},
     "tvm": {"onnx"},
     "tensorrt": {"onnx"},
-    "evaluate": {"torch", "onnx", "tvm", "tensorrt", "generic"},
+    "tensorflow": {"onnx", "generic"},
+    "evaluate": {"torch", "onnx", "tvm", "tensorrt", "tensorflow", "generic"},
 }
 
 
@@ -52,7 +53,8 @@ def modules(sub: str) -> Iterator[Path]:
 
 def test_the_layout_exists():
     for sub in ("engine", "recipe", "backends/generic", "backends/torch", "backends/onnx",
-                "backends/tvm", "backends/tensorrt", "backends/evaluate"):
+                "backends/tvm", "backends/tensorrt", "backends/tensorflow",
+                "backends/evaluate"):
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(top) <= 9, top  # cli, api, errors, report, explain and the package files

@@ -522,3 +522,31 @@ def test_refit_engine_is_keyed_on_structure_so_new_weights_keep_it(project, monk
     project.run("r.yaml")
     assert project.statuses(project.run("r.yaml", "--set", "weights=tiny_retrained.onnx")) == \
         {"onnx": "restored", "engine": "built"}
+
+
+def test_an_onnx_model_of_the_recipe_is_built_directly(fake, tmp_path, onnx_file):
+    """``with: {model: m}`` where m is an ONNX model and no upstream gives an ONNX file: the
+    model's file is described (keyed) and built; with an upstream ONNX output, that one is."""
+    from buildgraph.backends.tensorrt.build import source_onnx
+    from buildgraph.engine.executor import DescribeContext
+
+    trt = fake()
+    models = {"m": {"source": "up/model.onnx", "dims": {"batch": {"min": 1, "opt": 2,
+                                                                  "max": 4}}}}
+    description = TensorRTBuildExecutor().describe(
+        TensorRTBuildParams(model="m"), DescribeContext(recipe_dir=tmp_path, models=models))
+    assert description.inputs == {"model:m:file": onnx_file.resolve()}
+    task = build_task(tmp_path, {"model": "m"}, onnx_file, inputs=dict(description.inputs))
+    task.upstream, task.upstream_kinds = {}, {}
+    task.data = dict(description.data)
+    assert source_onnx(task, TensorRTBuildParams(model="m"), "tensorrt.build") == \
+        onnx_file.resolve()
+    run(task)
+    parsed = [c for c in trt.CALLS if c[0] == "parse_from_file"]
+    assert parsed == [("parse_from_file", onnx_file.name)]
+    assert engine(task)["profiles"] == [{"x": [[1, 3, 16, 16], [2, 3, 16, 16],
+                                               [4, 3, 16, 16]]}]
+    other = tmp_path / "other.onnx"
+    make_test_onnx(other)
+    task.upstream, task.upstream_kinds = {"sim": {"model": other}}, {"sim": "onnx.simplify"}
+    assert source_onnx(task, TensorRTBuildParams(model="m"), "tensorrt.build") == other

@@ -36,3 +36,16 @@ def test_a_pt2_import_failure_keeps_torchs_reason_not_its_advert():
         "torch.Size([2, 8, 32]) and strides (32, 64, 1) as a tensor with shape (16, 32)!; an "
         "ONNX file from onnx.export is the other route into TVM (from: <the onnx.export step>; "
         "static shapes import most often)")
+
+
+def test_a_tf2onnx_graph_points_at_static_shapes_and_unrolled_rnns():
+    exc = InternalError("OpNotImplemented: The following operators are not supported for "
+                        "frontend ONNX: Loop")
+    assert import_error_message(Path("model.onnx"), exc, producer="tf2onnx") == (
+        "TVM cannot import model.onnx: InternalError: OpNotImplemented: The following operators "
+        "are not supported for frontend ONNX: Loop; convert with static shapes (tf2onnx.convert"
+        " dims: {batch: 1}) and Keras RNN layers with unroll=True, which tf2onnx writes as "
+        "plain ops TVM imports")
+    other = import_error_message(Path("model.onnx"), exc, producer="onnx.helper")
+    assert other.endswith("; an ONNX file with static shapes (onnx.simplify "
+                          "overwrite_input_shapes) often imports where a dynamic one does not")

@@ -69,8 +69,12 @@ _TENSORRT_KINDS: Dict[str, str] = {
     "onnx.autocast": "buildgraph.backends.onnx.precision:AutocastExecutor",
     "onnx.quantize": "buildgraph.backends.onnx.precision:QuantizeExecutor",
 }
+_TENSORFLOW_KINDS: Dict[str, str] = {
+    "keras.export": "buildgraph.backends.tensorflow.export:KerasExportExecutor",
+    "tf2onnx.convert": "buildgraph.backends.tensorflow.convert:Tf2OnnxExecutor",
+}
 BUILTIN_KINDS: Dict[str, str] = {**_GENERIC_KINDS, **_TORCH_KINDS, **_TVM_KINDS,
-                                 **_TENSORRT_KINDS}
+                                 **_TENSORRT_KINDS, **_TENSORFLOW_KINDS}
 
 NONDETERMINISTIC_KINDS: Dict[str, str] = {
     "benchmark": "timings: every run measures this machine anew",

@@ -1,6 +1,7 @@
 """Runtimes: load a deployable artifact and run it on numpy inputs.
 
-``verify`` compares every artifact of a recipe with the eager PyTorch model; each artifact
+``verify`` compares every artifact of a recipe with the model's own reference (eager PyTorch,
+onnxruntime fp32 for an ONNX file, TensorFlow for a Keras/SavedModel model); each artifact
 format runs through its own runtime. A runtime is a small class::
 
     class MyRuntime(Runtime):
@@ -17,7 +18,10 @@ This module is the interface and the registry; the runtimes live with their back
 ``torch.eager`` (the reference: the recipe's model, fp32), ``torch.save`` (state_dict,
 checkpoint or whole-model pickle, told apart by reading the file), ``torchscript``
 (``torch.jit.load``), ``torch.export`` (``torch.export.load(...).module()``), all in
-:mod:`buildgraph.backends.torch.runtime`; ``onnxruntime`` (:mod:`buildgraph.backends.onnx.runtime`);
+:mod:`buildgraph.backends.torch.runtime`; ``onnxruntime`` and ``onnxruntime.fp32`` (an ONNX
+source's reference: graph optimizations off) (:mod:`buildgraph.backends.onnx.runtime`);
+``tensorflow`` (Keras files, SavedModels and a TensorFlow model source,
+:mod:`buildgraph.backends.tensorflow.runtime`);
 ``tvm.relax`` (TVM's relax VirtualMachine,
 :mod:`buildgraph.backends.tvm.runtime`) and ``tensorrt`` (:mod:`buildgraph.backends.tensorrt.runtime`). More
 come with :func:`register_runtime` or through the ``buildgraph.runtimes`` entry-point group
@@ -42,6 +46,8 @@ RUNTIMES: Dict[str, str] = {
     "torchscript": "buildgraph.backends.torch.runtime:TorchScriptRuntime",
     "torch.export": "buildgraph.backends.torch.runtime:ExportedProgramRuntime",
     "onnxruntime": "buildgraph.backends.onnx.runtime:OnnxRuntime",
+    "onnxruntime.fp32": "buildgraph.backends.onnx.runtime:OnnxReferenceRuntime",
+    "tensorflow": "buildgraph.backends.tensorflow.runtime:TensorFlowRuntime",
     "tvm.relax": "buildgraph.backends.tvm.runtime:TvmRuntime",
     "tensorrt": "buildgraph.backends.tensorrt.runtime:TensorRTRuntime",
 }
@@ -58,6 +64,8 @@ KIND_RUNTIMES: Dict[str, str] = {
     "tvm.compile": "tvm.relax",
     "tensorrt.build": "tensorrt",
     "tensorrt.refit": "tensorrt",
+    "tf2onnx.convert": "onnxruntime",
+    "keras.export": "tensorflow",
 }
 """Step kind -> the runtime that loads its ``model`` output."""
 
@@ -69,6 +77,8 @@ SUFFIX_RUNTIMES: Dict[str, str] = {
     ".pth": "torch.save",
     ".engine": "tensorrt",
     ".plan": "tensorrt",
+    ".keras": "tensorflow",
+    ".h5": "tensorflow",
 }
 """File suffix -> runtime, for artifacts of other step kinds (``python``, ``shell``)."""
 

@@ -166,10 +166,12 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
     ref = m.get("reference")
     ordered = sorted(arts.items(), key=lambda kv: _p50(kv[1], main_batch) or float("inf"))
     if ref:
-        ordered = [("eager (reference)", {"step": None, "kind": "torch (eager)",
-                                          "runtime": "torch.eager", "precision": "fp32",
-                                          "benchmark": ref, "verification": None,
-                                          "size_bytes": None, "_ref": True})] + ordered
+        runtime = ref.get("runtime") or "torch.eager"  # the model's own: not always torch
+        label = "eager (reference)" if runtime == "torch.eager" else f"{runtime} (reference)"
+        ordered = [(label, {"step": None, "kind": "torch (eager)" if runtime == "torch.eager"
+                            else "the model", "runtime": runtime, "precision": "fp32",
+                            "benchmark": ref, "verification": None,
+                            "size_bytes": None, "_ref": True})] + ordered
     for cand, a in ordered:
         b = a.get("benchmark") or {}
         base = ("models", model, "reference") if a.get("_ref") else \

@@ -39,11 +39,20 @@ class TensorSpec(Strict):
 
 
 class ModelSpec(Strict):
-    """A PyTorch model the recipe builds from (see README, 'Model sources')."""
+    """A model the recipe builds from: PyTorch, an ONNX file or TensorFlow/Keras (see README,
+    'Models and PyTorch exports' and 'Starting from ONNX or TensorFlow')."""
 
     source: str = Field(description="'path/file.py:factory', 'package.module:factory', "
-                        "'torchvision:resnet50', 'transformers:BertModel', or a saved model "
-                        "file (.pt/.pth, .pt2, TorchScript)")
+                        "'torchvision:resnet50', 'transformers:BertModel', a saved PyTorch "
+                        "model file (.pt/.pth, .pt2, TorchScript), an ONNX file (.onnx), a "
+                        "Keras file (.keras, .h5) or a TensorFlow SavedModel directory")
+    framework: Optional[Literal["torch", "onnx", "tensorflow"]] = Field(
+        None, description="what the source is; default: onnx for .onnx files, tensorflow for "
+        ".keras/.h5 files and SavedModel directories, torch otherwise (a factory returning "
+        "a tf.keras.Model says framework: tensorflow)")
+    signature: Optional[str] = Field(
+        None, description="TensorFlow SavedModel: the signature to run and convert (default "
+        "serving_default)")
     config: Optional[Union[Dict[str, Any], str]] = Field(
         None, description="transformers: the model config, a dict with model_type "
         "({model_type: bert, hidden_size: 32, ...}) or a config.json file (or its directory)")

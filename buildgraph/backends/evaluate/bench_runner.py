@@ -2,7 +2,8 @@
 
 ``python -m buildgraph.backends.evaluate.bench_runner JOB.json RESULTS.jsonl``
 
-``benchmark`` starts one runner per artifact (and one for eager PyTorch), for three reasons:
+``benchmark`` starts one runner per artifact (and one for the model's reference: eager PyTorch,
+onnxruntime fp32 or TensorFlow), for three reasons:
 
 * **threads are pinned before any library starts its pools.** The parent sets
   ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``TVM_NUM_THREADS`` in the runner's environment, and
@@ -147,7 +148,7 @@ def _one_setting(runtime: Any, spec: Mapping[str, Any], seed: int, sizes: Dict[s
 def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
     """Load the artifact, then time each setting (or sweep the batch dim)."""
     from buildgraph.backends.evaluate.measure import WindowPolicy
-    from buildgraph.engine.runtime import RuntimeContext, load_runtime
+    from buildgraph.engine.runtime import RuntimeContext
     from buildgraph.errors import StepFailed
 
     import numpy  # noqa: F401 - counted in the baseline, like the runtime's own imports
@@ -164,12 +165,9 @@ def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
     baseline = rss_mb()
     start = time.perf_counter()
     try:
-        if job["runtime"] == "torch.eager":
-            from buildgraph.backends.torch.runtime import EagerRuntime
+        from buildgraph.backends.evaluate.reference import load_job_runtime
 
-            runtime = EagerRuntime.load(Path("."), ctx)
-        else:
-            runtime = load_runtime(Path(job["path"]), ctx, job["runtime"])
+        runtime = load_job_runtime(job, ctx)  # an artifact, or the model's own reference
     except StepFailed as exc:
         emit("failed", message=exc.message, skip=bool(getattr(exc, "skip", False)))
         return

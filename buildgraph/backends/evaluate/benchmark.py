@@ -2,8 +2,10 @@
 verified one: :mod:`buildgraph.backends.evaluate.release`).
 
 ``benchmark`` loads each upstream artifact through the same runtimes ``verify`` uses and times
-it on random inputs shaped by the model's specs, per setting of the named dims, and eager
-PyTorch as the baseline that speedups are quoted against. A measurement is trusted only once
+it on random inputs shaped by the model's specs, per setting of the named dims, and the
+model's own reference as the baseline that speedups are quoted against (eager PyTorch; an ONNX
+file on onnxruntime fp32 unoptimised; a TensorFlow model in TensorFlow:
+:mod:`buildgraph.backends.evaluate.reference`). A measurement is trusted only once
 it is stable (:mod:`buildgraph.backends.evaluate.measure`): windows of runs until two
 consecutive windows' medians agree within ``spread``, under a time cap; the report gives
 p50/p90/p99, the spread reached, and whether it was reached.
@@ -38,7 +40,8 @@ from buildgraph.engine.params import StrictParams
 from buildgraph.backends.torch.base import ModelExecutor, ModelParams, artifact_of, model_spec_of
 
 REFERENCE = "eager"
-"""The key of the eager PyTorch baseline in the report."""
+"""The runner name of the baseline (the model's reference; eager PyTorch for a PyTorch
+model)."""
 
 
 class SweepParams(StrictParams):
@@ -72,8 +75,9 @@ class BenchmarkParams(ModelParams):
     max_s: float = Field(20.0, gt=0, description="cap on the timed windows of one artifact at "
                                                  "one setting (seconds)")
     threads: ThreadParams = Field(default_factory=ThreadParams)
-    reference: bool = Field(True, description="also time the model in eager PyTorch (the "
-                                              "baseline of speedups)")
+    reference: bool = Field(True, description="also time the model on its own reference "
+                                              "runtime (eager PyTorch, onnxruntime fp32, "
+                                              "TensorFlow): the baseline of speedups")
     device: str = "cpu"
 
     @model_validator(mode="after")
@@ -114,12 +118,12 @@ class BenchmarkExecutor(ModelExecutor):
         never reused across machines or thread settings. Checks the dims it names."""
         from dataclasses import replace
 
-        from buildgraph.backends.torch import model as torchmodel
+        from buildgraph.backends.evaluate.reference import described_spec, describe_model_any
+        from buildgraph.backends.onnx.modelspec import dim_sizes
         from buildgraph.engine.environment import host_cpu
 
-        base = super().describe(params, ctx)
-        spec = ctx.models.get(params.model) or {}
-        known = torchmodel.dim_sizes(spec)
+        base = describe_model_any(params.model, ctx, self.dists)
+        known = dim_sizes(described_spec(base))  # an ONNX file's dims come from its graph
         for dim in list(params.dims) + ([params.sweep.dim] if params.sweep else []):
             if dim not in known:
                 raise RecipeError(f"the model '{params.model}' has no named dim '{dim}'"
@@ -130,8 +134,9 @@ class BenchmarkExecutor(ModelExecutor):
                                               "inter": params.threads.inter}})
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
+        from buildgraph.backends.evaluate.reference import reference_job
         from buildgraph.backends.evaluate.verify import candidate_trusted
-        from buildgraph.backends.torch import model as torchmodel
+        from buildgraph.backends.onnx.modelspec import dim_sizes
         from buildgraph.engine.runtime import artifact_info, runtime_for
 
         p: BenchmarkParams = self.params(task)
@@ -142,7 +147,7 @@ class BenchmarkExecutor(ModelExecutor):
         if not chosen:
             raise StepFailed("nothing to benchmark: list the artifacts' steps under 'from:'"
                              + (f"{did_you_mean(p.candidates[0], ups)}" if p.candidates else ""))
-        known = torchmodel.dim_sizes(spec)
+        known = dim_sizes(spec)
         for dim in list(p.dims) + ([p.sweep.dim] if p.sweep else []):
             if dim not in known:
                 raise StepFailed(f"dims: the model has no named dim '{dim}'"
@@ -160,18 +165,22 @@ class BenchmarkExecutor(ModelExecutor):
                   "spread": p.spread, "max_s": p.max_s}
         from buildgraph.backends.evaluate.bench_runner import load_average
 
+        ref_job = reference_job(task, p.model)
         report: Dict[str, Any] = {
-            "schema": 2, "model": p.model, "threads": threads, "policy": policy,
+            "schema": 2, "model": p.model, "reference_runtime": ref_job["name"],
+            "threads": threads, "policy": policy,
             "sweep": sweep, "warmup": p.warmup, "runs": p.runs, "device": p.device,
             "host_load": {"cpus": os.cpu_count(), "before": load_average()},
             "candidates": {}}
         base_ctx = {"model": p.model, "model_spec": dict(spec),
                     "recipe_dir": str(task.recipe_dir), "device": p.device}
         if p.reference:
-            job = {"runtime": "torch.eager", "path": "",
-                   "ctx": {**base_ctx, "kind": None, "trusted": bool(spec.get("trusted"))}}
+            job = {**ref_job, "ctx": {**base_ctx, "kind": None,
+                                      "trusted": bool(spec.get("trusted"))}}
+            kind = "eager" if ref_job["name"] == "torch.eager" else "reference"
             report["reference"] = self._measure(task, REFERENCE, job, threads, policy,
-                                                settings, sweep, spec, {"kind": "eager"})
+                                                settings, sweep, spec,
+                                                {"kind": kind, "runtime": ref_job["name"]})
         for cand in chosen:
             path = artifact_of(task, cand)
             kind = task.upstream_kinds.get(cand)

@@ -31,7 +31,8 @@ COMPRESSLEVEL = 6
 """Float weights barely compress (ResNet-18's ONNX: 93% at level 6 and at level 9), and
 level 9 costs a quarter more time."""
 
-LOADERS = {"onnxruntime", "torchscript", "torch.export", "torch.save", "tvm.relax", "tensorrt"}
+LOADERS = {"onnxruntime", "torchscript", "torch.export", "torch.save", "tvm.relax", "tensorrt",
+           "tensorflow"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +355,31 @@ def example_inputs(entry):
 '''
 
 _BODIES = {
+    "tensorflow": ("a TensorFlow SavedModel (its serving_default signature) or a Keras file",
+                   "numpy, tensorflow", '''
+def load(entry):
+    import tensorflow as tf
+
+    path = BUNDLE / entry["path"]
+    if path.is_dir():
+        return tf.saved_model.load(str(path)).signatures["serving_default"]
+    import keras
+
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def run(model, entry, arrays):
+    import tensorflow as tf
+
+    if hasattr(model, "structured_input_signature"):  # a SavedModel signature: inputs by name
+        names = list(model.structured_input_signature[1])
+        wanted = [i["name"] for i in entry["io"]["inputs"]]
+        names = wanted if sorted(wanted) == sorted(names) else names
+        out = model(**{n: tf.constant(a) for n, a in zip(names, arrays)})
+        return [v.numpy() for v in out.values()]
+    out = model(arrays[0] if len(arrays) == 1 else list(arrays), training=False)
+    return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+'''),
     "onnxruntime": ("an ONNX model with onnxruntime", "numpy, onnxruntime", '''
 def load(entry):
     import onnxruntime as ort

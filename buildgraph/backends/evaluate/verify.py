@@ -1,6 +1,9 @@
-"""``verify``: prove that each artifact computes what the PyTorch model computes.
+"""``verify``: prove that each artifact computes what the model computes.
 
-The reference is the recipe's model in eager PyTorch, fp32. Candidates are the upstream steps
+The reference is the recipe's model on its own runtime, fp32: eager PyTorch for a PyTorch
+model, onnxruntime with graph optimizations off for an ONNX file, TensorFlow for a
+TensorFlow/Keras model (:mod:`buildgraph.backends.evaluate.reference`); ``reference: STEP``
+takes an upstream artifact instead. Candidates are the upstream steps
 (``from: [ts, ep, onnx, sim]``), each loaded by its own runtime (:mod:`buildgraph.engine.runtime`).
 All run on ``random`` seeded random input sets plus the model's sample inputs, and for every
 output the report gives: max absolute error, max relative error, the chosen statistic of the
@@ -25,9 +28,11 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 from pydantic import Field, field_validator
 
-from buildgraph.backends.torch import model as torchmodel
-from buildgraph.errors import RecipeError, StepFailed, did_you_mean
-from buildgraph.backends.torch.base import ModelExecutor, ModelParams, artifact_of, write_json
+from buildgraph.backends.onnx.modelspec import dim_sizes, framework_of_data, input_specs
+from buildgraph.backends.evaluate.reference import describe_model_any
+from buildgraph.errors import RecipeError, StepFailed, did_you_mean, short_error
+from buildgraph.backends.torch.base import (ModelExecutor, ModelParams, artifact_of,
+                                            model_spec_of, write_json)
 from buildgraph.engine.executor import DescribeContext, Description
 from buildgraph.engine.params import StrictParams
 
@@ -102,6 +107,10 @@ class VerifyParams(ModelParams):
                                        "for 2-D float outputs)")
     tolerances: Dict[str, Tolerance] = Field(
         default_factory=dict, description="'default' and/or candidate step ids -> tolerance")
+    reference: Optional[str] = Field(
+        None, description="an upstream step whose artifact is the reference instead of the "
+        "model (default: the model on its own runtime: eager PyTorch, onnxruntime fp32 "
+        "unoptimised, TensorFlow)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +273,8 @@ def table(rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]]) -> s
 # --------------------------------------------------------------------------------------------
 
 class VerifyExecutor(ModelExecutor):
-    """Compare upstream artifacts with eager PyTorch; the JSON report is an output."""
+    """Compare upstream artifacts with the model's reference; the JSON report is an
+    output."""
 
     kind = "verify"
     version = "2"  # 2: report.json holds no timings (same inputs, same bytes)
@@ -278,6 +288,11 @@ class VerifyExecutor(ModelExecutor):
         ``candidates:`` and ``tolerances:`` entry names an upstream step."""
         ups = list(ctx.upstream_kinds)
         bases = {u.split("@")[0] for u in ups}
+        if params.reference is not None and params.reference not in ups:
+            raise RecipeError(f"reference: '{params.reference}' is not an upstream step"
+                              f"{did_you_mean(params.reference, ups)}",
+                              hint="list it under 'from:' (it is then the reference, not a "
+                                   "candidate)")
         for c in params.candidates or []:
             if c not in ups and c not in bases:
                 raise RecipeError(f"candidates: '{c}' is not an upstream step"
@@ -294,43 +309,59 @@ class VerifyExecutor(ModelExecutor):
                                   f"{did_you_mean(key, sorted(known))}",
                                   hint="keys are 'default' or candidate step ids: "
                                        + ", ".join(sorted(known)))
-        return super().describe(params, ctx)
+        return describe_model_any(params.model, ctx, self.dists)
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
-        self.import_torch()
-        from buildgraph.engine.runtime import RuntimeContext, artifact_info, load_runtime, runtime_for
-        from buildgraph.backends.torch.runtime import EagerRuntime
-
         p: VerifyParams = self.params(task)
         candidates = self._candidates(task, p)
-        spec, model = self.model(task, p.model)
-        model.float()
-        sets = self._input_sets(task, p, spec)
-        ctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
-                             threads=task.threads, trusted=bool(spec.get("trusted")))
-        reference = EagerRuntime.from_module(model, ctx)
+        reference = self._reference(task, p)
+        try:
+            return self._verify(task, p, candidates, reference)
+        finally:
+            reference.close()
+
+    def _reference(self, task: Any, p: VerifyParams) -> Any:
+        """The model's own reference (or ``reference: STEP``'s artifact), loaded."""
+        from buildgraph.backends.evaluate import reference as refs
+
+        if framework_of_data(task.data) == "torch":
+            self.import_torch()  # its example inputs are torch's, whatever the reference
+            if p.reference is None:
+                spec, model = self.model(task, p.model)
+                model.float()
+                return refs.TorchReference(p.model, spec, model, task.recipe_dir)
+        spec = model_spec_of(task, p.model)
+        with self.timed("load_reference"):
+            if p.reference is not None:
+                return refs.artifact_reference(task, p.model, spec, p.reference, task.threads)
+            return refs.model_reference(task, p.model, spec, task.threads)
+
+    def _verify(self, task: Any, p: VerifyParams, candidates: List[str], reference: Any
+                ) -> Optional[Dict[str, Any]]:
+        from buildgraph.engine.runtime import RuntimeContext, artifact_info, load_runtime, runtime_for
+
+        spec = reference.spec
+        sets = self._input_sets(task, p, spec, reference)
         ref_out: List[List[Any]] = []
         out_names: List[str] = []
         with self.timed("reference"):
             for label, tensors in sets:
-                out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
-                flat = torchmodel.named_outputs(out, spec, f"model '{p.model}'")
-                out_names = [n for n, _ in flat]
-                ref_out.append([torchmodel.to_numpy(t) for _, t in flat])
-        np_sets = [[torchmodel.to_numpy(t) for t in tensors] for _, tensors in sets]
+                out_names, arrays = reference.run(tensors)
+                ref_out.append(arrays)
+        np_sets = [reference.to_numpy(tensors) for _, tensors in sets]
 
         def reference_for(tensors: List[Any]) -> List[Any]:
             with self.timed("reference"):
-                out = torchmodel.run_eager(p.model, spec, model, tensors, task.recipe_dir)
-            return [torchmodel.to_numpy(t) for _, t in
-                    torchmodel.named_outputs(out, spec, f"model '{p.model}'")]
+                return reference.run(tensors)[1]
         report: Dict[str, Any] = {
             "schema": 1, "model": p.model,
-            "reference": {"runtime": reference.name, "precision": "fp32"},
+            "reference": reference.describe(),
             "inputs": [{"name": label, "shapes": {n: list(t.shape) for (n, _), t in
-                                                   zip(torchmodel.input_specs(spec), tensors)}}
+                                                   zip(input_specs(spec), tensors)}}
                        for label, tensors in sets],
             "outputs": out_names, "candidates": {}, "passed": True}
+        task.log(f"reference: {reference.name} ({reference.framework} model '{p.model}'"
+                 + (f", step {p.reference}" if p.reference else "") + ")")
         rows = []
         timings: Dict[str, Dict[str, float]] = {}
         for cand in candidates:
@@ -353,7 +384,8 @@ class VerifyExecutor(ModelExecutor):
                 runtime = load_runtime(path, cctx, entry["runtime"])
                 load_s = round(time.perf_counter() - start, 4)
                 cand_sets, cand_ref, adapted = self._sets_for(
-                    cand, runtime.input_shapes(), p, spec, sets, np_sets, ref_out, reference_for)
+                    cand, runtime.input_shapes(), p, spec, sets, np_sets, ref_out, reference_for,
+                    reference)
                 if adapted:
                     entry["inputs"] = adapted
                     task.log(f"{cand}: built for fixed shapes; inputs drawn at " + ", ".join(
@@ -366,7 +398,7 @@ class VerifyExecutor(ModelExecutor):
                         raise
                     except Exception as exc:  # noqa: BLE001 - a runtime rejecting an input
                         raise StepFailed(f"fails on input {label}: "
-                                         f"{torchmodel.short_error(exc)[:300]}") from None
+                                         f"{short_error(exc)[:300]}") from None
                 run_s = round(time.perf_counter() - start, 4)
                 entry.update(runtime.details)
                 got = self._by_name(getattr(runtime, "output_names", None), out_names, got,
@@ -417,7 +449,7 @@ class VerifyExecutor(ModelExecutor):
         with self.timed("report"):
             write_json(task.outputs["report"], report)
             self._save_tensors(task.outputs["tensors"], sets, np_sets, ref_out, out_names,
-                               [n for n, _ in torchmodel.input_specs(spec)])
+                               [n for n, _ in input_specs(spec)])
         if not report["passed"]:
             task.log("\nworst errors (tolerance that would have passed in 'passes with atol'):")
             task.log(text)
@@ -453,7 +485,7 @@ class VerifyExecutor(ModelExecutor):
 
     @staticmethod
     def _candidates(task: Any, p: VerifyParams) -> List[str]:
-        ups = list(task.upstream)
+        ups = [u for u in task.upstream if u != p.reference]
         if p.candidates is None:
             chosen = ups
         else:
@@ -476,7 +508,7 @@ class VerifyExecutor(ModelExecutor):
     @staticmethod
     def _sets_for(cand: str, shapes: List[List[Any]], p: VerifyParams, spec: Mapping[str, Any],
                   sets: List[Tuple[str, List[Any]]], np_sets: List[List[Any]],
-                  ref_out: List[List[Any]], reference_for: Any
+                  ref_out: List[List[Any]], reference_for: Any, reference: Any
                   ) -> Tuple[List[Tuple[str, List[Any]]], List[List[Any]], Dict[str, int]]:
         """The input sets a candidate can take, with their reference outputs.
 
@@ -485,7 +517,7 @@ class VerifyExecutor(ModelExecutor):
         sample inputs of another shape are left out for it. When the recipe's ``dims:`` asks
         for a size the candidate cannot take, that is one line naming the candidate, the shape
         it was built for and the ``dims`` to set."""
-        specs = torchmodel.input_specs(spec)
+        specs = input_specs(spec)
         fixed: Dict[str, int] = {}
         for (name, tspec), shape in zip(specs, shapes):
             declared = tspec.get("shape") or []
@@ -494,7 +526,7 @@ class VerifyExecutor(ModelExecutor):
             for dim, actual in zip(declared, shape):
                 if isinstance(dim, str) and isinstance(actual, int) and actual > 0:
                     fixed[dim] = actual
-        sizes = torchmodel.dim_sizes(spec)
+        sizes = dim_sizes(spec)
         changed = {d: v for d, v in fixed.items() if d in sizes}
         if not shapes or not changed:
             return [(label, arrays) for (label, _), arrays in zip(sets, np_sets)], ref_out, {}
@@ -515,8 +547,8 @@ class VerifyExecutor(ModelExecutor):
             if label.startswith("random"):
                 want = {d: v[i % len(v)] for d, v in p.dims.items() if v}
                 want.update(changed)
-                redrawn = torchmodel.make_inputs(spec, seed + i, want)
-                out_sets.append((label, [torchmodel.to_numpy(t) for t in redrawn]))
+                redrawn = reference.make_inputs(seed + i, want)
+                out_sets.append((label, reference.to_numpy(redrawn)))
                 out_ref.append(reference_for(redrawn))
             elif all(len(a.shape) == len(s) and all(not isinstance(d, int) or d <= 0 or d == n
                                                      for d, n in zip(s, a.shape))
@@ -526,10 +558,10 @@ class VerifyExecutor(ModelExecutor):
         return out_sets, out_ref, changed
 
     @staticmethod
-    def _input_sets(task: Any, p: VerifyParams, spec: Mapping[str, Any]
+    def _input_sets(task: Any, p: VerifyParams, spec: Mapping[str, Any], reference: Any
                     ) -> List[Tuple[str, List[Any]]]:
         seed = p.seed if p.seed is not None else int(spec.get("seed", 0)) + 1
-        known = set(torchmodel.dim_sizes(spec))
+        known = set(dim_sizes(spec))
         for dim in p.dims:
             if dim not in known:
                 raise StepFailed(f"dims: the model has no named dim '{dim}'"
@@ -537,9 +569,9 @@ class VerifyExecutor(ModelExecutor):
         sets = []
         for i in range(p.random):
             sizes = {d: v[i % len(v)] for d, v in p.dims.items() if v}
-            sets.append((f"random{i}", torchmodel.make_inputs(spec, seed + i, sizes)))
+            sets.append((f"random{i}", reference.make_inputs(seed + i, sizes)))
         if p.samples:
-            samples = torchmodel.load_samples(p.model, spec, task.recipe_dir)
+            samples = reference.samples()
             if samples:
                 sets.append(("sample", samples))
         if not sets:

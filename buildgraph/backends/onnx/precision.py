@@ -29,13 +29,16 @@ from pydantic import Field
 
 from buildgraph.errors import RecipeError, StepFailed, did_you_mean
 from buildgraph.engine.environment import package_versions
-from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
+from buildgraph.backends.onnx.source import onnx_input
+from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
 from buildgraph.engine.params import StrictParams
 
 MODELOPT_DISTS = ("nvidia-modelopt", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy")
 
 
 class _Params(StrictParams):
+    model: Optional[str] = Field(None, description="an ONNX model of the recipe's 'models:' "
+                                 "(default: the upstream step's ONNX output)")
     check_samples: int = Field(8, ge=0, description="inputs compared with the fp32 model on "
                                "onnxruntime (0: no check)")
     max_error: Optional[float] = Field(None, gt=0, description="fail when the largest "
@@ -238,8 +241,16 @@ class _PrecisionExecutor(Executor):
     what = ""
 
     def describe(self, params: Any, ctx: DescribeContext) -> Description:
-        """ModelOpt's and its helpers' versions, and the calibration data file."""
-        return Description(inputs=self._calibration_input(params, ctx),
+        """ModelOpt's and its helpers' versions, and the calibration data file; with
+        ``model:``, the ONNX file and its external data."""
+        files = self._calibration_input(params, ctx)
+        if params.model:
+            from buildgraph.backends.onnx.source import describe_onnx_input
+
+            model_files, _ = describe_onnx_input(params.model, ctx.models, ctx.recipe_dir,
+                                                 self.kind)
+            files.update(model_files)
+        return Description(inputs=files,
                            env=package_versions(*MODELOPT_DISTS, missing="(none)"))
 
     @staticmethod
@@ -295,7 +306,7 @@ class AutocastExecutor(_PrecisionExecutor):
 
         assert self.Params is not None
         p: AutocastParams = self.Params.model_validate(task.params)
-        source = find_artifact(task, "onnx.autocast", (".onnx",))
+        source = onnx_input(task, "onnx.autocast", p.model)
         _modelopt("onnx.autocast")
         from buildgraph.backends.onnx.graph import onnx_inputs
 
@@ -346,7 +357,7 @@ class QuantizeExecutor(_PrecisionExecutor):
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         assert self.Params is not None
         p: QuantizeParams = self.Params.model_validate(task.params)
-        source = find_artifact(task, "onnx.quantize", (".onnx",))
+        source = onnx_input(task, "onnx.quantize", p.model)
         _modelopt("onnx.quantize")
         from buildgraph.backends.onnx.graph import onnx_inputs
 

@@ -1,5 +1,6 @@
-"""The onnxruntime runtime for ``verify`` and ``benchmark``: ONNX artifacts on onnxruntime's
-CPU (or CUDA) execution provider."""
+"""The onnxruntime runtimes for ``verify`` and ``benchmark``: ONNX artifacts on onnxruntime's
+CPU (or CUDA) execution provider, and an ONNX model source's reference (``onnxruntime.fp32``:
+CPU, every graph optimization off, so that what is compared is the file as written)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    reference: bool = False
+    """Run the file as written: CPU only, all graph optimizations off (a reference)."""
 
     def _load(self) -> None:
         import onnxruntime as ort
@@ -32,10 +35,13 @@ class OnnxRuntime(Runtime):
                                   else ort.ExecutionMode.ORT_SEQUENTIAL)
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
-        if self.ctx.device.startswith("cuda"):
+        if self.ctx.device.startswith("cuda") and not self.reference:
             providers.insert(0, "CUDAExecutionProvider")
         self._fp8 = self._has_fp8()
-        if self._fp8:
+        if self.reference:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self.details["graph_optimization"] = "off"
+        elif self._fp8:
             # onnxruntime's extended CPU fusions compute float8 Q/DQ graphs wrongly (measured
             # with onnxruntime 1.32: top-1 agreement 62 % instead of 100 %); basic ones do not
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -117,3 +123,13 @@ class OnnxRuntime(Runtime):
 
     def close(self) -> None:
         self.session = None
+
+
+class OnnxReferenceRuntime(OnnxRuntime):
+    """An ONNX model source as its own reference: onnxruntime on the CPU in fp32 with every
+    graph optimization off, so that fusions and constant folding cannot hide in both sides of
+    a comparison."""
+
+    name = "onnxruntime.fp32"
+    suffixes = ()
+    reference = True

@@ -1,4 +1,5 @@
-"""``onnx.simplify``: simplify an upstream ONNX model with onnxsim (constant folding, shape
+"""``onnx.simplify``: simplify an ONNX model (an upstream step's, or the recipe's ONNX model
+with ``model:``) with onnxsim (constant folding, shape
 inference, the onnx-optimizer's fusions and eliminations), and report the node counts before
 and after.
 
@@ -17,6 +18,7 @@ from pydantic import Field
 
 from buildgraph.errors import StepFailed
 from buildgraph.backends.onnx.graph import check_onnx, graph_summary, save_onnx
+from buildgraph.backends.onnx.source import describe_onnx_input, onnx_input
 from buildgraph.engine.params import StrictParams
 from buildgraph.engine.environment import package_versions
 from buildgraph.engine.executor import (DescribeContext, Description, Executor, Timed, artifact_of,
@@ -24,6 +26,8 @@ from buildgraph.engine.executor import (DescribeContext, Description, Executor, 
 
 
 class OnnxSimplifyParams(StrictParams):
+    model: Optional[str] = Field(None, description="an ONNX model of the recipe's 'models:' "
+                                 "(default: the upstream step's ONNX output)")
     backend: Literal["onnxsim", "onnxslim"] = Field("onnxsim", description="the simplifier")
     check_n: int = Field(1, ge=0, description="onnxsim: random-input checks of the result")
     check_rtol: float = Field(1e-4, ge=0, description="onnxsim: tolerance of those checks")
@@ -43,7 +47,7 @@ class OnnxSimplifyParams(StrictParams):
 
 
 class OnnxSimplifyExecutor(Timed, Executor):
-    """onnxsim (or onnxslim) on an upstream ONNX model; node counts before/after."""
+    """onnxsim (or onnxslim) on an ONNX model (upstream, or model:); node counts before/after."""
 
     kind = "onnx.simplify"
     version = "1"
@@ -52,7 +56,13 @@ class OnnxSimplifyExecutor(Timed, Executor):
     isolation = "worker"
 
     def describe(self, params: OnnxSimplifyParams, ctx: DescribeContext) -> Description:
-        return Description(env=package_versions("onnx", params.backend, "onnxruntime"))
+        """The simplifier's versions; with ``model:``, the ONNX file and its external data."""
+        files = {}
+        if params.model:
+            files, _ = describe_onnx_input(params.model, ctx.models, ctx.recipe_dir,
+                                           self.kind)
+        return Description(inputs=files,
+                           env=package_versions("onnx", params.backend, "onnxruntime"))
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
         start = time.perf_counter()
@@ -61,10 +71,13 @@ class OnnxSimplifyExecutor(Timed, Executor):
         self.seconds["import"] = round(time.perf_counter() - start, 4)
         assert self.Params is not None
         p: OnnxSimplifyParams = self.Params.model_validate(task.params)
-        up = single_upstream(task, "onnx.simplify")
-        source = artifact_of(task, up)
-        if source.suffix != ".onnx":
-            raise StepFailed(f"step '{up}' produced {source.name}, not an .onnx model")
+        if p.model:
+            source = onnx_input(task, self.kind, p.model)
+        else:
+            up = single_upstream(task, "onnx.simplify")
+            source = artifact_of(task, up)
+            if source.suffix != ".onnx":
+                raise StepFailed(f"step '{up}' produced {source.name}, not an .onnx model")
         with self.timed("summary"):
             before = onnx.load(str(source), load_external_data=False)
         with self.timed("simplify"):

@@ -31,6 +31,7 @@ from buildgraph.backends.tensorrt import plugins as trt_plugins
 from buildgraph.backends.tensorrt.builder import NO_QUERY_KEYS, BuildResult, build_engine, cache_keys, capture, layer_summary, trt_combiner
 from buildgraph.errors import RecipeError, StepFailed
 from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major, version_problems
+from buildgraph.backends.onnx.source import describe_onnx_source
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
 
 
@@ -51,6 +52,25 @@ UNPINNED_TACTICS = ("TensorRT picks each layer's tactic by timing candidates on 
                     "two builds can choose differently; timing_cache: pinned fixes the choices")
 """Why an engine built without a pinned timing cache is not deterministic (repro compares its
 numbers, and a release manifest names it)."""
+
+
+def _is_onnx_model(spec: Any, ctx: DescribeContext) -> bool:
+    from buildgraph.backends.onnx.modelspec import model_framework
+
+    raw = spec if isinstance(spec, dict) else spec.model_dump(mode="json")
+    return model_framework(raw, ctx.recipe_dir) == "onnx"
+
+
+def source_onnx(task: Task, p: Any, what: str) -> Path:
+    """The ONNX file to build from: the upstream step's, else (no upstream ONNX output) the
+    file of ``model:`` when it is an ONNX model."""
+    from buildgraph.backends.onnx.source import onnx_input
+
+    has_upstream = any(str(path).endswith(".onnx") for outs in task.upstream.values()
+                       for path in outs.values())
+    if p.model and not has_upstream and f"model:{p.model}:file" in task.inputs:
+        return onnx_input(task, what, p.model)
+    return find_artifact(task, what, (".onnx",))
 
 
 class TensorRTBuildExecutor(Executor):
@@ -129,6 +149,12 @@ class TensorRTBuildExecutor(Executor):
                                   "'models:'" + _choices(params.model, list(ctx.models)))
             spec = ctx.models[params.model]
             inputs = model_spec_inputs(spec)
+            if not params.onnx and _is_onnx_model(spec, ctx):
+                # an ONNX model: its file is the engine's source when no upstream gives one
+                files, data = describe_onnx_source(params.model, ctx.models, ctx.recipe_dir)
+                extra.update(files)
+                inputs = {k: InputSpec(k, tuple(v["shape"]), v["dtype"])
+                          for k, v in data["model"]["inputs"]}
             if inputs:
                 dims = spec.get("dims") if isinstance(spec, dict) else getattr(spec, "dims", {})
                 _raise_problems(params, inputs, f"model '{params.model}'", dims or {})
@@ -138,7 +164,7 @@ class TensorRTBuildExecutor(Executor):
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         assert self.Params is not None
         p: TensorRTBuildParams = self.Params.model_validate(task.params)
-        onnx_path = task.inputs["onnx"] if p.onnx else find_artifact(task, "tensorrt.build", (".onnx",))
+        onnx_path = task.inputs["onnx"] if p.onnx else source_onnx(task, p, "tensorrt.build")
         self.validate_profiles(task, p, onnx_path)
         profiles = self._profiles(task, p, onnx_path)
         libs = trt_plugins.from_params(p.plugins, task.inputs)

@@ -42,8 +42,8 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt import plugins as trt_plugins
 from buildgraph.errors import RecipeError, StepFailed
 from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, parse_version, tactic_flags
-from buildgraph.engine.executor import DescribeContext, Description, Task, find_artifact
-from buildgraph.backends.tensorrt.build import TIMING_AREA, TensorRTBuildExecutor, engine_info, write_info
+from buildgraph.engine.executor import DescribeContext, Description, Task
+from buildgraph.backends.tensorrt.build import TIMING_AREA, TensorRTBuildExecutor, engine_info, source_onnx, write_info
 
 POOLS = {"WORKSPACE": "workspace", "DLA_MANAGED_SRAM": "dlaSRAM",
          "DLA_LOCAL_DRAM": "dlaLocalDRAM", "DLA_GLOBAL_DRAM": "dlaGlobalDRAM",
@@ -224,7 +224,7 @@ class TrtexecExecutor(TensorRTBuildExecutor):
 
         assert self.Params is not None
         p: TrtexecParams = self.Params.model_validate(task.params)
-        onnx_path = task.inputs["onnx"] if p.onnx else find_artifact(task, "trtexec", (".onnx",))
+        onnx_path = task.inputs["onnx"] if p.onnx else source_onnx(task, p, "trtexec")
         self.validate_profiles(task, p, onnx_path)
         profiles = self._profiles(task, p, onnx_path)
         for profile in profiles:

@@ -39,6 +39,7 @@ class ModelExecutor(Timed, Executor):
         """The model's files (source code and its local imports, weights, samples) and
         settings (kwargs, seed, inputs, dims, installed packages it comes from), and the
         versions of the libraries this kind calls."""
+        check_torch_model(params.model, ctx, self.kind)
         return describe_model(params.model, ctx, self.dists, need_inputs=self.needs_inputs)
 
     # --- run-time helpers -------------------------------------------------------------------
@@ -64,6 +65,24 @@ class ModelExecutor(Timed, Executor):
         spec = model_spec_of(task, name)
         with self.timed("load_model"):
             return spec, _memo_model(task, name, spec)
+
+def check_torch_model(name: str, ctx: DescribeContext, kind: str) -> None:
+    """A PyTorch step kind given an ONNX or TensorFlow model says which kinds take it."""
+    from buildgraph.backends.onnx.modelspec import model_framework
+    from buildgraph.errors import RecipeError
+
+    spec = torchmodel.model_spec(ctx.models, name)
+    framework = model_framework(spec, ctx.recipe_dir)
+    if framework == "onnx":
+        raise RecipeError(f"{kind} takes a PyTorch model; model '{name}' is an ONNX file",
+                          hint="onnx.simplify, onnx.autocast, onnx.quantize, tvm.compile, "
+                               "tvm.tune and tensorrt.build take it directly (with: {model: "
+                               f"{name}}}); verify and benchmark run it on onnxruntime")
+    if framework == "tensorflow":
+        raise RecipeError(f"{kind} takes a PyTorch model; model '{name}' is a TensorFlow "
+                          "model", hint="keras.export and tf2onnx.convert take it; verify "
+                                        "and benchmark run it on TensorFlow")
+
 
 def describe_model(name: str, ctx: DescribeContext, dists: Tuple[str, ...] = ("torch",),
                    need_inputs: bool = True) -> Description:

@@ -9,41 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from buildgraph.backends.onnx.modelspec import dim_sizes, input_shapes, input_specs  # noqa: F401
 from buildgraph.backends.torch.failures import _user_frame, log_failure, short_error
 from buildgraph.errors import StepFailed, did_you_mean
-
-
-def input_specs(spec: Mapping[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
-    """``[(name, TensorSpec as dict)]`` in forward() order."""
-    return [(k, dict(v)) for k, v in (spec.get("inputs") or {}).items()]
-
-
-def dim_sizes(spec: Mapping[str, Any], overrides: Optional[Mapping[str, int]] = None
-              ) -> Dict[str, int]:
-    """Example size of each named dim: ``opt``, else ``min`` raised to 2, capped at ``max``.
-
-    2 rather than 1 because torch.export specializes size-1 dims (0/1 specialization).
-    """
-    sizes: Dict[str, int] = {}
-    ranges = spec.get("dims") or {}
-    for _, tspec in input_specs(spec):
-        for dim in tspec["shape"]:
-            if isinstance(dim, str) and dim not in sizes:
-                r = ranges.get(dim) or {}
-                size = r.get("opt") or max(2, r.get("min") or 0)
-                if r.get("max"):
-                    size = min(size, r["max"])
-                sizes[dim] = int(size)
-    sizes.update(overrides or {})
-    return sizes
-
-
-def input_shapes(spec: Mapping[str, Any], sizes: Optional[Mapping[str, int]] = None
-                 ) -> List[Tuple[str, List[int], str]]:
-    """``[(name, concrete shape, dtype)]``."""
-    sizes = dict(dim_sizes(spec, sizes))
-    return [(n, [sizes[d] if isinstance(d, str) else int(d) for d in t["shape"]],
-             t.get("dtype", "float32")) for n, t in input_specs(spec)]
 
 
 def make_inputs(spec: Mapping[str, Any], seed: int,

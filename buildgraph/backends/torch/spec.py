@@ -20,7 +20,7 @@ from buildgraph.engine.environment import package_version, package_versions  # n
 HUBS = ("torchvision", "timm", "transformers")
 """``NAME:model`` sources that build a model from an installed model zoo package."""
 
-OPTIONAL_FIELDS = ("outputs", "config")
+OPTIONAL_FIELDS = ("outputs", "config", "framework", "signature")
 """Model spec fields added later: left out of the key data while unset, so that adding them
 did not change the key of every model step."""
 
@@ -174,6 +174,9 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
             raise RecipeError(f"model '{name}': {exc.message}", hint=exc.hint) from None
         if path is not None:
             add_sources(path)
+            if not spec.get("framework"):
+                _refuse_keras_factory(name, source, [p for k, p in files.items()
+                                                     if k.startswith(f"model:{name}:source:")])
         else:
             import importlib.util
 
@@ -221,6 +224,9 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                 module = dotted.rsplit(".", 1)[0]
                 for found in _module_file(module, [recipe_dir, path.parent]):
                     add_sources(found)
+    if spec.get("signature"):
+        raise RecipeError(f"model '{name}': signature: names a TensorFlow SavedModel's "
+                          "signature; this is a PyTorch model")
     if spec.get("config") is not None and kind != "transformers":
         raise RecipeError(f"model '{name}': config: is for 'transformers:CLASS' sources; this "
                           f"model's source is '{source}'",
@@ -239,6 +245,18 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                 raise RecipeError(f"model '{name}': input '{tname}': dim '{dim}' is neither an "
                                   "integer nor a name")
     return files
+
+
+def _refuse_keras_factory(name: str, source: str, paths: List[Path]) -> None:
+    """A factory whose code imports TensorFlow/Keras and not torch is a Keras model the
+    recipe forgot to mark: say so, instead of failing in torch at run time."""
+    from buildgraph.backends.generic.sources import _imports
+
+    tops = {module.split(".")[0] for p in paths for _, module, _ in _imports(p) if module}
+    if tops & {"tensorflow", "keras", "tf_keras"} and "torch" not in tops:
+        raise RecipeError(f"model '{name}': {source} imports TensorFlow/Keras, not torch",
+                          hint="a factory returning a tf.keras.Model says framework: "
+                               "tensorflow")
 
 
 def model_key_data(name: str, models: Mapping[str, Any], recipe_dir: Path) -> Dict[str, Any]:

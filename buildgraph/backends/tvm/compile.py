@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 
 from buildgraph.backends.tvm import target as tvmtarget
 from buildgraph.errors import StepFailed
+from buildgraph.backends.onnx.source import describe_onnx_input, onnx_input
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
 from buildgraph.engine.params import StrictParams
 from buildgraph.backends.tvm.relax import (build, exporter, filtered_database, import_tvm,
@@ -52,8 +53,9 @@ class TvmParams(StrictParams):
     target: Union[str, Dict[str, Any]] = Field(
         "native", description="'native', 'llvm -mcpu=skylake', 'llvm -mtriple=aarch64-linux-gnu',"
         " 'cuda -arch=sm_90', or TVM's JSON form {kind: llvm, mcpu: ...}; kept normalised")
-    model: Optional[str] = Field(None, description="the .onnx or .pt2 file (default: the "
-                                 "upstream step's 'model' output)")
+    model: Optional[str] = Field(None, description="an ONNX model of the recipe's 'models:', "
+                                 "or an .onnx or .pt2 file (default: the upstream step's "
+                                 "'model' output)")
     dims: Dict[str, int] = Field(default_factory=dict, description="bind dynamic dims to "
                                  "sizes, e.g. {batch: 1}; 'batch' also names the leading "
                                  "dynamic dim of every input whatever its name")
@@ -94,7 +96,10 @@ class TvmCompileParams(TvmParams):
 # --------------------------------------------------------------------------------------------
 
 def find_model(task: Task, explicit: Optional[str]) -> Path:
-    """The model file: ``model:`` or the one upstream output that is an .onnx/.pt2 file."""
+    """The model file: ``model:`` (a recipe model or a file) or the one upstream output that
+    is an .onnx/.pt2 file."""
+    if explicit and f"model:{explicit}:file" in task.inputs:
+        return onnx_input(task, task.kind, explicit)
     if explicit:
         path = Path(explicit)
         if not path.is_absolute():
@@ -129,7 +134,7 @@ def find_database(task: Task, explicit: Optional[str]) -> Optional[Path]:
 
 
 
-def file_inputs(params: Any, ctx: Any) -> Dict[str, Path]:
+def file_inputs(params: Any, ctx: Any, kind: str = "tvm.compile") -> Dict[str, Path]:
     """``model:`` and ``database:`` given as paths are inputs of the step (their content is in
     the key); ``${in.STEP.OUTPUT}`` references are upstream outputs, keyed already."""
     out: Dict[str, Path] = {}
@@ -137,12 +142,21 @@ def file_inputs(params: Any, ctx: Any) -> Dict[str, Path]:
         value = getattr(params, name, None)
         if not value or "${" in value:
             continue
+        if name == "model" and value in ctx.models:
+            files, _ = describe_onnx_input(value, ctx.models, ctx.recipe_dir, kind)
+            out.update(files)
+            continue
         path = Path(value)
         if not path.is_absolute():
             path = ctx.recipe_dir / path
         if not path.exists():
-            from buildgraph.errors import RecipeError
+            from buildgraph.errors import RecipeError, did_you_mean
 
+            if name == "model":
+                raise RecipeError(f"model: '{value}' is neither a model of the recipe nor a "
+                                  f"file{did_you_mean(value, list(ctx.models))}",
+                                  hint="paths are relative to the recipe's directory; models: "
+                                       + (", ".join(sorted(ctx.models)) or "none"))
             raise RecipeError(f"{name}: '{value}' does not exist (paths are relative to the "
                               "recipe's directory)")
         out[name] = path
@@ -173,7 +187,8 @@ class TvmCompileExecutor(Executor):
         CPU is part of every memoised description; the GPU present (cuda without -arch) and a
         cross compiler appearing on PATH are not, so those targets are volatile."""
         raw = params.model_dump(mode="json", by_alias=True)
-        return Description(inputs=file_inputs(params, ctx), env=self._environment(raw),
+        return Description(inputs=file_inputs(params, ctx, self.kind),
+                           env=self._environment(raw),
                            volatile=target_is_volatile(raw["target"]))
 
     @staticmethod

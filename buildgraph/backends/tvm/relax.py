@@ -189,7 +189,18 @@ def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
     return mod
 
 
-def import_error_message(path: Path, exc: BaseException) -> str:
+def _onnx_producer(path: Path) -> str:
+    """Who wrote an ONNX file (``pytorch``, ``tf2onnx``...), or "" when it cannot be read."""
+    try:
+        import onnx
+
+        return str(onnx.load(str(path), load_external_data=False).producer_name)
+    except Exception:  # noqa: BLE001 - a message helper never fails
+        return ""
+
+
+def import_error_message(path: Path, exc: BaseException, producer: Optional[str] = None
+                         ) -> str:
     """One line: the importer's own reason, and the other route into TVM.
 
     TVM's errors end with the reason after a C++ backtrace; torch's (the .pt2 importer
@@ -201,7 +212,17 @@ def import_error_message(path: Path, exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()
              and not ln.strip().startswith(("Use tlparse", "File \"", "Original traceback"))]
     reason = (lines[-1] if lines else "")[:300].rstrip(".")
-    if path.suffix == ".onnx":
+    if producer is None and path.suffix == ".onnx":
+        producer = _onnx_producer(path)
+    if path.suffix == ".onnx" and producer == "tf2onnx":
+        # measured: a dynamic tf2onnx graph computes RNN states from Shape ops, which the
+        # importer rejects; ONNX LSTM/GRU ops it does not implement at all
+        other = ("convert with static shapes (tf2onnx.convert dims: {batch: 1}) and Keras "
+                 "RNN layers with unroll=True, which tf2onnx writes as plain ops TVM imports")
+    elif path.suffix == ".onnx" and producer not in ("pytorch", ""):
+        other = ("an ONNX file with static shapes (onnx.simplify overwrite_input_shapes) "
+                 "often imports where a dynamic one does not")
+    elif path.suffix == ".onnx":
         # binding dims: does not help here: a dynamic export computes shapes in the graph
         other = ("a .pt2 from torch.export is the other route into TVM (from: <the "
                  "torch.export step>), and an ONNX export with static shapes (dynamic: {}) "

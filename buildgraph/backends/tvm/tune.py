@@ -318,7 +318,7 @@ class TvmTuneExecutor(Executor):
             if found:
                 env["xgboost"] = found[0]
         target = raw["target"]
-        return Description(inputs=file_inputs(params, ctx), env=env, areas=(AREA,),
+        return Description(inputs=file_inputs(params, ctx, self.kind), env=env, areas=(AREA,),
                            volatile=target.get("kind") == "cuda" and "arch" not in target)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
