@@ -120,7 +120,7 @@ def test_the_keras_cnn_verifies_against_tensorflow_in_every_form(built):
         assert errors[cand] < 1e-5, (cand, errors)
     assert report["candidates"]["cnn_fp16"]["precision"] == "fp16"
     assert errors["cnn_fp16"] < 5e-2
-    assert _report(result, "cnn_bench")["reference"] == "tensorflow"
+    assert _report(result, "cnn_bench")["reference_runtime"] == "tensorflow"
     manifest = _report(result, "cnn_release", "manifest")
     assert manifest["verified_against"]["cnn_verify"]["runtime"] == "tensorflow"
 

@@ -130,7 +130,9 @@ class ReleaseExecutor(Executor):
                     "selected": [c for _, c, _ in selected],
                     "ranking": [{"step": c, "median_ms": ms,
                                  "runtime": e.get("runtime")} for ms, c, e in ranking],
-                    "not_eligible": sorted(reasons), "not_eligible_reasons": reasons}
+                    "not_eligible": sorted(reasons), "not_eligible_reasons": reasons,
+                    "verified_against": {up: dict(rep.get("reference") or {})
+                                         for up, rep in verify_reports.items()}}
         task.outputs["manifest"].write_text(json.dumps(decision, indent=2) + "\n")
 
         model = task.data.get("model") or {}
