@@ -89,7 +89,7 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
     return {
         "schema": REPORT_SCHEMA,
         "recipe": graph.name,
-        "recipe_path": str(graph.recipe_path),
+        "recipe_path": _shown_path(graph.recipe_path),
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": host_cpu(),
         "summary": {"steps": len(steps), "origins": counts, "out_of_date": stale,
@@ -102,6 +102,18 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
                                    sorted((e.get("outputs") or {}).items())}}
                  for sid, e in sorted(lock.items())},
     }
+
+
+def _shown_path(path: Path) -> str:
+    """The recipe as the reader named it: relative to the working directory when inside it
+    (a report passed around should not carry the author's home directory)."""
+    import os
+
+    try:
+        rel = os.path.relpath(Path(path).resolve(), Path.cwd().resolve())
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
 
 
 def _steps(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
