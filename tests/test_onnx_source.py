@@ -35,7 +35,7 @@ lib_dyn: {uses: tvm.compile, from: sim}
 fp16: {uses: onnx.autocast, with: {model: tiny}}
 verify: {uses: verify, from: [sim, lib, lib_dyn, fp16], with: {model: tiny}}
 verify_vs_sim: {uses: verify, from: [sim, lib_dyn], with: {model: tiny, reference: sim, dims: {N: [1, 3]}}}
-bench: {uses: benchmark, from: [sim, lib, fp16], with: {model: tiny, dims: {N: [1]}, runs: 3, warmup: 1}}
+bench: {uses: benchmark, from: [sim, lib, fp16], with: {model: tiny, dims: {N: [1]}, warmup: 1, runs: 3, window_s: 0.02, max_s: 2}}
 release: {uses: release, from: [bench, verify, sim, lib, fp16]}
 """
 
@@ -75,10 +75,16 @@ def test_an_onnx_file_is_simplified_compiled_verified_benchmarked_and_released(b
     assert cands["fp16"]["outputs"]["logits"]["max_abs"] < 5e-2
     bench = _report(result, "bench")
     assert bench["reference_runtime"] == "onnxruntime.fp32"
-    assert bench["reference"]["runtime"] == "onnxruntime.fp32"  # measured as the baseline
+    # the baseline of speedups: the file on unoptimised onnxruntime, in a runner of its own
+    assert bench["reference"]["runtime"] == "onnxruntime.fp32"
+    assert bench["reference"]["results"][0]["p50_ms"] > 0
+    assert bench["reference"]["details"]["graph_optimization"] == "off"
     manifest = _report(result, "release", "manifest")
     assert manifest["chosen"] in ("sim", "lib", "fp16")
     assert manifest["verified_against"]["verify"]["runtime"] == "onnxruntime.fp32"
+    shipped = json.loads((Path(result["release"].outputs["bundle"]) / "manifest.json").read_text())
+    assert {v["reference"]["runtime"] for a in shipped["artifacts"]
+            for v in a["verification"]} == {"onnxruntime.fp32"}
 
 
 def test_the_reference_is_the_file_itself_on_unoptimised_onnxruntime(built):
@@ -229,7 +235,7 @@ def test_an_onnx_model_builds_and_verifies_without_torch(tmp_path: Path):
         sim: {uses: onnx.simplify, with: {model: m}}
         lib: {uses: tvm.compile, with: {model: m, dims: {N: 1}}}
         verify: {uses: verify, from: [sim, lib], with: {model: m, random: 2}}
-        bench: {uses: benchmark, from: [sim], with: {model: m, runs: 2, warmup: 0}}
+        bench: {uses: benchmark, from: [sim], with: {model: m, runs: 2, warmup: 0, window_s: 0.02, max_s: 1}}
         """, "m: {source: m.onnx}", name="nt")
     env = dict(os.environ, BUILDGRAPH_CACHE_DIR=str(tmp_path / ".cache"),
                PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(REPO),
@@ -239,6 +245,8 @@ def test_an_onnx_model_builds_and_verifies_without_torch(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "build" / "nt" / "verify" / "report.json").read_text())
     assert report["passed"] and report["reference"]["runtime"] == "onnxruntime.fp32"
+    bench = json.loads((tmp_path / "build" / "nt" / "bench" / "benchmark.json").read_text())
+    assert bench["reference"]["runtime"] == "onnxruntime.fp32"  # its runner needs no torch
 
 
 def test_every_onnx_step_describes_the_model_file_it_takes(tmp_path: Path):

@@ -40,15 +40,19 @@ def import_tf(seconds: Optional[Dict[str, float]] = None) -> Any:
     return tf
 
 
-def set_threads(threads: int) -> None:
-    """Use the CPU slots the scheduler granted. TensorFlow fixes its thread pools when it
-    first runs an op, so in a worker that already ran one the first setting stays."""
+def set_threads(threads: int, inter: int = 1) -> Dict[str, Any]:
+    """Use the CPU slots the scheduler granted; returns the counts TensorFlow reports.
+    TensorFlow fixes its thread pools when it first runs an op, so in a worker that already
+    ran one the first setting stays (a benchmark runner is a fresh process: it gets its own)."""
     tf = import_tf()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(max(1, int(threads)))
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, int(inter)))
     except RuntimeError:
         pass
+    return {"library": "tensorflow",
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads()}
 
 
 def tf_dtype_name(dtype: Any) -> str:

@@ -21,7 +21,8 @@ class TensorFlowRuntime(Runtime):
 
     def _load(self) -> None:
         loading.import_tf()
-        loading.set_threads(self.ctx.threads)
+        self.details["threads"] = loading.set_threads(self.ctx.threads,
+                                                      getattr(self.ctx, "interop_threads", 1))
         spec = dict(self.ctx.model_spec or {})
         name = self.ctx.model or "model"
         if self.path.is_dir():
@@ -40,8 +41,9 @@ class TensorFlowRuntime(Runtime):
         """Model ``name`` itself (its source: a factory, a Keras file, a SavedModel), loaded
         from the step's keyed input files: the reference of a TensorFlow model."""
         loading.import_tf()
-        loading.set_threads(ctx.threads)
+        threads = loading.set_threads(ctx.threads, getattr(ctx, "interop_threads", 1))
         runtime = cls(Path(spec.get("source") or name), ctx)
+        runtime.details["threads"] = threads
         runtime.model = loading.load_model(name, spec, form, inputs,
                                            Path(ctx.recipe_dir or "."))
         runtime._describe()
