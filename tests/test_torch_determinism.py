@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from conftest import Project
 from torch_helpers import write_recipe
 
 STEPS = """
@@ -47,3 +48,36 @@ def test_exports_are_identical_alone_and_after_other_steps_in_one_worker(project
                                             "--force", "ts_script", "--force", "exported"))
     assert statuses["ts_trace"] == statuses["ts_script"] == "built"
     assert digests(project.build) == together
+
+
+LOCATION_STEPS = STEPS + """
+onnx_dynamo: {uses: onnx.export, with: {model: tiny, exporter: dynamo}}
+"""
+
+
+def test_exports_are_identical_when_built_in_another_directory(project, tmp_path_factory):
+    """A release rebuilt in another clone gives the same bytes: no export records where the
+    checkout lies (TorchScript debug records, .pt2 and dynamo ONNX stack traces held
+    absolute paths of the model's source before)."""
+    import onnx
+    import torch
+
+    write_recipe(project.root, LOCATION_STEPS)
+    project.run("r.yaml")
+    here = digests(project.build)
+    assert set(here) == {"ts_script", "ts_trace", "exported", "onnx_legacy", "onnx_dynamo",
+                         "state"}
+    other = Project(tmp_path_factory.mktemp("another-clone-with-a-longer-name"))
+    write_recipe(other.root, LOCATION_STEPS)
+    other.run("r.yaml")
+    assert digests(other.build) == here
+    # what was made location-free is still there, with relative paths
+    dynamo = onnx.load(str(project.build / "t/onnx_dynamo/model.onnx"))
+    traces = [p.value for n in dynamo.graph.node for p in n.metadata_props
+              if p.key.endswith("stack_trace")]
+    assert any('File "models/tiny.py"' in t for t in traces), traces[:2]
+    assert all(str(project.root) not in t and "site-packages" not in t for t in traces)
+    program = torch.export.load(str(project.build / "t/exported/model.pt2"))
+    assert any(n.meta.get("stack_trace") for n in program.graph.nodes)
+    loaded = torch.jit.load(str(project.build / "t/ts_trace/model.ts"))
+    assert loaded is not None

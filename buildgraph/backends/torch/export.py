@@ -23,6 +23,7 @@ from pydantic import Field
 from buildgraph.backends.torch import model as torchmodel
 from buildgraph.errors import StepFailed
 from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
+from buildgraph.backends.torch.portable import portable_program
 
 
 class TorchExportParams(ModelParams):
@@ -58,7 +59,7 @@ class TorchExportExecutor(ModelExecutor):
     """torch.export to a .pt2 archive, with dynamic dims."""
 
     kind = "torch.export"
-    version = "2"
+    version = "3"  # 3: stack traces without absolute paths
     Params = TorchExportParams
     outputs = {"model": "model.pt2"}
 
@@ -72,6 +73,7 @@ class TorchExportExecutor(ModelExecutor):
                                                               p.dynamic, p.strict)
         dest = out_path(task)
         with self.timed("save"):
+            portable_program(program, task.recipe_dir)
             torch.export.save(program, str(dest), extra_files={
                 torchmodel.NAMES_FILE: torchmodel.names_record(spec, names)})
         nodes = list(program.graph.nodes)

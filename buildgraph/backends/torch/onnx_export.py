@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from buildgraph.backends.torch import model as torchmodel
 from buildgraph.errors import StepFailed
 from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
+from buildgraph.backends.torch.portable import portable_onnx_program
 from buildgraph.backends.onnx.graph import PROTOBUF_LIMIT, check_onnx, graph_summary, save_onnx
 
 DYNAMO_MIN_OPSET = 18
@@ -98,7 +99,7 @@ class OnnxExportExecutor(ModelExecutor):
     """torch.onnx.export (dynamo or legacy exporter), checked and shape-inferred."""
 
     kind = "onnx.export"
-    version = "2"
+    version = "3"  # 3: stack traces without absolute paths
     Params = OnnxExportParams
     outputs = {"model": "model.onnx"}
     dists = ("torch", "onnx", "onnxscript")
@@ -145,6 +146,7 @@ class OnnxExportExecutor(ModelExecutor):
                         input_names=in_names, output_names=out_names,
                         dynamic_shapes=torchmodel.torch_dynamic_shapes(spec, dynamic),
                         optimize=p.optimize, external_data=p.external_data or big)
+                    portable_onnx_program(program, task.recipe_dir)
                     program.save(str(onnx_file), external_data=p.external_data or big)
                 else:
                     torch.onnx.export(

@@ -30,6 +30,7 @@ from pydantic import Field
 from buildgraph.backends.torch import model as torchmodel
 from buildgraph.errors import StepFailed
 from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
+from buildgraph.backends.torch.portable import drop_torchscript_debug
 
 
 class TorchScriptParams(ModelParams):
@@ -74,7 +75,7 @@ class TorchScriptExecutor(ModelExecutor):
     """TorchScript by trace (with a divergence check) or script."""
 
     kind = "torchscript"
-    version = "3"  # 3: compiled in a fresh TorchScript compilation unit (deterministic names)
+    version = "4"  # 3: a fresh TorchScript compilation unit; 4: no debug records (paths)
     Params = TorchScriptParams
     outputs = {"model": "model.ts"}
 
@@ -125,6 +126,7 @@ class TorchScriptExecutor(ModelExecutor):
             torch.jit.save(compiled, str(out_path(task)),
                            _extra_files={torchmodel.NAMES_FILE:
                                          torchmodel.names_record(spec, names)})
+            meta["debug_records_dropped"] = drop_torchscript_debug(out_path(task))
         meta["outputs"] = names
         meta["seconds"] = self.seconds
         return meta
