@@ -4,7 +4,6 @@ archives whose bytes depend on their content only."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Optional, Union
 
@@ -22,7 +21,7 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> None:
     if isinstance(data, str):
         data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -269,7 +268,7 @@ class RemoteFS:
 
     def _via_temporary(self, rpath: str, write: Callable[[str], Any]) -> None:
         parent, _, name = rpath.rpartition("/")
-        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp = f"{parent}/.{name}.tmp-{os.urandom(6).hex()}"
 
         def attempt() -> None:
             self.fs.makedirs(parent, exist_ok=True)

@@ -26,7 +26,6 @@ import re
 import stat as stat_module
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -91,7 +90,7 @@ class Store:
                 os.unlink(src)
             return digest, size
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp = dest.parent / f".tmp-{os.urandom(16).hex()}"
         try:
             if move:
                 try:
@@ -131,7 +130,7 @@ class Store:
         if dest.exists() and self.check_blob(digest):
             return digest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp = dest.parent / f".tmp-{os.urandom(16).hex()}"
         tmp.write_bytes(data)
         os.chmod(tmp, 0o444)
         os.replace(tmp, dest)
@@ -407,7 +406,7 @@ class Store:
             os.close(fd)
 
     def scratch_dir(self, key: str) -> Path:
-        path = self.tmp / f"{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        path = self.tmp / f"{key[:16]}-{os.getpid()}-{os.urandom(3).hex()}"
         path.mkdir(parents=True)
         return path
 
@@ -501,7 +500,7 @@ _SCRATCH_RE = re.compile(r"^\..+\.(?:tmp|old)-(?:([0-9]+)-)?[0-9a-f]{8}$")
 def _scratch_name(dest: Path, what: str) -> Path:
     """A hidden sibling of ``dest`` that names the process using it, so that a later run can
     tell a dead run's leftovers from a live run's work in progress."""
-    return dest.parent / f".{dest.name}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return dest.parent / f".{dest.name}.{what}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def _exchange(a: Path, b: Path) -> bool:
