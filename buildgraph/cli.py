@@ -9,18 +9,17 @@ an interrupted run exits 130. No traceback unless ``BUILDGRAPH_DEBUG=1``.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from buildgraph.errors import BuildgraphError
-
+# Only what a no-op run answered from its stamp needs is imported here (engine/noop.py); the
+# rest (json, signal, typing, the error classes) where it is used.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
+    from typing import Any, Dict, List, Optional, Sequence
 
 
 def _parser(only: Optional[str] = None) -> argparse.ArgumentParser:
@@ -309,6 +308,14 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     args = _fast_run_args(argv) or _parse(argv)
     if args is None:
         return 2
+    if _stamped(args):  # a repeated no-op, answered from its stamp (engine/noop.py)
+        from buildgraph.engine import noop
+
+        args.argv = argv
+        if noop.answer(argv, _cache_dir(args)):
+            return 0
+    from buildgraph.errors import BuildgraphError
+
     try:
         return _dispatch(args)
     except BuildgraphError as exc:
@@ -331,6 +338,19 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
+def _stamped(args: Any) -> bool:
+    """Can a no-op of this ``run`` be answered from (and recorded in) a stamp? Only the plain
+    console form: ``--json``/``--verbose`` print per-step lines, and forcing, ``--no-cache``
+    and ``--rebench`` never give a no-op. ``BUILDGRAPH_NO_STAMP=1`` always decides in full."""
+    return args.command == "run" and not (args.json or args.verbose or args.force or
+                                          args.always_make or args.no_cache or args.rebench or
+                                          os.environ.get("BUILDGRAPH_NO_STAMP"))
+
+
+def _cache_dir(args: Any) -> str:
+    return str(args.cache_dir or os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache")
+
+
 def _parse(argv: List[str]) -> Optional[argparse.Namespace]:
     """argparse's reading of ``argv``; None (after printing the help) when it names no
     command. Errors exit with status 2, as argparse does."""
@@ -348,6 +368,10 @@ def _parse(argv: List[str]) -> Optional[argparse.Namespace]:
 
 
 def _dispatch(args: Any) -> int:
+    import json
+
+    from buildgraph.errors import BuildgraphError
+
     command = args.command
     if command == "run":
         return _run(args)
@@ -395,6 +419,8 @@ def _dispatch(args: Any) -> int:
 
 
 def _run(args: Any) -> int:
+    import signal
+
     from buildgraph import api
     from buildgraph.report import ConsoleReporter, JsonReporter
 
@@ -421,6 +447,13 @@ def _run(args: Any) -> int:
         signal.signal(signal.SIGTERM, previous)
     if result.interrupted:
         return 130
+    if result.noop_watch is not None and getattr(args, "argv", None) is not None and \
+            not getattr(reporter, "warned", True):
+        from buildgraph.engine import noop
+        from buildgraph.report import summary_line
+
+        noop.write_stamp(args.argv, _cache_dir(args), summary_line(result, timed=False),
+                         *result.noop_watch)
     if result.lock_changes:
         from buildgraph.engine.lockfile import lock_path
 
@@ -438,6 +471,8 @@ def _run(args: Any) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
+    import json
+
     from buildgraph import api
     from buildgraph.repro import render
     from buildgraph.report import ConsoleReporter
@@ -453,6 +488,8 @@ def _repro(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
+    from buildgraph.errors import BuildgraphError
+
     import shutil
     import subprocess
 
@@ -489,6 +526,10 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    import json
+
+    from buildgraph.errors import BuildgraphError
+
     import datetime
 
     from buildgraph.engine.sizes import format_size, parse_size

@@ -30,7 +30,7 @@ class Reporter:
     def finish(self, result: Any) -> None: ...
 
 
-def summary_line(result: Any) -> str:
+def summary_line(result: Any, timed: bool = True) -> str:
     parts = []
     for status in ("built", "cached", "restored", "failed", "skipped", "cancelled"):
         n = result.count(status)
@@ -38,7 +38,7 @@ def summary_line(result: Any) -> str:
             parts.append(f"{n} {status}")
     head = "interrupted" if result.interrupted else ("ok" if result.ok else "FAILED")
     return (f"{head}: {result.recipe}: {len(result.steps)} steps: " + ", ".join(parts)
-            + f" in {result.wall_s:.2f} s")
+            + (f" in {result.wall_s:.2f} s" if timed else ""))
 
 
 class ConsoleReporter(Reporter):
@@ -56,6 +56,8 @@ class ConsoleReporter(Reporter):
         self._total = 0
         self._finished = 0
         self._hits = 0
+        self.warned = False
+        """A warning or note was printed: a no-op stamp must not silence it next time."""
 
     def start(self, graph: Any, selected: Sequence[str], jobs: int) -> None:
         self._total = len(selected)
@@ -121,6 +123,7 @@ class ConsoleReporter(Reporter):
         self._transfers[step_id] = (done, total)
 
     def info(self, message: str) -> None:
+        self.warned = True
         self._print(message)
 
     def step_finished(self, result: Any) -> None:
@@ -145,6 +148,7 @@ class ConsoleReporter(Reporter):
                     self._print(f"    log: {result.log_path}")
 
     def warning(self, message: str) -> None:
+        self.warned = True
         self._print(f"warning: {message}")
 
     def finish(self, result: Any) -> None:

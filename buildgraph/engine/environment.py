@@ -60,15 +60,21 @@ def environment_token() -> str:
     from buildgraph.engine.hashing import digest_bytes
 
     parts: List[Any] = [sys.version, sys.executable, TOKEN_FORMAT, list(host_identity())]
-    for entry in sys.path:
-        if entry and ("site-packages" in entry or "dist-packages" in entry):
-            parts.append((entry, stat_signature(entry)))
+    for path in environment_paths():
+        parts.append((os.path.dirname(path), os.path.basename(path), stat_signature(path))
+                     if path.endswith(".py") else (path, stat_signature(path)))
+    return digest_bytes(repr(sorted(map(repr, parts))).encode())
+
+
+def environment_paths() -> List[str]:
+    """The paths whose signatures the environment token covers: the site-packages directories
+    on the import path and buildgraph's own sources (a no-op stamp watches them too)."""
+    paths = [entry for entry in sys.path
+             if entry and ("site-packages" in entry or "dist-packages" in entry)]
     package = Path(__file__).resolve().parent.parent
     for directory, _, files in os.walk(package):
-        for name in files:
-            if name.endswith(".py"):
-                parts.append((directory, name, stat_signature(os.path.join(directory, name))))
-    return digest_bytes(repr(sorted(map(repr, parts))).encode())
+        paths.extend(os.path.join(directory, name) for name in files if name.endswith(".py"))
+    return paths
 
 
 def package_version(dist: str, missing: str = "not installed") -> str:

@@ -75,6 +75,8 @@ class StatCache:
         self._conn: Optional[sqlite3.Connection] = None
         self._pending: Dict[str, Tuple[int, int, int, int, str]] = {}
         self._memory: Dict[str, Tuple[int, int, int, int, str]] = {}
+        self.consulted: set = set()
+        """Every path asked about or recorded: what a no-op decision read (engine/noop.py)."""
 
     def _connect(self) -> Optional[sqlite3.Connection]:
         if self._conn is None and self._db_path is not None:
@@ -97,6 +99,7 @@ class StatCache:
         return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
     def get(self, path: str, st: os.stat_result) -> Optional[str]:
+        self.consulted.add(path)
         sig = self._sig(st)
         row = self._memory.get(path) or self._pending.get(path)
         if row is None:
@@ -115,6 +118,7 @@ class StatCache:
         return None
 
     def put(self, path: str, st: os.stat_result, digest: str) -> None:
+        self.consulted.add(path)
         if time.time() - st.st_mtime < RACY_SECONDS:
             return
         row = self._sig(st) + (digest,)

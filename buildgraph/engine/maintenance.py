@@ -119,7 +119,7 @@ def gc(store: "Store", max_size: Optional[int] = None) -> Dict[str, int]:
 
 def clear(store: "Store") -> None:
     for sub in (store.objects, store.actions, store.tmp, store.locks, store.root / "recipes",
-                store.root / "derived"):
+                store.root / "derived", store.root / "noop"):
         if sub.exists():
             rmtree_writable(sub)
     store.stat_cache.close()

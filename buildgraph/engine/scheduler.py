@@ -88,6 +88,9 @@ class RunResult:
     lock_changes: List[str] = field(default_factory=list)
     """With ``--locked``/``--frozen``: how the lock file would have changed (it was not
     written); a non-empty list fails the run."""
+    noop_watch: Optional[Tuple[List[str], List[str]]] = None
+    """When every step was cached and none has a volatile description: (files, cache entries)
+    the decision read, for a no-op stamp (:mod:`buildgraph.engine.noop`)."""
 
     @property
     def ok(self) -> bool:
@@ -170,8 +173,42 @@ class Scheduler:
                     self._write_record(results)
         result = RunResult(self.graph.name, {sid: results[sid] for sid in selected if sid in results},
                            time.monotonic() - start, self.build_dir, interrupted, changes)
+        if not interrupted and not changes and selected and \
+                all(r.status == CACHED for r in result.steps.values()) and \
+                len(result.steps) == len(selected):
+            result.noop_watch = self._noop_watch(selected, planner, result)
         self.reporter.finish(result)
         return result
+
+    def _noop_watch(self, selected: List[str], planner: Planner, result: RunResult
+                    ) -> Optional[Tuple[List[str], List[str]]]:
+        """What this all-cached run's decisions read (see engine/noop.py), or None when one of
+        them must be asked again next time (a volatile description)."""
+        from buildgraph.engine.environment import environment_paths
+        from buildgraph.engine.remote_config import CONFIG_FILE, PYPROJECT
+        from buildgraph.engine.runrecord import record_path
+
+        if any(planner.describe(self.graph.steps[sid]).volatile for sid in selected):
+            return None
+        files = [str(self.graph.recipe_path.absolute()), str(self.lock_file.absolute()),
+                 str(self.build_dir), str(record_path(self.build_dir))]
+        files += [str(Path(p).absolute()) for step in self.graph.steps.values()
+                  for p in step.inputs.values()]
+        files += environment_paths()
+        here = Path(self.graph.recipe_dir).absolute()
+        for directory in (here, *here.parents):
+            files += [str(directory / CONFIG_FILE), str(directory / PYPROJECT)]
+        files += self.store.stat_cache.consulted
+        for sid in selected:  # outputs in place: every folder of them (a file added or gone)
+            step_dir = self.build_dir / sid
+            files.append(str(step_dir))
+            for name in self.graph.steps[sid].outputs.values():
+                out = step_dir / name
+                files.append(str(out))
+                if out.is_dir() and not out.is_symlink():
+                    files += [root for root, _, _ in os.walk(out)]
+        entries = [str(self.store.action_path(r.key or "")) for r in result.steps.values()]
+        return files, entries
 
     # --- the loop ----------------------------------------------------------------------------
     def _loop(self, selected: List[str], planner: Planner, results: Dict[str, StepResult]) -> None:
