@@ -48,3 +48,16 @@ def test_run_ends_without_waiting_for_workers_to_finalize(project, monkeypatch):
         except ProcessLookupError:
             continue
         raise AssertionError(f"worker {pid} is still running")
+
+
+def test_workers_let_openmp_threads_sleep_unless_the_user_chose(project, monkeypatch):
+    """Steps share few cores: a worker's OpenMP threads wait passively (a spinning torch step
+    took the cores of the steps beside it, 7x slower under load); the user's own setting wins."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    project.write("r.yaml", "steps:\n  a: {uses: shell, with: {cmd: 'echo $OMP_WAIT_POLICY "
+                            "> ${out.o}'}, outputs: [o]}\n")
+    project.run("r.yaml")
+    assert (project.build / "r" / "a" / "o").read_text().strip() == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    project.run("r.yaml", "--force", "a")
+    assert (project.build / "r" / "a" / "o").read_text().strip() == "ACTIVE"

@@ -61,6 +61,10 @@ def _read_exact(fd: int, size: int) -> Optional[bytes]:
     return b"".join(chunks)
 
 
+OMP_POLICY_SET = "BUILDGRAPH_SET_OMP_WAIT_POLICY"
+"""Set in a worker's environment when the engine chose its ``OMP_WAIT_POLICY``."""
+
+
 class Worker:
     def __init__(self) -> None:
         env = dict(os.environ)
@@ -70,6 +74,14 @@ class Worker:
         # order), are seeded per process unless this is fixed. A value the user set stays.
         if env.get("PYTHONHASHSEED", "random") == "random":
             env["PYTHONHASHSEED"] = "0"
+        # Steps run side by side on few cores. OpenMP's threads spin while they wait (its
+        # default), so a torch step's threads burn the cores another step needs: measured on
+        # 2 cores under load, 2-thread torch steps ran 7x slower. Threads that sleep cost only
+        # a wake-up per parallel region. A value the user set stays; benchmark runners, which
+        # measure, get the user's own setting back (backends/evaluate/benchmark.py).
+        if "OMP_WAIT_POLICY" not in env:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+            env[OMP_POLICY_SET] = "1"
         env[procs.PARENT_ENV] = str(os.getpid())  # the worker dies with this process
         self.proc = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -213,6 +213,7 @@ class BenchmarkExecutor(ModelExecutor):
                  entry: Dict[str, Any]) -> Dict[str, Any]:
         """Run one artifact's runner and fold its events into ``entry``."""
         from buildgraph.engine.procs import PARENT_ENV, run_logged
+        from buildgraph.engine.workers import OMP_POLICY_SET
 
         job = {**job, "threads": threads, "policy": policy, "settings": settings,
                "sweep": sweep, "seed": int(spec.get("seed", 0)),
@@ -229,6 +230,8 @@ class BenchmarkExecutor(ModelExecutor):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "TVM_NUM_THREADS"):
             env[var] = str(threads["intra"])
+        if env.pop(OMP_POLICY_SET, None):  # measure with OpenMP as the user runs it
+            env.pop("OMP_WAIT_POLICY", None)
         env[PARENT_ENV] = str(os.getpid())
         task.log(f"--- {name}: runner with {threads['intra']} intra-op / {threads['inter']} "
                  f"inter-op threads")
