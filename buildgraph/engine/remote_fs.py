@@ -32,7 +32,7 @@ from buildgraph.errors import BuildgraphError
 
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"}
 """Protocols whose PUT is atomic and whose reads are HTTP requests (ranged GETs pay off)."""
-CHUNK = 4 << 20
+CHUNK = 8 << 20  # boto3's part size: fewer requests to sign and parse (4 MiB: 0.49x its speed)
 PARALLEL_MIN = 32 << 20
 """Objects at least this big are fetched as parallel ranged GETs on object stores."""
 RETRY_DELAYS = (0.25, 0.75, 2.0)
@@ -347,8 +347,9 @@ class RemoteFS:
 
     def _ranged(self, rpath: str, dest: Path, size: int, progress: Callable[[int], None],
                 blake3: Any, xxhash: Any) -> Tuple[str, str, int]:
-        """Parallel ranged GETs (one event loop each, see :meth:`lanes`); this thread takes
-        the chunks in order, writes them sequentially and hashes them. At most ``2 * workers``
+        """Parallel ranged GETs (botocore's client on S3, else one event loop each, see
+        :meth:`lanes`); this thread takes the chunks in order, writes them sequentially and
+        hashes them. At most ``1.5 * workers``
         chunks are held, however big the object, and a slow chunk stalls the others only once
         that many have arrived behind it. (Writing each chunk in place from its own thread
         costs more: concurrent writers to one file contend for its lock, measured 1.3 s of CPU
@@ -357,14 +358,20 @@ class RemoteFS:
 
         b3, xx = blake3.blake3(), xxhash.xxh3_128()
         chunks = (size + CHUNK - 1) // CHUNK
-        window = 2 * self.workers
-        lanes = self.lanes()
+        window = self.workers + self.workers // 2
+        s3 = self._s3_client()
+        lanes = self.lanes() if s3 is None else []
+        bucket, _, key = rpath.partition("/")
+
+        def get(i: int, start: int, end: int) -> bytes:
+            if s3 is not None:  # botocore in this thread (see _s3_client)
+                return _s3_range(s3, bucket, key, start, end)
+            return lanes[i % len(lanes)].cat_file(rpath, start=start, end=end)
 
         def fetch(i: int) -> bytes:
             start = i * CHUNK
             end = min(size, start + CHUNK)
-            fs = lanes[i % len(lanes)]
-            data = self.call("download", fs.cat_file, rpath, start=start, end=end)
+            data = self.call("download", get, i, start, end)
             if len(data) != end - start:
                 raise IntegrityError(f"{rpath}: got {len(data)} bytes at {start}, expected "
                                      f"{end - start} (the object is shorter than its entry "
@@ -393,6 +400,25 @@ class RemoteFS:
         self.bytes_down += size
         return b3.hexdigest(), xx.hexdigest(), size
 
+    def _s3_client(self) -> Any:
+        """A synchronous botocore client for ranged GETs on s3://, or None elsewhere.
+
+        s3fs reads through aiobotocore and aiohttp, one event loop per lane; measured on 2 cores
+        against SeaweedFS, a 1 GiB pull cost 3.0-3.4 s of CPU that way against boto3's 1.5 s,
+        for 0.5-0.75x its throughput. botocore's own client (urllib3, what boto3's
+        ``download_file`` uses) in our threads reads at boto3's cost. It is built from the
+        same storage options, so credentials come from where s3fs finds them."""
+        if self.protocol not in ("s3", "s3a"):
+            return None
+        client = getattr(self, "_s3", None)
+        if client is None:
+            with self._lock:
+                client = getattr(self, "_s3", None)
+                if client is None:
+                    client = self._s3 = _botocore_client(
+                        _with_defaults("s3", self.options), self.workers)
+        return client or None
+
     def close(self) -> None:
         self._fs = None
 
@@ -412,6 +438,54 @@ def _with_defaults(proto: str, options: Dict[str, Any]) -> Dict[str, Any]:
     elif proto == "file":
         options.setdefault("auto_mkdir", True)
     return options
+
+
+def _botocore_client(options: Dict[str, Any], workers: int) -> Any:
+    """botocore's S3 client for s3fs's storage options (key/secret/token, anon, profile,
+    endpoint_url, client_kwargs, config_kwargs); False when botocore cannot make one (the
+    lanes of s3fs are used then)."""
+    try:
+        import botocore.session
+        from botocore import UNSIGNED
+        from botocore.config import Config
+    except ImportError:
+        return False
+    config = dict(options.get("config_kwargs") or {})
+    config["max_pool_connections"] = max(workers, int(config.get("max_pool_connections", 0)))
+    if options.get("anon"):
+        config["signature_version"] = UNSIGNED
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    if options.get("endpoint_url"):
+        client_kwargs.setdefault("endpoint_url", options["endpoint_url"])
+    try:
+        session = botocore.session.Session(profile=options.get("profile"))
+        return session.create_client(
+            "s3", aws_access_key_id=options.get("key"),
+            aws_secret_access_key=options.get("secret"),
+            aws_session_token=options.get("token"), config=Config(**config), **client_kwargs)
+    except Exception:  # noqa: BLE001 - any setup problem: s3fs's own path reports it
+        return False
+
+
+def _s3_range(client: Any, bucket: str, key: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of an object; a missing one is FileNotFoundError, as from s3fs."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"{bucket}/{key}") from None
+        if code == "NoSuchBucket":
+            raise FileNotFoundError(f"no such bucket: {bucket}") from None
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise PermissionError(f"{code}: {bucket}/{key}") from None
+        raise
 
 
 def _credentials_hint(protocol: str) -> str:
