@@ -136,8 +136,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcCluster]:
         assert all(p.poll() is not None for p in c.procs)
 
 
-RPC_TUNE = dict(TUNE, target="llvm", trials=4)
-"""A generic x86-64 target (the device is this machine); a handful of trials."""
+RPC_TUNE = dict(TUNE, target="llvm", trials=3)
+"""A generic x86-64 target (the device is this machine); one trial per task of net_a."""
 
 
 def steps(tracker: str) -> str:
@@ -233,6 +233,33 @@ tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(dict(RPC_TUNE, runner=runn
     assert (f"no device with key nobody registered at tracker {cluster.tracker}; "
             f"`python -m tvm.exec.query_rpc_tracker --host 127.0.0.1 "
             f"--port {cluster.port}`") in text
+
+
+def test_a_busy_device_is_one_line_after_the_timeout(cluster: RpcCluster, tmp_path: Path):
+    """The tracker's own request waits forever for a free device; the step waits ``timeout``."""
+    from tvm import rpc
+
+    from buildgraph import api
+    from buildgraph.errors import BuildgraphError
+
+    runner = {"tracker": cluster.tracker, "key": OTHER_KEY, "timeout": 2}
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: net_a, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(dict(RPC_TUNE, runner=runner))}}}
+""", name="busy")
+    held = rpc.connect_tracker("127.0.0.1", cluster.port).request(OTHER_KEY, session_timeout=60)
+    try:
+        with pytest.raises(BuildgraphError) as info:
+            api.plan(recipe, cache_dir=tmp_path / ".cache", build_dir=tmp_path / "build")
+    finally:
+        del held  # ends the session: the server registers again
+    first = info.value.render().splitlines()[0]
+    assert (f"no free device with key {OTHER_KEY} at tracker {cluster.tracker} within 2 s "
+            "(1 registered, all busy)") in first, first
+    deadline = time.monotonic() + 30
+    while OTHER_KEY not in cluster.registered() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert OTHER_KEY in cluster.registered()
 
 
 def test_a_missing_tracker_is_one_line_at_plan_time(tmp_path: Path):
