@@ -3,11 +3,13 @@ with the RPC runner (a real tracker and server on loopback, the "device" being t
 and the time to ask the device for its fingerprint when the step is planned.
 
     .venv/bin/python benchmarks/bench_tvm_rpc.py                 # 16 trials of a small CNN
-    .venv/bin/python benchmarks/bench_tvm_rpc.py --trials 32 --json rpc.json
+    .venv/bin/python benchmarks/bench_tvm_rpc.py --trials 32 --rounds 3 --json rpc.json
 
-Both jobs tune from an empty cache (``reuse: false``) with the same settings and seed; the
-difference per trial is what a measurement session (request, upload, link on the device,
-random inputs, run) adds over a local measurement. The tracker needs ``tornado``.
+Every job tunes from an empty cache (``reuse: false``) with the same settings and seed, local
+and RPC alternating (local, rpc, rpc, local, ...: the first job of a process also pays for
+imports); the difference per trial is what a measurement session (request, upload, link on the
+device, random inputs, run) adds over a local measurement, next to the search itself (cost
+model, evolutionary search), which both pay alike. The tracker needs ``tornado``.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def stop(procs: List[subprocess.Popen]) -> None:
 def tune(root: Path, name: str, params: Dict[str, Any]) -> Dict[str, Any]:
     from buildgraph import api
 
-    recipe = root / f"{name}.yaml"
+    recipe = root / f"{name.replace('-', '_')}.yaml"
     recipe.write_text(textwrap.dedent(f"""
         name: {name}
         models: {{net: {{source: models/net.py:net, inputs: {{x: {{shape: [1, 3, 32, 32]}}}}}}}}
@@ -116,6 +118,7 @@ def tune(root: Path, name: str, params: Dict[str, Any]) -> Dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="jobs per runner")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-tvm-rpc-"))
@@ -135,24 +138,33 @@ def main() -> int:
         base = {"target": "llvm", "trials": args.trials, "trials_per_iter": 4,
                 "population": 32, "min_repeat_ms": 5, "number": 2, "reuse": False,
                 "seed": 0}
-        local = tune(root, "local", base)
-        remote = tune(root, "rpc", dict(base, runner={"tracker": f"127.0.0.1:{port}",
-                                                      "key": key}))
+        runs: Dict[str, List[Dict[str, Any]]] = {"local": [], "rpc": []}
+        runner = {"tracker": f"127.0.0.1:{port}", "key": key}
+        for i in range(args.rounds):
+            order = ("local", "rpc") if i % 2 == 0 else ("rpc", "local")
+            for name in order:
+                params = dict(base, runner=runner) if name == "rpc" else base
+                runs[name].append(tune(root, f"{name}-{i}", params))
         sessions = (root / "server.log").read_text(errors="replace").count("load_module")
     finally:
         stop(procs)
-    per_trial = {n: r["tune_s"] / max(1, r["trials"]) for n, r in (("local", local),
-                                                                   ("rpc", remote))}
-    print(f"{'runner':8} {'trials':>6} {'tune s':>8} {'s/trial':>8} {'plan s':>7}")
-    for name, r in (("local", local), ("rpc", remote)):
-        print(f"{name:8} {r['trials']:6} {r['tune_s']:8.1f} {per_trial[name]:8.2f} "
-              f"{r['plan_s']:7.1f}")
+    import statistics
+
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("tune_s", "plan_s", "trials")}
+           for n, rs in runs.items()}
+    per_trial = {n: m["tune_s"] / max(1, m["trials"]) for n, m in med.items()}
+    print(f"medians of {args.rounds} jobs each, {args.trials} trials per job")
+    print(f"{'runner':8} {'trials':>6} {'tune s':>8} {'s/trial':>8} {'plan s':>7}  all tune s")
+    for name, m in med.items():
+        print(f"{name:8} {int(m['trials']):6} {m['tune_s']:8.1f} {per_trial[name]:8.2f} "
+              f"{m['plan_s']:7.1f}  {[r['tune_s'] for r in runs[name]]}")
     print(f"RPC overhead per trial: {per_trial['rpc'] - per_trial['local']:+.2f} s; "
-          f"{sessions} modules loaded by the server; plan with a runner asks the device "
-          f"(+{remote['plan_s'] - local['plan_s']:.1f} s, once: the description is memoised)")
+          f"{sessions} modules loaded by the server; a plan with a runner asks the device "
+          f"(+{med['rpc']['plan_s'] - med['local']['plan_s']:.1f} s, once: the description "
+          "is memoised)")
     if args.json:
-        args.json.write_text(json.dumps({"local": local, "rpc": remote,
-                                         "sessions": sessions}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"runs": runs, "sessions": sessions}, indent=1)
+                             + "\n")
     return 0
 
 
