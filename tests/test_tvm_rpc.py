@@ -235,6 +235,28 @@ tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(dict(RPC_TUNE, runner=runn
             f"--port {cluster.port}`") in text
 
 
+def test_a_target_for_another_architecture_than_the_device_is_one_line(cluster: RpcCluster,
+                                                                        tmp_path: Path):
+    """The device reports its triple: aarch64 objects sent to this x86 "board" would fail to
+    link for every candidate, so planning says so first."""
+    from buildgraph import api
+    from buildgraph.errors import BuildgraphError
+
+    runner = {"tracker": cluster.tracker, "key": KEY}
+    cross = dict(RPC_TUNE, target="llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72",
+                 runner=runner)
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: net_a, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(cross)}}}
+""", name="cross")
+    with pytest.raises(BuildgraphError) as info:
+        api.plan(recipe, cache_dir=tmp_path / ".cache", build_dir=tmp_path / "build")
+    text = info.value.render()
+    assert "steps.tune.with" in text.splitlines()[0]
+    assert f"builds aarch64 code, and device {KEY} is x86_64" in text.splitlines()[0], text
+    assert "hint: write the device's target, e.g. 'llvm -mtriple=x86_64" in text
+
+
 def test_a_busy_device_is_one_line_after_the_timeout(cluster: RpcCluster, tmp_path: Path):
     """The tracker's own request waits forever for a free device; the step waits ``timeout``."""
     from tvm import rpc

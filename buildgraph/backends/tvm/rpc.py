@@ -229,7 +229,8 @@ def device_text(fp: Mapping[str, Any]) -> str:
 def remote_target(canonical: Mapping[str, Any], fp: Mapping[str, Any]) -> Dict[str, Any]:
     """The effective TVM target for measuring ``canonical`` on the device: ``num-cores`` from
     the device (MetaSchedule needs it for CPU targets), ``model`` = the device scope."""
-    from buildgraph.backends.tvm.target import TargetError, is_native
+    from buildgraph.backends.tvm.target import (TargetError, host_arch, is_native, target_text,
+                                                triple_arch)
 
     if is_native(canonical):
         raise TargetError("target native means this machine's CPU, not the device's",
@@ -240,6 +241,16 @@ def remote_target(canonical: Mapping[str, Any], fp: Mapping[str, Any]) -> Dict[s
     if canonical.get("kind") not in ("llvm", "c"):
         raise TargetError(f"runner: measuring on a device supports CPU targets (llvm); got "
                           f"{canonical.get('kind')}")
+    device_triple = str(fp.get("triple") or "unknown")
+    if device_triple != "unknown":
+        # LLVM builds for -mtriple, else for this host's own: object files the board's linker
+        # rejects ("file in wrong format") would fail every candidate after the search began
+        built = triple_arch(str(canonical["mtriple"])) if canonical.get("mtriple") else host_arch()
+        if built != triple_arch(device_triple):
+            raise TargetError(f"target {target_text(canonical)} builds {built} code, and device "
+                              f"{fp.get('key')} is {triple_arch(device_triple)} "
+                              f"({device_triple})",
+                              hint=f"write the device's target, e.g. {suggest_target(fp)}")
     out = dict(canonical)
     if "num-cores" not in out:
         out["num-cores"] = max(1, int(fp.get("threads") or 1))
