@@ -13,12 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import numpy as np
 import pytest
 
-from proc_helpers import alive, describe, descendants, kill, needs_proc, wait_gone
+from proc_helpers import describe, descendants, kill, needs_proc, wait_gone
 from tvm_helpers import TUNE, eager, log_of, needs_tvm, run, write_project
 
 needs_tvm()

@@ -96,7 +96,7 @@ def query_hint(host: str, port: int) -> str:
 # asking the device (imports TVM: runs in the tuning worker or in the describe child process)
 # --------------------------------------------------------------------------------------------
 
-def _connect_tracker(host: str, port: int, wait: float) -> Any:
+def _connect_tracker(host: str, port: int, wait: float, key: str) -> Any:
     """A TVM tracker session, or a DeviceError at once when nothing listens there (TVM's own
     ``connect_tracker`` retries a refused connection for 60 s)."""
     try:
@@ -104,20 +104,13 @@ def _connect_tracker(host: str, port: int, wait: float) -> Any:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise DeviceError(f"cannot reach the RPC tracker {host}:{port} (device key "
-                          f"'{_key_of_context()}'): {reason}",
+                          f"'{key}'): {reason}",
                           hint=f"start it with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 "
                                f"--port {port}`, or check with {query_hint(host, port)}"
                           ) from None
     from tvm import rpc
 
     return rpc.connect_tracker(host, port)
-
-
-_context = threading.local()
-
-
-def _key_of_context() -> str:
-    return getattr(_context, "key", "?")
 
 
 def registered(tracker: Any, key: str) -> Tuple[int, int]:
@@ -138,8 +131,7 @@ def request_session(host: str, port: int, key: str, priority: int = 1,
 
 def _open_session(host: str, port: int, key: str, priority: int, session_timeout: float,
                   wait: float) -> Tuple[Any, int]:
-    _context.key = key
-    tracker = _connect_tracker(host, port, wait)
+    tracker = _connect_tracker(host, port, wait, key)
     total, _ = registered(tracker, key)
     if total == 0:
         tracker.close()
