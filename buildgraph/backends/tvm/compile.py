@@ -12,7 +12,11 @@ upstream (or ``database:``) supplies MetaSchedule records. The pipeline is MetaS
    then match nothing);
 2. ``MetaScheduleApplyDatabase`` with only the records of this target (TVM's own query
    ignores the target); every function it schedules is counted, and a tuned build that
-   applied no record fails instead of silently shipping naive loops;
+   applied no record fails instead of silently shipping naive loops. Records a ``tvm.tune``
+   step measured on a remote device (``runner:``) are filed under that device's scope (the
+   target's ``model``, see :mod:`buildgraph.backends.tvm.rpc`): a build for the same target
+   string takes the tuned target, scope included, from the database's ``tunedb.json``, so it
+   picks those records and only those; any other target matches none of them;
 3. DLight default schedules for what is left (GPU targets only);
 4. lowering, ``relax.build``, ``export_library``.
 
@@ -134,6 +138,26 @@ def find_database(task: Task, explicit: Optional[str]) -> Optional[Path]:
 
 
 
+def device_of_database(db_dir: Path, canonical: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """When ``db_dir`` was tuned on a remote device for this same target: its ``tunedb.json``
+    (``device``: the fingerprint, ``tvm_target``: the target measured, device scope included);
+    else None (a local database, or one tuned for another target)."""
+    from buildgraph.backends.tvm.records import MANIFEST_FILE
+
+    try:
+        manifest = json.loads((db_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("device"), dict) or \
+            not isinstance(manifest.get("tvm_target"), dict):
+        return None
+    try:
+        tuned_for = tvmtarget.canonical_target(manifest.get("target") or {})
+    except tvmtarget.TargetError:
+        return None
+    return manifest if tuned_for == dict(canonical) else None
+
+
 def file_inputs(params: Any, ctx: Any, kind: str = "tvm.compile") -> Dict[str, Path]:
     """``model:`` and ``database:`` given as paths are inputs of the step (their content is in
     the key); ``${in.STEP.OUTPUT}`` references are upstream outputs, keyed already."""
@@ -221,9 +245,20 @@ class TvmCompileExecutor(Executor):
         model_path = find_model(task, p.get("model"))
         db_dir = find_database(task, p.get("database"))
         tvm = import_tvm()
-        target, effective = make_target(canonical)
+        device = device_of_database(db_dir, canonical) if db_dir is not None else None
+        if device is not None:
+            effective = dict(device["tvm_target"])
+            try:
+                target = tvm.target.Target(effective)
+            except Exception as exc:  # noqa: BLE001
+                raise StepFailed(f"TVM rejects the tuned target {json.dumps(effective)}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        else:
+            target, effective = make_target(canonical)
         task.log(f"tvm {tvm.__version__}: compiling {model_path.name} for "
-                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})")
+                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})"
+                 + (f"; for device {device['device'].get('key')}, whose records the database "
+                    f"holds (scope {effective.get('model')})" if device is not None else ""))
         start = time.monotonic()
         mod = load_relax(model_path, p.get("dims") or {})
         signature = io_signature(mod)
@@ -282,6 +317,9 @@ class TvmCompileExecutor(Executor):
             "runnable_on_build_host": runnable, "not_runnable_reason": why,
             "host_arch": tvmtarget.host_arch(), "note": note,
         }
+        if device is not None:
+            manifest["device"] = device["device"]
+            manifest["device_scope"] = effective.get("model")
         (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
                                     encoding="utf-8")
         size = (out / filename).stat().st_size
@@ -294,4 +332,6 @@ class TvmCompileExecutor(Executor):
         meta.update(target=canonical, size=size, import_s=round(import_s, 3),
                     compile_s=round(compile_s, 3), export_s=round(export_s, 3),
                     untuned=stats["untuned"][:20], **db_counts)
+        if device is not None:
+            meta.update(device=device["device"], device_scope=effective.get("model"))
         return meta

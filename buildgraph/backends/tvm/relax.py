@@ -65,10 +65,23 @@ def make_target(canonical: Mapping[str, Any], threads: Optional[int] = None) -> 
     cpu = system_cpu() if tvmtarget.is_native(canonical) else None
     effective = tvmtarget.effective_target(canonical, cpu, None)
     try:
-        return tvm.target.Target(effective), effective
+        target = tvm.target.Target(effective)
     except Exception as exc:  # noqa: BLE001
         raise StepFailed(f"TVM rejects target {tvmtarget.target_text(canonical)}: "
                          f"{str(exc).splitlines()[0]}") from None
+    return target, with_default_triple(target, effective)
+
+
+def with_default_triple(target: Any, effective: Mapping[str, Any]) -> Dict[str, Any]:
+    """``effective`` with the triple TVM fills in itself: an llvm target with neither -mcpu nor
+    -mtriple gets LLVM's default triple, which MetaSchedule then writes into every record, so a
+    record's target would never match the target it was tuned for (plain ``llvm``)."""
+    out = dict(effective)
+    if out.get("kind") == "llvm" and "mtriple" not in out:
+        triple = target.attrs.get("mtriple")
+        if triple:
+            out["mtriple"] = str(triple)
+    return dict(sorted(out.items()))
 
 
 def check_cuda() -> None:

@@ -14,7 +14,8 @@ Three views of a target:
   to the LLVM CPU name and ``num-cores`` filled in for host targets (MetaSchedule uses it to
   decide parallel loops);
 * the **identity** (:func:`target_identity`): the fields that decide whether a tuning record
-  fits a target (kind, CPU, triple, features, cores, CUDA arch). TVM's database ignores the
+  fits a target (kind, CPU, triple, features, cores, CUDA arch, and the remote device records
+  were measured on, as the target's ``model``). TVM's database ignores the
   target when queried; buildgraph files and filters records by this identity instead, so
   records tuned for one CPU are never applied to another.
 """
@@ -37,8 +38,10 @@ KINDS = ("llvm", "cuda", "c", "rocm", "vulkan", "opencl", "metal")
 LIST_KEYS = ("mattr", "keys", "libs")
 """Keys whose value is a list (``-mattr=+avx2,+fma``)."""
 
-IDENTITY_KEYS = ("kind", "mcpu", "mtriple", "mattr", "mabi", "num-cores", "arch")
-"""The fields of a target that decide whether a tuning record applies to it."""
+IDENTITY_KEYS = ("kind", "mcpu", "mtriple", "mattr", "mabi", "num-cores", "arch", "model")
+"""The fields of a target that decide whether a tuning record applies to it. ``model`` names
+the device records were measured on through a TVM RPC tracker (``rpc-<key>-<fingerprint>``,
+see :mod:`buildgraph.backends.tvm.rpc`); targets measured here have none."""
 
 _ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64", "i686": "x86",
                  "i386": "x86", "armv7l": "arm", "armv7": "arm"}
@@ -265,6 +268,8 @@ def identity_digest(target: Mapping[str, Any]) -> str:
     readable = "-".join(str(ident.get(k)) for k in ("kind", "mcpu", "arch", "mtriple")
                         if ident.get(k))
     readable = re.sub(r"[^A-Za-z0-9_.]+", "_", readable)[:40]
+    if ident.get("model"):  # the remote device: rpc-<key>-<fingerprint>
+        readable += "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", str(ident["model"]))[:48]
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 

@@ -15,7 +15,9 @@ Steps (TVM 0.27: Relax + MetaSchedule; Relay, AutoTVM and AutoScheduler are gone
    the step's budget is reduced by what was already spent on its tasks;
 3. tune the rest with MetaSchedule's gradient task scheduler, the local builder (a persistent
    process pool whose build function skips the 15 s tensor-intrinsic import) and the local
-   runner, with the trial budget (global and per task) and measurement options of the
+   runner, or with ``runner: {tracker, key}`` MetaSchedule's RPC runner, which measures on a
+   device registered at a TVM RPC tracker (:mod:`buildgraph.backends.tvm.rpc`: the device's
+   fingerprint is keyed and names the scope its records are filed under), with the trial budget (global and per task) and measurement options of the
    parameters, into a MetaSchedule JSON database in this step's own scratch directory (two
    writers must never share one: records point at workloads by line number);
 4. after every measured batch, log progress (trials, best latency per task) and publish the
@@ -42,6 +44,7 @@ from buildgraph.errors import StepFailed
 from buildgraph.engine.environment import package_version
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
 from buildgraph.backends.tvm.compile import TvmParams, file_inputs, find_model
+from buildgraph.backends.tvm.rpc import RunnerParams
 from buildgraph.backends.tvm.relax import (check_ffi_for_tuning, import_tvm, load_relax, make_target,
                                            prepare, symbolic_dims, tvm_versions)
 
@@ -81,6 +84,9 @@ class TvmTuneParams(TvmParams):
                                    "skipped (besides trials covering its budget)")
     share: bool = Field(True, description="publish this step's records to the shared area")
     keep: int = Field(32, ge=1, description="records kept per workload in the output")
+    runner: Optional[RunnerParams] = Field(None, description="measure on a remote device "
+                                           "through a TVM RPC tracker: {tracker: host:9190, "
+                                           "key: rasp4} (default: on this machine)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,13 +211,15 @@ def _progress_callback_class() -> Any:
                   builder_results: Any, runner_results: Any) -> None:
             ok: List[float] = []
             failed = 0
+            error = ""
             for b, r in zip(builder_results, runner_results):
                 if b.error_msg is not None or r.error_msg is not None or not r.run_secs:
                     failed += 1
+                    error = error or str(b.error_msg or r.error_msg or "no run time")
                     continue
                 secs = [float(s) for s in r.run_secs]
                 ok.append(sum(secs) / len(secs))
-            self.on_batch(int(task_id), len(measure_candidates), ok, failed)
+            self.on_batch(int(task_id), len(measure_candidates), ok, failed, error)
 
     _classes["progress"] = ProgressCallback
     return ProgressCallback
@@ -234,8 +242,10 @@ class _Progress:
         self.publish = publish
         self.start = time.monotonic()
         self.publish_errors = 0
+        self.errors_logged = 0
 
-    def __call__(self, task_id: int, n: int, ok: List[float], failed: int) -> None:
+    def __call__(self, task_id: int, n: int, ok: List[float], failed: int,
+                 error: str = "") -> None:
         self.trials[task_id] += n
         self.failed[task_id] += failed
         if ok:
@@ -252,6 +262,10 @@ class _Progress:
             + (f" ({failed} of {n} failed)" if failed else "")
             + f"; tasks with a record {measured}/{len(self.names)}"
             + (f", at their cap {done}" if done else ""))
+        if error and self.errors_logged < 3:  # the reason, not a wall of identical traces
+            self.errors_logged += 1
+            lines = [ln for ln in error.strip().splitlines() if ln.strip()]
+            self.task.log("  a failed candidate: " + " | ".join(lines[:2] + lines[-3:])[:1500])
         try:
             self.publish(self.hashes[task_id], n)
         except Exception as exc:  # noqa: BLE001 - sharing must not kill a tuning run
@@ -307,12 +321,27 @@ class TvmTuneExecutor(Executor):
 
     def describe(self, params: Any, ctx: DescribeContext) -> Description:
         """Model file, TVM and xgboost versions, the target; the shared records area. The
-        GPU present matters only for cuda without -arch."""
+        GPU present matters only for cuda without -arch.
+
+        With a ``runner``, the device's fingerprint (key, CPU, triple, threads) instead of this
+        host's CPU: it is asked once, through the tracker, and memoised with the description,
+        not asked at every plan (volatile): a plan of a cached build must not need the device
+        reachable and free. The run asks again and fails when the device behind the key
+        changed (``buildgraph cache gc`` forgets the memoised description)."""
         from buildgraph.backends.tvm.shared import AREA
 
         raw = params.model_dump(mode="json", by_alias=True)
         env = dict(tvm_versions())
-        env.update(tvmtarget.fingerprint(raw["target"]))
+        if params.runner is not None:
+            from buildgraph.backends.tvm import rpc
+
+            fp = rpc.describe_device(params.runner)
+            effective = rpc.remote_target(params.target, fp)  # a bad target fails here
+            env["target"] = json.dumps(raw["target"], sort_keys=True)
+            env["rpc_device"] = json.dumps(rpc.scope_fields(fp), sort_keys=True)
+            env["rpc_scope"] = str(effective["model"])
+        else:
+            env.update(tvmtarget.fingerprint(raw["target"]))
         if raw.get("cost_model", "xgb") == "xgb":
             found = [v for v in (package_version(d, "") for d in ("xgboost-cpu", "xgboost")) if v]
             if found:
@@ -342,16 +371,25 @@ class TvmTuneExecutor(Executor):
         tvm = import_tvm()
         from tvm.s_tir import meta_schedule as ms
 
-        if not tvmtarget.is_host_target(canonical) and canonical.get("kind") != "cuda":
+        device: Optional[Dict[str, Any]] = None
+        if p.runner is not None:
+            device = self._device(task, p.runner)
+            target, effective = remote_target(tvm, canonical, device)
+        elif not tvmtarget.is_host_target(canonical) and canonical.get("kind") != "cuda":
             raise StepFailed(f"tuning measures candidates on this machine, and "
                              f"{tvmtarget.target_text(canonical)} does not run here "
-                             f"({tvmtarget.runnable_here(canonical)[1]}); tune on the device "
-                             "itself and import its records with `buildgraph tune-db import`")
-        target, effective = make_target(canonical)
+                             f"({tvmtarget.runnable_here(canonical)[1]}); measure on the device "
+                             "through a TVM RPC tracker (runner: {tracker: host:9190, key: "
+                             "...}), or tune on the device itself and import its records with "
+                             "`buildgraph tune-db import`")
+        else:
+            target, effective = make_target(canonical)
         version = tvm_versions()["apache-tvm"]
         start = time.monotonic()
         task.log(f"tvm {tvm.__version__}: tuning {model_path.name} for "
-                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})")
+                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})"
+                 + (f"; measuring on device {_rpc().device_text(device)} through tracker "
+                    f"{p.runner.tracker}" if device is not None and p.runner else ""))
         mod = load_relax(model_path, p.dims)
         dynamic = symbolic_dims(mod)
         if dynamic:
@@ -420,7 +458,7 @@ class TvmTuneExecutor(Executor):
                          f"{len(seed.workloads)} tasks seed the search")
             progress, tune_s = self._tune(task, p, ms, extracted, to_tune, names,
                                           hashes, workloads, effective, ms_dir,
-                                          shared, version, trials, per_task)
+                                          shared, version, trials, per_task, device)
         elif to_tune:
             task.log("trials: 0 - nothing is tuned; the output holds the records found")
 
@@ -453,6 +491,10 @@ class TvmTuneExecutor(Executor):
                     "target_text": tvmtarget.target_text(canonical), "tvm_target": effective,
                     "identity": tvmtarget.target_identity(effective), "model": model_path.name,
                     "dims": p.dims, "tasks": rows}
+        if device is not None and p.runner is not None:
+            manifest["device"] = _rpc().scope_fields(device)
+            manifest["device_scope"] = effective["model"]
+            manifest["tracker"] = p.runner.tracker
         (out_dir / "tunedb.json").write_text(json.dumps(manifest, indent=1, sort_keys=True)
                                              + "\n", encoding="utf-8")
         self._summary(task, rows)
@@ -466,14 +508,37 @@ class TvmTuneExecutor(Executor):
                 "untuned": len(rows) - with_records,
                 "trials": sum(r["trials"] for r in rows), "tune_s": round(tune_s, 2),
                 "records": len(out_db.records), "estimated_latency_us": round(estimate, 2),
-                "target": canonical, "tvm": version}
+                "target": canonical, "tvm": version,
+                **({"device": _rpc().scope_fields(device), "device_scope": effective["model"]}
+                   if device is not None else {})}
+
+    @staticmethod
+    def _device(task: Task, runner: RunnerParams) -> Dict[str, Any]:
+        """Ask the device for its fingerprint again; it must be the one the step was keyed
+        for (the description is memoised: the board behind a key may have been replaced)."""
+        rpc = _rpc()
+        host, port = runner.address()
+        try:
+            now = rpc.probe(host, port, runner.key, runner.priority, runner.timeout)
+        except rpc.DeviceError as exc:
+            raise StepFailed(exc.message, hint=exc.hint) from None
+        keyed = json.loads(task.env.get("rpc_device") or "{}")
+        if rpc.scope_fields(now) != keyed:
+            raise StepFailed(f"the device behind key {runner.key} at tracker {runner.tracker} "
+                             f"is not the one this step was planned for (planned: "
+                             f"{rpc.device_text(keyed)}; now: {rpc.device_text(now)})",
+                             hint="`buildgraph cache gc` forgets memoised descriptions; the "
+                                  "next plan asks the device again")
+        task.log(f"device {rpc.device_text(now)}: {now.get('devices')} registered with key "
+                 f"{runner.key} at tracker {runner.tracker}")
+        return now
 
     # ----------------------------------------------------------------------------------------
     def _tune(self, task: Task, p: TvmTuneParams, ms: Any, extracted: List[Any],
               to_tune: List[int], names: List[str], hashes: List[str],
               workloads: Dict[str, str], effective: Dict[str, Any], ms_dir: Path,
-              shared: Any, version: str, trials: int, per_task: int
-              ) -> Tuple[_Progress, float]:
+              shared: Any, version: str, trials: int, per_task: int,
+              device: Optional[Dict[str, Any]] = None) -> Tuple[_Progress, float]:
         import logging
 
         from buildgraph.backends.tvm.records import TuneDatabase, read_db
@@ -516,11 +581,16 @@ class TvmTuneExecutor(Executor):
         builder = _persistent_builder_class()(max_workers=p.workers or threads,
                                               timeout_sec=p.build_timeout,
                                               f_build=fast_build if _cpu(effective) else None)
-        runner = ms.runner.LocalRunner(
-            timeout_sec=p.timeout, initializer=_dies_with_this_process(),
-            evaluator_config=ms.runner.EvaluatorConfig(
-                number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms,
-                enable_cpu_cache_flush=p.cpu_cache_flush))
+        evaluator = ms.runner.EvaluatorConfig(
+            number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms,
+            enable_cpu_cache_flush=p.cpu_cache_flush)
+        if p.runner is not None:
+            runner: Any = _rpc_runner(ms, p.runner, evaluator,
+                                      max(1, int((device or {}).get("devices") or 1)))
+        else:
+            runner = ms.runner.LocalRunner(timeout_sec=p.timeout,
+                                           initializer=_dies_with_this_process(),
+                                           evaluator_config=evaluator)
         callbacks = list(ms.MeasureCallback.create("default")) + \
             [_progress_callback_class()(progress)]
         task.log(f"tuning {len(contexts)} tasks: {trials} trials in all, up to {per_task} "
@@ -583,6 +653,44 @@ def _dies_with_this_process() -> Any:
     from buildgraph.engine.procs import die_with_parent
 
     return functools.partial(die_with_parent, os.getpid())
+
+
+def _rpc() -> Any:
+    from buildgraph.backends.tvm import rpc
+
+    return rpc
+
+
+def remote_target(tvm: Any, canonical: Dict[str, Any], device: Dict[str, Any]
+                  ) -> Tuple[Any, Dict[str, Any]]:
+    """(tvm Target, effective dict) for measuring on ``device``: its cores, its scope."""
+    try:
+        effective = _rpc().remote_target(canonical, device)
+    except tvmtarget.TargetError as exc:
+        raise StepFailed(exc.message, hint=exc.hint) from None
+    from buildgraph.backends.tvm.relax import with_default_triple
+
+    try:
+        target = tvm.target.Target(effective)
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"TVM rejects target {tvmtarget.target_text(effective)}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return target, with_default_triple(target, effective)
+
+
+def _rpc_runner(ms: Any, runner: RunnerParams, evaluator: Any, devices: int) -> Any:
+    """MetaSchedule's RPC runner: one measuring process per device registered with the key;
+    sessions requested with a limit on the wait (its default waits forever)."""
+    import functools
+
+    host, port = runner.address()
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=runner.key,
+                                 session_priority=runner.priority,
+                                 session_timeout_sec=runner.session_timeout)
+    return ms.runner.RPCRunner(
+        rpc_config=config, evaluator_config=evaluator, max_workers=devices,
+        f_create_session=functools.partial(_rpc().create_session, wait=runner.timeout),
+        initializer=_dies_with_this_process())
 
 
 def _cpu(target: Dict[str, Any]) -> bool:
