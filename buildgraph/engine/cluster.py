@@ -16,10 +16,10 @@ decides, and local or team-cache hits never reach here. For a step that must run
 
 Nothing big goes through Ray's object store, so a driver killed mid-run loses nothing built:
 the rerun finds the entries in the team cache. Ctrl-C or SIGTERM cancels the outstanding tasks
-(``ray.cancel(force=True)`` ends the Ray worker; its step worker and the commands it started
-die with it). A lost node's task is retried per Ray's ``max_retries``
-(``$BUILDGRAPH_CLUSTER_RETRIES``, default 3); a node never half-commits, since the entry is
-pushed last.
+(first as Ctrl-C would, so that the node's step worker ends the commands it started; then, if
+still running, ``ray.cancel(force=True)`` kills the Ray worker). A lost node's task is retried
+per Ray's ``max_retries`` (``$BUILDGRAPH_CLUSTER_RETRIES``, default 3); a node never
+half-commits, since the entry is pushed last.
 
 Ray is imported only here, and only once a step must actually run: a fully cached
 ``run --cluster`` neither imports Ray nor connects.
@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 ENV_RETRIES = "BUILDGRAPH_CLUSTER_RETRIES"
 DEFAULT_RETRIES = 3
 CONNECT_TIMEOUT_S = 5.0
+CANCEL_GRACE_S = 10.0
+"""How long a cancelled step may take to end its commands before its Ray worker is killed."""
 SLOTS = 64
 """Steps in flight at once: the cluster's own scheduler queues what its nodes cannot take."""
 HINT_ADDRESS = "give --cluster ray://HEAD:10001 (Ray Client), --cluster HEAD:6379 (the GCS " \
@@ -244,7 +246,7 @@ class RayRunner:
         try:
             while not ray.wait([ref], timeout=0.2)[0]:
                 if procs.cancelled():
-                    ray.cancel(ref, force=True)
+                    self._cancel(ref)
                     return StepResult(step.id, CANCELLED, key, time.monotonic() - start,
                                       message="interrupted")
             reply = ray.get(ref)
@@ -284,6 +286,20 @@ class RayRunner:
                                        if reply.get("reused") else ""))
         result.meta["_entries"] = entries
         return result
+
+    def _cancel(self, ref: Any) -> None:
+        """Cancel a submitted step: first as Ctrl-C would (the task's worker then ends the
+        commands it started, as a local run does), then by killing the Ray worker. Ray kills
+        a worker's child processes with SIGKILL, which would leave the commands those started
+        in sessions of their own running; hence the polite way first."""
+        ray = self._ray
+        try:
+            ray.cancel(ref, force=False)
+            if not ray.wait([ref], timeout=CANCEL_GRACE_S)[0]:
+                ray.cancel(ref, force=True)
+                ray.wait([ref], timeout=CANCEL_GRACE_S)
+        except Exception:  # noqa: BLE001 - already finished, or the cluster is gone
+            pass
 
     def _failed(self, step: "StepNode", key: str, reply: Dict[str, Any], final_log: Path,
                 start: float) -> "StepResult":

@@ -54,11 +54,29 @@ def export_program(task: Any, name: str, spec: Mapping[str, Any], model: Any,
         raise StepFailed(f"{what} failed: {torchmodel.short_error(exc, lines=2)}") from None
 
 
+def relative_stack_traces(program: Any, recipe_dir: Any) -> None:
+    """Name the model's own source files relative to the recipe in the program's node metadata
+    (``stack_trace``): torch.export records each frame's absolute file name, so the same
+    model from another checkout, or built on a cluster node, would give other bytes."""
+    from pathlib import Path
+
+    prefixes = sorted({f'File "{Path(recipe_dir).absolute()}/',
+                       f'File "{Path(recipe_dir).resolve()}/'}, key=len, reverse=True)
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in (graph.nodes if graph is not None else ()):
+            trace = node.meta.get("stack_trace")
+            if isinstance(trace, str):
+                for prefix in prefixes:
+                    trace = trace.replace(prefix, 'File "')
+                node.meta["stack_trace"] = trace
+
+
 class TorchExportExecutor(ModelExecutor):
     """torch.export to a .pt2 archive, with dynamic dims."""
 
     kind = "torch.export"
-    version = "2"
+    version = "3"  # 3: source file names relative to the recipe (path-independent bytes)
     Params = TorchExportParams
     outputs = {"model": "model.pt2"}
 
@@ -71,6 +89,7 @@ class TorchExportExecutor(ModelExecutor):
             program, dynamic, example, names = export_program(task, p.model, spec, model,
                                                               p.dynamic, p.strict)
         dest = out_path(task)
+        relative_stack_traces(program, task.recipe_dir)
         with self.timed("save"):
             torch.export.save(program, str(dest), extra_files={
                 torchmodel.NAMES_FILE: torchmodel.names_record(spec, names)})
