@@ -239,6 +239,7 @@ class RayRunner:
                               message=f"cannot send its inputs to the {self.remote.label()}: "
                                       f"{message}")
         ray = self._ray
+        submitted = time.monotonic()
         ref = self._fn.options(name=f"buildgraph {step.id}", max_retries=self.retries,
                                retry_exceptions=False, **options).remote(spec)
         with self._lock:
@@ -257,6 +258,7 @@ class RayRunner:
                               message=f"the cluster could not run it: {_first_line(exc)}")
         if reply.get("status") != "ok":
             return self._failed(step, key, reply, final_log, start)
+        answered = time.monotonic()
         found = self.remote.lookup(key, fresh=True)
         entry = self.remote.fetch(key, s.store, lambda done, total: s.reporter.transfer(
             step.id, done, total), found=found)
@@ -276,6 +278,12 @@ class RayRunner:
             _write_log(final_log, log)
         meta = dict(entry.get("meta") or {})
         node = meta.get("node") or reply.get("node") or {}
+        # where the time went, for the live view's JSON and the benchmark: sending the inputs,
+        # the task (queued, started, run on the node), the node's own part, pulling the result
+        meta["cluster"] = {"send_s": round(submitted - start, 3),
+                           "task_s": round(answered - submitted, 3),
+                           "node_s": reply.get("wall_s"),
+                           "pull_s": round(time.monotonic() - answered, 3)}
         result = StepResult(step.id, BUILT, key, time.monotonic() - start,
                             reasons=decision.reasons, log_path=final_log,
                             outputs={n: s.build_dir / step.id / f
