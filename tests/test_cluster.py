@@ -186,6 +186,21 @@ def test_steps_run_where_their_resources_are_and_equal_a_local_run(nodes, tmp_pa
     assert (other.root / "recipes/r.lock.json").read_text() == ours
 
 
+@needs_ray
+def test_through_ray_client_and_ray_address(nodes, tmp_path):
+    """``ray://`` (Ray Client, what a laptop outside the cluster uses), given by $RAY_ADDRESS
+    to a bare --cluster."""
+    project = Project(tmp_path / "p", tmp_path / "team")
+    project.write("r.yaml", "name: client\npools: {node_b: 1}\nsteps:\n"
+                            "  s: {uses: shell, with: {cmd: 'echo hi > ${out.o}'}, outputs: [o],"
+                            " resources: {node_b: 1}}\n")
+    proc = project.run("r.yaml", "--cluster", RAY_ADDRESS=nodes.client_address)
+    done = Project.finished(proc)
+    assert done["s"]["status"] == "built", proc.stdout
+    assert done["s"]["meta"]["node"]["ray_node_id"] == node_ids(nodes)["node_b"]
+    assert (project.root / "build/client/s/o").read_text() == "hi\n"
+
+
 SLOW_STEP = """\
 name: lost
 pools: {node_b: 1}
@@ -333,3 +348,19 @@ def test_a_bad_address_fails_the_step_with_one_line(tmp_path):
     assert failed and f"cannot reach the Ray cluster at ray://127.0.0.1:{port}" in failed[0], \
         proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_address_can_come_from_the_environment_or_the_project(tmp_path):
+    project = Project(tmp_path / "p", tmp_path / "team")
+    project.write("r.yaml", ONE_STEP)
+    proc = subprocess.run(project.argv("r.yaml", "--cluster"), cwd=project.root,
+                          env=project.env(RAY_ADDRESS="head:port"), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert "$RAY_ADDRESS: 'head:port' is not a Ray address" in _one_line_error(proc)
+    config = project.root / "buildgraph.toml"
+    config.write_text('cluster = "http://head"\n' + config.read_text())  # a top-level key
+    proc = subprocess.run(project.argv("r.yaml", "--cluster"), cwd=project.root,
+                          env=project.env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{config}: cluster: 'http://head' is not a Ray address" in _one_line_error(proc)
