@@ -13,9 +13,10 @@ Then the cluster run is repeated with everything cached: the number of Ray tasks
 
 Printed, medians of ``--repeat`` (default 3): wall times, the speedup of the cluster over one
 local process, and the dispatch overhead per step, two ways: the run's (cluster wall minus
-the ideal N x work / 2 nodes, per step) and its parts per step (the driver sending inputs, the
-node's time beyond the work, the driver pulling and placing the result; queueing for a free
-node is not overhead and is left out).
+the ideal N x work / 2 nodes, per step: the fixed costs of a run spread over its steps) and in
+the steady state (on one node, the time between two steps' results beyond the work), with its
+parts per step (the driver sending inputs, the node's time beyond the work, the driver pulling
+and placing the result; queueing for a free node is not overhead and is left out).
 
 Usage: python benchmarks/bench_cluster.py [--steps N] [--work S] [--mode burn|sleep] [--repeat R]
 """
@@ -96,7 +97,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     nodes = RayNodes(base_env={"PYTHONPATH": str(REPO)})
     figures: Dict[str, List[float]] = {k: [] for k in ("local1", "local2", "cluster", "cached",
-                                                        "send", "node", "pull", "connect", "sched")}
+                                                        "send", "node", "pull", "connect", "sched", "cadence")}
     counts: List[int] = []
     connects: List[bool] = []
     try:
@@ -120,6 +121,12 @@ def main() -> None:
             connected = next(e["time"] for e in events if e["event"] == "info"
                              and e["message"].startswith("cluster: connected"))
             figures["connect"].append(connected - started)
+            by_node: Dict[str, List[float]] = {}
+            for e in built:
+                by_node.setdefault(e["meta"]["node"]["ray_node_id"], []).append(e["time"])
+            for times in by_node.values():  # steady state: one step after the other on a node
+                times.sort()
+                figures["cadence"].extend(b - a - args.work for a, b in zip(times, times[1:]))
             for e in built:
                 c = e["meta"]["cluster"]
                 figures["sched"].append(c["task_s"] - c["node_s"])
@@ -150,6 +157,8 @@ def main() -> None:
           f"over -j 2: x{med['local2'] / med['cluster']:.2f}")
     print(f"  dispatch overhead per step, run:  {(med['cluster'] - ideal) / n:6.3f} s  "
           f"(cluster wall - {ideal:g} s ideal, / {n}; includes import ray + connect once)")
+    print(f"  dispatch overhead per step, steady state: {med['cadence']:6.3f} s  (on one "
+          f"node, time between two steps' results beyond the work)")
     print(f"  per step (medians over all steps): send inputs {med['send']:.3f} s, on the node "
           f"beyond the work {med['node']:.3f} s (fetch, lay out, worker hand-off, store, push), "
           f"pull + place {med['pull']:.3f} s")

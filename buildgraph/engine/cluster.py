@@ -345,7 +345,7 @@ class RayRunner:
             rel = path.relative_to(base).as_posix()
             return "tree" if rel == "." else f"tree/{rel}"
 
-        files: Dict[str, Tuple[Path, str]] = {}  # spec path -> (local file, root-relative)
+        files: Dict[str, Path] = {}  # path under the node's root -> the file here
         for path in inputs.values():
             self._collect(path, tree(path), files)
         upstream: Dict[str, Dict[str, str]] = {}
@@ -371,14 +371,16 @@ class RayRunner:
             "threads": max(1, int(options.get("num_cpus") or 1)), "timeout": step.timeout,
         }
 
-    def _collect(self, path: Path, rel: str, files: Dict[str, Tuple[Path, str]]) -> None:
+    @staticmethod
+    def _collect(path: Path, rel: str, files: Dict[str, Path]) -> None:
+        """``path`` (a file, or every file of a directory) at ``rel`` under the node's root."""
         if path.is_dir():
             for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                files[f"{rel}/{sub.relative_to(path).as_posix()}"] = (sub, "")
+                files[f"{rel}/{sub.relative_to(path).as_posix()}"] = sub
         else:
-            files[rel] = (path, "")
+            files[rel] = path
 
-    def _push(self, files: Dict[str, Tuple[Path, str]]) -> List[Dict[str, Any]]:
+    def _push(self, files: Dict[str, Path]) -> List[Dict[str, Any]]:
         """Each file's reference (digest, BLAKE3 name, size, exec bit), uploading those the
         remote may lack (once per run)."""
         import stat as stat_module
@@ -388,8 +390,8 @@ class RayRunner:
 
         cache = self.scheduler.store.stat_cache
 
-        def ref(item: Tuple[str, Tuple[Path, str]]) -> Dict[str, Any]:
-            rel, (path, _) = item
+        def ref(item: Tuple[str, Path]) -> Dict[str, Any]:
+            rel, path = item
             st = os.stat(path)
             digest, size = file_digest(path, cache, st)
             with self._lock:
