@@ -288,7 +288,7 @@ class RayRunner:
                             reasons=decision.reasons, log_path=final_log,
                             outputs={n: s.build_dir / step.id / f
                                      for n, f in step.outputs.items()},
-                            meta=meta, origin="cluster",
+                            meta=meta,  # origin: built by this run (the node: meta.node)
                             message=f"on {node.get('host', '?')}"
                                     + (" (already pushed by an earlier attempt)"
                                        if reply.get("reused") else ""))
