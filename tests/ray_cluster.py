@@ -48,6 +48,17 @@ def _free_ports(n: int) -> List[int]:
             s.close()
 
 
+def _stop_with_parent() -> None:  # runs in the child before exec
+    """SIGTERM when the process that started the node dies (a killed test run): ``ray start
+    --block`` then stops the node's processes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: stop() still ends it
+        pass
+
+
 def _session_pids(sid: int) -> List[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -102,7 +113,8 @@ class RayNodes:
         full.pop("RAY_ADDRESS", None)
         log = open(self.root / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(argv, env=full, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_stop_with_parent)
         log.close()
         self.specs[name] = (head, resources, env, cpus)
 
