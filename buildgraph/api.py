@@ -47,7 +47,7 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
         reporter: Optional[Reporter] = None, remote: Optional[str] = None,
         remote_read_only: bool = False, rebench: bool = False, frozen: bool = False,
-        locked: bool = False) -> RunResult:
+        locked: bool = False, cluster: Optional[str] = None) -> RunResult:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results.
 
     ``remote`` names the team cache (a configured name or a URL; default: the project's, see
@@ -57,7 +57,10 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     that consume the measurements (``release``) follow as usual. ``frozen``: refuse to build
     what differs from the lock file (raises LockMismatch with the plan's diff before anything
     runs); ``locked``: build, but do not write the lock file and report in
-    ``RunResult.lock_changes`` how it would have changed (the run is then not ok)."""
+    ``RunResult.lock_changes`` how it would have changed (the run is then not ok).
+    ``cluster``: run the steps that must be built on this Ray cluster (an address, or "" for
+    ``$RAY_ADDRESS`` / the project's ``cluster =``; see ``engine.cluster``); needs a writable
+    team cache."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
     from buildgraph.engine.store import Store
     from buildgraph.report import Reporter
@@ -67,10 +70,14 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
         force = set_of(force) | rebench_steps(graph, targets, cache_dir, build_dir)
     reporter = reporter or Reporter()
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
+    if cluster is not None:
+        from buildgraph.engine.cluster import resolve_address
+
+        cluster = resolve_address(cluster, graph.recipe_dir)
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
                          no_cache=no_cache, link=link,
                          build_dir=Path(build_dir) if build_dir else None,
-                         frozen=frozen, locked=locked)
+                         frozen=frozen, locked=locked, cluster=cluster)
     team = team_cache(graph.recipe_dir, remote, remote_read_only, reporter.warning)
     try:
         return Scheduler(graph, store, options, reporter, remote=team).run(targets)

@@ -78,6 +78,10 @@ def _add_run(sub: Any) -> None:
                      "'off' for none)")
     run.add_argument("--remote-read-only", action="store_true",
                      help="read the team cache but never write to it (CI, laptops)")
+    run.add_argument("--cluster", nargs="?", const="", default=None, metavar="ADDR",
+                     help="build the steps that are not cached on a Ray cluster: ray://HEAD:10001, "
+                          "HEAD:PORT or auto (no value: $RAY_ADDRESS, or cluster = in "
+                          "buildgraph.toml); needs a writable team cache")
     run.add_argument("--frozen", action="store_true",
                      help="release CI: refuse to build when any step's key differs from the lock "
                           "file (prints the plan's diff); fail if the lock would change")
@@ -218,6 +222,7 @@ _RUN_OPTIONS: Dict[str, tuple] = {
     "--json": ("json", "flag"), "-v": ("verbose", "flag"), "--verbose": ("verbose", "flag"),
     "--remote": ("remote", "str"), "--remote-read-only": ("remote_read_only", "flag"),
     "--frozen": ("frozen", "flag"), "--locked": ("locked", "flag"),
+    "--cluster": ("cluster", "argparse"),
 }
 
 
@@ -235,7 +240,8 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
                             "build_dir": None, "jobs": 0, "keep_going": False, "force": [],
                             "always_make": False, "no_cache": False, "rebench": False,
                             "link": "hardlink", "json": False, "verbose": False, "remote": None,
-                            "remote_read_only": False, "frozen": False, "locked": False}
+                            "remote_read_only": False, "frozen": False, "locked": False,
+                            "cluster": None}
     positionals: List[str] = []
     i = 1
     while i < len(argv):
@@ -251,6 +257,8 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
         if spec is None or (eq and (spec[1] == "flag" or not name.startswith("--"))):
             return None
         attr, kind = spec
+        if kind == "argparse":  # an optional value (--cluster [ADDR]): argparse's reading
+            return None
         if kind == "flag":
             args[attr] = True
             continue
@@ -442,7 +450,8 @@ def _run(args: Any) -> int:
                          force=force, no_cache=args.no_cache, cache_dir=args.cache_dir,
                          build_dir=args.build_dir, link=args.link, reporter=reporter,
                          remote=args.remote, remote_read_only=args.remote_read_only,
-                         rebench=args.rebench, frozen=args.frozen, locked=args.locked)
+                         rebench=args.rebench, frozen=args.frozen, locked=args.locked,
+                         cluster=args.cluster)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.interrupted:

@@ -116,3 +116,19 @@ def test_plan_of_a_tensorflow_recipe_imports_no_tensorflow(project):
                           "assert run_cli(['plan', 'r.yaml']) == 0", project.root)
     for name in HEAVY:
         assert name not in mods, name
+
+
+CLUSTER_MODULES = ("ray", "buildgraph.engine.cluster", "buildgraph.engine.cluster_node")
+
+
+def test_nothing_of_ray_is_imported_without_cluster(project):
+    """Ray comes with ``--cluster`` only: the CLI, a run that builds, and a cached run load none
+    of it (nor the runner that would use it)."""
+    mods = _modules_after("import buildgraph, buildgraph.cli, buildgraph.api", project.root)
+    assert not [m for m in CLUSTER_MODULES if m in mods]
+    project.write("r.yaml", "steps:\n  a: {uses: shell, with: {cmd: 'echo > ${out.o}'},"
+                            " outputs: [o]}\n")
+    for _ in range(2):  # built, then cached
+        mods = _modules_after("from buildgraph.cli import run_cli\n"
+                              "assert run_cli(['run', 'r.yaml']) == 0", project.root)
+        assert not [m for m in CLUSTER_MODULES if m in mods]

@@ -255,9 +255,11 @@ class TeamCache:
         return self.rfs.path(LAYOUT, "records", area)
 
     # --- action entries ------------------------------------------------------------------
-    def lookup(self, key: str) -> Found:
-        """The team's entry for ``key``, judged (format, key, signature), not downloaded."""
-        known = self._found.get(key)
+    def lookup(self, key: str, fresh: bool = False) -> Found:
+        """The team's entry for ``key``, judged (format, key, signature), not downloaded.
+        Answers are remembered for the run; ``fresh`` asks again (a cluster node has just
+        pushed the entry that was missing when the step was planned)."""
+        known = None if fresh else self._found.get(key)
         if known is not None:
             return known
 
@@ -414,6 +416,30 @@ class TeamCache:
         if got_xx != digest or n != size:
             raise _Corrupt(f"blob {b3[:16]} is not the content the entry names")
         store.put_verified(tmp, digest)
+
+    # --- single blobs (what a cluster node needs besides entries) -------------------------
+    def put_blob(self, path: Path, size: int) -> Dict[str, Any]:
+        """Upload the file at ``path`` as a blob unless the remote has it; its reference
+        (``{"b3", "size"}``). Raises :class:`RemoteUnavailable` (no failure policy here: the
+        caller, a cluster dispatch, cannot go on without it)."""
+        b3 = b3_file(path)
+        rpath = self.blob_path(b3)
+        if size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
+            self.rfs.put_file(path, rpath)
+            with self._lock:
+                self.summary.blobs += 1
+                self.summary.bytes += size
+        return {"b3": b3, "size": size}
+
+    def get_blob(self, digest: str, ref: Dict[str, Any], store: Any, scratch: Path) -> None:
+        """Download blob ``ref`` (``{"b3", "size"}``) into ``store`` as ``digest``, verified
+        against both names; raises BuildgraphError when it is missing or not those bytes."""
+        if store.check_blob(digest):
+            return
+        try:
+            self._get_blob(digest, ref, store, scratch, lambda n: None)
+        except _Corrupt as exc:
+            raise BuildgraphError(f"{self.label()}: {exc}") from None
 
     # --- pushing -------------------------------------------------------------------------
     def push(self, key: str, store: Any, force: bool = False) -> str:

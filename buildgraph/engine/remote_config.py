@@ -73,6 +73,8 @@ class ProjectConfig:
     remotes: Dict[str, RemoteSpec] = field(default_factory=dict)
     default: Optional[str] = None
     trusted_keys: List[Path] = field(default_factory=list)
+    cluster: Optional[str] = None
+    """The Ray cluster ``run --cluster`` (given without an address) uses."""
 
     @property
     def directory(self) -> Optional[Path]:
@@ -180,6 +182,11 @@ def load_config(start: Optional[Path] = None, path: Optional[Path] = None) -> Pr
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise bad("trust.keys", "expected a list of public key files")
     config.trusted_keys = [(path.parent / os.path.expanduser(k)).absolute() for k in keys]
+    cluster = table.get("cluster")
+    if cluster is not None and (not isinstance(cluster, str) or not cluster.strip()):
+        raise bad("cluster", f"expected a Ray address (ray://HOST:10001, HOST:PORT or auto); "
+                             f"got {cluster!r}")
+    config.cluster = cluster.strip() if isinstance(cluster, str) else None
     return config
 
 

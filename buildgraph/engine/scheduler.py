@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
 from buildgraph.engine import procs
 from buildgraph.errors import BuildgraphError, LockMismatch, RecipeError, StepFailed
@@ -52,6 +52,9 @@ class RunOptions:
     upstream ran, and fail at the end, without writing, if the lock would change."""
     locked: bool = False
     """Build, but fail at the end, without writing, if the lock file would change."""
+    cluster: Optional[str] = None
+    """A Ray cluster's address (``engine.cluster.resolve_address``): the steps that must be
+    built run there instead of here."""
 
     def resolved_jobs(self) -> int:
         return self.jobs if self.jobs and self.jobs > 0 else (os.cpu_count() or 1)
@@ -104,6 +107,54 @@ class RunResult:
         return self.steps[step_id]
 
 
+class StepRunner(Protocol):
+    """Where a step that must be built runs: the executor boundary of the scheduler.
+
+    The scheduler decides (keys, hits, pulls) and calls :meth:`build` for the rest, on a
+    worker thread, holding the step's key lock. :class:`LocalRunner` runs the executor in this
+    process or a persistent worker; ``engine.cluster.RayRunner`` on a Ray cluster."""
+
+    def slots(self, jobs: int) -> int:
+        """How many steps may be in flight at once (``-j`` locally)."""
+
+    def needs(self, step: StepNode) -> Dict[str, int]:
+        """The local pools a step holds while it runs (``cpu`` slots, ``gpu``...)."""
+
+    def prepare(self) -> None:
+        """Called on the main thread before the first step is submitted."""
+
+    def build(self, step: StepNode, decision: Decision, threads: int, start: float
+              ) -> StepResult:
+        """Build the step; its outputs end in the local store and the build directory."""
+
+    def close(self) -> None:
+        """The run is over (however it ended)."""
+
+
+class LocalRunner:
+    """Steps run on this machine: in the engine's process or a persistent worker
+    (``engine/workers.py``), within the local pools."""
+
+    def __init__(self, scheduler: "Scheduler"):
+        self.scheduler = scheduler
+
+    def slots(self, jobs: int) -> int:
+        return jobs
+
+    def needs(self, step: StepNode) -> Dict[str, int]:
+        return self.scheduler._needs(step)
+
+    def prepare(self) -> None:
+        pass
+
+    def build(self, step: StepNode, decision: Decision, threads: int, start: float
+              ) -> StepResult:
+        return self.scheduler._build(step, decision, threads, start)
+
+    def close(self) -> None:
+        pass
+
+
 def default_build_dir(graph: Graph) -> Path:
     return Path(os.environ.get("BUILDGRAPH_BUILD_DIR") or "build") / graph.name
 
@@ -125,6 +176,11 @@ class Scheduler:
         self._workers: Any = None
         self._workers_lock = threading.Lock()
         self._pulled: Dict[str, str] = {}
+        self.runner: StepRunner = LocalRunner(self)
+        if options.cluster:
+            from buildgraph.engine.cluster import RayRunner
+
+            self.runner = RayRunner(self, options.cluster)
 
     # --- public ------------------------------------------------------------------------------
     def run(self, targets: Sequence[str] = ()) -> RunResult:
@@ -159,6 +215,7 @@ class Scheduler:
             finally:
                 if self._workers is not None:
                     self._workers.close()
+                self.runner.close()
                 if self.remote is not None:
                     self._finish_remote(interrupted)
                 self.store.stat_cache.flush()
@@ -271,19 +328,30 @@ class Scheduler:
                             self.reporter.step_finished(results[sid])
                             progressed = True
                             continue
-                        need = self._needs(step)
+                        need = self.runner.needs(step)
                         if not all(free.get(k, 0) >= v for k, v in need.items()):
                             continue
+                        if pool is None:
+                            try:  # a cluster connects now, once a step must be built
+                                self.runner.prepare()
+                            except BuildgraphError as exc:
+                                results[sid] = StepResult(sid, FAILED, decision.key,
+                                                          message=exc.render())
+                                self.reporter.step_finished(results[sid])
+                                pending.remove(sid)
+                                progressed = True
+                                stop = stop or not self.options.keep_going
+                                continue
+                            from concurrent import futures
+
+                            pool = futures.ThreadPoolExecutor(
+                                max_workers=self.runner.slots(self.jobs),
+                                thread_name_prefix="buildgraph")
                         for k, v in need.items():
                             free[k] -= v
                         pending.remove(sid)
                         self.reporter.step_started(sid, decision.reasons)
-                        if pool is None:
-                            from concurrent import futures
-
-                            pool = futures.ThreadPoolExecutor(
-                                max_workers=self.jobs, thread_name_prefix="buildgraph")
-                        future = pool.submit(self._execute, step, decision, need["cpu"])
+                        future = pool.submit(self._execute, step, decision, need.get("cpu", 1))
                         running[future] = (sid, need)
                         progressed = True
                 if not running:
@@ -433,7 +501,7 @@ class Scheduler:
                 hit = self._committed_meanwhile(step, decision)
                 if hit is not None:
                     return hit
-            return self._build(step, decision, threads, start)
+            return self.runner.build(step, decision, threads, start)
         finally:
             lock.release()
 
