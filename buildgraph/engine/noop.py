@@ -94,17 +94,22 @@ def answer(argv, cache_dir: str) -> bool:
     return True
 
 
-def write_stamp(argv, cache_dir: str, summary: str, files, entries) -> bool:
-    """Record a no-op run of ``argv``: ``files`` (paths whose signature must not change) and
-    ``entries`` (cache entries that must still exist). False, writing nothing, when a file's
-    mtime is too recent to trust."""
+def write_stamp(argv, cache_dir: str, summary: str, inputs, products, entries) -> bool:
+    """Record a no-op run of ``argv``: ``inputs`` and ``products`` (paths whose signature must
+    not change) and ``entries`` (cache entries that must still exist). False, writing nothing,
+    when an input's mtime is too recent to trust: a file written twice within the file
+    system's timestamp granularity can keep its signature. Products (the build directory, the
+    lock file, the run record, cache objects) are written by runs, atomically or as links to
+    read-only objects, so their age does not matter; a run that rewrote the run record is
+    stamped at once."""
     now = time.time()
     signed = []
-    for path in sorted(set(files)):
+    for path in sorted(set(inputs)):
         sig = signature(path)
         if sig is not None and now - sig[1] / 1e9 < RACY_SECONDS:
             return False
         signed.append((path, sig))
+    signed += [(path, signature(path)) for path in sorted(set(products) - set(inputs))]
     key = command_key(argv, cache_dir)
     data = marshal.dumps({"key": key, "summary": summary, "files": signed,
                           "entries": [(p, presence(p)) for p in sorted(set(entries))]})

@@ -91,9 +91,9 @@ class RunResult:
     lock_changes: List[str] = field(default_factory=list)
     """With ``--locked``/``--frozen``: how the lock file would have changed (it was not
     written); a non-empty list fails the run."""
-    noop_watch: Optional[Tuple[List[str], List[str]]] = None
-    """When every step was cached and none has a volatile description: (files, cache entries)
-    the decision read, for a no-op stamp (:mod:`buildgraph.engine.noop`)."""
+    noop_watch: Optional[Tuple[List[str], List[str], List[str]]] = None
+    """When every step was cached and none has a volatile description: (inputs, products,
+    cache entries) the decision read, for a no-op stamp (:mod:`buildgraph.engine.noop`)."""
 
     @property
     def ok(self) -> bool:
@@ -238,7 +238,7 @@ class Scheduler:
         return result
 
     def _noop_watch(self, selected: List[str], planner: Planner, result: RunResult
-                    ) -> Optional[Tuple[List[str], List[str]]]:
+                    ) -> Optional[Tuple[List[str], List[str], List[str]]]:
         """What this all-cached run's decisions read (see engine/noop.py), or None when one of
         them must be asked again next time (a volatile description)."""
         from buildgraph.engine.environment import environment_paths
@@ -247,25 +247,29 @@ class Scheduler:
 
         if any(planner.describe(self.graph.steps[sid]).volatile for sid in selected):
             return None
-        files = [str(self.graph.recipe_path.absolute()), str(self.lock_file.absolute()),
-                 str(self.build_dir), str(record_path(self.build_dir))]
-        files += [str(Path(p).absolute()) for step in self.graph.steps.values()
-                  for p in step.inputs.values()]
-        files += environment_paths()
-        here = Path(self.graph.recipe_dir).absolute()
-        for directory in (here, *here.parents):
-            files += [str(directory / CONFIG_FILE), str(directory / PYPROJECT)]
-        files += self.store.stat_cache.consulted
+        products = [str(self.lock_file.absolute()), str(self.build_dir),
+                    str(record_path(self.build_dir))]
         for sid in selected:  # outputs in place: every folder of them (a file added or gone)
             step_dir = self.build_dir / sid
-            files.append(str(step_dir))
+            products.append(str(step_dir))
             for name in self.graph.steps[sid].outputs.values():
                 out = step_dir / name
-                files.append(str(out))
+                products.append(str(out))
                 if out.is_dir() and not out.is_symlink():
-                    files += [root for root, _, _ in os.walk(out)]
+                    products += [root for root, _, _ in os.walk(out)]
+        made = (str(self.build_dir), str(self.store.root.absolute()))
+        inputs = [str(self.graph.recipe_path.absolute())]
+        inputs += [str(Path(p).absolute()) for step in self.graph.steps.values()
+                   for p in step.inputs.values()]
+        inputs += environment_paths()
+        here = Path(self.graph.recipe_dir).absolute()
+        for directory in (here, *here.parents):
+            inputs += [str(directory / CONFIG_FILE), str(directory / PYPROJECT)]
+        for path in self.store.stat_cache.consulted:  # read by descriptions, or checked outputs
+            absolute = os.path.abspath(path)
+            (products if absolute.startswith(made) else inputs).append(absolute)
         entries = [str(self.store.action_path(r.key or "")) for r in result.steps.values()]
-        return files, entries
+        return inputs, products, entries
 
     # --- the loop ----------------------------------------------------------------------------
     def _loop(self, selected: List[str], planner: Planner, results: Dict[str, StepResult]) -> None:
