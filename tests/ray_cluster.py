@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from seaweed import free_ports
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -33,19 +35,6 @@ def ray_available() -> bool:
         return importlib.util.find_spec("ray") is not None and Path(RAY).exists()
     except Exception:  # noqa: BLE001
         return False
-
-
-def _free_ports(n: int) -> List[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _stop_with_parent() -> None:  # runs in the child before exec
@@ -83,7 +72,7 @@ class RayNodes:
         self.base_env = dict(base_env or {})
         self.procs: Dict[str, subprocess.Popen] = {}
         self.specs: Dict[str, tuple] = {}
-        self.gcs_port, self.client_port = _free_ports(2)
+        self.gcs_port, self.client_port = free_ports(2)
 
     @property
     def address(self) -> str:
@@ -96,7 +85,7 @@ class RayNodes:
 
     def _start(self, name: str, head: bool, resources: Dict[str, float],
                env: Dict[str, str], cpus: int) -> None:
-        agent, grpc, runtime_env, metrics = _free_ports(4)
+        agent, grpc, runtime_env, metrics = free_ports(4)
         argv = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1",
                 "--num-cpus", str(cpus), "--object-store-memory", str(80 * 1024 * 1024),
                 "--resources", json.dumps(resources), "--temp-dir", str(self.root / name),

@@ -31,7 +31,8 @@ def weed_binary() -> Optional[str]:
     return str(here) if here.exists() else shutil.which("weed")
 
 
-def _free_ports(n: int) -> List[int]:
+def free_ports(n: int) -> List[int]:
+    """``n`` loopback ports free at the time of asking (for the servers tests start)."""
     socks = []
     try:
         for _ in range(n):
@@ -89,7 +90,7 @@ class SeaweedS3:
         config.write_text(json.dumps({"identities": [{
             "name": "test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}), encoding="utf-8")
-        ports = _free_ports(8)
+        ports = free_ports(8)
         self.port = ports[6]
         argv = [weed, "server", "-dir", str(data), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
                 "-master.port", str(ports[0]), "-master.port.grpc", str(ports[1]),

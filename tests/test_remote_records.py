@@ -94,11 +94,11 @@ def test_concurrent_record_pushes_lose_nothing_and_compaction_keeps_the_union(tm
     # pulling again changes nothing
     assert team.pull_areas(_store(reader), ["tvm-tunedb"], force=True) == []
     # more segments than COMPACT_AT: the next push leaves one segment holding everything
-    count = len(open_remote(remote)._listing("tvm-tunedb")[scope_of(entries["shared"])])
+    count = len(open_remote(remote).records.listing("tvm-tunedb")[scope_of(entries["shared"])])
     for i in range(remote_mod.COMPACT_AT + 2):
         _publish(caches[i % 2], "shared", 1, 5e-3 + i * 1e-4, trials=1)
         open_remote(remote).push_areas(_store(caches[i % 2]), ["tvm-tunedb"])
-        before, count = count, len(open_remote(remote)._listing("tvm-tunedb")
+        before, count = count, len(open_remote(remote).records.listing("tvm-tunedb")
                                    [scope_of(entries["shared"])])
         if count < before:
             break
@@ -123,7 +123,7 @@ def test_a_corrupt_or_unsigned_record_segment_is_ignored(tmp_path, remote):
     _publish(tmp_path / "a", "w", 3, 1e-3, trials=4)
     team = open_remote(remote)
     team.push_areas(_store(tmp_path / "a"), ["tvm-tunedb"])
-    (scope, segments), = team._listing("tvm-tunedb").items()
+    (scope, segments), = team.records.listing("tvm-tunedb").items()
     (name, info), = segments.items()
     doc = json.loads(team.rfs.cat(info["path"]))
     doc["payload"]["workloads"]["w"]["trials_by"] = {"x": 10 ** 6}  # claims budget it never spent
@@ -326,7 +326,7 @@ def test_timing_caches_merge_across_machines_with_the_fake_tensorrt(tmp_path, s3
         assert meta["meta"]["timing_cache"]["timed"] > 0 and \
             meta["meta"]["timing_cache"]["entries_before"] == 0
     team = open_remote((url, s3_server.options(), {}))
-    (scope, segments), = team._listing("trt-timing").items()
+    (scope, segments), = team.records.listing("trt-timing").items()
     assert len(segments) == 2
     pulled = c.cli("cache", "pull").stdout
     assert pulled.count("↓ records trt-timing") == 1 and "timing cache created" in pulled, pulled

@@ -182,7 +182,9 @@ def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path:
                             log_path, node)
         entries[name] = store.put_output(path)
     wall = time.monotonic() - start
-    meta = _jsonable(payload or {})
+    from buildgraph.engine.executor import jsonable_meta
+
+    meta = jsonable_meta(payload or {})
     meta = dict(meta) if isinstance(meta, dict) else {"result": meta}
     meta["node"] = node
     store.put_action(key, {"step": spec["step"], "recipe": spec["recipe"], "kind": spec["kind"],
@@ -226,12 +228,3 @@ def _failure(message: str, log_path: Path, node: Dict[str, str], status: str = "
         pass
     return {"status": status, "message": message, "hint": hint, "log": tail, "node": node}
 
-
-def _jsonable(meta: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(meta)
-        return meta
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(meta, default=str))

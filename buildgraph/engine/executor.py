@@ -350,6 +350,18 @@ def write_json(path: Path, data: Any) -> None:
                     encoding="utf-8")
 
 
+def jsonable_meta(meta: Any) -> Any:
+    """An executor's metadata as an action entry stores it: as is when it is JSON, else with
+    what JSON cannot hold written as text (paths, numpy scalars)."""
+    import json
+
+    try:
+        json.dumps(meta)
+        return meta
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(meta, default=str))
+
+
 _cache: Dict[str, Type[Executor]] = {}
 _entry_points: Optional[Dict[str, str]] = None
 

@@ -46,7 +46,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from buildgraph.engine.hashing import canonical_json
 from buildgraph.engine.remote_config import RemoteSpec
@@ -177,8 +177,7 @@ class TeamCache:
         self._lock = threading.Lock()
         self.down: Optional[str] = None
         self._found: Dict[str, Found] = {}
-        self._areas_pulled: Set[str] = set()
-        self._area_locks: Dict[str, threading.Lock] = {}
+        self._records: Any = None
         self._push_pool: Optional[ThreadPoolExecutor] = None
         self._blob_pool: Optional[ThreadPoolExecutor] = None
         self._pending: List[Future] = []
@@ -528,160 +527,27 @@ class TeamCache:
             self._push_pool = None
         return self.summary
 
-    # --- shared records ------------------------------------------------------------------
-    def _handler(self, area: str, store: Any) -> Any:
-        from buildgraph.engine.executor import import_object
+    # --- shared records (engine/remote_records.py) ------------------------------------------
+    @property
+    def records(self) -> Any:
+        """The record-area synchroniser of this remote (created on first use)."""
+        if self._records is None:
+            from buildgraph.engine.remote_records import RecordAreas
 
-        cls = import_object(AREA_SYNC[area], what=f"the record sync of area '{area}'")
-        return cls(store.area(area))
-
-    def _area_lock(self, area: str) -> threading.Lock:
-        with self._lock:
-            return self._area_locks.setdefault(area, threading.Lock())
+            with self._lock:
+                if self._records is None:
+                    self._records = RecordAreas(self)
+        return self._records
 
     def pull_areas(self, store: Any, areas: Iterable[str], force: bool = False) -> List[str]:
         """Merge the team's records of ``areas`` into the local ones (once per run, unless
         ``force``). Returns one line per scope that changed."""
-        lines: List[str] = []
-        for area in areas:
-            if area not in AREA_SYNC:
-                continue
-            with self._area_lock(area):
-                if area in self._areas_pulled and not force:
-                    continue
-                got = self._guard(lambda: self._pull_area(store, area), None)
-                self._areas_pulled.add(area)
-                lines.extend(got or [])
-        return lines
+        return self.records.pull_areas(store, areas, force)
 
     def push_areas(self, store: Any, areas: Iterable[str]) -> int:
         """Merge, then publish the local records of ``areas`` as new segments where they
         hold something the team's do not. Returns segments written."""
-        if self.read_only:
-            return 0
-        written = 0
-        for area in areas:
-            if area not in AREA_SYNC:
-                continue
-            with self._area_lock(area):
-                written += self._guard(lambda: self._push_area(store, area), 0) or 0
-        with self._lock:
-            self.summary.records += written
-        return written
-
-    def _state(self, store: Any, area: str) -> "_SyncState":
-        return _SyncState(store.area(area) / ".remote" / f"{self.remote_id}.json")
-
-    def _listing(self, area: str) -> Dict[str, Dict[str, Dict[str, Any]]]:
-        """scope -> segment name -> info, of the remote's segments of ``area``."""
-        prefix = self.records_prefix(area)
-        scopes: Dict[str, Dict[str, Dict[str, Any]]] = {}
-        for path, info in self.rfs.find(prefix).items():
-            rel = path[len(prefix):].strip("/")
-            scope, _, name = rel.rpartition("/")
-            if not name.endswith(".json") or not _SCOPE_RE.match(scope) \
-                    or ".." in scope.split("/") or not _HEX64.match(name[:-5]):
-                continue
-            scopes.setdefault(scope, {})[name[:-5]] = dict(info, path=path)
-        return scopes
-
-    def _pull_area(self, store: Any, area: str) -> List[str]:
-        handler = self._handler(area, store)
-        state = self._state(store, area)
-        lines: List[str] = []
-        with state.locked():
-            state.load()
-            listing = self._listing(area)
-            for scope, segments in sorted(listing.items()):
-                seen = state.seen(scope)
-                # were the local records all published (or pulled) before this merge? then what
-                # the merge makes is only the team's, and a push has nothing to add
-                before = handler.export(scope)
-                mine = b3_bytes(canonical_json(before)) if before is not None else None
-                clean = mine is None or mine in seen or mine == state.synced.get(scope)
-                payloads = []
-                for name in sorted(set(segments) - seen):
-                    payload, why = self._read_segment(area, scope, name,
-                                                      segments[name]["path"])
-                    if payload is not None:
-                        payloads.append(payload)
-                    elif why:
-                        state.rejected(scope).add(name)
-                    seen.add(name)
-                if payloads:
-                    summary = handler.merge(scope, payloads)
-                    lines.append(f"{area} {scope}: {summary}")
-                    exported = handler.export(scope)
-                    if exported is not None and clean:
-                        state.synced[scope] = b3_bytes(canonical_json(exported))
-                state.listed[scope] = sorted(segments)
-            state.save()
-        return lines
-
-    def _read_segment(self, area: str, scope: str, name: str, path: str
-                      ) -> Tuple[Optional[Dict[str, Any]], str]:
-        """A segment's payload, verified; else (None, why) - why is empty for a segment that
-        was compacted away since the listing (its content is in a newer one)."""
-        data = self.rfs.cat(path)
-        if data is None:
-            return None, ""
-        why = ""
-        try:
-            doc = json.loads(data)
-            payload = doc["payload"]
-            if doc.get("format") != RECORDS_FORMAT or doc.get("schema") != SCHEMA \
-                    or doc.get("area") != area or doc.get("scope") != scope:
-                raise ValueError("not a record segment of this scope")
-        except (ValueError, KeyError, TypeError):
-            why = "unreadable, or not a record segment of this scope"
-        else:
-            if b3_bytes(canonical_json(payload)) != name:
-                why = "its content does not match its name (corrupt or replaced)"
-            else:
-                why = self.trust().check(signed_payload(doc), doc.get("signature")) or ""
-        if why:
-            message = f"{self.label()}: ignored {area} records {scope}/{name[:12]}: {why}"
-            self.rejected.append(message)
-            self._warn(message)
-            return None, why
-        return payload, ""
-
-    def _push_area(self, store: Any, area: str) -> int:
-        self._pull_area(store, area)  # merge-on-push: publish the union
-        handler = self._handler(area, store)
-        state = self._state(store, area)
-        written = 0
-        with state.locked():
-            state.load()
-            for scope in handler.scopes():
-                if not _SCOPE_RE.match(scope):
-                    continue
-                payload = handler.export(scope)
-                if payload is None:
-                    continue
-                name = b3_bytes(canonical_json(payload))
-                seen = state.seen(scope)
-                if name in seen or state.synced.get(scope) == name:
-                    continue  # nothing the team does not have
-                doc = self._sign({"format": RECORDS_FORMAT, "schema": SCHEMA, "area": area,
-                                  "scope": scope, "payload": payload, "producer": producer()})
-                prefix = f"{self.records_prefix(area)}/{scope}"
-                self.rfs.put_bytes(f"{prefix}/{name}.json",
-                                   json.dumps(doc, sort_keys=True).encode())
-                written += 1
-                seen.add(name)
-                state.synced[scope] = name
-                listed = [n for n in state.listed.get(scope, []) if n != name]
-                if len(listed) + 1 > COMPACT_AT and listed:
-                    # the new segment merged every listed one: they are redundant now
-                    ours_signed = "signature" in doc
-                    if ours_signed or not self.trust().required:
-                        self.rfs.rm([f"{prefix}/{n}.json" for n in listed
-                                     if n in seen and n not in state.rejected(scope)])
-                        listed = []
-                state.listed[scope] = sorted(listed + [name])
-            state.save()
-        return written
+        return self.records.push_areas(store, areas)
 
     # --- maintenance ---------------------------------------------------------------------
     def entry_paths(self) -> Dict[str, Dict[str, Any]]:
@@ -738,55 +604,6 @@ class TeamCache:
     def close(self) -> None:
         self.wait()
         self.rfs.close()
-
-
-class _SyncState:
-    """What this cache has merged from, and published to, one remote's records of one area:
-    segment names per scope (content hashes, so 'seen' means 'merged')."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._seen: Dict[str, Set[str]] = {}
-        self._rejected: Dict[str, Set[str]] = {}
-        self.synced: Dict[str, str] = {}
-        self.listed: Dict[str, List[str]] = {}
-
-    def locked(self) -> Any:
-        from filelock import FileLock
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.path) + ".lock")
-
-    def load(self) -> None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-        if not isinstance(data, dict) or data.get("schema") != 1:
-            data = {}
-        self._seen = {s: set(v) for s, v in (data.get("seen") or {}).items()}
-        self._rejected = {s: set(v) for s, v in (data.get("rejected") or {}).items()}
-        self.synced = dict(data.get("synced") or {})
-        self.listed = {s: list(v) for s, v in (data.get("listed") or {}).items()}
-
-    def seen(self, scope: str) -> Set[str]:
-        return self._seen.setdefault(scope, set())
-
-    def rejected(self, scope: str) -> Set[str]:
-        return self._rejected.setdefault(scope, set())
-
-    def save(self) -> None:
-        from buildgraph.engine.files import atomic_write
-
-        # forget segments that are no longer listed (compacted away): the state stays small
-        seen = {s: sorted(v & set(self.listed.get(s, v)) | ({self.synced[s]}
-                                                              if s in self.synced else set()))
-                for s, v in self._seen.items()}
-        atomic_write(self.path, json.dumps({"schema": 1, "seen": seen,
-                                            "rejected": {s: sorted(v) for s, v in
-                                                         self._rejected.items() if v},
-                                            "synced": self.synced, "listed": self.listed},
-                                           sort_keys=True, indent=1))
 
 
 def open_team_cache(start: Path, name: Optional[str] = None, read_only: bool = False,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence,
 
 from buildgraph.engine import procs
 from buildgraph.errors import BuildgraphError, LockMismatch, RecipeError, StepFailed
-from buildgraph.engine.executor import Description, Task, load_executor
+from buildgraph.engine.executor import Description, Task, jsonable_meta, load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.keys import explain_difference
 from buildgraph.engine.lockfile import lock_changes, lock_path, read_lock, write_lock
@@ -575,7 +575,7 @@ class Scheduler:
                 entries[name] = self.store.put_output(path)
             wall = time.monotonic() - start
             log_digest = self.store.put_bytes(log_path.read_bytes())
-            meta = _jsonable(meta or {})
+            meta = jsonable_meta(meta or {})
             self.store.put_action(key, {"step": step.id, "recipe": self.graph.name,
                                         "kind": step.kind, "parts": decision.parts,
                                         "outputs": entries, "log": log_digest,
@@ -734,12 +734,3 @@ class Scheduler:
         except OSError as exc:
             self.reporter.warning(f"could not write the run record in {self.build_dir}: {exc}")
 
-
-def _jsonable(meta: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(meta)
-        return meta
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(meta, default=str))
