@@ -244,6 +244,45 @@ def _nothing_committed(project: Project, key: str, step: str, recipe: str) -> No
     assert not (project.root / "build" / recipe / step / "o").exists()
 
 
+STREAMED_STEP = """\
+name: streamed
+pools: {node_a: 1}
+steps:
+  slow:
+    uses: shell
+    with: {cmd: "echo streamed-while-running; echo $$ > %(mark)s; while [ ! -e %(release)s ]; do sleep 0.1; done; echo after > ${out.o}"}
+    outputs: [o]
+    resources: {node_a: 1}
+"""
+
+
+@needs_ray
+def test_a_running_cluster_step_streams_its_log(nodes, tmp_path):
+    """The step's log grows in build/<recipe>/.logs/ while the step still runs on its node."""
+    project = Project(tmp_path / "p", tmp_path / "team")
+    mark, release = tmp_path / "s.pid", tmp_path / "s.release"
+    project.write("s.yaml", STREAMED_STEP % {"mark": mark, "release": release})
+    log = project.root / "build" / "streamed" / ".logs" / "slow.log"
+    driver = subprocess.Popen(project.argv("s.yaml", "--cluster", nodes.address),
+                              cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (log.exists() and "streamed-while-running" in log.read_text()):
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < deadline, "the log never arrived while the step ran"
+            time.sleep(0.2)
+        assert not (project.root / "build" / "streamed" / "slow" / "o").exists()  # still running
+        assert "on cluster node" in log.read_text()  # the node's header came with it
+    finally:
+        release.write_text("")
+        out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 0, (out, err)
+    final = log.read_text()
+    assert final.count("\nstreamed-while-running\n") == 1  # replaced by the complete log
+    assert (project.root / "build" / "streamed" / "slow" / "o").read_text() == "after\n"
+
+
 @needs_ray
 def test_ctrl_c_cancels_the_cluster_task(nodes, tmp_path):
     project = Project(tmp_path / "p", tmp_path / "team")

@@ -143,6 +143,7 @@ class RayRunner:
         self._error: Optional[ClusterError] = None
         self._owns_ray = False
         self._fn: Any = None
+        self._sink: Any = None
         self._nodes: List[Dict[str, float]] = []
         self._lock = threading.Lock()
         self._known: Dict[str, Dict[str, Any]] = {}
@@ -196,9 +197,13 @@ class RayRunner:
         finally:
             if signal.getsignal(signal.SIGTERM) is not previous and previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        from buildgraph.engine.cluster_node import run_step
+        from buildgraph.engine.cluster_node import LogSink, run_step
 
         self._fn = ray.remote(run_step)
+        try:  # created in the background; until it is up, logs simply arrive at the end
+            self._sink = ray.remote(LogSink).options(num_cpus=0).remote()
+        except Exception:  # noqa: BLE001 - streaming logs is a convenience
+            self._sink = None
         self._ray = ray
         self.scheduler.reporter.info(f"cluster: connected to {self.address} "
                                      f"({len(self._nodes)} nodes)")
@@ -206,6 +211,12 @@ class RayRunner:
     def close(self) -> None:
         if self._ray is None:
             return
+        if self._sink is not None:
+            try:
+                self._ray.kill(self._sink)
+            except Exception:  # noqa: BLE001 - gone with the cluster
+                pass
+            self._sink = None
         if self.dispatched:
             self.scheduler.reporter.info(f"cluster: {self.dispatched} steps ran on "
                                          f"{self.address}")
@@ -241,15 +252,17 @@ class RayRunner:
         ray = self._ray
         submitted = time.monotonic()
         ref = self._fn.options(name=f"buildgraph {step.id}", max_retries=self.retries,
-                               retry_exceptions=False, **options).remote(spec)
+                               retry_exceptions=False, **options).remote(spec, self._sink)
         with self._lock:
             self.dispatched += 1
+        follow = _LogReader(ray, self._sink, key, final_log)
         try:
             while not ray.wait([ref], timeout=0.2)[0]:
                 if procs.cancelled():
                     self._cancel(ref)
                     return StepResult(step.id, CANCELLED, key, time.monotonic() - start,
                                       message="interrupted")
+                follow.poll()
             reply = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - a lost node after its retries, a crash
             if procs.cancelled():
@@ -450,6 +463,44 @@ def _offer(node: Mapping[str, float]) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class _LogReader:
+    """The driver's side of log streaming: takes what the node sent to the run's LogSink,
+    about once a second and without ever waiting for it, and appends it to the step's log
+    in ``build/<recipe>/.logs/`` (replaced by the complete log when the step ends)."""
+
+    def __init__(self, ray: Any, sink: Any, key: str, dest: Path, every: float = 1.0):
+        self.ray, self.sink, self.key, self.dest, self.every = ray, sink, key, dest, every
+        self._asked: Any = None
+        self._next = time.monotonic() + every
+        self._started = False
+
+    def poll(self) -> None:
+        if self.sink is None:
+            return
+        try:
+            if self._asked is not None:
+                if not self.ray.wait([self._asked], timeout=0)[0]:
+                    return
+                data = self.ray.get(self._asked)
+                self._asked = None
+                if data:
+                    self._append(data)
+            if time.monotonic() >= self._next:
+                self._next = time.monotonic() + self.every
+                self._asked = self.sink.take.remote(self.key)
+        except Exception:  # noqa: BLE001 - the log still arrives with the entry
+            self.sink = None
+
+    def _append(self, data: bytes) -> None:
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.dest, "wb" if not self._started else "ab") as fh:
+                fh.write(data)
+            self._started = True
+        except OSError:
+            pass
 
 
 def _write_log(dest: Path, data: bytes) -> None:

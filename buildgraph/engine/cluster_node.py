@@ -15,6 +15,9 @@ which remote to use. Here the node:
    node in ``meta``), and pushes blobs first and the entry last;
 4. returns the key and a few figures. The driver then pulls the entry like any team-cache hit.
 
+While the step runs, what its log grows by goes to the driver's :class:`LogSink` about once a
+second, so ``build/<recipe>/.logs/<step>.log`` can be followed as for a local build.
+
 A node killed at any point leaves no entry on the remote (the entry goes last), so a retry or
 a rerun builds the step again; a retry that finds the entry already pushed reuses it.
 """
@@ -86,10 +89,71 @@ def _workers() -> Any:
     return _pool
 
 
-def run_step(spec: Dict[str, Any]) -> Dict[str, Any]:
+class LogSink:
+    """The driver's mailbox for the logs of running steps (a Ray actor of the run, 0 CPUs).
+
+    A node appends what its step's log grew by, about once a second; the driver takes it and
+    appends it to ``build/<recipe>/.logs/<step>.log``, so the log can be followed while the
+    step runs, as for a local build. The complete log still arrives with the entry (a blob)
+    and replaces what was streamed. Only log text goes this way, at most ``MAX_PENDING`` bytes
+    per step waiting to be taken (older text is dropped, and a line says so)."""
+
+    MAX_PENDING = 1 << 20
+
+    def __init__(self) -> None:
+        self._pending: Dict[str, bytearray] = {}
+
+    def append(self, key: str, data: bytes) -> None:
+        buf = self._pending.setdefault(key, bytearray())
+        buf += data
+        if len(buf) > self.MAX_PENDING:
+            del buf[:len(buf) - self.MAX_PENDING]
+            buf[:0] = b"[... earlier log lines dropped while streaming ...]\n"
+
+    def take(self, key: str) -> bytes:
+        return bytes(self._pending.pop(key, b""))
+
+
+class _LogFollower:
+    """Sends what ``path`` grows by to a :class:`LogSink`, every ``every`` seconds, from a
+    thread of the task; :meth:`close` sends the rest. Failures only stop the streaming."""
+
+    def __init__(self, path: Path, key: str, sink: Any, every: float = 1.0):
+        import threading
+
+        self.path, self.key, self.sink, self.every = path, key, sink, every
+        self.offset = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name="buildgraph-log-follower")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(LOG_TAIL_BYTES)
+            if data:
+                self.offset += len(data)
+                self.sink.append.remote(self.key, data)  # no reply awaited
+        except Exception:  # noqa: BLE001 - a log that cannot stream still arrives at the end
+            self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._send()
+
+
+def run_step(spec: Dict[str, Any], sink: Any = None) -> Dict[str, Any]:
     """Build one step from its spec (see the module's doc); a small JSON-able reply:
     ``{"status": "ok", "key", "node", "wall_s", "reused"}`` or ``{"status": "failed" |
-    "recipe", "message", "hint", "log_tail", "node"}``."""
+    "recipe", "message", "hint", "log_tail", "node"}``. ``sink``: the driver's
+    :class:`LogSink`, which the step's log is streamed to while it runs."""
     from buildgraph.engine.store import Store
     from buildgraph.errors import BuildgraphError
 
@@ -113,7 +177,7 @@ def run_step(spec: Dict[str, Any]) -> Dict[str, Any]:
         scratch = store.scratch_dir(key)
         log_path = scratch / "log.txt"
         try:
-            return _build(spec, store, team, scratch, log_path, node, start)
+            return _build(spec, store, team, scratch, log_path, node, start, sink)
         except BuildgraphError as exc:
             return _failure(exc.message + (f" (hint: {exc.hint})" if exc.hint else ""),
                             log_path, node)
@@ -122,7 +186,7 @@ def run_step(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path: Path,
-           node: Dict[str, str], start: float) -> Dict[str, Any]:
+           node: Dict[str, str], start: float, sink: Any = None) -> Dict[str, Any]:
     from buildgraph.engine.executor import Task
     from buildgraph.engine.references import expand_runtime
     from buildgraph.errors import StepFailed
@@ -166,10 +230,14 @@ def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path:
                         f"# on cluster node {where}\n"
                         + "".join(f"# team records: {line}\n" for line in team_records),
                         encoding="utf-8")
+    follower = _LogFollower(log_path, key, sink) if sink is not None else None
     try:
         status, payload = _workers().run(spec["kind"], task, task.timeout)
     except StepFailed as exc:  # the worker died or timed out
         return _failure(exc.message, log_path, node)
+    finally:
+        if follower is not None:
+            follower.close()
     if status == "recipe":
         message, hint = payload
         return _failure(message, log_path, node, status="recipe", hint=hint)
