@@ -76,6 +76,20 @@ def test_an_input_edited_to_the_same_size_and_mtime_is_seen(stamped):
     assert (stamped.build / "t" / "b" / "o").read_text() == "WORLD\n"
 
 
+def test_a_file_added_to_an_input_folder_is_seen(stamped):
+    folder = stamped.root / "data"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "one.txt").write_text("1\n")
+    stamped.write("r.yaml", RECIPE + "  d: {uses: shell, inputs: {data: data}, with: {cmd: "
+                                     "'ls -R ${in.data} > ${out.o}'}, outputs: [o]}\n")
+    assert not runs(stamped)
+    assert not runs(stamped)  # stamped now
+    assert runs(stamped)
+    (folder / "sub" / "two.txt").write_text("2\n")  # only the subfolder's mtime changes
+    assert not runs(stamped)
+    assert "two.txt" in (stamped.build / "t" / "d" / "o").read_text()
+
+
 def test_a_file_a_description_named_is_watched(stamped):
     (stamped.root / "config.txt").write_text("c2\n")
     assert not runs(stamped)

@@ -202,6 +202,8 @@ def path_digest(path: Union[str, Path], cache: Optional[StatCache] = None) -> Di
     st = p.stat()
     if stat_module.S_ISDIR(st.st_mode):
         manifest = tree_manifest(p, cache)
+        if cache is not None:  # a file added or removed changes a folder, not a file read
+            cache.consulted.update(root for root, _, _ in os.walk(p))
         return Digest("dir", tree_digest(manifest), sum(e["size"] for e in manifest.values()))
     digest, size = file_digest(p, cache, st)
     return Digest("file", digest, size)
