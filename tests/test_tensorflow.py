@@ -273,3 +273,19 @@ def test_resolve_time_errors_of_tensorflow_models(tmp_path: Path):
                     "o: {uses: onnx.export, with: {model: m}}")
     assert message.startswith("onnx.export takes a PyTorch model; model 'm' is a TensorFlow "
                               "model"), message
+
+
+def test_a_savedmodel_is_rebuilt_bit_for_bit(built):
+    """Keras's SavedModel export gave other bytes in every process (variable order from object
+    addresses, a random UUID in fingerprint.pb, function names from a process-wide counter);
+    a forced rebuild, in a fresh worker of another run, gives the same files."""
+    root, path, result = built
+    out = Path(result["cnn_savedmodel"].outputs["model"])
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert {str(p) for p in before} >= {"saved_model.pb", "fingerprint.pb"}
+    again = api.run(path, ["cnn_savedmodel"], cache_dir=root / ".cache",
+                    build_dir=root / "build", force=["cnn_savedmodel"])
+    assert again["cnn_savedmodel"].status == "built"
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after.keys() == before.keys()
+    assert [str(p) for p in before if before[p] != after[p]] == []

@@ -232,7 +232,10 @@ def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path:
                         encoding="utf-8")
     follower = _LogFollower(log_path, key, sink) if sink is not None else None
     try:
-        status, payload = _workers().run(spec["kind"], task, task.timeout)
+        from buildgraph.engine.executor import load_executor
+
+        status, payload = _workers().run(spec["kind"], task, task.timeout,
+                                         fresh=load_executor(spec["kind"]).fresh_worker)
     except StepFailed as exc:  # the worker died or timed out
         return _failure(exc.message, log_path, node)
     finally:

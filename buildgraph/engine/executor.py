@@ -277,6 +277,11 @@ class Executor:
     isolation: ClassVar[str] = "thread"
     """``"thread"``: run in the engine process (the executor spawns its own processes);
     ``"worker"``: run in a persistent worker process, so a crash fails one step only."""
+    fresh_worker: ClassVar[bool] = False
+    """With ``isolation = "worker"``: run in a worker that has run nothing before and is not
+    reused, for a library whose output depends on process-wide counters (TensorFlow names
+    each traced function from one, so a SavedModel exported after other TensorFlow work in
+    the same process has other bytes). Costs the library's import in that worker."""
     expand_params: ClassVar[bool] = True
     """Substitute ``${in.*}``/``${out.*}`` in string params before ``run`` (shell does its own,
     with quoting)."""

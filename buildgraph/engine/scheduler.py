@@ -620,7 +620,8 @@ class Scheduler:
                     from buildgraph.engine.workers import WorkerPool
 
                     self._workers = WorkerPool(self.jobs)
-            status, payload = self._workers.run(step.kind, task, step.timeout)
+            status, payload = self._workers.run(step.kind, task, step.timeout,
+                                                fresh=cls.fresh_worker)
             if status == "recipe":
                 message, hint = payload
                 raise RecipeError(message, hint=hint)

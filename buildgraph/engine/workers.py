@@ -186,8 +186,15 @@ class WorkerPool:
         return self.run(f"call:{target}", None, timeout, ("call", target, payload, log_path))
 
     def run(self, kind: str, task: Any, timeout: Optional[float] = None,
-            request: Optional[tuple] = None) -> Tuple[str, Any]:
-        worker = self._take(kind)
+            request: Optional[tuple] = None, fresh: bool = False) -> Tuple[str, Any]:
+        """Run ``kind`` on ``task`` in an idle worker (``fresh``: in a new one, ended after
+        this call; see ``Executor.fresh_worker``)."""
+        if fresh:
+            with self._lock:
+                self.started += 1
+            worker = Worker()
+        else:
+            worker = self._take(kind)
         try:
             reply = worker.call(kind, task, timeout, request)
         except StepFailed:
@@ -196,7 +203,9 @@ class WorkerPool:
         except BaseException:
             worker.kill()
             raise
-        if worker.alive():
+        if fresh:
+            worker.close()
+        elif worker.alive():
             with self._lock:
                 self._idle.append(worker)
         return reply
