@@ -64,10 +64,16 @@ def make_target(canonical: Mapping[str, Any], threads: Optional[int] = None) -> 
         check_cuda()
     cpu = system_cpu() if tvmtarget.is_native(canonical) else None
     effective = tvmtarget.effective_target(canonical, cpu, None)
+    return tvm_target(tvm, effective, canonical)
+
+
+def tvm_target(tvm: Any, effective: Mapping[str, Any], shown: Mapping[str, Any]) -> Tuple[Any, Any]:
+    """TVM's Target for ``effective`` and the target to record (with TVM's default triple);
+    a target TVM rejects is one line naming ``shown``, the target as the recipe wrote it."""
     try:
         target = tvm.target.Target(effective)
     except Exception as exc:  # noqa: BLE001
-        raise StepFailed(f"TVM rejects target {tvmtarget.target_text(canonical)}: "
+        raise StepFailed(f"TVM rejects target {tvmtarget.target_text(shown)}: "
                          f"{str(exc).splitlines()[0]}") from None
     return target, with_default_triple(target, effective)
 

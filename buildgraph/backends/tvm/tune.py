@@ -668,14 +668,9 @@ def remote_target(tvm: Any, canonical: Dict[str, Any], device: Dict[str, Any]
         effective = _rpc().remote_target(canonical, device)
     except tvmtarget.TargetError as exc:
         raise StepFailed(exc.message, hint=exc.hint) from None
-    from buildgraph.backends.tvm.relax import with_default_triple
+    from buildgraph.backends.tvm.relax import tvm_target
 
-    try:
-        target = tvm.target.Target(effective)
-    except Exception as exc:  # noqa: BLE001
-        raise StepFailed(f"TVM rejects target {tvmtarget.target_text(effective)}: "
-                         f"{str(exc).splitlines()[0]}") from None
-    return target, with_default_triple(target, effective)
+    return tvm_target(tvm, effective, effective)
 
 
 def _rpc_runner(ms: Any, runner: RunnerParams, evaluator: Any, devices: int) -> Any:
