@@ -61,3 +61,29 @@ def test_workers_let_openmp_threads_sleep_unless_the_user_chose(project, monkeyp
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     project.run("r.yaml", "--force", "a")
     assert (project.build / "r" / "a" / "o").read_text().strip() == "ACTIVE"
+
+
+def test_a_fresh_worker_runs_one_call_and_ends(tmp_path):
+    """``Executor.fresh_worker``: a new worker per call, never reused (a library with
+    process-wide counters, like TensorFlow's function names, then starts from zero)."""
+    from buildgraph.engine.workers import WorkerPool
+
+    pool = WorkerPool(2)
+    log = str(tmp_path / "log.txt")
+    request = ("call", "os:getpgid", 0, log)  # a worker leads its own process group
+    try:
+        warm = [pool.run("call:os:getpgid", None, 30, request)[1] for _ in range(2)]
+        assert warm[0] == warm[1]  # an idle worker is reused
+        fresh = [pool.run("call:os:getpgid", None, 30, request, fresh=True)[1]
+                 for _ in range(2)]
+        assert len({*fresh, warm[0]}) == 3
+        for pid in fresh:  # ended, not kept idle
+            try:
+                os.kill(pid, 0)
+                alive = open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+            except (ProcessLookupError, FileNotFoundError):
+                alive = False
+            assert not alive, pid
+        assert pool.started == 3
+    finally:
+        pool.close()
