@@ -157,3 +157,17 @@ def test_an_answered_run_imports_no_engine(stamped):
     assert out.stdout.strip() == str(["buildgraph", "buildgraph.cli", "buildgraph.engine",
                                       "buildgraph.engine.noop"]), out.stdout
     assert "0 built, 3 cached" in out.stderr
+
+
+def test_a_damaged_stamp_decides_nothing(stamped):
+    for stamp in (stamped.cache / "noop").glob("*.stamp"):
+        stamp.write_bytes(b"\x00garbage")
+    assert not runs(stamped)
+    import marshal
+
+    for stamp in (stamped.cache / "noop").glob("*.stamp"):
+        data = marshal.loads(stamp.read_bytes())
+        del data["files"]
+        stamp.write_bytes(marshal.dumps(data))
+    assert not runs(stamped)
+    assert runs(stamped)  # stamped again by the full decision

@@ -78,19 +78,22 @@ def answer(argv, cache_dir: str) -> bool:
             stamp = marshal.load(fh)
     except (OSError, EOFError, ValueError, TypeError):
         return False
-    if not isinstance(stamp, dict) or stamp.get("key") != key:
-        return False
-    if any(signature(p) != s for p, s in stamp["files"]):
-        return False
-    if any(presence(p) != s for p, s in stamp["entries"]):
+    try:  # a stamp of another shape (damaged, or written by another version) decides nothing
+        if not isinstance(stamp, dict) or stamp.get("key") != key:
+            return False
+        if any(signature(p) != s for p, s in stamp["files"]):
+            return False
+        if any(presence(p) != s for p, s in stamp["entries"]):
+            return False
+        summary = str(stamp["summary"])
+    except (KeyError, TypeError, ValueError):
         return False
     for path, _ in stamp["entries"]:  # a cache hit records its use, for `cache gc` (LRU)
         try:
             os.utime(path)
         except OSError:
             pass
-    print(f"{stamp['summary']} in {time.monotonic() - start:.2f} s", file=sys.stderr,
-          flush=True)
+    print(f"{summary} in {time.monotonic() - start:.2f} s", file=sys.stderr, flush=True)
     return True
 
 
