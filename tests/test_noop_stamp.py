@@ -171,3 +171,27 @@ def test_a_damaged_stamp_decides_nothing(stamped):
         stamp.write_bytes(marshal.dumps(data))
     assert not runs(stamped)
     assert runs(stamped)  # stamped again by the full decision
+
+
+def test_a_volatile_description_that_names_what_it_read_is_stamped(stamped, monkeypatch):
+    """Like tvm.compile for a cross target (a compiler looked up on PATH): stamped, and any
+    change to what it named decides in full again."""
+    import describe_kinds
+
+    folder = stamped.root / "tools"
+    folder.mkdir()
+    monkeypatch.setenv("BG_TEST_TOOLS", "one")
+    original = describe_kinds.ReadsConfig.describe
+    monkeypatch.setattr(describe_kinds.ReadsConfig, "describe",
+                        lambda self, params, ctx: replace(
+                            original(self, params, ctx), volatile=True,
+                            watch=("$BG_TEST_TOOLS", str(folder))))
+    assert cli.run_cli(["cache", "clear"]) == 0
+    assert not runs(stamped)
+    assert not runs(stamped)  # stamped now
+    assert runs(stamped)
+    monkeypatch.setenv("BG_TEST_TOOLS", "two")
+    assert not runs(stamped)  # decided in full (and, still a no-op, stamped again)
+    assert runs(stamped)
+    (folder / "cc").write_text("")  # a tool appears in a watched folder
+    assert not runs(stamped)

@@ -136,6 +136,12 @@ class Description:
     """True when ``env`` reads something that can change without the Python environment
     changing (the GPU present, a compiler appearing on PATH): the planner then describes the
     step again at every plan instead of reusing the memoised description."""
+    watch: Tuple[str, ...] = ()
+    """What a volatile description read, when it can name it all: ``$NAME`` for an environment
+    variable, else a path (a folder's signature changes when a file in it appears or goes).
+    It is still described again at every full plan; naming what it read lets a repeated no-op
+    run be answered from its stamp (``engine/noop.py``), which a volatile description without
+    ``watch`` prevents."""
     upstream_view: Optional[str] = None
     """``"module:function"``: ``function(path) -> str | None`` gives the digest of the part of an
     upstream output this step depends on (a weight-agnostic TensorRT build keys an ONNX model by
@@ -158,7 +164,8 @@ class Description:
     def as_json(self) -> Dict[str, Any]:
         return {"inputs": {k: str(v) for k, v in self.inputs.items()},
                 "data": dict(self.data), "env": {k: str(v) for k, v in self.env.items()},
-                "volatile": self.volatile, "upstream_view": self.upstream_view,
+                "volatile": self.volatile, "watch": list(self.watch),
+                "upstream_view": self.upstream_view,
                 "areas": list(self.areas), "nondeterministic": self.nondeterministic,
                 "provenance": self.provenance}
 
@@ -166,7 +173,8 @@ class Description:
     def from_json(cls, data: Mapping[str, Any]) -> "Description":
         return cls(inputs={k: Path(v) for k, v in data.get("inputs", {}).items()},
                    data=dict(data.get("data") or {}), env=dict(data.get("env") or {}),
-                   volatile=bool(data.get("volatile")), upstream_view=data.get("upstream_view"),
+                   volatile=bool(data.get("volatile")), watch=tuple(data.get("watch") or ()),
+                   upstream_view=data.get("upstream_view"),
                    areas=tuple(data.get("areas") or ()),
                    nondeterministic=str(data.get("nondeterministic") or ""),
                    provenance=bool(data.get("provenance")))

@@ -85,6 +85,8 @@ def answer(argv, cache_dir: str) -> bool:
             return False
         if any(presence(p) != s for p, s in stamp["entries"]):
             return False
+        if any(os.environ.get(v) != value for v, value in stamp["variables"]):
+            return False
         summary = str(stamp["summary"])
     except (KeyError, TypeError, ValueError):
         return False
@@ -97,9 +99,11 @@ def answer(argv, cache_dir: str) -> bool:
     return True
 
 
-def write_stamp(argv, cache_dir: str, summary: str, inputs, products, entries) -> bool:
+def write_stamp(argv, cache_dir: str, summary: str, inputs, products, entries,
+                variables=()) -> bool:
     """Record a no-op run of ``argv``: ``inputs`` and ``products`` (paths whose signature must
-    not change) and ``entries`` (cache entries that must still exist). False, writing nothing,
+    not change), ``entries`` (cache entries that must still exist) and ``variables``
+    (environment variables a volatile description read). False, writing nothing,
     when an input's mtime is too recent to trust: a file written twice within the file
     system's timestamp granularity can keep its signature. Products (the build directory, the
     lock file, the run record, cache objects) are written by runs, atomically or as links to
@@ -115,7 +119,8 @@ def write_stamp(argv, cache_dir: str, summary: str, inputs, products, entries) -
     signed += [(path, signature(path)) for path in sorted(set(products) - set(inputs))]
     key = command_key(argv, cache_dir)
     data = marshal.dumps({"key": key, "summary": summary, "files": signed,
-                          "entries": [(p, presence(p)) for p in sorted(set(entries))]})
+                          "entries": [(p, presence(p)) for p in sorted(set(entries))],
+                          "variables": [(v, os.environ.get(v)) for v in sorted(set(variables))]})
     from pathlib import Path
 
     from buildgraph.engine.files import atomic_write

@@ -91,9 +91,10 @@ class RunResult:
     lock_changes: List[str] = field(default_factory=list)
     """With ``--locked``/``--frozen``: how the lock file would have changed (it was not
     written); a non-empty list fails the run."""
-    noop_watch: Optional[Tuple[List[str], List[str], List[str]]] = None
-    """When every step was cached and none has a volatile description: (inputs, products,
-    cache entries) the decision read, for a no-op stamp (:mod:`buildgraph.engine.noop`)."""
+    noop_watch: Optional[Tuple[List[str], List[str], List[str], List[str]]] = None
+    """When every step was cached and every volatile description named what it read: (inputs,
+    products, cache entries, environment variables) the decision read, for a no-op stamp
+    (:mod:`buildgraph.engine.noop`)."""
 
     @property
     def ok(self) -> bool:
@@ -238,15 +239,20 @@ class Scheduler:
         return result
 
     def _noop_watch(self, selected: List[str], planner: Planner, result: RunResult
-                    ) -> Optional[Tuple[List[str], List[str], List[str]]]:
+                    ) -> Optional[Tuple[List[str], List[str], List[str], List[str]]]:
         """What this all-cached run's decisions read (see engine/noop.py), or None when one of
         them must be asked again next time (a volatile description)."""
         from buildgraph.engine.environment import environment_paths
         from buildgraph.engine.remote_config import CONFIG_FILE, PYPROJECT
         from buildgraph.engine.runrecord import record_path
 
-        if any(planner.describe(self.graph.steps[sid]).volatile for sid in selected):
-            return None
+        watched: List[str] = []
+        for sid in selected:
+            description = planner.describe(self.graph.steps[sid])
+            if description.volatile:
+                if not description.watch:
+                    return None  # it must be asked again: only the full decision can
+                watched.extend(description.watch)
         products = [str(self.lock_file.absolute()), str(self.build_dir),
                     str(record_path(self.build_dir))]
         for sid in selected:  # outputs in place: every folder of them (a file added or gone)
@@ -268,8 +274,10 @@ class Scheduler:
         for path in self.store.stat_cache.consulted:  # read by descriptions, or checked outputs
             absolute = os.path.abspath(path)
             (products if absolute.startswith(made) else inputs).append(absolute)
+        inputs += [os.path.abspath(w) for w in watched if not w.startswith("$")]
+        variables = sorted({w[1:] for w in watched if w.startswith("$")})
         entries = [str(self.store.action_path(r.key or "")) for r in result.steps.values()]
-        return inputs, products, entries
+        return inputs, products, entries, variables
 
     # --- the loop ----------------------------------------------------------------------------
     def _loop(self, selected: List[str], planner: Planner, results: Dict[str, StepResult]) -> None:

@@ -28,10 +28,11 @@ device) and ``model.json`` (target, inputs, outputs, records applied, whether it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Union
+from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 from pydantic import Field, field_validator
 
@@ -213,7 +214,20 @@ class TvmCompileExecutor(Executor):
         raw = params.model_dump(mode="json", by_alias=True)
         return Description(inputs=file_inputs(params, ctx, self.kind),
                            env=self._environment(raw),
-                           volatile=target_is_volatile(raw["target"]))
+                           volatile=target_is_volatile(raw["target"]),
+                           watch=self._watch(raw))
+
+    @staticmethod
+    def _watch(params: Dict[str, Any]) -> Tuple[str, ...]:
+        """What a cross target's description read: the compiler is looked up on PATH, so
+        PATH and its folders (one gains a file when a compiler is installed). A CUDA target
+        without ``arch`` reads the GPU present, which no file names: nothing."""
+        target = params["target"]
+        if target.get("kind") == "cuda" or tvmtarget.is_host_target(target):
+            return ()
+        folders = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+        cc = params.get("cc")
+        return ("$PATH", *folders, *([cc] if cc and os.path.isabs(str(cc)) else []))
 
     @staticmethod
     def _environment(params: Dict[str, Any]) -> Dict[str, str]:
