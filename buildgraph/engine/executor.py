@@ -355,6 +355,22 @@ def out_path(task: Task, name: str = "model") -> Path:
                          + ", ".join(task.outputs) + ")") from None
 
 
+def model_spec(models: Mapping[str, Any], name: str) -> Dict[str, Any]:
+    """The named model of the recipe (``DescribeContext.models``) as plain data, whether it is
+    a ModelSpec or a dict; an unknown name is a RecipeError with a suggestion."""
+    if name not in models:
+        from buildgraph.errors import RecipeError, did_you_mean
+
+        known = sorted(models)
+        raise RecipeError(f"unknown model '{name}'{did_you_mean(name, known)}",
+                          hint=("models in this recipe: " + ", ".join(known)) if known else
+                          "declare it under the top-level 'models:' section")
+    spec = models[name]
+    if hasattr(spec, "model_dump"):
+        spec = spec.model_dump(mode="json")
+    return dict(spec)
+
+
 def write_json(path: Path, data: Any) -> None:
     """A JSON report output, indented for people."""
     import json

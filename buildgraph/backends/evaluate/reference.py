@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from buildgraph.backends.onnx import modelspec
-from buildgraph.backends.onnx.source import describe_onnx_source, spec_dict
+from buildgraph.backends.onnx.source import describe_onnx_source, model_spec
 from buildgraph.engine.environment import package_versions
 from buildgraph.engine.executor import DescribeContext, Description
 from buildgraph.errors import StepFailed
@@ -40,7 +40,7 @@ def describe_model_any(name: str, ctx: DescribeContext, torch_dists: Tuple[str, 
     as it always was (``torch_dists``' versions), an ONNX file's (the file, its external
     data, inputs from the graph; onnx and onnxruntime versions) or a TensorFlow model's (its
     files and inputs; TensorFlow and Keras versions)."""
-    spec = spec_dict(ctx.models, name)
+    spec = model_spec(ctx.models, name)
     framework = modelspec.model_framework(spec, ctx.recipe_dir)
     if framework == "torch":
         from buildgraph.backends.torch.base import describe_model

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from buildgraph.backends.onnx.modelspec import REFERENCES, model_framework
+from buildgraph.engine.executor import model_spec
 from buildgraph.errors import RecipeError, StepFailed, did_you_mean
 
 NOT_FOR_ONNX = ("kwargs", "weights", "weights_key", "config", "signature", "outputs")
@@ -26,19 +27,6 @@ NOT_FOR_ONNX = ("kwargs", "weights", "weights_key", "config", "signature", "outp
 
 RECIPE_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8",
                  "uint8", "bool")
-
-
-def spec_dict(models: Mapping[str, Any], name: str) -> Dict[str, Any]:
-    """The named model as plain data; an unknown name is a located error with a suggestion."""
-    if name not in models:
-        known = sorted(models)
-        raise RecipeError(f"unknown model '{name}'{did_you_mean(name, known)}",
-                          hint=("models in this recipe: " + ", ".join(known)) if known else
-                          "declare it under the top-level 'models:' section")
-    spec = models[name]
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump(mode="json")
-    return dict(spec)
 
 
 def key_spec(spec: Mapping[str, Any]) -> Dict[str, Any]:
@@ -153,7 +141,7 @@ def describe_onnx_source(name: str, models: Mapping[str, Any], recipe_dir: Path
     sample inputs; its settings and its inputs as reconciled with the graph."""
     from buildgraph.backends.onnx.graph import onnx_inputs
 
-    spec = spec_dict(models, name)
+    spec = model_spec(models, name)
     recipe_dir = Path(recipe_dir)
     source = spec["source"]
     for key in NOT_FOR_ONNX:
@@ -219,7 +207,7 @@ def describe_onnx_input(name: str, models: Mapping[str, Any], recipe_dir: Path, 
                         ) -> Tuple[Dict[str, Path], Dict[str, Any]]:
     """Description inputs and data of a step that reads ONNX model ``name`` directly
     (``with: {model: NAME}``): the file and its external data, keyed by content."""
-    spec = spec_dict(models, name)
+    spec = model_spec(models, name)
     framework = model_framework(spec, recipe_dir)
     if framework != "onnx":
         raise RecipeError(not_onnx_message(name, framework, what))

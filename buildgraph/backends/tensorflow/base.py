@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict, Mapping, Tuple
 from pydantic import Field
 
 from buildgraph.backends.onnx.modelspec import model_framework
-from buildgraph.backends.onnx.source import spec_dict
+from buildgraph.backends.onnx.source import model_spec
 from buildgraph.backends.tensorflow.spec import describe_tf_source, tf_versions
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, Timed
 from buildgraph.engine.params import StrictParams
@@ -25,7 +25,7 @@ def describe_tf_model(name: str, ctx: DescribeContext, kind: str,
                       extra_dists: Tuple[str, ...] = ()) -> Description:
     """The description of a step built from TensorFlow model ``name``: its files, settings
     and inputs, and the TensorFlow and Keras versions (plus ``extra_dists``)."""
-    spec = spec_dict(ctx.models, name)
+    spec = model_spec(ctx.models, name)
     framework = model_framework(spec, ctx.recipe_dir)
     if framework != "tensorflow":
         what = "a PyTorch model" if framework == "torch" else "an ONNX file"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 from buildgraph.backends.onnx.modelspec import KERAS_SUFFIXES, SAVED_MODEL_FILE
-from buildgraph.backends.onnx.source import key_spec, spec_dict
+from buildgraph.backends.onnx.source import key_spec, model_spec
 from buildgraph.engine.environment import package_version
 from buildgraph.errors import RecipeError, did_you_mean
 
@@ -54,7 +54,7 @@ def describe_tf_source(name: str, models: Mapping[str, Any], recipe_dir: Path,
     """(input files, key data) of TensorFlow model ``name``."""
     from buildgraph.backends.generic.sources import local_sources, resolve_callable
 
-    spec = spec_dict(models, name)
+    spec = model_spec(models, name)
     recipe_dir = Path(recipe_dir)
     source = spec["source"]
     form = source_form(spec, recipe_dir)

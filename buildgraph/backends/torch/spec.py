@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
+from buildgraph.engine.executor import model_spec  # noqa: F401 - re-exported
 from buildgraph.errors import RecipeError, did_you_mean
 from buildgraph.engine.environment import package_version, package_versions  # noqa: F401
 
@@ -114,19 +115,6 @@ def code_globals(globals_: Iterable[Tuple[str, str]]) -> List[str]:
             continue
         code.append(dotted)
     return code
-
-
-def model_spec(models: Mapping[str, Any], name: str) -> Dict[str, Any]:
-    """The named model as plain data (ModelSpec objects and dicts both accepted)."""
-    if name not in models:
-        known = sorted(models)
-        raise RecipeError(f"unknown model '{name}'{did_you_mean(name, known)}",
-                          hint=("models in this recipe: " + ", ".join(known)) if known else
-                          "declare it under the top-level 'models:' section")
-    spec = models[name]
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump(mode="json")
-    return dict(spec)
 
 
 def _rel_label(path: Path, recipe_dir: Path) -> str:
