@@ -356,7 +356,9 @@ def _stamped(args: Any) -> bool:
 
 
 def _cache_dir(args: Any) -> str:
-    return str(args.cache_dir or os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache")
+    from buildgraph.engine import default_cache_dir_name
+
+    return str(args.cache_dir or default_cache_dir_name())
 
 
 def _parse(argv: List[str]) -> Optional[argparse.Namespace]:

@@ -66,15 +66,17 @@ def environment_token() -> str:
     return digest_bytes(repr(sorted(map(repr, parts))).encode())
 
 
-def environment_paths() -> List[str]:
+@lru_cache(maxsize=1)
+def environment_paths() -> Tuple[str, ...]:
     """The paths whose signatures the environment token covers: the site-packages directories
-    on the import path and buildgraph's own sources (a no-op stamp watches them too)."""
+    on the import path and buildgraph's own sources (a no-op stamp watches them too; walked
+    once per process)."""
     paths = [entry for entry in sys.path
              if entry and ("site-packages" in entry or "dist-packages" in entry)]
     package = Path(__file__).resolve().parent.parent
     for directory, _, files in os.walk(package):
         paths.extend(os.path.join(directory, name) for name in files if name.endswith(".py"))
-    return paths
+    return tuple(paths)
 
 
 def package_version(dist: str, missing: str = "not installed") -> str:

@@ -40,8 +40,10 @@ ACTION_SCHEMA = 1
 
 def default_cache_dir() -> Path:
     """The cache directory when none is given: $BUILDGRAPH_CACHE_DIR, else ``.cache`` (relative
-    to the working directory). The one place that decides it."""
-    return Path(os.environ.get("BUILDGRAPH_CACHE_DIR") or ".cache")
+    to the working directory), as ``buildgraph.engine.default_cache_dir_name`` decides."""
+    from buildgraph.engine import default_cache_dir_name
+
+    return Path(default_cache_dir_name())
 
 
 AREA_DIRS = {"tvm-tunedb": "tunedb", "trt-timing": "trt-timing"}
