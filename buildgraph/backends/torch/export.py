@@ -55,11 +55,32 @@ def export_program(task: Any, name: str, spec: Mapping[str, Any], model: Any,
         raise StepFailed(f"{what} failed: {torchmodel.short_error(exc, lines=2)}") from None
 
 
+def dim_symbols(program: Any, spec: Mapping[str, Any],
+                dynamic: Mapping[str, Mapping[int, str]]) -> Dict[str, str]:
+    """{dim name: torch symbol} (``seq: s53``): torch names a dim's symbol itself; the
+    archive's record keeps the names by input and axis, which tvm.compile binds by."""
+    import torch
+
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    user = [nodes[n].meta.get("val") for n in program.graph_signature.user_inputs
+            if n in nodes]
+    order = [n for n, _ in torchmodel.input_specs(spec)]
+    out: Dict[str, str] = {}
+    for inp, axes in dynamic.items():
+        i = order.index(inp) if inp in order else -1
+        val = user[i] if 0 <= i < len(user) else None
+        for axis, name in axes.items():
+            if isinstance(val, torch.Tensor) and axis < val.dim() and \
+                    not isinstance(val.shape[axis], int):
+                out.setdefault(name, str(val.shape[axis]))
+    return dict(sorted(out.items()))
+
+
 class TorchExportExecutor(ModelExecutor):
     """torch.export to a .pt2 archive, with dynamic dims."""
 
     kind = "torch.export"
-    version = "3"  # 3: stack traces without absolute paths
+    version = "4"  # 4: the archive's record maps dim names to inputs and axes
     Params = TorchExportParams
     outputs = {"model": "model.pt2"}
 
@@ -75,11 +96,12 @@ class TorchExportExecutor(ModelExecutor):
         with self.timed("save"):
             portable_program(program, task.recipe_dir)
             torch.export.save(program, str(dest), extra_files={
-                torchmodel.NAMES_FILE: torchmodel.names_record(spec, names)})
+                torchmodel.NAMES_FILE: torchmodel.names_record(spec, names, dynamic)})
         nodes = list(program.graph.nodes)
         return {"nodes": len(nodes),
                 "ops": sum(1 for n in nodes if n.op == "call_function"),
                 "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in dynamic.items()},
+                "dim_symbols": dim_symbols(program, spec, dynamic),
                 "range_constraints": {str(k): str(v)
                                       for k, v in program.range_constraints.items()},
                 "example": torchmodel.describe_inputs(spec, example),

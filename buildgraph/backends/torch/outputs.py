@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from buildgraph.errors import StepFailed, did_you_mean
 
@@ -230,10 +230,22 @@ def export_module(model: Any, spec: Mapping[str, Any], eager_out: Any, what: str
     return module, names
 
 
-def names_record(spec: Mapping[str, Any], outputs: Sequence[str]) -> str:
-    """The JSON stored as :data:`NAMES_FILE` in an archive."""
-    return json.dumps({"inputs": list((spec.get("inputs") or {}).keys()),
-                       "outputs": list(outputs)})
+def names_record(spec: Mapping[str, Any], outputs: Sequence[str],
+                 dynamic: Optional[Mapping[str, Mapping[int, str]]] = None) -> str:
+    """The JSON stored as :data:`NAMES_FILE` in an archive. With ``dynamic`` (``{input:
+    {axis: dim name}}``), also ``dims: {name: [[input index, axis], ...]}``: torch.export
+    names its symbols ``s43``, and a consumer (tvm.compile's ``dims:``) binds by the spec's
+    names."""
+    inputs = list((spec.get("inputs") or {}).keys())
+    record: Dict[str, Any] = {"inputs": inputs, "outputs": list(outputs)}
+    if dynamic:
+        dims: Dict[str, List[List[int]]] = {}
+        for inp, axes in dynamic.items():
+            if inp in inputs:
+                for axis, name in sorted(axes.items()):
+                    dims.setdefault(str(name), []).append([inputs.index(inp), int(axis)])
+        record["dims"] = dict(sorted(dims.items()))
+    return json.dumps(record)
 
 
 def read_names_record(data: Any) -> Optional[List[str]]:

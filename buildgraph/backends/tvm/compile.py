@@ -202,7 +202,7 @@ class TvmCompileExecutor(Executor):
     """Compile an ONNX or torch.export model with TVM Relax into a library."""
 
     kind = "tvm.compile"
-    version = "2"  # 2: a .tar export is deterministic (sorted, fixed mtimes and owner)
+    version = "3"  # 3: bound dims imported as static shapes (frontends.py)
     Params = TvmCompileParams
     outputs = {"model": "model"}
     isolation = "worker"
@@ -274,7 +274,7 @@ class TvmCompileExecutor(Executor):
                  + (f"; for device {device['device'].get('key')}, whose records the database "
                     f"holds (scope {effective.get('model')})" if device is not None else ""))
         start = time.monotonic()
-        mod = load_relax(model_path, p.get("dims") or {})
+        mod = load_relax(model_path, p.get("dims") or {}, task.log)
         signature = io_signature(mod)
         dynamic = symbolic_dims(mod)
         task.log(f"imported: inputs " + ", ".join(f"{i['name']}{i['shape']} {i['dtype']}"

@@ -14,7 +14,10 @@ from buildgraph.errors import StepFailed
 from buildgraph.engine.environment import package_versions
 
 def tvm_versions() -> Dict[str, str]:
-    return package_versions("apache-tvm", "apache-tvm-ffi", missing="missing")
+    # onnx/onnxscript fold a bound ONNX model's shapes and torch re-exports a bound .pt2
+    # before TVM imports either: their versions shape the imported module too
+    return package_versions("apache-tvm", "apache-tvm-ffi", "onnx", "onnxscript", "torch",
+                            missing="missing")
 
 
 def target_is_volatile(target: Mapping[str, Any]) -> bool:
@@ -137,63 +140,32 @@ def tvm_failure(exc: BaseException, what: str, log: Any) -> StepFailed:
                            "is another route into TVM when the ONNX import is the problem")
 
 
-def static_onnx_shapes(model: Any, dims: Mapping[str, int]) -> Optional[Dict[str, List[int]]]:
-    """Every graph input's shape with ``dims`` bound, or None when some dim stays dynamic.
-
-    A dim is bound by its name, or (``batch``, when the graph has no dim of that name) as the
-    leading dim. A ``dims`` entry that names no dynamic dim is an error, as in :func:`bind_dims`.
-    """
-    from buildgraph.backends.onnx.graph import onnx_model_inputs
-
-    inputs = onnx_model_inputs(model)
-    named = {d for spec in inputs.values() for d in spec.dims if isinstance(d, str)}
-    leading_dynamic = any(spec.dims and not (isinstance(spec.dims[0], int) and spec.dims[0] > 0)
-                          for spec in inputs.values())
-    for name in dims:
-        if name not in named and not (name == "batch" and leading_dynamic):
-            raise StepFailed(f"dims: the model has no dynamic dim '{name}' (its dynamic dims: "
-                             + (", ".join(sorted(named)) or "none") + ")")
-    shapes: Dict[str, List[int]] = {}
-    for name, spec in inputs.items():
-        shape = []
-        for i, d in enumerate(spec.dims):
-            if isinstance(d, int) and d > 0:
-                shape.append(d)
-            elif isinstance(d, str) and d in dims:
-                shape.append(int(dims[d]))
-            elif i == 0 and "batch" in dims and "batch" not in named:
-                shape.append(int(dims["batch"]))
-            else:
-                return None
-        shapes[name] = shape
-    return shapes
-
-
 def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
-    """Import an .onnx or .pt2 file into a Relax IRModule; bind ``dims``.
+    """Import an .onnx or .pt2 file into a Relax IRModule with ``dims`` bound.
 
-    An ONNX model whose every dim ``dims`` binds is imported with static shapes: importing it
-    with symbolic dims and binding them afterwards breaks FuseTIR on depthwise convolutions
-    (MobileNet-style blocks: "Inconsistent buffers ... mapped to the same relax var")."""
-    import tvm
+    Bound dims reach the importer as static sizes (:mod:`buildgraph.backends.tvm.frontends`):
+    importing with symbolic dims and binding them afterwards fails on the shape arithmetic of
+    dynamic transformer exports and breaks FuseTIR on depthwise convolutions
+    ("Inconsistent buffers ... mapped to the same relax var"). Dims left dynamic keep their
+    names (a .pt2's torch symbols are renamed to the model spec's dim names)."""
     from tvm import relax
 
-    static = None
+    from buildgraph.backends.tvm import frontends
+
+    names: Dict[str, str] = {}
     try:
         if path.suffix == ".onnx":
             import onnx
 
-            model = onnx.load(str(path))
-            static = static_onnx_shapes(model, dims)
+            model, static = frontends.bind_onnx(onnx.load(str(path)), dims, log)
             mod = relax.frontend.onnx.from_onnx(model, shape_dict=static) if static else \
                 relax.frontend.onnx.from_onnx(model)
         elif path.suffix == ".pt2":
-            import torch
             import tvm.relax.frontend.torch  # noqa: F401
 
-            program = torch.export.load(str(path))
-            mod = relax.frontend.torch.from_exported_program(program,
-                                                             unwrap_unit_return_tuple=True)
+            program, names = frontends.load_program(path, dims, log)
+            mod = relax.frontend.torch.from_exported_program(
+                program, unwrap_unit_return_tuple=True, run_ep_decomposition=False)
         else:
             raise StepFailed(f"{path.name}: TVM imports .onnx or .pt2 files")
     except StepFailed:
@@ -202,10 +174,21 @@ def load_relax(path: Path, dims: Mapping[str, int], log: Any = None) -> Any:
         if log is not None:
             log(f"{type(exc).__name__}: {exc}")
         raise StepFailed(import_error_message(path, exc)) from None
-    if dims and static is None:
-        mod = bind_dims(mod, dims)
+    if names:
+        mod = rename_dims(mod, names)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     return mod
+
+
+def rename_dims(mod: Any, names: Mapping[str, str]) -> Any:
+    """Rename symbolic dims (torch's ``s43``) to the model spec's names (``seq``)."""
+    import tvm
+    from tvm import relax
+
+    present = set(symbolic_dims(mod))
+    binding = {sym: tvm.tirx.Var(name, "int64") for sym, name in names.items()
+               if sym in present and name not in present}
+    return relax.transform.BindSymbolicVars(binding)(mod) if binding else mod
 
 
 def _onnx_producer(path: Path) -> str:
