@@ -106,6 +106,37 @@ def _model_class(name: str, cls_name: str) -> Any:
     return cls
 
 
+# PretrainedConfig settings every model type takes that neither a default config's to_dict()
+# nor the signatures list (properties, and names renamed in transformers 5 that it still takes)
+GENERIC_SETTINGS = frozenset({"num_labels", "torch_dtype", "dtype", "id2label", "label2id",
+                              "output_hidden_states", "output_attentions", "return_dict",
+                              "problem_type", "tie_word_embeddings", "use_cache",
+                              "pad_token_id", "bos_token_id", "eos_token_id",
+                              "decoder_start_token_id", "sep_token_id", "is_decoder",
+                              "add_cross_attention", "attn_implementation", "name_or_path",
+                              "architectures", "chunk_size_feed_forward", "finetuning_task",
+                              "tokenizer_class", "prefix", "task_specific_params",
+                              "is_encoder_decoder", "pruned_heads", "torchscript"})
+
+
+def config_settings(cfg_cls: type) -> set:
+    """The settings a config class takes: its ``__init__`` parameters, the settable
+    properties along its MRO (``num_labels``) and the generic ones of every config."""
+    import inspect
+
+    names = set(GENERIC_SETTINGS)
+    for klass in cfg_cls.__mro__:
+        try:
+            params = inspect.signature(klass.__init__).parameters.values()
+        except (TypeError, ValueError):
+            params = ()
+        names.update(p.name for p in params
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self")
+        names.update(k for k, v in vars(klass).items()
+                     if isinstance(v, property) and v.fset is not None)
+    return names
+
+
 def make_config(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
     """The ``PretrainedConfig``: from the recipe's dict, a config.json, or the weights dir."""
     import transformers
@@ -124,7 +155,8 @@ def make_config(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
                              f"'{model_type}'{did_you_mean(model_type, list(CONFIG_MAPPING))}"
                              ) from None
         try:
-            known = set(cfg_cls().to_dict()) | set(getattr(cfg_cls, "attribute_map", {}))
+            known = set(cfg_cls().to_dict()) | set(getattr(cfg_cls, "attribute_map", {})) \
+                | config_settings(cfg_cls) | config_settings(transformers.PretrainedConfig)
         except Exception:  # noqa: BLE001 - a composite config has no defaults to compare with
             known = set(settings)
         unknown = [k for k in settings if k not in known]

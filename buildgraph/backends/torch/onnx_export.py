@@ -1,9 +1,19 @@
 """``onnx.export``: ``torch.onnx.export`` with either exporter, then ``onnx.checker`` and
 shape inference on the result.
 
-``exporter: dynamo`` (the default) is the torch.export-based exporter; ``exporter: legacy`` is
+``exporter: auto`` (the default) tries, in order, the dynamo exporter with the dynamic dims, the
+dynamo exporter with static shapes, and the legacy exporter, and keeps the first file written;
+the metadata says which (``exporter``, and ``exporter_failures``: why the ones before failed),
+and the log too. Why: a user asked for an ONNX file, and the dynamo exporter fails on some
+models only because of their dynamic shapes (Swin-style windows, a T5 encoder's relative
+positions: "Cannot view a tensor with shape ..."). The requested exporter is the key parameter;
+the one chosen is an outcome, recorded with the result (a cached result restores it), and the
+same inputs and packages choose the same one. ``exporter: dynamo`` or ``exporter: legacy``
+keeps that one exporter and fails with its error.
+
+``exporter: dynamo`` is the torch.export-based exporter; ``exporter: legacy`` is
 the TorchScript-based one (deprecated in torch, kept for opsets below 18 and for models
-torch.export cannot capture). Why dynamo by default: it is torch's own default since 2.9 and the
+torch.export cannot capture). Why dynamo first: it is torch's own default since 2.9 and the
 only one developed further; it covers the newer aten ops through onnxscript's torchlib; its
 dynamic dims are checked by torch.export (a data-dependent branch fails the export loudly
 instead of being baked in as the legacy tracer does); and both fold BatchNorm the same way.
@@ -24,7 +34,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 from pydantic import Field, model_validator
 
@@ -41,8 +51,10 @@ class OnnxExportParams(ModelParams):
     dynamic: Optional[Dict[str, Dict[int, str]]] = Field(
         None, description="{input: {axis: dim name}}; default: the named dims of the model's "
                           "input shapes; {} exports static shapes")
-    exporter: Literal["dynamo", "legacy"] = Field(
-        "dynamo", description="dynamo: torch.export-based (default); legacy: TorchScript-based")
+    exporter: Literal["auto", "dynamo", "legacy"] = Field(
+        "auto", description="auto: dynamo, then dynamo with static shapes, then legacy (the "
+                            "metadata says which wrote the file); dynamo: torch.export-based; "
+                            "legacy: TorchScript-based")
     opset: int = Field(18, ge=7, description="ONNX opset of the default domain")
     input_names: Optional[List[str]] = Field(None, description="default: the model's input "
                                                                "names")
@@ -99,14 +111,12 @@ class OnnxExportExecutor(ModelExecutor):
     """torch.onnx.export (dynamo or legacy exporter), checked and shape-inferred."""
 
     kind = "onnx.export"
-    version = "3"  # 3: stack traces without absolute paths
+    version = "4"  # 4: exporter: auto
     Params = OnnxExportParams
     outputs = {"model": "model.onnx"}
     dists = ("torch", "onnx", "onnxscript")
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
-        import warnings
-
         torch = self.import_torch()
         import onnx
 
@@ -120,13 +130,74 @@ class OnnxExportExecutor(ModelExecutor):
         if data is not None and not p.external_data:
             raise StepFailed("a 'data' output is declared but external_data is false")
         dynamic = torchmodel.dynamic_dims(spec, p.dynamic)
-        sizes = torchmodel.export_sizes(spec, dynamic, task.log) if p.exporter == "dynamo" \
-            else torchmodel.dim_sizes(spec)
+        in_names = p.input_names or [n for n, _ in torchmodel.input_specs(spec)]
+        big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) \
+            > PROTOBUF_LIMIT * 0.9
+        onnx_file = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
+        failures: Dict[str, str] = {}
+        chosen = None
+        for exporter, dims in self._attempts(p, dynamic):
+            label = exporter if dims or not dynamic else f"{exporter} (static shapes)"
+            try:
+                example = self._export(task, torch, p, spec, model, exporter, dims, in_names,
+                                       onnx_file, big)
+            except StepFailed as exc:
+                if p.exporter != "auto":
+                    raise
+                failures[label] = exc.message
+                task.log(f"exporter: auto: {label} failed: {exc.message}")
+                continue
+            chosen = (exporter, dims, label)
+            break
+        if chosen is None:
+            raise StepFailed("ONNX export failed with every exporter (exporter: auto): "
+                             + "; ".join(f"{k}: {v}" for k, v in failures.items())[:900],
+                             hint="the step's log has each exporter's error")
+        exporter, dims, label = chosen
+        if failures:
+            task.log(f"exporter: auto: the file is from the {label} exporter")
+        if onnx_file != dest:
+            with self.timed("save"):
+                save_onnx(onnx.load(str(onnx_file)), dest, data)
+        if p.check:
+            with self.timed("check"):
+                check_onnx(dest, task.log)
+        with self.timed("summary"):
+            summary = graph_summary(onnx.load(str(dest), load_external_data=False))
+        if summary["opset"] != p.opset:
+            raise StepFailed(f"asked for opset {p.opset}, but the {exporter} exporter wrote "
+                             f"opset {summary['opset']}")
+        summary.update(exporter=exporter, exporter_requested=p.exporter,
+                       static_shapes=bool(dynamic) and not dims,
+                       exporter_failures=failures, external_data=data is not None,
+                       bytes=dest.stat().st_size + (data.stat().st_size if data else 0),
+                       example=torchmodel.describe_inputs(spec, example),
+                       seconds=self.seconds)
+        return summary
+
+    @staticmethod
+    def _attempts(p: OnnxExportParams, dynamic: Dict[str, Dict[int, str]]
+                  ) -> List[Tuple[str, Dict[str, Dict[int, str]]]]:
+        """(exporter, dynamic dims) to try in order."""
+        if p.exporter != "auto":
+            return [(p.exporter, dynamic)]
+        if p.opset < DYNAMO_MIN_OPSET:
+            return [("legacy", dynamic)]
+        return [("dynamo", dynamic)] + ([("dynamo", {})] if dynamic else []) + \
+            [("legacy", dynamic)]
+
+    def _export(self, task: Any, torch: Any, p: OnnxExportParams, spec: Mapping[str, Any],
+                model: Any, exporter: str, dynamic: Dict[str, Dict[int, str]],
+                in_names: List[str], onnx_file: Path, big: bool) -> List[Any]:
+        """One exporter's attempt: writes ``onnx_file``; returns the example inputs."""
+        import warnings
+
+        sizes = torchmodel.export_sizes(spec, dynamic, task.log) if exporter == "dynamo" \
+            and dynamic else torchmodel.dim_sizes(spec)
         example = torchmodel.shaped_inputs(spec, int(spec.get("seed", 0)), sizes)
         with self.timed("eager"):
             eager_out = torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir)
         target, names = torchmodel.export_module(model, spec, eager_out, f"model '{p.model}'")
-        in_names = p.input_names or [n for n, _ in torchmodel.input_specs(spec)]
         out_names = p.output_names or names
         if len(in_names) != len(example):
             raise StepFailed(f"input_names has {len(in_names)} names; the model has "
@@ -134,13 +205,10 @@ class OnnxExportExecutor(ModelExecutor):
         if len(out_names) != len(names):
             raise StepFailed(f"output_names has {len(out_names)} names; the model has "
                              f"{len(names)} outputs ({', '.join(names)})")
-        big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) \
-            > PROTOBUF_LIMIT * 0.9
-        onnx_file = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
         try:
             with warnings.catch_warnings(), self.timed("export"):
                 warnings.simplefilter("ignore", DeprecationWarning)
-                if p.exporter == "dynamo":
+                if exporter == "dynamo":
                     program = torch.onnx.export(
                         target, tuple(example), dynamo=True, opset_version=p.opset,
                         input_names=in_names, output_names=out_names,
@@ -159,23 +227,8 @@ class OnnxExportExecutor(ModelExecutor):
             raise
         except Exception as exc:  # noqa: BLE001 - exporter errors have many types
             task.log(f"{type(exc).__name__}: {exc}")
-            raise StepFailed(onnx_error_message(exc, p.exporter, p.opset)) from None
-        if onnx_file != dest:
-            with self.timed("save"):
-                save_onnx(onnx.load(str(onnx_file)), dest, data)
-        if p.check:
-            with self.timed("check"):
-                check_onnx(dest, task.log)
-        with self.timed("summary"):
-            summary = graph_summary(onnx.load(str(dest), load_external_data=False))
-        if summary["opset"] != p.opset:
-            raise StepFailed(f"asked for opset {p.opset}, but the {p.exporter} exporter wrote "
-                             f"opset {summary['opset']}")
-        summary.update(exporter=p.exporter, external_data=data is not None,
-                       bytes=dest.stat().st_size + (data.stat().st_size if data else 0),
-                       example=torchmodel.describe_inputs(spec, example),
-                       seconds=self.seconds)
-        return summary
+            raise StepFailed(onnx_error_message(exc, exporter, p.opset)) from None
+        return example
 
     @staticmethod
     def _legacy_axes(dynamic: Mapping[str, Mapping[int, str]], in_names: List[str],
