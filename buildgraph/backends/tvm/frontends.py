@@ -7,8 +7,9 @@ import is too late, because the importer has already given up. So when ``dims:``
 the model handed to the importer already has that size:
 
 - ONNX: the bound input dims are written into the graph, the stale intermediate shapes the
-  exporter recorded are dropped, and onnxscript's optimizer folds the shape arithmetic into
-  constants (onnxsim 0.8 keeps its own ``unk__`` dims there and does not help);
+  exporter recorded are dropped, and onnxslim (else onnxscript's optimizer) folds the shape
+  arithmetic into constants (onnxsim 0.8 puts its own ``unk__`` dims back on the inputs and
+  does not help);
 - ``.pt2``: the program is re-exported (``torch.export`` of ``program.module()``) from
   examples of the bound sizes, with the dims left unbound still dynamic under their names.
 
@@ -100,21 +101,32 @@ def _static_shapes(inputs: Mapping[str, Any]) -> Optional[Dict[str, List[int]]]:
 
 
 def fold_shapes(model: Any, log: Any = None) -> Any:
-    """Propagate the now static input shapes and fold the shape arithmetic into constants
-    (onnxscript's optimizer); shape inference alone when onnxscript is missing or fails."""
+    """Propagate the now static input shapes and fold the shape arithmetic into constants.
+
+    onnxslim first: it folds what the others leave (measured: a legacy T5 export's
+    ConstantOfShape chain, a Swin export's computed Pad sizes, which TVM rejects as
+    "Dynamic pads"); onnxscript's optimizer when onnxslim is missing or fails; shape inference
+    alone as the last resort."""
     import onnx
 
-    try:
-        import onnxscript.optimizer
+    failures = []
+    for name in ("onnxslim", "onnxscript"):
+        try:
+            if name == "onnxslim":
+                import onnxslim
 
-        return onnxscript.optimizer.optimize(model)
-    except ImportError:
-        why = "onnxscript is not installed (pip install onnxscript)"
-    except Exception as exc:  # noqa: BLE001 - the optimizer is best effort here
-        why = f"onnxscript's optimizer failed: {type(exc).__name__}: " \
-              f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                return onnxslim.slim(model)
+            import onnxscript.optimizer
+
+            return onnxscript.optimizer.optimize(model)
+        except ImportError:
+            failures.append(f"{name} is not installed")
+        except Exception as exc:  # noqa: BLE001 - folding is best effort here
+            failures.append(f"{name} failed: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300])
     if log:
-        log(f"static import: {why}; shape inference only")
+        log(f"static import: {'; '.join(failures)}; shape inference only "
+            "(pip install onnxslim)")
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - the importer infers what it can itself

@@ -14,10 +14,10 @@ from buildgraph.errors import StepFailed
 from buildgraph.engine.environment import package_versions
 
 def tvm_versions() -> Dict[str, str]:
-    # onnx/onnxscript fold a bound ONNX model's shapes and torch re-exports a bound .pt2
+    # onnxslim/onnxscript fold a bound ONNX model's shapes and torch re-exports a bound .pt2
     # before TVM imports either: their versions shape the imported module too
-    return package_versions("apache-tvm", "apache-tvm-ffi", "onnx", "onnxscript", "torch",
-                            missing="missing")
+    return package_versions("apache-tvm", "apache-tvm-ffi", "onnx", "onnxslim", "onnxscript",
+                            "torch", missing="missing")
 
 
 def target_is_volatile(target: Mapping[str, Any]) -> bool:
