@@ -213,3 +213,22 @@ def test_config_and_class_errors_are_one_line(tmp_path, change, message):
     with pytest.raises(StepFailed) as exc:
         load_model("b", {**BERT, **change}, tmp_path)
     assert exc.value.message == message.format(v=transformers.__version__)
+
+
+@pytest.mark.parametrize("config", [
+    {"model_type": "segformer", "num_labels": 3},
+    {"model_type": "bert", "hidden_size": 32, "id2label": {0: "no", 1: "yes"},
+     "label2id": {"no": 0, "yes": 1}, "output_hidden_states": True, "torch_dtype": "float32"},
+    {"model_type": "vit", "dtype": "float32", "output_attentions": True, "problem_type":
+     "single_label_classification", "return_dict": True},
+])
+def test_generic_config_settings_are_valid_for_every_model_type(tmp_path, config):
+    """num_labels, id2label, dtype... are PretrainedConfig's, not in a type's own defaults."""
+    from buildgraph.backends.torch.hf import make_config
+
+    made = make_config("m", {"config": config}, tmp_path)
+    assert made.model_type == config["model_type"]
+    if "num_labels" in config:
+        assert made.num_labels == config["num_labels"] and len(made.id2label) == 3
+    if "id2label" in config:
+        assert made.num_labels == 2
