@@ -104,7 +104,9 @@ def test_external_data_without_a_data_output_is_a_clear_error(project, capsys):
 
 
 def test_dynamo_below_opset_18_is_a_recipe_error(project, capsys):
-    write_recipe(project.root, "e: {uses: onnx.export, with: {model: tiny, opset: 17}}")
+    # (exporter: auto, the default, takes the legacy exporter below opset 18)
+    write_recipe(project.root, "e: {uses: onnx.export, with: {model: tiny, exporter: dynamo, "
+                               "opset: 17}}")
     assert run_cli(["run", "r.yaml"]) == 2
     err = capsys.readouterr().err
     assert "r.yaml:" in err and "the dynamo exporter writes opset 18 or newer" in err
