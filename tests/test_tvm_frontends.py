@@ -69,3 +69,61 @@ def test_dims_on_a_static_model_are_ignored_and_logged():
     model, static = bind_onnx(_reshaping_graph((1, 8, 4)), {"batch": 1}, lines.append)
     assert static == {"x": [1, 8, 4]}
     assert lines == ["dims: batch ignored: the model has static shapes"]
+
+
+# --------------------------------------------------------------------------------------------
+# .pt2: re-exported at the bound sizes, names from the archive's record
+# --------------------------------------------------------------------------------------------
+
+def _pt2(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch.export import Dim
+
+    from buildgraph.backends.torch.outputs import NAMES_FILE, names_record
+
+    class M(torch.nn.Module):
+        def forward(self, ids, mask):
+            cache = torch.cat([torch.zeros(0), ids.float()[0]])  # a cache's empty start
+            return (ids * mask).reshape(-1) + cache.sum()
+
+    batch, seq = Dim("batch", min=1, max=8), Dim("seq", min=2, max=16)
+    example = (torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long))
+    program = torch.export.export(M(), example, dynamic_shapes=({0: batch, 1: seq},
+                                                                {0: batch, 1: seq}))
+    spec = {"inputs": {"ids": {"shape": ["batch", "seq"]}, "mask": {"shape": ["batch", "seq"]}}}
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, str(path), extra_files={NAMES_FILE: names_record(
+        spec, ["out"], {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}})})
+    return torch, path
+
+
+def _input_shapes(program):
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    return [list(nodes[n].meta["val"].shape) for n in program.graph_signature.user_inputs]
+
+
+def test_a_bound_pt2_is_re_exported_and_keeps_the_other_dim_by_name(tmp_path):
+    from buildgraph.backends.tvm.frontends import load_program
+
+    torch, path = _pt2(tmp_path)
+    lines = []
+    program, names = load_program(path, {"seq": 4}, lines.append)
+    shapes = _input_shapes(program)
+    assert [s[1] for s in shapes] == [4, 4] and not isinstance(shapes[0][0], int)
+    assert names == {str(shapes[0][0]): "batch"}
+    assert lines[0] == "re-exported the program with dims {'seq': 4} bound; still dynamic: batch"
+    assert "dropped empty 1-D inputs of 1 concatenations" in lines[-1]
+    out = program.module()(torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.long))
+    assert out.shape == (12,)
+    static, names = load_program(path, {"batch": 1, "seq": 4})
+    assert _input_shapes(static) == [[1, 4], [1, 4]] and names == {}
+
+
+def test_a_pt2_dim_is_bound_by_its_spec_name_not_torch_s_symbol(tmp_path):
+    from buildgraph.backends.tvm.frontends import load_program
+
+    _, path = _pt2(tmp_path)
+    with pytest.raises(StepFailed) as exc:
+        load_program(path, {"seqs": 4})
+    assert exc.value.message == ("dims: the model has no dynamic dim 'seqs' (did you mean "
+                                 "'seq'?) (its dynamic dims: batch, seq)")

@@ -201,9 +201,17 @@ def specialise_program(program: Any, dims: Mapping[str, int], record: Optional[M
         elif name == "batch" and leading:
             for n in leading:
                 binding.update({p: int(size) for p in names[n] if p[1] == 0})
-        elif not names:
+        elif not names or name in ((record or {}).get("dims") or {}):
+            # named at export, but torch specialised it (or the program is static)
+            fixed = {int(user[int(i)][1].shape[int(a)])
+                     for i, a in ((record or {}).get("dims") or {}).get(name, [])
+                     if int(i) < len(user) and isinstance(user[int(i)][1], torch.Tensor)}
+            if fixed and fixed != {int(size)}:
+                raise StepFailed(f"dims: {name}: the program has it static at size "
+                                 f"{', '.join(map(str, sorted(fixed)))}, not {size}",
+                                 hint="export with that dim dynamic, or bind it to that size")
             if log:
-                log(f"dims: {name} ignored: the program has static shapes")
+                log(f"dims: {name} ignored: the program has it static")
         else:
             raise _no_dim(name, known)
     if not binding:
