@@ -130,7 +130,11 @@ class OnnxExportExecutor(ModelExecutor):
         if data is not None and not p.external_data:
             raise StepFailed("a 'data' output is declared but external_data is false")
         dynamic = torchmodel.dynamic_dims(spec, p.dynamic)
-        in_names = p.input_names or [n for n, _ in torchmodel.input_specs(spec)]
+        model_inputs = [n for n, _ in torchmodel.input_specs(spec)]
+        in_names = p.input_names or model_inputs
+        if len(in_names) != len(model_inputs):
+            raise StepFailed(f"input_names has {len(in_names)} names; the model has "
+                             f"{len(model_inputs)} inputs")
         big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) \
             > PROTOBUF_LIMIT * 0.9
         onnx_file = dest if not (p.external_data or big) else task.work_dir / "export.onnx"
@@ -199,9 +203,6 @@ class OnnxExportExecutor(ModelExecutor):
             eager_out = torchmodel.run_eager(p.model, spec, model, example, task.recipe_dir)
         target, names = torchmodel.export_module(model, spec, eager_out, f"model '{p.model}'")
         out_names = p.output_names or names
-        if len(in_names) != len(example):
-            raise StepFailed(f"input_names has {len(in_names)} names; the model has "
-                             f"{len(example)} inputs")
         if len(out_names) != len(names):
             raise StepFailed(f"output_names has {len(out_names)} names; the model has "
                              f"{len(names)} outputs ({', '.join(names)})")
