@@ -39,8 +39,8 @@ GPT2: Dict[str, Any] = {
     "config": GPT2_CONFIG,
     "weights": "gpt2.safetensors",
     "outputs": ["logits"],  # its default use_cache=True also returns a DynamicCache
-    # static: TVM 0.27 imports GPT-2's dynamic-shape ONNX export badly (BERT and ViT test the
-    # dynamic dims)
+    # static here (BERT and ViT test the dynamic dims; tests/test_hf_archs.py takes a dynamic
+    # GPT-2 into TVM with its dims bound)
     "inputs": {"input_ids": {"shape": [2, 8], "dtype": "int64", "max": 99}},
 }
 

@@ -45,8 +45,9 @@ def _onnx_outputs(path: Path) -> list:
 # BERT: a ModelOutput with two tensors, two integer inputs with dynamic batch and sequence
 # --------------------------------------------------------------------------------------------
 
-# TVM: from a static .pt2 (TVM 0.27 imports BERT's dynamic-shape ONNX export badly and fails
-# to compile its dynamic .pt2; ViT and GPT-2 take the other routes)
+# TVM: from a static .pt2 (with dims left dynamic, TVM 0.27 imports BERT's ONNX export badly and
+# fails to compile its .pt2; tests/test_hf_archs.py binds them; ViT and GPT-2 take the other
+# routes)
 BERT_STEPS = """
 ep_static: {uses: torch.export, with: {model: m, dynamic: {}}}
 tvm_pt2: {uses: tvm.compile, from: ep_static, with: {target: native}}
@@ -121,7 +122,7 @@ def test_vit_every_form_builds_and_verifies_at_two_batch_sizes(tmp_path):
 # --------------------------------------------------------------------------------------------
 # GPT-2: safetensors weights (tied embedding stored once), the logits selected out of a
 # ModelOutput that also holds a DynamicCache; static shapes, into TVM from the ONNX export
-# (TVM 0.27 cannot import its .pt2 in any form tried, nor its dynamic-shape ONNX export)
+# (with dims bound, the .pt2 route works too: tests/test_hf_archs.py)
 # --------------------------------------------------------------------------------------------
 
 GPT2_STEPS = """
