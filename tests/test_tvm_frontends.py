@@ -22,9 +22,11 @@ def _reshaping_graph(dims=("batch", "seq", 4)):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], "flat"])
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("Constant", [], ["i0"], value=helper.make_tensor("i0", TensorProto.INT64, [1], [0])),
+        helper.make_node("Constant", [], ["i0"],
+                         value=helper.make_tensor("i0", TensorProto.INT64, [1], [0])),
         helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
-        helper.make_node("Constant", [], ["m1"], value=helper.make_tensor("m1", TensorProto.INT64, [1], [-1])),
+        helper.make_node("Constant", [], ["m1"],
+                         value=helper.make_tensor("m1", TensorProto.INT64, [1], [-1])),
         helper.make_node("Concat", ["b", "m1"], ["target"], axis=0),
         helper.make_node("Reshape", ["x", "target"], ["y"]),
     ]
