@@ -7,7 +7,36 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from buildgraph.errors import StepFailed
-from buildgraph.engine.runtime import Runtime, RuntimeContext  # noqa: F401
+from buildgraph.engine.runtime import (Runtime, RuntimeContext, cuda_index,  # noqa: F401
+                                       is_cuda, not_runnable)
+
+
+def torch_device(device: str) -> Any:
+    """The torch device for ``RuntimeContext.device``; a refusal (not a CPU run) when this
+    torch has no CUDA or no such GPU."""
+    import torch
+
+    if not is_cuda(device):
+        if device != "cpu":
+            raise not_runnable(device, "the PyTorch runtimes run on cpu or cuda[:N]")
+        return torch.device("cpu")
+    index = cuda_index(device)
+    if not torch.cuda.is_available():
+        raise not_runnable(device, f"this torch ({torch.__version__}) has no CUDA device "
+                                   "(torch.cuda.is_available() is False)")
+    if index >= torch.cuda.device_count():
+        raise not_runnable(device, f"torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def device_label(dev: Any) -> str:
+    """``cpu`` or ``cuda:0 NVIDIA H200``: what the report says a candidate ran on."""
+    import torch
+
+    if dev.type != "cuda":
+        return "cpu"
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
 
 
 def _torch_precision(module: Any) -> str:
@@ -30,20 +59,46 @@ class _TorchModuleRuntime(Runtime):
     """Names of ``run``'s outputs, in order, where the archive records them (buildgraph's
     exporters store them); verify matches outputs by name when they are the reference's."""
 
-    def run(self, inputs: Sequence[Any]) -> List[Any]:
+    device: Any = None
+    """The torch device the module and its inputs are on (``ctx.device``)."""
+
+    def _place(self) -> None:
+        """Move the module to ``ctx.device`` (or refuse) and record where it runs."""
+        self.device = torch_device(self.ctx.device)
+        if self.device.type != "cpu":
+            self.module = self.module.to(self.device)
+            self.timing = "device"
+        self.details["device"] = device_label(self.device)
+        self.details["provider"] = "torch"
+
+    def stage(self, inputs: Sequence[Any]) -> List[Any]:
         import torch
 
-        from buildgraph.backends.torch.model import (call_model, flatten_outputs, named_outputs,
-                                                     to_numpy)
+        device = self.device if self.device is not None else torch.device("cpu")
+        return [(torch.from_numpy(x) if not isinstance(x, torch.Tensor) else x).to(device)
+                for x in inputs]
 
-        tensors = [torch.from_numpy(x) if not isinstance(x, torch.Tensor) else x for x in inputs]
+    def run_staged(self, staged: Any) -> Any:
+        import torch
+
+        from buildgraph.backends.torch.model import call_model, flatten_outputs, named_outputs
+
         spec = self.ctx.model_spec or {}
         with torch.inference_mode():
             if self.exported:
-                named = flatten_outputs(self.module(*tensors))
-            else:
-                named = named_outputs(call_model(self.module, spec, tensors), spec)
-        return [to_numpy(t) for _, t in named]
+                return flatten_outputs(self.module(*staged))
+            return named_outputs(call_model(self.module, spec, staged), spec)
+
+    def run(self, inputs: Sequence[Any]) -> List[Any]:
+        from buildgraph.backends.torch.model import to_numpy
+
+        return [to_numpy(t) for _, t in self.run_staged(self.stage(inputs))]
+
+    def synchronize(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     def _set_threads(self) -> None:
         """Apply the intra-op count, and the inter-op count where torch still allows it: it
@@ -77,11 +132,13 @@ class EagerRuntime(_TorchModuleRuntime):
         self.module = load_model(self.ctx.model, self.ctx.model_spec,
                                  self.ctx.recipe_dir or Path("."))
         self.module.float()
+        self._place()
 
     @classmethod
     def from_module(cls, module: Any, ctx: RuntimeContext) -> "EagerRuntime":
         runtime = cls(Path("."), ctx)
         runtime.module = module
+        runtime._place()
         return runtime
 
 
@@ -130,6 +187,7 @@ class TorchSaveRuntime(_TorchModuleRuntime):
             raise StepFailed(f"{self.path.name} holds a {type(obj).__name__}, not a model, "
                              "a state_dict or a checkpoint")
         self.precision = _torch_precision(self.module)
+        self._place()
 
 
 class TorchScriptRuntime(_TorchModuleRuntime):
@@ -145,11 +203,15 @@ class TorchScriptRuntime(_TorchModuleRuntime):
         from buildgraph.backends.torch.model import NAMES_FILE, read_names_record
 
         self._set_threads()
+        device = torch_device(self.ctx.device)  # refuse before reading a large file
         extra = {NAMES_FILE: ""}
-        self.module = torch.jit.load(str(self.path), map_location="cpu",
+        # map_location puts the constants the trace recorded on the device too, not only
+        # the parameters that .to() would move
+        self.module = torch.jit.load(str(self.path), map_location=device,
                                      _extra_files=extra).eval()
         self.output_names = read_names_record(extra[NAMES_FILE])
         self.precision = _torch_precision(self.module)
+        self._place()
 
 
 class ExportedProgramRuntime(_TorchModuleRuntime):
@@ -165,6 +227,7 @@ class ExportedProgramRuntime(_TorchModuleRuntime):
         from buildgraph.backends.torch.model import NAMES_FILE, read_names_record
 
         self._set_threads()
+        device = torch_device(self.ctx.device)
         extra = {NAMES_FILE: ""}
         try:
             program = torch.export.load(str(self.path), extra_files=extra)
@@ -173,8 +236,15 @@ class ExportedProgramRuntime(_TorchModuleRuntime):
                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
                              ) from None
         self.output_names = read_names_record(extra[NAMES_FILE])
+        if device.type != "cpu":
+            # the graph holds device constants (a tensor made on cpu inside forward) that
+            # .to() on its module would not move: torch's own pass rewrites them
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, device)
         self.module = program.module()
         self.precision = _torch_precision(self.module)
+        self._place()
 
 
 # --------------------------------------------------------------------------------------------
