@@ -362,7 +362,11 @@ class RayRunner:
         for path in inputs.values():
             self._collect(path, tree(path), files)
         upstream: Dict[str, Dict[str, str]] = {}
+        from buildgraph.engine.executor import FAILED_UPSTREAM
+
         for up in step.upstream:
+            if ((decision.parts or {}).get("upstream") or {}).get(up) == FAILED_UPSTREAM:
+                continue  # failed, and the step runs without it (--keep-going)
             outs = s.graph.steps[up].outputs
             upstream[up] = {n: f"build/{up}/{f}" for n, f in outs.items()}
             for n, f in outs.items():

@@ -180,6 +180,11 @@ class Description:
                    provenance=bool(data.get("provenance")))
 
 
+FAILED_UPSTREAM = "failed upstream"
+"""The key's entry for an upstream step that failed, of a step that tolerates it (in place of
+its output digests): the step keys which of its inputs it ran without."""
+
+
 @dataclass
 class Task:
     """Everything ``Executor.run`` gets. Picklable: it crosses into worker processes.
@@ -296,6 +301,11 @@ class Executor:
     nondeterministic: ClassVar[str] = ""
     """Why the same inputs can give other bytes, for every step of this kind ("" when they
     cannot); a description may say it for one step only (see ``Description.nondeterministic``)."""
+    tolerates_failed_upstream: ClassVar[bool] = False
+    """Under ``--keep-going``, run this step when some upstream steps failed instead of
+    skipping it (verify, benchmark, release: one failed candidate must not hide the others).
+    The failed ones are absent from ``task.upstream`` but present in ``task.upstream_kinds``,
+    and keyed as :data:`FAILED_UPSTREAM`."""
 
     def describe(self, params: Any, ctx: DescribeContext) -> Description:
         """What this step adds to its key beyond its params (see :class:`Description`).

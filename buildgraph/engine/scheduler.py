@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence,
 
 from buildgraph.engine import procs
 from buildgraph.errors import BuildgraphError, LockMismatch, RecipeError, StepFailed
-from buildgraph.engine.executor import Description, Task, jsonable_meta, load_executor
+from buildgraph.engine.executor import (FAILED_UPSTREAM, Description, Task, jsonable_meta,
+                                        load_executor)
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.keys import explain_difference
 from buildgraph.engine.lockfile import lock_changes, lock_path, read_lock, write_lock
@@ -298,19 +299,21 @@ class Scheduler:
                     for sid in list(pending):
                         step = self.graph.steps[sid]
                         bad = [u for u in step.upstream if u in results and not results[u].ok]
-                        if bad:
+                        tolerant = bool(bad) and self._tolerates_failed(step)
+                        if bad and not tolerant:
                             results[sid] = StepResult(sid, SKIPPED,
                                                       message=f"upstream '{bad[0]}' failed")
                             self.reporter.step_finished(results[sid])
                             pending.remove(sid)
                             progressed = True
                             continue
-                        if stop or not all(u in outputs for u in step.upstream):
+                        if stop or not all(u in outputs or (tolerant and u in results)
+                                           for u in step.upstream):
                             continue
                         decision = decisions.get(sid)
                         if decision is None:
-                            try:
-                                decision = planner.decide(step, {u: outputs[u]
+                            try:  # a failed upstream (tolerated) is None: keyed as failed
+                                decision = planner.decide(step, {u: outputs.get(u)
                                                                  for u in step.upstream})
                             except BuildgraphError as exc:
                                 results[sid] = StepResult(sid, FAILED, message=exc.render())
@@ -401,6 +404,16 @@ class Scheduler:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+
+    def _tolerates_failed(self, step: StepNode) -> bool:
+        """Under --keep-going, does this step's kind run without its failed upstream steps
+        (``Executor.tolerates_failed_upstream``: verify, benchmark, release)?"""
+        if not self.options.keep_going:
+            return False
+        try:
+            return bool(load_executor(step.kind).tolerates_failed_upstream)
+        except Exception:  # noqa: BLE001 - an unknown kind fails where it is built
+            return False
 
     def _needs(self, step: StepNode) -> Dict[str, int]:
         need = dict(step.resources)
@@ -545,8 +558,10 @@ class Scheduler:
         out_dir.mkdir()
         work_dir.mkdir()
         final_log = self.log_dir / f"{step.id}.log"
+        parts = decision.parts or {}
         upstream = {u: {n: self.build_dir / u / f
-                        for n, f in self.graph.steps[u].outputs.items()} for u in step.upstream}
+                        for n, f in self.graph.steps[u].outputs.items()} for u in step.upstream
+                    if (parts.get("upstream") or {}).get(u) != FAILED_UPSTREAM}
         outputs = {n: out_dir / f for n, f in step.outputs.items()}
         description = decision.description or Description()
         inputs = {n: Path(p) for n, p in step.inputs.items()}
