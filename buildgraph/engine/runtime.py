@@ -116,6 +116,10 @@ class RuntimeContext:
     device: str = "cpu"
     """Where the artifact must run: ``cpu``, ``cuda`` or ``cuda:N``. A runtime runs there or
     refuses with :class:`DeviceUnavailable`; it never falls back to the CPU."""
+    math: str = "default"
+    """fp32 math on a GPU: ``fp32`` (TF32 off), ``tf32`` (TF32 on) or ``default`` (the
+    library's own default: PyTorch uses TF32 for cuDNN convolutions). ``verify`` sets it;
+    a runtime records what ran in ``details["math"]``."""
     ort_provider: str = "cuda"
     """onnxruntime on a GPU: ``cuda`` (CUDAExecutionProvider) or ``tensorrt``
     (TensorrtExecutionProvider, then CUDA for what it does not take)."""

@@ -15,8 +15,8 @@ NO_CUDA_PROVIDER = "onnxruntime has no CUDA provider (onnxruntime-gpu)"
 NO_TENSORRT_PROVIDER = "onnxruntime has no TensorRT provider (onnxruntime-gpu built with TensorRT)"
 
 
-def providers_for(device: str, available: List[str], tensorrt: bool = False
-                  ) -> List[Any]:
+def providers_for(device: str, available: List[str], tensorrt: bool = False,
+                  math: str = "default") -> List[Any]:
     """The execution providers for ``device``, or a refusal: ``cuda`` needs
     CUDAExecutionProvider (and TensorrtExecutionProvider when ``tensorrt``) among
     ``available``; the CPU provider is never listed for a GPU device, so that onnxruntime
@@ -25,14 +25,18 @@ def providers_for(device: str, available: List[str], tensorrt: bool = False
         if device != "cpu":
             raise not_runnable(device, "onnxruntime runs on cpu or cuda[:N]")
         return ["CPUExecutionProvider"]
-    options = {"device_id": cuda_index(device)}
+    options: Dict[str, Any] = {"device_id": cuda_index(device)}
+    if math in ("fp32", "tf32"):  # the CUDA provider's cuDNN/cuBLAS may use TF32
+        options["use_tf32"] = "1" if math == "tf32" else "0"
     if tensorrt:
         if "TensorrtExecutionProvider" not in available:
             raise not_runnable(device, NO_TENSORRT_PROVIDER)
-        return [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", options)]
+        return [("TensorrtExecutionProvider", {"device_id": options["device_id"]}),
+                ("CUDAExecutionProvider", options)]
     if "CUDAExecutionProvider" not in available:
         raise not_runnable(device, NO_CUDA_PROVIDER)
     return [("CUDAExecutionProvider", options)]
+
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
@@ -40,8 +44,9 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
 
 
 class OnnxRuntime(Runtime):
-    """onnxruntime ``InferenceSession`` on the CPU execution provider (or the providers
-    named by ``ctx.device``: ``cuda`` puts CUDAExecutionProvider first)."""
+    """onnxruntime ``InferenceSession`` on the CPU execution provider, or on ``device: cuda``
+    on the CUDA (or TensorRT) provider only: without it the artifact is not run
+    (:func:`providers_for`), never run on the CPU under the GPU's name."""
 
     name = "onnxruntime"
     suffixes = (".onnx",)
@@ -60,7 +65,8 @@ class OnnxRuntime(Runtime):
         options.log_severity_level = 3
         device = "cpu" if self.reference else self.ctx.device
         providers = providers_for(device, list(ort.get_available_providers()),
-                                  tensorrt=self.ctx.ort_provider == "tensorrt")
+                                  tensorrt=self.ctx.ort_provider == "tensorrt",
+                                  math=self.ctx.math)
         self._fp8 = self._has_fp8()
         if self.reference:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -98,6 +104,8 @@ class OnnxRuntime(Runtime):
                 raise not_runnable(device, "onnxruntime could not start its CUDA provider "
                                            f"(the session has {', '.join(used) or 'none'})")
             self.details["device"] = f"cuda:{cuda_index(device)}"
+            self.details["math"] = {"fp32": "use_tf32=0", "tf32": "use_tf32=1"}.get(
+                self.ctx.math, "provider default")
             self.timing = "device"
         else:
             self.details["device"] = "cpu"

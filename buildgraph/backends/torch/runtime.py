@@ -29,6 +29,29 @@ def torch_device(device: str) -> Any:
     return torch.device("cuda", index)
 
 
+def apply_math(mode: str) -> str:
+    """Set PyTorch's fp32 math on CUDA for ``mode`` (fp32: TF32 off; tf32: on; default:
+    untouched) and say what is in force. torch >= 2.9 has ``fp32_precision`` per backend
+    (mixing it with the legacy ``allow_tf32`` flags is an error there); older ones only the
+    flags."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and \
+            hasattr(matmul, "fp32_precision"):
+        if mode in ("fp32", "tf32"):
+            value = "ieee" if mode == "fp32" else "tf32"
+            conv.fp32_precision = value
+            matmul.fp32_precision = value
+        return f"conv {conv.fp32_precision}, matmul {matmul.fp32_precision}"
+    if mode in ("fp32", "tf32"):
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        matmul.allow_tf32 = mode == "tf32"
+    return (f"conv {'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}, "
+            f"matmul {'tf32' if matmul.allow_tf32 else 'ieee'}")
+
+
 def device_label(dev: Any) -> str:
     """``cpu`` or ``cuda:0 NVIDIA H200``: what the report says a candidate ran on."""
     import torch
@@ -68,6 +91,7 @@ class _TorchModuleRuntime(Runtime):
         if self.device.type != "cpu":
             self.module = self.module.to(self.device)
             self.timing = "device"
+            self.details["math"] = apply_math(self.ctx.math)
         self.details["device"] = device_label(self.device)
         self.details["provider"] = "torch"
 
