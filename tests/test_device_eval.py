@@ -314,3 +314,16 @@ def test_every_candidate_failed_upstream_is_one_line():
         check_required(["a", "zz"], [], ["a"])
     assert err.value.message == ("required candidate missing: 'a' failed upstream; 'zz' is "
                                  "not an upstream step")
+
+
+def test_gpu_facts_parse_nvidia_smi_rows():
+    from buildgraph.backends.evaluate.gpu import BASIC_FIELDS, parse_query
+
+    row = "0, NVIDIA H200, 580.65.06, 1980, 1980, 3201, 3201, 143771, 1, 31, 75.20, P0"
+    (gpu,) = parse_query(row)
+    assert gpu["name"] == "NVIDIA H200" and gpu["clocks_sm"] == 1980
+    assert gpu["memory_total"] == 143771 and gpu["power_draw"] == 75.2
+    assert gpu["pstate"] == "P0" and gpu["driver_version"] == "580.65.06"
+    assert parse_query("0, NVIDIA H200, [N/A], 143771") == []  # not the full query's width
+    (basic,) = parse_query("0, NVIDIA H200, 580.65.06, [N/A]", BASIC_FIELDS)
+    assert basic["memory_total"] is None

@@ -269,7 +269,8 @@ def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
         emit("failed", message=exc.message, skip=bool(getattr(exc, "skip", False)),
              device_refusal=bool(getattr(exc, "device_refusal", False)))
         return
-    emit("loaded", timing=runtime.timing, load_s=round(time.perf_counter() - start, 4), precision=runtime.precision,
+    emit("loaded", timing=runtime.timing, load_s=round(time.perf_counter() - start, 4),
+         precision=runtime.precision,
          threads=runtime.details.get("threads"), rss_before_load_mb=baseline,
          rss_after_load_mb=rss_mb(),
          details={k: v for k, v in runtime.details.items() if k != "threads"})

@@ -124,7 +124,7 @@ class BenchmarkExecutor(ModelExecutor):
     report is an output."""
 
     kind = "benchmark"
-    version = "2"
+    version = "3"  # 3: runners on device:, failed_upstream and timing; max_s caps warm-up
     Params = BenchmarkParams
     outputs = {"report": "benchmark.json"}
     resources = {"cpu": "all"}

@@ -10,23 +10,27 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 FIELDS = ("index", "name", "driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem",
           "clocks.max.mem", "memory.total", "memory.used", "temperature.gpu", "power.draw",
           "pstate")
 """``nvidia-smi --query-gpu`` fields, in order; clocks in MHz, memory in MiB."""
 
+BASIC_FIELDS = ("index", "name", "driver_version", "memory.total")
+"""What every driver answers: the query again with these when one field above is unknown to
+this driver (nvidia-smi then refuses the whole query)."""
 
-def parse_query(text: str) -> List[Dict[str, Any]]:
+
+def parse_query(text: str, fields: Sequence[str] = FIELDS) -> List[Dict[str, Any]]:
     """Rows of ``nvidia-smi --query-gpu=FIELDS --format=csv,noheader,nounits``."""
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.split(",")]
-        if len(cells) != len(FIELDS):
+        if len(cells) != len(fields):
             continue
         row: Dict[str, Any] = {}
-        for name, cell in zip(FIELDS, cells):
+        for name, cell in zip(fields, cells):
             key = name.replace(".", "_")
             try:
                 row[key] = cell if name in ("name", "driver_version", "pstate") else \
@@ -41,16 +45,16 @@ def gpu_facts(index: int = 0, timeout: float = 10.0) -> Dict[str, Any]:
     """Name, clocks, memory, temperature and power of GPU ``index`` now; ``{"error": ...}``
     when nothing can tell."""
     smi = shutil.which("nvidia-smi")
-    if smi is not None:
+    for fields in ((FIELDS, BASIC_FIELDS) if smi is not None else ()):
         try:
-            proc = subprocess.run([smi, f"--query-gpu={','.join(FIELDS)}",
+            proc = subprocess.run([smi, f"--query-gpu={','.join(fields)}",
                                    "--format=csv,noheader,nounits", f"--id={index}"],
                                   capture_output=True, text=True, timeout=timeout)
-            rows = parse_query(proc.stdout)
-            if rows:
-                return rows[0]
         except (OSError, subprocess.SubprocessError):
-            pass
+            break
+        rows = parse_query(proc.stdout, fields)
+        if rows:
+            return rows[0]
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(index)

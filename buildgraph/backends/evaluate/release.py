@@ -62,7 +62,7 @@ class ReleaseExecutor(Executor):
     """Ship the fastest verified artifact(s): a manifest, loaders and a deterministic .tar.gz."""
 
     kind = "release"
-    version = "2"
+    version = "3"  # 3: release.json names the device and the failed upstream steps
     Params = ReleaseParams
     outputs = {"artifact": "artifact", "manifest": "release.json", "bundle": "bundle",
                "archive": "bundle.tar.gz"}
