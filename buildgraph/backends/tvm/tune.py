@@ -292,6 +292,8 @@ class _Progress:
         self.candidates_built = 0
         self.builds_failed = 0
         self.stopped = False
+        self.default: Dict[int, float] = {}
+        """Seconds of DLight's default schedule per task (GPU targets; by task index)."""
         self.last_line = self.start
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -560,8 +562,68 @@ def warm_start(task: Task, tasks: Tasks, plan: TaskPlan, ms_dir: Path,
                  f"{len(seed.workloads)} tasks seed the search")
 
 
+def default_schedule_seconds(task: Task, ms: Any, tasks: Tasks, ids: List[int], target: Any,
+                             builder: Any, runner: Any) -> Dict[int, float]:
+    """Measure DLight's default GPU schedule of each task in ``ids``, the schedule tvm.compile
+    gives a function without a record, with the same builder and runner as the candidates.
+
+    A few trials per task do not always beat DLight (its matmul rule already schedules
+    convolutions well): a record slower than the default must not replace it, or "tuned" is
+    slower than untuned. Failures here only mean no comparison (the records are kept)."""
+    from tvm.s_tir import dlight as dl
+
+    out: Dict[int, float] = {}
+    if not ids:
+        return out
+    try:
+        inputs, funcs = [], []
+        for i in ids:
+            with target:
+                mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())(
+                    tasks.extracted[i].dispatched[0])
+            inputs.append(ms.builder.BuilderInput(mod, target))
+            funcs.append(next(iter(mod.functions.values())))
+        built = builder.build(inputs)
+        runs, where = [], []
+        for i, b, f in zip(ids, built, funcs):
+            if b.error_msg is None:
+                runs.append(ms.runner.RunnerInput(b.artifact_path, device_type=str(target.kind.name),
+                                                  args_info=ms.arg_info.ArgInfo.from_prim_func(f)))
+                where.append(i)
+        for i, future in zip(where, runner.run(runs)):
+            result = future.result()
+            if result.error_msg is None and result.run_secs:
+                secs = [float(x) for x in result.run_secs]
+                out[i] = sum(secs) / len(secs)
+    except Exception as exc:  # noqa: BLE001 - a missing comparison keeps the records
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        task.log(f"warning: could not measure the default schedules: {type(exc).__name__}: "
+                 f"{(lines[-1] if lines else '')[:300]}")
+    return out
+
+
+def slower_than_default(task: Task, tasks: Tasks, progress: Optional["_Progress"],
+                        plan: TaskPlan) -> List[str]:
+    """Workload hashes whose best record is slower than DLight's default schedule: their
+    records stay out of the output (and the library keeps the default schedule)."""
+    if progress is None or not progress.default:
+        return []
+    slower = []
+    for k, i in enumerate(plan.to_tune):
+        best, default = progress.best[k], progress.default.get(i)
+        if best is None or default is None:
+            continue
+        verdict = "kept" if best < default else "dropped: the default schedule stays"
+        task.log(f"  {tasks.names[i]}: tuned {best * 1e6:.3g} us, default schedule "
+                 f"{default * 1e6:.3g} us - {verdict}")
+        if best >= default:
+            slower.append(tasks.hashes[i])
+    return slower
+
+
 def write_output_db(task: Task, p: TvmTuneParams, tasks: Tasks, ms_dir: Path, shared: Any,
-                    version: str, effective: Dict[str, Any]) -> Any:
+                    version: str, effective: Dict[str, Any], exclude: List[str] = []) -> Any:
     """Publish this run's records and write the output database: this model's tasks, tuned
     now or reused, the ``keep`` fastest per workload."""
     from buildgraph.backends.tvm.records import TuneDatabase, merge, read_db, write_db
@@ -576,12 +638,13 @@ def write_output_db(task: Task, p: TvmTuneParams, tasks: Tasks, ms_dir: Path, sh
     out_db = merge(sources, top_k=p.keep, target=effective, workloads=tasks.hashes,
                    valid_only=True)
     out_db.workloads = {h: out_db.workloads.get(h, tasks.workloads[h]) for h in tasks.hashes}
+    out_db.records = [(h, r) for h, r in out_db.records if h not in exclude]
     write_db(out_db, task.outputs["database"])
     return out_db
 
 
-def task_rows(tasks: Tasks, plan: TaskPlan, out_db: Any, progress: Optional["_Progress"]
-              ) -> List[Dict[str, Any]]:
+def task_rows(tasks: Tasks, plan: TaskPlan, out_db: Any, progress: Optional["_Progress"],
+              slower: List[str] = []) -> List[Dict[str, Any]]:
     """One row per task for the manifest and the summary."""
     rows = []
     for i, (name, shash) in enumerate(zip(tasks.names, tasks.hashes)):
@@ -589,6 +652,8 @@ def task_rows(tasks: Tasks, plan: TaskPlan, out_db: Any, progress: Optional["_Pr
         st = plan.status[i]
         if st == "tune":
             st = "tuned" if out_db.valid_count(shash) else "no valid record"
+            if shash in slower:
+                st = "default faster"
         rows.append({"task": name, "workload": shash, "weight": int(tasks.extracted[i].weight),
                      "status": st, "trials": progress.trials[plan.to_tune.index(i)]
                      if progress is not None and i in plan.to_tune else 0,
@@ -762,12 +827,15 @@ class TvmTuneExecutor(Executor):
                                           shared, version, device)
         elif plan.to_tune:
             task.log("trials: 0 - nothing is tuned; the output holds the records found")
-        out_db = write_output_db(task, p, tasks, ms_dir, shared, version, effective)
-        rows = task_rows(tasks, plan, out_db, progress)
+        slower = slower_than_default(task, tasks, progress, plan)
+        out_db = write_output_db(task, p, tasks, ms_dir, shared, version, effective, slower)
+        rows = task_rows(tasks, plan, out_db, progress, slower)
         self._write_manifest(task, p, canonical, effective, model_path, version, rows, device)
         self._summary(task, rows)
         with_records = sum(1 for r in rows if r["records"])
-        if plan.to_tune and p.trials > 0 and not any(rows[i]["records"] for i in plan.to_tune) \
+        measured = progress is not None and any(b is not None for b in progress.best)
+        if plan.to_tune and p.trials > 0 and not measured \
+                and not any(rows[i]["records"] for i in plan.to_tune) \
                 and not (progress is not None and progress.stopped):
             raise StepFailed(f"no candidate of the {len(plan.to_tune)} tuned tasks built and ran "
                              "(every measurement failed); see the log for the builder/runner "
@@ -903,6 +971,12 @@ class TvmTuneExecutor(Executor):
                 if BudgetSpent.MARK not in str(exc) and not isinstance(exc, BudgetSpent):
                     raise
                 progress.stopped = True
+            try:
+                if effective.get("kind") == "cuda" and p.runner is None:
+                    progress.deadline = None  # the check below is not part of the search
+                    tuned = [to_tune[k] for k, b in enumerate(progress.best) if b is not None]
+                    progress.default = default_schedule_seconds(
+                        task, ms, tasks, tuned, contexts[0].target, builder, runner)
             finally:
                 try:
                     builder.shutdown()
