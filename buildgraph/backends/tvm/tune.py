@@ -562,6 +562,57 @@ def warm_start(task: Task, tasks: Tasks, plan: TaskPlan, ms_dir: Path,
                  f"{len(seed.workloads)} tasks seed the search")
 
 
+class _Search:
+    """MetaSchedule's search over the tuning contexts, all at once (its gradient scheduler
+    shares the trials) or, with a wall-clock budget, one task at a time; the budget, raised
+    inside TVM's loop as :class:`BudgetSpent`, ends it with the records saved so far."""
+
+    def __init__(self, ms: Any, contexts: List[Any], weights: List[Any], trials: int,
+                 per_task: int, per_iter: int, cost_model: str, ms_dir: Path, builder: Any,
+                 runner: Any, progress: "_Progress"):
+        self.ms, self.contexts, self.weights = ms, contexts, weights
+        self.trials, self.per_task, self.per_iter = trials, per_task, per_iter
+        self.cost_model, self.ms_dir = cost_model, ms_dir
+        self.builder, self.runner, self.progress = builder, runner, progress
+        self.callbacks = list(ms.MeasureCallback.create("default")) + \
+            [_progress_callback_class()(progress)]
+
+    def all_tasks(self) -> None:
+        self._until_budget(lambda: self._tune(list(range(len(self.contexts))), self.trials))
+
+    def one_task_at_a_time(self) -> None:
+        def each() -> None:
+            for i in range(len(self.contexts)):
+                self.progress.check_budget()
+                self.progress.current = i
+                self._tune([i], min(self.per_task, self.trials - sum(self.progress.trials)))
+                if sum(self.progress.trials) >= self.trials:
+                    break
+
+        self._until_budget(each)
+
+    def _until_budget(self, search: Any) -> None:
+        try:
+            search()
+        except Exception as exc:  # noqa: BLE001 - the budget, raised inside TVM's loop
+            if BudgetSpent.MARK not in str(exc) and not isinstance(exc, BudgetSpent):
+                raise
+            self.progress.stopped = True
+        self.progress.deadline = None  # what follows the search is not part of it
+
+    def _tune(self, ids: List[int], trials: int) -> None:
+        self.progress.ids = ids
+        ms = self.ms
+        ms.tune_tasks(tasks=[self.contexts[i] for i in ids],
+                      task_weights=[self.weights[i] for i in ids], work_dir=str(self.ms_dir),
+                      max_trials_global=trials, max_trials_per_task=self.per_task,
+                      num_trials_per_iter=self.per_iter, builder=self.builder,
+                      runner=self.runner,
+                      database=ms.database.JSONDatabase(work_dir=str(self.ms_dir)),
+                      cost_model=self.cost_model, measure_callbacks=self.callbacks,
+                      task_scheduler="gradient")
+
+
 def default_schedule_seconds(task: Task, ms: Any, tasks: Tasks, ids: List[int], target: Any,
                              builder: Any, runner: Any) -> Dict[int, float]:
     """Measure DLight's default GPU schedule of each task in ``ids``, the schedule tvm.compile
@@ -936,52 +987,28 @@ class TvmTuneExecutor(Executor):
                                               f_build=fast_build if _cpu(effective) else None,
                                               progress=progress)
         runner = _runner(ms, p, device)
-        callbacks = list(ms.MeasureCallback.create("default")) + \
-            [_progress_callback_class()(progress)]
         task.log(f"tuning {len(contexts)} tasks: {plan.trials} trials in all, up to {per_task} "
                  f"per task, {per_iter} per batch; measure number={p.number} "
                  f"repeat={p.repeat} min_repeat_ms={p.min_repeat_ms}; {threads} threads"
                  + (f"; one task at a time, heaviest first, for at most {p.max_s:g} s"
                     if p.max_s else ""))
-
-        def tune(ids: List[int], trials: int) -> None:
-            progress.ids = ids
-            ms.tune_tasks(tasks=[contexts[i] for i in ids], task_weights=[weights[i] for i in ids],
-                          work_dir=str(ms_dir), max_trials_global=trials,
-                          max_trials_per_task=per_task, num_trials_per_iter=per_iter,
-                          builder=builder, runner=runner,
-                          database=ms.database.JSONDatabase(work_dir=str(ms_dir)),
-                          cost_model=p.cost_model, measure_callbacks=callbacks,
-                          task_scheduler="gradient")
-
+        search = _Search(ms, contexts, weights, plan.trials, per_task, per_iter, p.cost_model,
+                         ms_dir, builder, runner, progress)
         start = time.monotonic()
-        with _sigterm_interrupts(), progress:
+        try:
+            with _sigterm_interrupts(), progress:
+                search.one_task_at_a_time() if p.max_s else search.all_tasks()
+            if effective.get("kind") == "cuda" and p.runner is None:
+                tuned = [to_tune[k] for k, b in enumerate(progress.best) if b is not None]
+                progress.default = default_schedule_seconds(
+                    task, ms, tasks, tuned, contexts[0].target, builder, runner)
+        except KeyboardInterrupt:
+            self._interrupted(task, p, ms_dir, shared, version, tasks)
+        finally:
             try:
-                if not p.max_s:
-                    tune(list(range(len(contexts))), plan.trials)
-                for i in range(len(contexts)) if p.max_s else ():
-                    progress.check_budget()
-                    progress.current = i
-                    tune([i], min(per_task, plan.trials - sum(progress.trials)))
-                    if sum(progress.trials) >= plan.trials:
-                        break
-            except KeyboardInterrupt:
-                self._interrupted(task, p, ms_dir, shared, version, tasks)
-            except Exception as exc:  # noqa: BLE001 - the budget, raised inside TVM's loop
-                if BudgetSpent.MARK not in str(exc) and not isinstance(exc, BudgetSpent):
-                    raise
-                progress.stopped = True
-            try:
-                if effective.get("kind") == "cuda" and p.runner is None:
-                    progress.deadline = None  # the check below is not part of the search
-                    tuned = [to_tune[k] for k, b in enumerate(progress.best) if b is not None]
-                    progress.default = default_schedule_seconds(
-                        task, ms, tasks, tuned, contexts[0].target, builder, runner)
-            finally:
-                try:
-                    builder.shutdown()
-                except Exception:  # noqa: BLE001
-                    pass
+                builder.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
         tune_s = time.monotonic() - start
         task.log(f"tuning took {tune_s:.1f} s for {sum(progress.trials)} trials"
                  + (f"; stopped: max_s {p.max_s:g} s spent, the records measured so far are "
