@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu/out}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 RECIPE=${GPU_CHECK_RECIPE:-recipes/resnet50_gpu.yaml}
-RECIPE_S=${GPU_CHECK_RECIPE_S:-250}
-TESTS_S=${GPU_CHECK_TESTS_S:-75}
+RECIPE_S=${GPU_CHECK_RECIPE_S:-240}
+TESTS_S=${GPU_CHECK_TESTS_S:-90}
 t0=$(date +%s)
 note() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
@@ -42,8 +42,11 @@ note "recipe rc=$rc_recipe"
 tail -n 25 "$OUT/recipe.log"
 
 note "gpu tests (at most ${TESTS_S}s)"
-timeout -k 10 "$TESTS_S" "$PY" -m pytest -m gpu --run-gpu tests/ -q -rs -p no:cacheprovider \
-  > "$OUT/pytest.log" 2>&1
+# the files holding gpu tests, TVM's first (the host lacks some test-only packages: a module
+# that cannot be collected must not stop the others)
+files=$( (ls tests/test_tvm_gpu.py; grep -l "mark.gpu" tests/test_*.py) 2>/dev/null | awk '!seen[$0]++')
+timeout -k 10 "$TESTS_S" "$PY" -m pytest -m gpu --run-gpu $files -q -rs -p no:cacheprovider \
+  --continue-on-collection-errors > "$OUT/pytest.log" 2>&1
 rc_tests=$?
 [ $rc_tests -eq 124 ] && echo "gpu_check: the gpu tests ran past ${TESTS_S}s and were stopped"
 note "gpu tests rc=$rc_tests"
