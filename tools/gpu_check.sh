@@ -24,8 +24,9 @@ why=$(timeout 60 "$PY" -c '
 import torch, tvm
 assert torch.cuda.is_available(), "torch sees no GPU (a CPU-only torch?)"
 assert tvm.cuda(0).exist, "TVM sees no GPU (libcudart on LD_LIBRARY_PATH? a TVM built with CUDA?)"
+print("gpu-ok")
 ' 2>&1 | tail -n 1)
-if [ -n "$why" ]; then echo "gpu_check: $why"; exit 2; fi
+if [ "$why" != gpu-ok ]; then echo "gpu_check: ${why:-python3 with torch and tvm did not start}"; exit 2; fi
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm \
   --format=csv,noheader | tee "$OUT/gpu.txt"
 
