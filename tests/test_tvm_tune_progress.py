@@ -48,3 +48,25 @@ lib: {{uses: tvm.compile, from: [onnx, tune], with: {{target: native, dims: {{ba
     assert "fused_matmul_add1                not selected" in log
     assert meta["tasks"] - meta["untuned"] <= 2
     assert result["lib"].meta["with_record"] >= 1
+
+
+def test_records_slower_than_the_default_schedule_are_dropped():
+    """The GPU guard's decision (the measuring itself needs a GPU: tests/test_tvm_gpu.py)."""
+    from types import SimpleNamespace
+
+    from buildgraph.backends.tvm.tune import TaskPlan, Tasks, slower_than_default
+
+    lines = []
+    task = SimpleNamespace(log=lines.append)
+    tasks = Tasks(extracted=[None] * 4, names=["conv_a", "conv_b", "mean", "dense"],
+                  hashes=["ha", "hb", "hm", "hd"], workloads={}, work=[4.0, 3.0, 1.0, 2.0])
+    plan = TaskPlan(status={0: "tune", 1: "tune", 2: "not selected", 3: "tune"}, spent={},
+                    to_tune=[0, 1, 3], reused=[], trials=24, per_task=8)
+    # per tuned task in plan order: best record; default schedule measured by task index
+    progress = SimpleNamespace(best=[20e-6, 50e-6, None], default={0: 30e-6, 1: 40e-6, 3: 9e-6})
+    assert slower_than_default(task, tasks, progress, plan) == ["hb"]
+    assert "  conv_a: tuned 20 us, default schedule 30 us - kept" in lines
+    assert "  conv_b: tuned 50 us, default schedule 40 us - dropped: the default schedule " \
+           "stays" in lines
+    assert not any("dense" in ln for ln in lines)  # no record: nothing to compare
+    assert slower_than_default(task, tasks, SimpleNamespace(best=[1.0], default={}), plan) == []
