@@ -416,9 +416,10 @@ class Scheduler:
             return False
 
     def _needs(self, step: StepNode) -> Dict[str, int]:
+        from buildgraph.engine.slots import cpu_slots
+
         need = dict(step.resources)
-        cpu = need.get("cpu", 1)
-        need["cpu"] = self.jobs if cpu == -1 or cpu > self.jobs else max(cpu, 0)
+        need["cpu"] = cpu_slots(need.get("cpu", 1), self.jobs)
         return need
 
     # --- cache hits ----------------------------------------------------------------------------
