@@ -115,3 +115,44 @@ def test_metaschedule_accepts_the_completed_target_and_refuses_the_bare_one(tags
     assert len(spaces(done)) >= 1
     with pytest.raises(Exception, match="max_threads_per_block"):
         spaces({"kind": "cuda", "arch": "sm_90"})
+
+
+def test_a_cuda_design_space_needs_no_tensor_intrinsic(tags, tmp_path):
+    """A CUDA tune uses the plain cuda rules: its design space is generated without importing
+    ``tvm.s_tir.tensor_intrin.cuda`` (40-48 s of import, measured on an H200 host, before a
+    tune's first batch). The default (tensor-core) rules on the same target need it: the
+    probe checks that difference too, so it fails if the space were left at the default."""
+    import subprocess
+    import sys
+    import textwrap
+
+    done, _ = complete_cuda_target(canonical_target("cuda"), H200, tags)
+    probe = textwrap.dedent(f"""
+        import sys, tvm
+        from tvm import te
+        from tvm.s_tir import meta_schedule as ms
+        from buildgraph.backends.tvm.tune import _space, light_tensor_intrin
+        target = {dict(done)!r}
+        light_tensor_intrin(target)
+        a = te.placeholder((64, 64), name="A"); b = te.placeholder((64, 64), name="B")
+        k = te.reduce_axis((0, 64), name="k")
+        c = te.compute((64, 64), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+        mod = tvm.IRModule({{"main": te.create_prim_func([a, b, c])}})
+        def spaces(space):
+            return ms.TuneContext(mod=mod, target=tvm.target.Target(target),
+                                  space_generator=space, search_strategy="replay-trace",
+                                  num_threads=1).generate_design_space()
+        print("plain", len(spaces(_space(ms, target))))
+        print("cuda intrinsics imported", "tvm.s_tir.tensor_intrin.cuda" in sys.modules)
+        try:
+            spaces("post-order-apply")
+            print("default ok")
+        except Exception as exc:
+            print("default refused", "is not registered" in str(exc))
+        """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=240, cwd=tmp_path)
+    assert "plain " in out.stdout, out.stderr[-2000:]
+    assert int(out.stdout.split("plain ")[1].split()[0]) >= 1
+    assert "cuda intrinsics imported False" in out.stdout
+    assert "default refused True" in out.stdout

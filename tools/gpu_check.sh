@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/gpu/out}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 RECIPE=${GPU_CHECK_RECIPE:-recipes/resnet50_gpu.yaml}
 RECIPE_S=${GPU_CHECK_RECIPE_S:-240}
-TESTS_S=${GPU_CHECK_TESTS_S:-90}
+TESTS_S=${GPU_CHECK_TESTS_S:-120}
 t0=$(date +%s)
 note() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
@@ -43,9 +43,9 @@ note "recipe rc=$rc_recipe"
 tail -n 25 "$OUT/recipe.log"
 
 note "gpu tests (at most ${TESTS_S}s)"
-# the files holding gpu tests, TVM's first (the host lacks some test-only packages: a module
+# the files holding gpu tests, the runtimes' and TVM's first (the host lacks some test-only packages: a module
 # that cannot be collected must not stop the others)
-files=$( (ls tests/test_tvm_gpu.py; grep -l "mark.gpu" tests/test_*.py) 2>/dev/null | awk '!seen[$0]++')
+files=$( (ls tests/test_gpu_runtimes.py tests/test_tvm_gpu.py; grep -l "mark.gpu" tests/test_*.py) 2>/dev/null | awk '!seen[$0]++')
 timeout -k 10 "$TESTS_S" "$PY" -m pytest -m gpu --run-gpu $files -q -rs -p no:cacheprovider \
   --continue-on-collection-errors > "$OUT/pytest.log" 2>&1
 rc_tests=$?

@@ -104,8 +104,9 @@ class TvmTuneParams(TvmParams):
 
 def fast_build(mod: Any, target: Any, _params: Any) -> Any:
     """MetaSchedule's default build minus ``import tvm.s_tir.tensor_intrin`` (about 15 s per
-    builder process on 2 cores, which made the 30 s default timeout kill builds). fp32 CPU
-    schedules use no tensor intrinsics; targets that need them use the default build."""
+    builder process on 2 cores, 48 s on the H200 host's, which made the default timeouts kill
+    builds and a CUDA tune's first batch take a minute). A scheduled module that was
+    tensorized already holds the intrinsic's implementation: building it looks nothing up."""
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
@@ -117,10 +118,12 @@ _classes: Dict[str, Any] = {}
 
 
 def light_tensor_intrin(target: Dict[str, Any]) -> None:
-    """Register only the tensor intrinsics a CPU target can use, before MetaSchedule's
-    ``TuneContext`` imports all of them (``tvm.s_tir.tensor_intrin``: 27 s on 2 cores, 18 s
-    of it CUDA's). The package is entered in ``sys.modules`` with its ``__path__``, so any
-    later ``import tvm.s_tir.tensor_intrin.<arch>`` still works. GPU targets get the full
+    """Register only the tensor intrinsics the tune's design space can use, before
+    MetaSchedule's ``TuneContext`` imports all of them (``tvm.s_tir.tensor_intrin``: 27 s on 2
+    cores, 18 s of it CUDA's; 48 s on an H200 host). A CPU target gets its architecture's; a
+    CUDA target none, since its tune uses the plain ``cuda`` rules (:func:`_space`). The
+    package is entered in ``sys.modules`` with its ``__path__``, so any later
+    ``import tvm.s_tir.tensor_intrin.<arch>`` still works. Other GPU targets get the full
     import."""
     import importlib
     import importlib.util
@@ -128,24 +131,29 @@ def light_tensor_intrin(target: Dict[str, Any]) -> None:
     import types
 
     name = "tvm.s_tir.tensor_intrin"
+    kind = target.get("kind")
     if name in sys.modules:
         if getattr(sys.modules[name], "_buildgraph_partial", False) and \
-                target.get("kind") != "llvm":
-            # an earlier CPU step in this worker registered only its CPU's intrinsics
+                kind not in ("llvm", "cuda"):
+            # an earlier step in this worker registered only some intrinsics
             for sub in ("cuda", "rocm", "metal"):
                 try:
                     importlib.import_module(f"{name}.{sub}")
                 except Exception:  # noqa: BLE001
                     pass
         return
-    if target.get("kind") != "llvm":
+    if kind not in ("llvm", "cuda"):
         return
-    arch = tvmtarget.triple_arch(str(target["mtriple"])) if target.get("mtriple") \
-        else tvmtarget.host_arch()
-    sub = {"x86_64": "x86", "x86": "x86", "aarch64": "arm_cpu", "arm": "arm_cpu",
-           "riscv64": "riscv_cpu"}.get(arch)
+    sub: Optional[str] = None
+    if kind == "llvm":
+        arch = tvmtarget.triple_arch(str(target["mtriple"])) if target.get("mtriple") \
+            else tvmtarget.host_arch()
+        sub = {"x86_64": "x86", "x86": "x86", "aarch64": "arm_cpu", "arm": "arm_cpu",
+               "riscv64": "riscv_cpu"}.get(arch)
+        if sub is None:
+            return
     spec = importlib.util.find_spec(name)
-    if sub is None or spec is None or not spec.submodule_search_locations:
+    if spec is None or not spec.submodule_search_locations:
         return
     package = types.ModuleType(name)
     package.__path__ = list(spec.submodule_search_locations)
@@ -156,6 +164,8 @@ def light_tensor_intrin(target: Dict[str, Any]) -> None:
     import tvm.s_tir
 
     setattr(tvm.s_tir, "tensor_intrin", package)
+    if sub is None:
+        return
     try:
         setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
     except Exception:  # noqa: BLE001 - fall back to the full import
@@ -972,7 +982,7 @@ class TvmTuneExecutor(Executor):
         if p.max_s:  # one task at a time, heaviest first: a cut leaves the heavy ones done
             to_tune = sorted(to_tune, key=lambda i: -tasks.work[i])
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [tasks.extracted[i] for i in to_tune], str(ms_dir), space="post-order-apply",
+            [tasks.extracted[i] for i in to_tune], str(ms_dir), space=_space(ms, effective),
             strategy=_strategy(ms, p), num_threads=threads, seed=p.seed)
         per_iter = _trials_per_iter(task, p.trials_per_iter, plan.trials, len(contexts))
         per_task = plan.per_task
@@ -984,7 +994,7 @@ class TvmTuneExecutor(Executor):
                              max_s=p.max_s, interval=_progress_interval())
         builder = _persistent_builder_class()(max_workers=p.workers or threads,
                                               timeout_sec=p.build_timeout,
-                                              f_build=fast_build if _cpu(effective) else None,
+                                              f_build=fast_build,
                                               progress=progress)
         runner = _runner(ms, p, device)
         task.log(f"tuning {len(contexts)} tasks: {plan.trials} trials in all, up to {per_task} "
@@ -1083,6 +1093,19 @@ def _rpc_runner(ms: Any, runner: RunnerParams, evaluator: Any, devices: int) -> 
         rpc_config=config, evaluator_config=evaluator, max_workers=devices,
         f_create_session=functools.partial(_rpc().create_session, wait=runner.timeout),
         initializer=_dies_with_this_process())
+
+
+def _space(ms: Any, target: Dict[str, Any]) -> Any:
+    """The design space: MetaSchedule's default for the target, except on CUDA, where the
+    default (``from-target``) adds the tensor-core rules. Those need every CUDA tensor
+    intrinsic registered first (``tvm.s_tir.tensor_intrin.cuda``: 40-48 s of import, measured
+    here and on an H200 host) and apply only to fp16/int8 matmuls and convolutions, so a CUDA
+    tune uses the plain ``cuda`` rules: multi-level tiling, inlining, cross-thread reduction,
+    unrolling, thread binding."""
+    if target.get("kind") == "cuda":
+        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda",
+                                                 mutator_probs="cuda")
+    return "post-order-apply"
 
 
 def _cpu(target: Dict[str, Any]) -> bool:
