@@ -328,3 +328,42 @@ def test_gpu_facts_parse_nvidia_smi_rows():
     assert parse_query("0, NVIDIA H200, [N/A], 143771") == []  # not the full query's width
     (basic,) = parse_query("0, NVIDIA H200, 580.65.06, [N/A]", BASIC_FIELDS)
     assert basic["memory_total"] is None
+
+
+def test_a_trace_records_tf32_convolutions_and_a_script_does_not(tmp_path):
+    """On an H200 a traced ResNet-50 failed fp32 verification (max |err| 0.047) while its .pt2
+    passed (2e-4): the trace fixed allow_tf32=True into every convolution. The TorchScript
+    runtime reads that from the graph and checks such an artifact as tf32 on a GPU."""
+    import torch
+
+    from buildgraph.backends.torch.runtime import records_tf32_convolutions
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    example = torch.randn(1, 3, 8, 8)
+    torch.jit.save(torch.jit.trace(model, example), str(tmp_path / "t.ts"))
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "s.ts"))
+    assert records_tf32_convolutions(torch.jit.load(str(tmp_path / "t.ts")))
+    assert not records_tf32_convolutions(torch.jit.load(str(tmp_path / "s.ts")))
+    old = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        assert not records_tf32_convolutions(torch.jit.trace(model, example))
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def test_a_release_whose_verify_step_failed_says_so_in_one_line():
+    """Seen on the H200: verify failed (one candidate out of tolerance) and release, run
+    under --keep-going, ended in KeyError: 'verify'."""
+    from types import SimpleNamespace
+
+    from buildgraph.backends.evaluate.release import ReleaseExecutor
+    from buildgraph.errors import StepFailed
+
+    task = SimpleNamespace(params={}, upstream={"ts": {}},
+                           upstream_kinds={"verify": "verify", "bench": "benchmark",
+                                           "ts": "torchscript"}, log=lambda *a: None)
+    with pytest.raises(StepFailed) as err:
+        ReleaseExecutor().run(task)
+    assert err.value.message.startswith("verify step 'verify' failed upstream: nothing it "
+                                        "checked is known to be correct")

@@ -101,9 +101,16 @@ class ReleaseExecutor(Executor):
         p = ReleaseParams.model_validate(task.params)
         failed = failed_upstream(task)
         check_required(p.required, list(task.upstream), failed)
+        failed_checks = [up for up in failed if task.upstream_kinds.get(up) == "verify"]
+        if failed_checks and p.require_verified:
+            # a failed verify step leaves no report: what it checked is not known to be correct
+            raise StepFailed(f"verify step '{failed_checks[0]}' failed upstream: nothing it "
+                             "checked is known to be correct (fix it, or set "
+                             "require_verified: false)")
         bench_step, report = self._benchmark(task, failed)
         verify_reports = {up: json.loads(Path(task.upstream[up]["report"]).read_text())
-                          for up, kind in sorted(task.upstream_kinds.items()) if kind == "verify"}
+                          for up, kind in sorted(task.upstream_kinds.items())
+                          if kind == "verify" and up in task.upstream}
         verified: Dict[str, bool] = {}
         for vrep in verify_reports.values():
             for cand, entry in vrep["candidates"].items():
