@@ -489,7 +489,7 @@ def _push(team: Any, store: Any, recipe: Optional[str], targets: List[str],
     for sid, key in keys:
         status = team.push(key, store)
         counts[status] = counts.get(status, 0) + 1
-        if status == "pushed":
+        if status in ("pushed", "healed"):
             print(f"↑ {sid}", file=out)
         elif status == "missing":
             print(f"  {sid}: not in the local cache (evicted?)", file=out)

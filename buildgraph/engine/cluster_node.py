@@ -263,7 +263,7 @@ def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path:
                            "log": store.put_bytes(log_path.read_bytes()), "meta": meta,
                            "wall_s": round(wall, 3), "created": time.time()})
     pushed = team.push(key, store, force=bool(spec.get("force")))  # blobs, then the entry
-    if pushed not in ("pushed", "present"):
+    if pushed not in ("pushed", "present", "healed"):
         return _failure(f"could not push the result to the {team.label()} ({pushed})",
                         log_path, node)
     if areas:

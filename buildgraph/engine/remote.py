@@ -123,6 +123,10 @@ class TeamCache:
         self.summary = PushSummary()
         self.pulled_bytes = 0
         self.rejected: List[str] = []
+        self._heal: set = set()
+        """Keys whose remote copy this run rejected as corrupt: the local rebuild replaces
+        them (entry and every blob rewritten, see :meth:`_push`)."""
+        self.healed: List[str] = []
 
     @property
     def remote_id(self) -> str:
@@ -266,6 +270,8 @@ class TeamCache:
             self._warn(message)
             self._found[key] = Found(None, found.doc, f"{self.label()} has an entry, "
                                                       f"rejected: {exc}")
+            with self._lock:
+                self._heal.add(key)
             return None
         if result is False:
             return None
@@ -399,6 +405,9 @@ class TeamCache:
         entry = store.get_action(key)
         if entry is None:
             return "missing"
+        with self._lock:
+            heal = key in self._heal
+        force = force or heal  # the remote's copy is corrupt: rewrite it with good bytes
         if not force:
             existing = self.rfs.cat(self.entry_path(key))
             if existing is not None and self.judge(key, existing).entry is not None:
@@ -419,7 +428,7 @@ class TeamCache:
             b3 = b3_file(path)
             refs_entry = {"b3": b3, "size": size}
             rpath = self.blob_path(b3)
-            if size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
+            if heal or size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
                 self.rfs.put_file(path, rpath)
                 with lock:
                     sent[0] += 1
@@ -438,7 +447,14 @@ class TeamCache:
             self.summary.entries += 1
             self.summary.blobs += sent[0]
             self.summary.bytes += sent[1]
+            if heal:
+                self._heal.discard(key)
+                self.healed.append(key)
         self._found.pop(key, None)
+        if heal:
+            self._warn(f"{self.label()}: replaced the corrupt entry of {entry.get('step')} "
+                       "with the bytes built here")
+            return "healed"
         return "pushed"
 
     def push_later(self, key: str, store: Any, areas: Iterable[str] = ()) -> None:
