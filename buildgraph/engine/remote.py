@@ -112,6 +112,7 @@ class TeamCache:
         self._trusted_keys = list(trusted_keys)
         self._signing_key = signing_key
         self._trust: Any = None
+        self._said_unsigned = False
         self._signer: Any = False  # False: not loaded yet; None: no key
         self._lock = threading.Lock()
         self.down: Optional[str] = None
@@ -173,6 +174,21 @@ class TeamCache:
             self._trust = load_trust(self._trusted_keys) if self._trusted_keys else Trust()
         return self._trust
 
+    def _say_unsigned(self) -> None:
+        """Once per run, before the first entry is read: without trusted keys, whoever
+        can write the remote decides what its entries say."""
+        if self._said_unsigned:
+            return
+        with self._lock:
+            if self._said_unsigned:
+                return
+            self._said_unsigned = True
+        if not self.trust().required:
+            self._warn(f"{self.label()}: entries are unauthenticated (no [trust] keys): "
+                       "anyone who can write it can hand this machine wrong results; sign "
+                       f"them (buildgraph remote add {self.name} URL --keygen, or "
+                       "buildgraph trust keygen / trust add)")
+
     def signer(self) -> Any:
         if self._signer is False:
             from buildgraph.engine.signing import load_signer
@@ -211,6 +227,7 @@ class TeamCache:
             return known
 
         def look() -> Found:
+            self._say_unsigned()
             data = self.rfs.cat(self.entry_path(key))
             return Found() if data is None else self.judge(key, data)
 

@@ -97,6 +97,7 @@ class RecordAreas:
         return scopes
 
     def _pull_area(self, store: Any, area: str) -> List[str]:
+        self.team._say_unsigned()
         handler = self._handler(area, store)
         state = self._state(store, area)
         lines: List[str] = []
