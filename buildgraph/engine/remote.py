@@ -317,7 +317,7 @@ class TeamCache:
                     return
                 self._get_blob(digest, blobs[digest], store, scratch, advance)
 
-            direct = _entry_blobs(entry)
+            direct = list(dict.fromkeys(_entry_blobs(entry)))  # one download per blob
             self._parallel(get, direct)
             files: List[str] = []
             for name, out in entry["outputs"].items():
