@@ -227,9 +227,11 @@ class TeamCache:
             return known
 
         def look() -> Found:
-            self._say_unsigned()
             data = self.rfs.cat(self.entry_path(key))
-            return Found() if data is None else self.judge(key, data)
+            if data is None:
+                return Found()
+            self._say_unsigned()  # an entry will be used: say what it is worth
+            return self.judge(key, data)
 
         found = self._guard(look, Found())  # a bad trusted key too: a warning, not a failure
         self._found[key] = found

@@ -97,7 +97,6 @@ class RecordAreas:
         return scopes
 
     def _pull_area(self, store: Any, area: str) -> List[str]:
-        self.team._say_unsigned()
         handler = self._handler(area, store)
         state = self._state(store, area)
         lines: List[str] = []
@@ -112,6 +111,8 @@ class RecordAreas:
                 mine = b3_bytes(canonical_json(before)) if before is not None else None
                 clean = mine is None or mine in seen or mine == state.synced.get(scope)
                 payloads = []
+                if set(segments) - seen:
+                    self.team._say_unsigned()
                 for name in sorted(set(segments) - seen):
                     payload, why = self._read_segment(area, scope, name,
                                                       segments[name]["path"])
