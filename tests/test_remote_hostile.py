@@ -27,9 +27,8 @@ from hypothesis import strategies as st
 
 from buildgraph.engine.hashing import digest_bytes, tree_digest
 from buildgraph.engine.keys import action_key
-from buildgraph.engine.remote import TeamCache
+from buildgraph.engine.remote import TeamCache, b3_bytes
 from buildgraph.engine.remote_config import RemoteSpec
-from buildgraph.engine.remote_docs import b3_bytes
 from buildgraph.engine.store import Store
 from buildgraph.errors import BuildgraphError
 
