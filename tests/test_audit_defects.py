@@ -104,3 +104,47 @@ def test_nonsense_run_options_are_refused(args, message, capsys):
         run_cli(["run", "r.yaml", *args])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_lock_file_entry_with_a_bad_key_or_path_is_ignored_with_its_reason(tmp_path):
+    """Issue 19 item 1: the same validators guard the lock file (it comes with a git pull)."""
+    import json
+
+    from buildgraph.engine.lockfile import LOCK_SCHEMA, read_lock
+
+    good = {"key": "a" * 32, "outputs": {"o": {"digest": "b" * 32, "path": "s/o"}}}
+    path = tmp_path / "r.lock.json"
+    path.write_text(json.dumps({"schema": LOCK_SCHEMA, "steps": {
+        "good": good,
+        "key": dict(good, key="ab/../../etc/passwd"),
+        "digest": dict(good, outputs={"o": {"digest": "../x"}}),
+        "path": dict(good, outputs={"o": {"digest": "b" * 32, "path": "/etc/passwd"}})}}))
+    warnings: list = []
+    assert set(read_lock(path, warn=warnings.append)) == {"good"}
+    assert len(warnings) == 3 and all("ignored: " in w for w in warnings), warnings
+    assert any("is not a xxh3 digest" in w for w in warnings)
+    assert any("is absolute" in w for w in warnings)
+
+
+def test_the_validators_stand_alone_and_remote_records_does_not_import_remote():
+    """names.py imports nothing else from buildgraph; the remote <-> remote_records circle
+    (issue 20) is gone: both depend on remote_docs instead."""
+    import ast
+
+    import buildgraph
+
+    engine = Path(buildgraph.__file__).parent / "engine"
+
+    def imports(name: str) -> set:
+        tree = ast.parse((engine / name).read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return found
+
+    assert not {m for m in imports("names.py") if m.startswith("buildgraph")}
+    assert "buildgraph.engine.remote" not in imports("remote_records.py")
+    assert "buildgraph.engine.remote_records" not in imports("remote_docs.py")
