@@ -17,21 +17,20 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from buildgraph.engine.hashing import canonical_json
 from buildgraph.engine.names import InvalidName, check_scope, is_digest
 from buildgraph.engine.remote_docs import (AREA_SYNC, COMPACT_AT, RECORDS_FORMAT, SCHEMA,
                                            b3_bytes, parse_record_doc, producer, signed_payload)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from buildgraph.engine.remote import TeamCache
-
 
 class RecordAreas:
     """Pull and push the record areas of one team cache (see the module's doc)."""
 
-    def __init__(self, team: "TeamCache"):
+    def __init__(self, team: Any):
+        """``team``: the :class:`buildgraph.engine.remote.TeamCache` these areas belong to
+        (not imported: remote imports this module, never the other way round)."""
         self.team = team
         self._lock = threading.Lock()
         self._areas_pulled: Set[str] = set()
