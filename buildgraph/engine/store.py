@@ -34,7 +34,7 @@ from buildgraph.errors import CacheError
 from buildgraph.engine.files import atomic_write
 from buildgraph.engine.memo import Memo
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest
-from buildgraph.engine.names import InvalidName, check_digest, check_rel_path, inside
+from buildgraph.engine.names import InvalidName, check_digest, check_rel_path
 
 ACTION_SCHEMA = 1
 
@@ -279,13 +279,17 @@ class Store:
                 if manifest is None:
                     raise CacheError(f"tree manifest of {dest.name} refused: {why}")
                 tmp.mkdir()
+                base = os.path.realpath(tmp) + os.sep
+                checked = set()
                 for rel, file_entry in manifest.items():
-                    try:  # second line: the resolved path stays inside the output
-                        target = inside(tmp, rel, "manifest path")
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        inside(tmp, rel, "manifest path")
-                    except InvalidName as exc:
-                        raise CacheError(f"output {dest.name}: {exc}") from None
+                    target = tmp / rel  # rel was checked as a string (tree_problem)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.parent not in checked:  # second line: the resolved folder
+                        real = os.path.realpath(target.parent) + os.sep
+                        if not real.startswith(base):
+                            raise CacheError(f"output {dest.name}: manifest path {rel!r} "
+                                             "resolves outside its directory")
+                        checked.add(target.parent)
                     self._place(file_entry["digest"], file_entry.get("exec", False), target, link)
             if dest.is_dir() and not dest.is_symlink():
                 # A directory cannot be renamed over a non-empty one. Swap the two in one
