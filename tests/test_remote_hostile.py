@@ -32,7 +32,8 @@ from buildgraph.engine.remote_config import RemoteSpec
 from buildgraph.engine.store import Store
 from buildgraph.errors import BuildgraphError
 
-EXAMPLES = {"file": 40, "s3": 12}
+EXAMPLES = {"file": 40, "s3": 6}
+"""Hypothesis examples per remote: each S3 example pays a fresh client (~2 s on 2 cores)."""
 
 
 @pytest.fixture(scope="module", params=["file", "s3"])
@@ -263,7 +264,7 @@ def test_a_manifest_escaping_its_output_is_refused_with_its_reason(arena):
     """Defect 1 of the issue: ``../../x/PWNED`` and absolute paths were materialised there."""
     kind, root, canary, remote = arena
     before = snapshot(root, ("work", "shared"))
-    depths = range(1, 8) if kind == "file" else (3, 5)  # S3: each remote costs a client
+    depths = range(1, 8) if kind == "file" else (4,)  # S3: each remote costs a client
     for name in ["../" * n + "canary/PWNED" for n in depths] + [str(canary / "PWNED")]:
         forger = Forger(remote, f"m-{uuid.uuid4().hex[:12]}")
         doc, key = template(forger, [name])
@@ -282,8 +283,9 @@ def test_a_digest_naming_a_file_elsewhere_deletes_and_writes_nothing(arena):
     digest with ``../`` made a download land at ``<elsewhere>.part``."""
     kind, root, canary, remote = arena
     before = snapshot(root, ("work", "shared"))
-    for bad in ["ab" + str(canary / "secret.txt"), "../../../../canary/x",
-                "ab/../../../../../canary/secret.txt"]:
+    bads = ["ab" + str(canary / "secret.txt"), "../../../../canary/x",
+            "ab/../../../../../canary/secret.txt"]
+    for bad in bads if kind == "file" else bads[:1]:
         forger = Forger(remote, f"d-{uuid.uuid4().hex[:12]}")
         doc, key = template(forger, ["a.txt"])
         xx = doc["entry"]["outputs"]["f"]["digest"]
