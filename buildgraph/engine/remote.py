@@ -35,7 +35,6 @@ cache makes no request and loads none of them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
