@@ -386,6 +386,9 @@ class RayRunner:
             "upstream_kinds": {u: s.graph.steps[u].kind for u in step.upstream},
             "recipe_dir": tree(recipe_dir), "files": refs, "areas": list(description.areas),
             "threads": max(1, int(options.get("num_cpus") or 1)), "timeout": step.timeout,
+            # upstream steps pulled unsigned: the node must not unpickle them either
+            "untrusted": sorted(u for u in step.upstream
+                                if u in s._pulled_untrusted),  # noqa: SLF001
         }
 
     @staticmethod

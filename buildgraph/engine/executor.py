@@ -214,16 +214,21 @@ class Task:
     threads: int = 1
     timeout: Optional[float] = None
     areas: Dict[str, Path] = field(default_factory=dict)
+    untrusted: Tuple[str, ...] = ()
+    """Upstream output paths pulled from the team cache without a trusted signature: never
+    unpickled as code (see :mod:`buildgraph.engine.origin`)."""
 
     KEYED_FIELDS: ClassVar[Dict[str, str]] = {
         "kind": "kind", "params": "params", "inputs": "inputs", "upstream": "upstream",
         "outputs": "outputs", "upstream_kinds": "upstream_kinds", "data": "data", "env": "env"}
     """Task field -> the key part it comes from."""
     CONTEXT_FIELDS: ClassVar[Tuple[str, ...]] = (
-        "step_id", "work_dir", "recipe_dir", "log_path", "threads", "timeout", "areas")
+        "step_id", "work_dir", "recipe_dir", "log_path", "threads", "timeout", "areas",
+        "untrusted")
     """Fields deliberately outside the key: they cannot change a result (a step id only names
     things in messages; ``recipe_dir`` resolves paths whose contents are keyed; areas hold
-    records that make a build faster, not different)."""
+    records that make a build faster, not different; ``untrusted`` can only refuse a load,
+never change what a loaded file computes)."""
 
     def log(self, message: str) -> None:
         """Append one line to the step's log (kept under the build directory)."""

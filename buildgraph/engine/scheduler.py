@@ -178,6 +178,8 @@ class Scheduler:
         self._workers: Any = None
         self._workers_lock = threading.Lock()
         self._pulled: Dict[str, str] = {}
+        self._pulled_untrusted: Set[str] = set()
+        """Steps whose outputs came from the team cache unsigned by a trusted key."""
         self.runner: StepRunner = LocalRunner(self)
         if options.cluster:
             from buildgraph.engine.cluster import RayRunner
@@ -422,9 +424,22 @@ class Scheduler:
         need["cpu"] = cpu_slots(need.get("cpu", 1), self.jobs)
         return need
 
+    def _untrusted_inputs(self, upstream: Dict[str, Dict[str, Path]]) -> Tuple[str, ...]:
+        """The upstream outputs that came from the team cache unsigned by a trusted key;
+        marked in this process too (in-process executors), see ``engine.origin``."""
+        from buildgraph.engine import origin
+
+        paths = tuple(str(p) for u, outs in upstream.items() if u in self._pulled_untrusted
+                      for p in outs.values())
+        origin.mark(paths)
+        return paths
+
     # --- cache hits ----------------------------------------------------------------------------
     def _hit(self, step: StepNode, decision: Decision) -> StepResult:
         entry = decision.entry or {}
+        found_origin = entry.get("origin")
+        if isinstance(found_origin, dict) and not found_origin.get("trusted"):
+            self._pulled_untrusted.add(step.id)
         try:
             if decision.action == RESTORE:
                 for name, filename in step.outputs.items():
@@ -583,7 +598,8 @@ class Scheduler:
                     data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
                     step_id=step.id, work_dir=work_dir, recipe_dir=self.graph.recipe_dir,
                     log_path=log_path, threads=threads, timeout=step.timeout,
-                    areas={a: self.store.area(a) for a in description.areas})
+                    areas={a: self.store.area(a) for a in description.areas},
+                    untrusted=self._untrusted_inputs(upstream))
         try:
             log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
                                 f"# why: {'; '.join(decision.reasons)}\n"
