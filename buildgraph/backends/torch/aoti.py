@@ -132,7 +132,7 @@ class TorchAotiExecutor(ModelExecutor):
         with self.timed("compile"):
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=str(dest),
-                                                         inductor_configs=options)
+                                                         inductor_configs=dict(options))
             except Exception as exc:  # noqa: BLE001 - Inductor raises many error types
                 task.log(str(exc))
                 raise StepFailed("AOTInductor failed: "
