@@ -64,6 +64,7 @@ class CppCheckExecutor(Executor):
     Params = CppCheckParams
     outputs = {"report": "report.json", "sources": "sources"}
     isolation = "worker"
+    resources = {"cpu": "all"}  # loaders of two forms compile side by side
 
     def describe(self, params: CppCheckParams, ctx: DescribeContext) -> Description:
         """Checks the upstream steps (one verify step at least; every candidate of a form with
@@ -105,9 +106,9 @@ class CppCheckExecutor(Executor):
                   for u, k in sorted(task.upstream_kinds.items()) if k == "verify"}
         report: Dict[str, Any] = {"schema": 1, "candidates": {}, "passed": True,
                                   "toolchain": {k: task.env.get(k) for k in ("cxx", "cmake")}}
-        built: Dict[str, Path] = {}
         seconds: Dict[str, float] = {}
         failures: List[str] = []
+        plans = []
         for cand in self._chosen(p, dict(task.upstream_kinds)):
             kind = task.upstream_kinds[cand]
             form = LOADER_KINDS[kind]
@@ -124,10 +125,11 @@ class CppCheckExecutor(Executor):
                 entry.update(runs_from_cpp="no", why=why, passed=True)
                 task.log(f"{cand}: runs from C++: no ({why})")
                 continue
-            if form not in built:
-                start = time.perf_counter()
-                built[form] = build_loader(form, task.areas[AREA], task.log)
-                seconds[f"build_{form}"] = round(time.perf_counter() - start, 3)
+            plans.append((cand, form, artifact, device, vstep, ventry, entry))
+        start = time.perf_counter()
+        built = self._build_all(sorted({plan[1] for plan in plans}), task)
+        seconds["build"] = round(time.perf_counter() - start, 3)
+        for cand, form, artifact, device, vstep, ventry, entry in plans:
             start = time.perf_counter()
             problem = self._check(task, p, cand, built[form], artifact, device, verify[vstep],
                                   ventry, entry, Path(task.upstream[vstep]["tensors"]))
@@ -157,6 +159,19 @@ class CppCheckExecutor(Executor):
                                   "step's reference at the tolerance the artifact passed there")
         return {"runs_from_cpp": {c: runs_from_cpp(e) for c, e in report["candidates"].items()},
                 "seconds": seconds}
+
+    @staticmethod
+    def _build_all(forms: List[str], task: Task) -> Dict[str, Path]:
+        """Each loader form's executable, built side by side (each build is one compiler
+        process, and most of a build's time is parsing torch's headers)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not forms:
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(len(forms), task.threads))) as pool:
+            futures = {f: pool.submit(build_loader, f, task.areas[AREA], task.log)
+                       for f in forms}
+            return {f: fut.result() for f, fut in futures.items()}
 
     @staticmethod
     def _verified(cand: str, verify: Dict[str, Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
