@@ -28,7 +28,7 @@ def write_tensors(path: Path, arrays: Sequence[Any]) -> None:
     with open(path, "wb") as fh:
         fh.write(MAGIC + struct.pack("<I", len(arrays)))
         for array in arrays:
-            a = np.ascontiguousarray(array)
+            a = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
             if a.dtype.name not in DTYPES:
                 raise TensorFileError(f"dtype {a.dtype.name} has no BGT1 code "
                                       f"(supported: {', '.join(DTYPES)})")
@@ -59,7 +59,7 @@ def read_tensors(path: Path) -> List[Any]:
                 raise TensorFileError(f"{Path(path).name}: bad record (dtype code {code}, "
                                       f"{nbytes} bytes)")
             out.append(np.frombuffer(data[offset:offset + nbytes],
-                                     dtype=DTYPES[code]).reshape(shape).copy())
+                                     dtype=DTYPES[code]).reshape(list(shape)).copy())
             offset += nbytes
     except struct.error:
         raise TensorFileError(f"{Path(path).name} is truncated") from None
