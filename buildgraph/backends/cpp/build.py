@@ -59,7 +59,11 @@ def cmake_defines(form: str) -> Dict[str, str]:
     """``-D`` settings pointing the CMakeLists at the installed wheel(s)."""
     if LIBRARY[form] == "torch":
         return {"TORCH_DIR": str(package_dir("torch"))}
-    return {"TVM_DIR": str(package_dir("tvm")), "TVM_FFI_DIR": str(package_dir("tvm_ffi"))}
+    tvm = package_dir("tvm")
+    defines = {"TVM_DIR": str(tvm), "TVM_FFI_DIR": str(package_dir("tvm_ffi"))}
+    if (tvm / "lib" / "libtvm_runtime_cuda.so").is_file() and shutil.which("nvidia-smi"):
+        defines["BG_CUDA"] = "ON"  # a CUDA library's kernels need TVM's CUDA device API
+    return defines
 
 
 def library_versions(form: str) -> Dict[str, str]:

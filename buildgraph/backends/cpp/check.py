@@ -208,6 +208,8 @@ class CppCheckExecutor(Executor):
             if device == "cuda" and shutil.which("nvidia-smi") is None:
                 why = why or "compiled for CUDA; no NVIDIA GPU here"
             return path.resolve(), device, why
+        if p.device == "cuda" and shutil.which("nvidia-smi") is None:
+            why = why or "device: cuda asked; no NVIDIA GPU here"
         return path.resolve(), p.device, why
 
     def _check(self, task: Task, p: CppCheckParams, cand: str, exe: Path, artifact: Path,
