@@ -90,6 +90,9 @@ class TorchAotiExecutor(ModelExecutor):
     version = "1"
     Params = TorchAotiParams
     outputs = {"model": "model.pt2", "info": "info.json"}
+    nondeterministic = ("AOTInductor's generated files depend on the state of Inductor's own "
+                        "caches (two builds of the same program gave other wrapper code): "
+                        "same numbers, not the same bytes")
 
     def describe(self, params: TorchAotiParams, ctx: DescribeContext) -> Description:
         """The model's description (or the torch version, for an upstream ``.pt2``), and the
