@@ -292,3 +292,22 @@ def test_report_shows_which_artifact_runs_from_cpp(built, capsys):
 
 def re_line(text: str, cand: str) -> str:
     return next(ln for ln in text.splitlines() if ln.startswith(f"| `{cand}` |"))
+
+
+@pytest.mark.gpu
+def test_aoti_cuda_package_verifies_and_runs_from_cpp_on_the_gpu(tmp_path):
+    """On a GPU machine: a CUDA package, verified on the GPU and run from C++ there."""
+    write_recipe(tmp_path, """
+aoti_gpu: {uses: torch.aoti, with: {model: tiny, device: cuda}}
+verify: {uses: verify, from: [aoti_gpu], with: {model: tiny, random: 2, device: cuda,
+                                                dims: {batch: [1, 3]}}}
+cpp: {uses: cpp.check, from: [verify, aoti_gpu]}
+""")
+    result = buildgraph.run(tmp_path / "r.yaml", cache_dir=tmp_path / "c",
+                            build_dir=tmp_path / "b")
+    assert result.ok, {s: r.message for s, r in result.steps.items() if r.message}
+    info = json.loads((tmp_path / "b" / "aoti_gpu" / "info.json").read_text())
+    assert info["device"] == "cuda"
+    report = json.loads((tmp_path / "b" / "cpp" / "report.json").read_text())
+    entry = report["candidates"]["aoti_gpu"]
+    assert entry["runs_from_cpp"] == "yes" and entry["device"] == "cuda", entry
