@@ -124,7 +124,7 @@ class TorchAotiExecutor(ModelExecutor):
                                 "and no GPU is visible"),
                              hint="use device: cpu here, or build on the GPU machine")
         program, names, source = self._program(task, p, torch)
-        if p.device == "cuda":
+        if p.device == "cuda":  # weights and example to the GPU: Inductor generates for it
             from torch.export.passes import move_to_device_pass
 
             program = move_to_device_pass(program, "cuda")
@@ -153,9 +153,7 @@ class TorchAotiExecutor(ModelExecutor):
         if p.model is not None:
             from buildgraph.backends.torch.export import export_program
 
-            spec, model = self.model(task, p.model)
-            if p.device == "cuda":
-                model = model.to("cuda")
+            spec, model = self.model(task, p.model)  # exported on the CPU, then moved
             with self.timed("export"):
                 program, _, _, names = export_program(task, p.model, spec, model, p.dynamic,
                                                       strict=False, what="torch.aoti")
