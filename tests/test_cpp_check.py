@@ -128,7 +128,13 @@ def test_release_ships_the_loader_that_was_proven(built):
     readme = (bundle / "README.md").read_text()
     assert "cmake -S cpp/aoti -B build/aoti && cmake --build build/aoti" in readme
     assert "./build/aoti/bg_loader artifacts/aoti/model.pt2 cpu IN.bgt OUT.bgt" in readme
-    assert (bundle / "loaders" / "load_torch_aoti.py").is_file()
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(bundle / "loaders" / "load_torch_aoti.py"), "aoti"],
+                          capture_output=True, text=True, timeout=300)
+    assert "aoti (torch.aoti): inputs [1, 3, 16, 16] -> outputs [1, 10]" in proc.stdout, \
+        proc.stderr[-2000:]
     first = out(root, "release", "bundle.tar.gz").read_bytes()
     again = buildgraph.run(root / "r.yaml", ["release"], force=["release"],
                            cache_dir=root / "cache", build_dir=root / "build")
