@@ -52,6 +52,7 @@ _TORCH_KINDS: Dict[str, str] = {
     "torch.save": "buildgraph.backends.torch.save:TorchSaveExecutor",
     "torchscript": "buildgraph.backends.torch.torchscript:TorchScriptExecutor",
     "torch.export": "buildgraph.backends.torch.export:TorchExportExecutor",
+    "torch.aoti": "buildgraph.backends.torch.aoti:TorchAotiExecutor",
     "onnx.export": "buildgraph.backends.torch.onnx_export:OnnxExportExecutor",
     "onnx.simplify": "buildgraph.backends.onnx.simplify:OnnxSimplifyExecutor",
     "verify": "buildgraph.backends.evaluate.verify:VerifyExecutor",
@@ -73,8 +74,11 @@ _TENSORFLOW_KINDS: Dict[str, str] = {
     "keras.export": "buildgraph.backends.tensorflow.export:KerasExportExecutor",
     "tf2onnx.convert": "buildgraph.backends.tensorflow.convert:Tf2OnnxExecutor",
 }
+_CPP_KINDS: Dict[str, str] = {
+    "cpp.check": "buildgraph.backends.cpp.check:CppCheckExecutor",
+}
 BUILTIN_KINDS: Dict[str, str] = {**_GENERIC_KINDS, **_TORCH_KINDS, **_TVM_KINDS,
-                                 **_TENSORRT_KINDS, **_TENSORFLOW_KINDS}
+                                 **_TENSORRT_KINDS, **_TENSORFLOW_KINDS, **_CPP_KINDS}
 
 NONDETERMINISTIC_KINDS: Dict[str, str] = {
     "benchmark": "timings: every run measures this machine anew",

@@ -72,9 +72,11 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
     reports: Dict[str, Any] = {}
     for sid, entry in lock.items():
         kind = entry.get("uses")
-        if kind not in ("verify", "benchmark", "release") or sid not in graph.steps:
+        if kind not in ("verify", "benchmark", "release", "cpp.check") or \
+                sid not in graph.steps:
             continue
-        name = {"verify": "report", "benchmark": "report", "release": "manifest"}[kind]
+        name = {"verify": "report", "benchmark": "report", "release": "manifest",
+                "cpp.check": "report"}[kind]
         data = outputs.json((entry.get("outputs") or {}).get(name))
         if data is not None:
             reports[sid] = data
@@ -232,6 +234,16 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
             a["precision"] = a["precision"] or entry.get("precision")
             a["benchmark"] = _bench_entry(entry)
             a["digest"] = entry.get("digest")
+    for sid, data in reports.items():  # cpp.check: does the artifact run from C++?
+        if steps[sid]["kind"] != "cpp.check":
+            continue
+        for m in models.values():
+            for cand, entry in (data.get("candidates") or {}).items():
+                if cand in m["artifacts"]:
+                    yes = entry.get("runs_from_cpp") == "yes"
+                    m["artifacts"][cand]["cpp"] = {
+                        "step": sid, "runs": yes, "api": entry.get("api"),
+                        "text": "yes" if yes else f"no ({entry.get('why', '?')})"}
     for model, m in models.items():
         if m["benchmark"] is not None:
             m["benchmark"]["busy"] = _busy(m)

@@ -213,11 +213,11 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
             cells.append(f'<td colspan="5" class="skip">{_esc(why)}</td>')
         cells += [_num((base + ("peak_rss_mb",)) if a.get("_ref") else
                        base + ("benchmark", "peak_rss_mb"), b.get("peak_rss_mb"), "mib"),
-                  _num(base + ("size_bytes",), a.get("size_bytes"), "size")]
+                  _num(base + ("size_bytes",), a.get("size_bytes"), "size"), _cpp_cell(a)]
         rows.append(f'<tr data-artifact="{_esc(cand)}">' + "".join(cells) + "</tr>")
     header = ["artifact", "kind", "runtime", "device", "threads", "precision", "verify",
               "max |err|",
-              "p50", "p99", "items/s", "spread", "vs eager", "peak RSS", "size"]
+              "p50", "p99", "items/s", "spread", "vs eager", "peak RSS", "size", "C++"]
     where = f" at batch {main_batch}" if main_batch is not None else ""
     out.append(f"<h3>Artifacts{where}</h3>")
     out.append("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header)
@@ -358,6 +358,16 @@ def _steps_table(doc: Mapping[str, Any]) -> str:
 
 # --- Markdown ----------------------------------------------------------------------------------
 
+def _cpp_cell(a: Mapping[str, Any]) -> str:
+    """Whether a cpp.check step ran the artifact from C++ (blank when none looked at it)."""
+    cpp = a.get("cpp")
+    if not cpp:
+        return "<td></td>"
+    title = f'{cpp.get("api") or ""} (step {cpp.get("step")})'
+    return (f'<td class="{"ok" if cpp["runs"] else "skip"}" title="{_esc(title)}">'
+            f'{_esc(cpp["text"])}</td>')
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     """A short summary for a CI comment: the release, the artifacts table, what was built."""
     s = doc["summary"]
@@ -380,7 +390,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         batch = batches[0] if batches else None
         lines += [f"**{model}**" + (f" (batch {batch})" if batch is not None else ""), "",
                   "| artifact | verify | max abs err | p50 ms | p99 ms | items/s | vs eager | "
-                  "size |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "size | C++ |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for cand, a in sorted(arts.items(), key=lambda kv: _p50(kv[1], batch) or float("inf")):
             v = a.get("verification") or {}
             _, r = _result(a.get("benchmark") or {}, batch)
@@ -394,7 +404,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 fmt.sig(r["p99_ms"], 4) if r and r.get("p99_ms") is not None else "–",
                 fmt.sig(r["items_per_s"], 4) if r and r.get("items_per_s") else "–",
                 f"{r['speedup_vs_eager']:.2f}×" if r and r.get("speedup_vs_eager") else "–",
-                f"{size_text} {unit}".strip()]) + " |")
+                f"{size_text} {unit}".strip(),
+                (a.get("cpp") or {}).get("text") or "–"]) + " |")
         busy = (m.get("benchmark") or {}).get("busy")
         if busy:
             lines += ["", f"The machine was busy while measuring (load average up to "
