@@ -57,7 +57,7 @@ def _recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
 def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="build the recipe (cached steps are skipped)")
     _recipe_args(run)
-    run.add_argument("-j", "--jobs", type=int, default=0,
+    run.add_argument("-j", "--jobs", type=_jobs, default=0,
                      help="steps run at once (default: number of CPU cores)")
     run.add_argument("-k", "--keep-going", action="store_true",
                      help="after a failure, still build everything that does not depend on it")
@@ -82,12 +82,27 @@ def _add_run(sub: Any) -> None:
                      help="build the steps that are not cached on a Ray cluster: ray://HEAD:10001, "
                           "HEAD:PORT or auto (no value: $RAY_ADDRESS, or cluster = in "
                           "buildgraph.toml); needs a writable team cache")
-    run.add_argument("--frozen", action="store_true",
+    lock = run.add_mutually_exclusive_group()  # --frozen already fails where --locked would
+    lock.add_argument("--frozen", action="store_true",
                      help="release CI: refuse to build when any step's key differs from the lock "
                           "file (prints the plan's diff); fail if the lock would change")
-    run.add_argument("--locked", action="store_true",
+    lock.add_argument("--locked", action="store_true",
                      help="build, but fail at the end (and leave the lock file alone) if the "
                           "lock file would change")
+
+
+def _jobs(text: str) -> int:
+    """``-j N``: a positive number of steps (omit it for one per CPU core)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1; got {value} (leave -j out "
+                                         "for one step per CPU core)")
+    return value
 
 
 def _add_plan(sub: Any) -> None:
@@ -105,7 +120,7 @@ def _add_repro(sub: Any) -> None:
     repro = sub.add_parser("repro", help="rebuild with the cache bypassed and compare with the "
                            "cached build, bit for bit or numerically")
     _recipe_args(repro)
-    repro.add_argument("-j", "--jobs", type=int, default=0,
+    repro.add_argument("-j", "--jobs", type=_jobs, default=0,
                        help="steps run at once (default: number of CPU cores)")
     repro.add_argument("--json", action="store_true", help="print the comparison as JSON")
     repro.add_argument("--keep", action="store_true",
@@ -272,6 +287,8 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
                 args[attr] = int(value)
             except ValueError:
                 return None
+            if args[attr] < 1:  # -j 0, -j -3: argparse says what is wrong
+                return None
         elif kind == "append":
             args[attr] = args[attr] + [value]
         elif kind == "str":
@@ -280,8 +297,8 @@ def _fast_run_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
             args[attr] = value
         else:
             return None
-    if not positionals:
-        return None
+    if not positionals or (args["frozen"] and args["locked"]):
+        return None  # argparse says what is wrong
     args["recipe"], args["targets"] = positionals[0], positionals[1:]
     return SimpleNamespace(**args)
 

@@ -25,6 +25,7 @@ ALLOWED_BACKEND_EDGES: Dict[str, Set[str]] = {
     "tensorrt": {"onnx"},
     "tensorflow": {"onnx", "generic"},
     "evaluate": {"torch", "onnx", "tvm", "tensorrt", "tensorflow", "generic"},
+    "cpp": {"evaluate", "generic"},
 }
 
 
@@ -54,7 +55,7 @@ def modules(sub: str) -> Iterator[Path]:
 def test_the_layout_exists():
     for sub in ("engine", "recipe", "backends/generic", "backends/torch", "backends/onnx",
                 "backends/tvm", "backends/tensorrt", "backends/tensorflow",
-                "backends/evaluate"):
+                "backends/evaluate", "backends/cpp"):
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(top) <= 9, top  # cli, api, errors, report, explain and the package files

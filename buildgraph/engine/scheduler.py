@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence,
 
 from buildgraph.engine import procs
 from buildgraph.errors import BuildgraphError, LockMismatch, RecipeError, StepFailed
-from buildgraph.engine.executor import Description, Task, jsonable_meta, load_executor
+from buildgraph.engine.executor import (FAILED_UPSTREAM, Description, Task, jsonable_meta,
+                                        load_executor)
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.keys import explain_difference
 from buildgraph.engine.lockfile import lock_changes, lock_path, read_lock, write_lock
@@ -177,6 +178,8 @@ class Scheduler:
         self._workers: Any = None
         self._workers_lock = threading.Lock()
         self._pulled: Dict[str, str] = {}
+        self._pulled_untrusted: Set[str] = set()
+        """Steps whose outputs came from the team cache unsigned by a trusted key."""
         self.runner: StepRunner = LocalRunner(self)
         if options.cluster:
             from buildgraph.engine.cluster import RayRunner
@@ -298,19 +301,21 @@ class Scheduler:
                     for sid in list(pending):
                         step = self.graph.steps[sid]
                         bad = [u for u in step.upstream if u in results and not results[u].ok]
-                        if bad:
+                        tolerant = bool(bad) and self._tolerates_failed(step)
+                        if bad and not tolerant:
                             results[sid] = StepResult(sid, SKIPPED,
                                                       message=f"upstream '{bad[0]}' failed")
                             self.reporter.step_finished(results[sid])
                             pending.remove(sid)
                             progressed = True
                             continue
-                        if stop or not all(u in outputs for u in step.upstream):
+                        if stop or not all(u in outputs or (tolerant and u in results)
+                                           for u in step.upstream):
                             continue
                         decision = decisions.get(sid)
                         if decision is None:
-                            try:
-                                decision = planner.decide(step, {u: outputs[u]
+                            try:  # a failed upstream (tolerated) is None: keyed as failed
+                                decision = planner.decide(step, {u: outputs.get(u)
                                                                  for u in step.upstream})
                             except BuildgraphError as exc:
                                 results[sid] = StepResult(sid, FAILED, message=exc.render())
@@ -402,15 +407,39 @@ class Scheduler:
             if pool is not None:
                 pool.shutdown(wait=True)
 
+    def _tolerates_failed(self, step: StepNode) -> bool:
+        """Under --keep-going, does this step's kind run without its failed upstream steps
+        (``Executor.tolerates_failed_upstream``: verify, benchmark, release)?"""
+        if not self.options.keep_going:
+            return False
+        try:
+            return bool(load_executor(step.kind).tolerates_failed_upstream)
+        except Exception:  # noqa: BLE001 - an unknown kind fails where it is built
+            return False
+
     def _needs(self, step: StepNode) -> Dict[str, int]:
+        from buildgraph.engine.slots import cpu_slots
+
         need = dict(step.resources)
-        cpu = need.get("cpu", 1)
-        need["cpu"] = self.jobs if cpu == -1 or cpu > self.jobs else max(cpu, 0)
+        need["cpu"] = cpu_slots(need.get("cpu", 1), self.jobs)
         return need
+
+    def _untrusted_inputs(self, upstream: Dict[str, Dict[str, Path]]) -> Tuple[str, ...]:
+        """The upstream outputs that came from the team cache unsigned by a trusted key;
+        marked in this process too (in-process executors), see ``engine.origin``."""
+        from buildgraph.engine import origin
+
+        paths = tuple(str(p) for u, outs in upstream.items() if u in self._pulled_untrusted
+                      for p in outs.values())
+        origin.mark(paths)
+        return paths
 
     # --- cache hits ----------------------------------------------------------------------------
     def _hit(self, step: StepNode, decision: Decision) -> StepResult:
         entry = decision.entry or {}
+        found_origin = entry.get("origin")
+        if isinstance(found_origin, dict) and not found_origin.get("trusted"):
+            self._pulled_untrusted.add(step.id)
         try:
             if decision.action == RESTORE:
                 for name, filename in step.outputs.items():
@@ -545,8 +574,10 @@ class Scheduler:
         out_dir.mkdir()
         work_dir.mkdir()
         final_log = self.log_dir / f"{step.id}.log"
+        parts = decision.parts or {}
         upstream = {u: {n: self.build_dir / u / f
-                        for n, f in self.graph.steps[u].outputs.items()} for u in step.upstream}
+                        for n, f in self.graph.steps[u].outputs.items()} for u in step.upstream
+                    if (parts.get("upstream") or {}).get(u) != FAILED_UPSTREAM}
         outputs = {n: out_dir / f for n, f in step.outputs.items()}
         description = decision.description or Description()
         inputs = {n: Path(p) for n, p in step.inputs.items()}
@@ -567,7 +598,8 @@ class Scheduler:
                     data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
                     step_id=step.id, work_dir=work_dir, recipe_dir=self.graph.recipe_dir,
                     log_path=log_path, threads=threads, timeout=step.timeout,
-                    areas={a: self.store.area(a) for a in description.areas})
+                    areas={a: self.store.area(a) for a in description.areas},
+                    untrusted=self._untrusted_inputs(upstream))
         try:
             log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
                                 f"# why: {'; '.join(decision.reasons)}\n"
