@@ -543,6 +543,7 @@ def _cache(args: argparse.Namespace) -> int:
 
     import datetime
 
+    from buildgraph.engine import maintenance
     from buildgraph.engine.sizes import format_size, parse_size
     from buildgraph.engine.store import Store
 
@@ -580,13 +581,13 @@ def _cache(args: argparse.Namespace) -> int:
             print(f"{len(rows)} cached actions in {store.root}")
         return 0
     if action == "du":
-        usage = store.usage()
+        usage = maintenance.usage(store)
         print(f"{format_size(usage['bytes'])} in {usage['objects']} objects, "
               f"{usage['actions']} actions ({store.root})")
         return 0
     if action == "verify":
         with store.using():
-            report = store.verify(repair=args.repair)
+            report = maintenance.verify(store, repair=args.repair)
         for digest in report.corrupt_blobs:
             print(f"corrupt object {digest}" + (" (deleted)" if args.repair else ""))
         for key in report.broken_actions:
@@ -601,14 +602,14 @@ def _cache(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise BuildgraphError(f"--max-size: {exc}") from None
         with store.using(exclusive=True, timeout=10):
-            stats = store.gc(limit)
+            stats = maintenance.gc(store, limit)
         print(f"removed {stats['removed_actions']} actions and {stats['removed_objects']} "
               f"objects ({format_size(stats['freed_bytes'])}); cache holds "
               f"{format_size(stats['kept_bytes'])}")
         return 0
     if action == "clear":
         with store.using(exclusive=True, timeout=10):
-            store.clear()
+            maintenance.clear(store)
         print(f"cleared {store.root} (shared TVM tuning records and TensorRT timing caches are "
               "kept: 'buildgraph tune-db clear' removes the former)")
         return 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from buildgraph.engine.hashing import hash_file
-from buildgraph.engine.store import rmtree_writable
+from buildgraph.engine.files import rmtree_writable
 
 if TYPE_CHECKING:  # pragma: no cover
     from buildgraph.engine.store import Store

@@ -28,7 +28,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt import plugins as trt_plugins
-from buildgraph.backends.tensorrt.builder import NO_QUERY_KEYS, BuildResult, build_engine, cache_keys, capture, layer_summary, trt_combiner
+from buildgraph.backends.tensorrt.builder import BuildResult, build_engine, layer_summary
+from buildgraph.backends.tensorrt.timing_cache import NO_QUERY_KEYS, cache_keys, trt_combiner
+from buildgraph.backends.tensorrt.trt_logging import capture
 from buildgraph.errors import RecipeError, StepFailed
 from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major, version_problems
 from buildgraph.backends.onnx.source import describe_onnx_source

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
-from buildgraph.backends.torch.spec import _rel_label
+from buildgraph.backends.torch.spec import rel_label
 from buildgraph.errors import short_error  # noqa: F401 - part of this module's interface
 
 
@@ -26,7 +26,7 @@ def _user_frames(tb: Any, roots: Sequence[Path]) -> List[Tuple[str, int, str, st
             continue
         for root in roots:
             if path.is_relative_to(Path(root).resolve()):
-                frames.append((_rel_label(path, Path(roots[0])), frame.lineno or 0, frame.name,
+                frames.append((rel_label(path, Path(roots[0])), frame.lineno or 0, frame.name,
                                (frame.line or "").strip()))
                 break
     return frames

@@ -117,7 +117,7 @@ def code_globals(globals_: Iterable[Tuple[str, str]]) -> List[str]:
     return code
 
 
-def _rel_label(path: Path, recipe_dir: Path) -> str:
+def rel_label(path: Path, recipe_dir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(recipe_dir.resolve()))
     except ValueError:
@@ -153,7 +153,7 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
 
     def add_sources(entry: Path) -> None:
         for p in local_sources(entry, [recipe_dir]):
-            files[f"model:{name}:source:{_rel_label(p, recipe_dir)}"] = p
+            files[f"model:{name}:source:{rel_label(p, recipe_dir)}"] = p
 
     if kind == "callable":
         try:
