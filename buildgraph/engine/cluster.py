@@ -40,7 +40,8 @@ from buildgraph.errors import BuildgraphError
 if TYPE_CHECKING:  # pragma: no cover
     from buildgraph.engine.graph import StepNode
     from buildgraph.engine.planner import Decision
-    from buildgraph.engine.scheduler import Scheduler, StepResult
+    from buildgraph.engine.results import StepResult
+    from buildgraph.engine.runner import RunContext
 
 ENV_RETRIES = "BUILDGRAPH_CLUSTER_RETRIES"
 DEFAULT_RETRIES = 3
@@ -122,8 +123,8 @@ def step_resources(resources: Mapping[str, int], node_cpus: float) -> Dict[str, 
 class RayRunner:
     """The scheduler's runner for ``--cluster`` (see the module's doc)."""
 
-    def __init__(self, scheduler: "Scheduler", address: str):
-        remote = scheduler.remote
+    def __init__(self, run: "RunContext", address: str):
+        remote = run.remote
         if remote is None:
             raise ClusterError("--cluster needs a team cache that this machine and the "
                                "cluster's nodes can both reach; none is configured",
@@ -133,7 +134,7 @@ class RayRunner:
             raise ClusterError(f"--cluster needs to write to the {remote.label()}, which is "
                                "read-only here", hint="drop --remote-read-only (or "
                                                       "BUILDGRAPH_REMOTE_READ_ONLY)")
-        self.scheduler = scheduler
+        self.run = run
         self.address = address
         self.remote = remote
         self.retries = _retries()
@@ -205,7 +206,7 @@ class RayRunner:
         except Exception:  # noqa: BLE001 - streaming logs is a convenience
             self._sink = None
         self._ray = ray
-        self.scheduler.reporter.info(f"cluster: connected to {self.address} "
+        self.run.reporter.info(f"cluster: connected to {self.address} "
                                      f"({len(self._nodes)} nodes)")
 
     def close(self) -> None:
@@ -218,7 +219,7 @@ class RayRunner:
                 pass
             self._sink = None
         if self.dispatched:
-            self.scheduler.reporter.info(f"cluster: {self.dispatched} steps ran on "
+            self.run.reporter.info(f"cluster: {self.dispatched} steps ran on "
                                          f"{self.address}")
         if self._owns_ray:
             self._ray.shutdown()
@@ -227,9 +228,9 @@ class RayRunner:
     # --- one step ---------------------------------------------------------------------------
     def build(self, step: "StepNode", decision: "Decision", threads: int, start: float
               ) -> "StepResult":
-        from buildgraph.engine.scheduler import BUILT, CANCELLED, FAILED, StepResult
+        from buildgraph.engine.results import BUILT, CANCELLED, FAILED, StepResult
 
-        s = self.scheduler
+        s = self.run
         key = decision.key or ""
         final_log = s.log_dir / f"{step.id}.log"
         options = step_resources(step.resources, max([n.get("CPU", 0) for n in self._nodes]
@@ -324,7 +325,7 @@ class RayRunner:
 
     def _failed(self, step: "StepNode", key: str, reply: Dict[str, Any], final_log: Path,
                 start: float) -> "StepResult":
-        from buildgraph.engine.scheduler import FAILED, StepResult
+        from buildgraph.engine.results import FAILED, StepResult
         from buildgraph.errors import RecipeError
 
         log = str(reply.get("log") or "")
@@ -347,7 +348,7 @@ class RayRunner:
         from buildgraph.engine.cluster_node import SPEC_VERSION
         from buildgraph.engine.executor import Description, load_executor
 
-        s = self.scheduler
+        s = self.run
         description = decision.description or Description()
         inputs = {n: Path(os.path.abspath(p)) for n, p in step.inputs.items()}
         inputs.update({n: Path(os.path.abspath(p)) for n, p in description.inputs.items()})
@@ -371,7 +372,7 @@ class RayRunner:
         parts = decision.parts or {}
         return {
             "version": SPEC_VERSION, "key": decision.key,
-            "force": s._forced(step),  # noqa: SLF001 - the runner is the scheduler's own part
+            "force": s.options.forces(step),
             "remote": {"name": self.remote.spec.name, "url": self.remote.spec.url,
                        "options": dict(self.remote.spec.options)},
             "step": step.id, "recipe": s.graph.name, "kind": step.kind, "parts": parts,
@@ -401,7 +402,7 @@ class RayRunner:
 
         from buildgraph.engine.hashing import file_digest
 
-        cache = self.scheduler.store.stat_cache
+        cache = self.run.store.stat_cache
 
         def ref(item: Tuple[str, Path]) -> Dict[str, Any]:
             rel, path = item
