@@ -278,7 +278,7 @@ def _remote_verify(args: argparse.Namespace, out: TextIO) -> int:
                     if why != "missing" or info["keys"]:
                         bad_entries.extend(info["keys"])
 
-        team._parallel(check, sorted(blobs))
+        team.parallel(check, sorted(blobs))
     for line in sorted(problems):
         print(line, file=out)
     print(f"checked {len(keys)} of {len(entries)} entries and {len(blobs)} objects: "

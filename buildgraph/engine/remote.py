@@ -169,12 +169,12 @@ class TeamCache:
         self.rfs = RemoteFS(spec.url, spec.options, workers=workers)
         self.workers = workers
         self.strict = strict
-        self._warn = warn or (lambda message: None)
+        self.warn = warn or (lambda message: None)
         self._trusted_keys = list(trusted_keys)
         self._signing_key = signing_key
         self._trust: Any = None
         self._signer: Any = False  # False: not loaded yet; None: no key
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.down: Optional[str] = None
         self._found: Dict[str, Found] = {}
         self._records: Any = None
@@ -196,7 +196,7 @@ class TeamCache:
         return f"team cache '{self.name}'"
 
     # --- failure policy -------------------------------------------------------------------
-    def _guard(self, fn: Callable[[], Any], default: Any = None) -> Any:
+    def guard(self, fn: Callable[[], Any], default: Any = None) -> Any:
         if self.down is not None:
             if self.strict:
                 raise RemoteUnavailable(self.down)
@@ -215,12 +215,12 @@ class TeamCache:
             return default
 
     def _went_down(self, exc: BuildgraphError) -> None:
-        with self._lock:
+        with self.lock:
             if self.down is not None:
                 return
             self.down = exc.message
         hint = f" ({exc.hint})" if exc.hint else ""
-        self._warn(f"{self.label()} is unavailable: {exc.message}{hint}; going on without it")
+        self.warn(f"{self.label()} is unavailable: {exc.message}{hint}; going on without it")
 
     # --- trust ---------------------------------------------------------------------------
     def trust(self) -> Any:
@@ -237,7 +237,7 @@ class TeamCache:
             self._signer = load_signer(self._signing_key) if self._signing_key else None
         return self._signer
 
-    def _sign(self, doc: Dict[str, Any]) -> Dict[str, Any]:
+    def sign(self, doc: Dict[str, Any]) -> Dict[str, Any]:
         signer = self.signer()
         if signer is not None:
             doc["signature"] = signer.sign(signed_payload(doc))
@@ -266,7 +266,7 @@ class TeamCache:
             data = self.rfs.cat(self.entry_path(key))
             return Found() if data is None else self.judge(key, data)
 
-        found = self._guard(look, Found())  # a bad trusted key too: a warning, not a failure
+        found = self.guard(look, Found())  # a bad trusted key too: a warning, not a failure
         self._found[key] = found
         return found
 
@@ -323,11 +323,11 @@ class TeamCache:
             return None
         step = found.entry.get("step", key[:12])
         try:
-            result = self._guard(lambda: self._fetch(key, found, store, progress), False)
+            result = self.guard(lambda: self._fetch(key, found, store, progress), False)
         except _Corrupt as exc:
             message = f"{self.label()}: rejected the entry of {step}: {exc}; building it here"
             self.rejected.append(message)
-            self._warn(message)
+            self.warn(message)
             self._found[key] = Found(None, found.doc, f"{self.label()} has an entry, "
                                                       f"rejected: {exc}")
             return None
@@ -359,7 +359,7 @@ class TeamCache:
                 self._get_blob(digest, blobs[digest], store, scratch, advance)
 
             direct = _entry_blobs(entry)
-            self._parallel(get, direct)
+            self.parallel(get, direct)
             files: List[str] = []
             for name, out in entry["outputs"].items():
                 if out.get("type") == "dir":
@@ -372,7 +372,7 @@ class TeamCache:
                             raise _Corrupt(f"output {name}/{rel} names a blob the entry does "
                                            "not upload")
                         files.append(f["digest"])
-            self._parallel(get, sorted(set(files) - set(direct)))
+            self.parallel(get, sorted(set(files) - set(direct)))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         local = {k: v for k, v in entry.items() if k not in ("schema", "key")}
@@ -381,7 +381,7 @@ class TeamCache:
         store.put_action(key, local)  # last: the blobs are all in place
         return store.get_action(key)
 
-    def _parallel(self, fn: Callable[[str], None], items: Sequence[str]) -> None:
+    def parallel(self, fn: Callable[[str], None], items: Sequence[str]) -> None:
         if len(items) <= 1:
             for item in items:
                 fn(item)
@@ -425,7 +425,7 @@ class TeamCache:
         rpath = self.blob_path(b3)
         if size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
             self.rfs.put_file(path, rpath)
-            with self._lock:
+            with self.lock:
                 self.summary.blobs += 1
                 self.summary.bytes += size
         return {"b3": b3, "size": size}
@@ -446,7 +446,7 @@ class TeamCache:
         pushed, present, missing, read-only, down)."""
         if self.read_only:
             return "read-only"
-        result = self._guard(lambda: self._push(key, store, force), "down")
+        result = self.guard(lambda: self._push(key, store, force), "down")
         return result
 
     def _push(self, key: str, store: Any, force: bool) -> str:
@@ -456,7 +456,7 @@ class TeamCache:
         if not force:
             existing = self.rfs.cat(self.entry_path(key))
             if existing is not None and self.judge(key, existing).entry is not None:
-                with self._lock:
+                with self.lock:
                     self.summary.skipped += 1
                 return "present"
         digests = sorted(set(store.referenced_blobs(entry)))
@@ -481,14 +481,14 @@ class TeamCache:
             with lock:
                 refs[digest] = refs_entry
 
-        self._parallel(upload, digests)
+        self.parallel(upload, digests)
         doc = {"format": ACTION_FORMAT, "schema": SCHEMA, "key": key,
                "entry": {k: v for k, v in entry.items()
                          if k not in ("schema", "key", "origin")},
                "blobs": dict(sorted(refs.items())), "producer": producer()}
-        self.rfs.put_bytes(self.entry_path(key), json.dumps(self._sign(doc), sort_keys=True,
+        self.rfs.put_bytes(self.entry_path(key), json.dumps(self.sign(doc), sort_keys=True,
                                                              indent=1).encode())
-        with self._lock:
+        with self.lock:
             self.summary.entries += 1
             self.summary.blobs += sent[0]
             self.summary.bytes += sent[1]
@@ -500,7 +500,7 @@ class TeamCache:
         if self.read_only or self.down is not None:
             return
         areas = [a for a in areas if a in AREA_SYNC]
-        with self._lock:
+        with self.lock:
             if self._push_pool is None:
                 self._push_pool = ThreadPoolExecutor(max_workers=2,
                                                      thread_name_prefix="buildgraph-push")
@@ -520,7 +520,7 @@ class TeamCache:
                 future.result()
             except Exception as exc:  # noqa: BLE001 - a push never fails a build
                 self.summary.problems.append(str(exc))
-                self._warn(f"{self.label()}: could not push: {exc}")
+                self.warn(f"{self.label()}: could not push: {exc}")
         self._pending.clear()
         if self._push_pool is not None:
             self._push_pool.shutdown(wait=True)
@@ -534,7 +534,7 @@ class TeamCache:
         if self._records is None:
             from buildgraph.engine.remote_records import RecordAreas
 
-            with self._lock:
+            with self.lock:
                 if self._records is None:
                     self._records = RecordAreas(self)
         return self._records
@@ -577,7 +577,7 @@ class TeamCache:
             with lock:
                 found[key] = result
 
-        self._parallel(read, list(keys))
+        self.parallel(read, list(keys))
         return found
 
     def check_blob(self, b3: str, size: Optional[int], scratch: Path,
