@@ -24,14 +24,14 @@ def main() -> None:
     procs.die_with_parent(pipe=proto_in)
     procs.end_on_sigterm()
 
-    from buildgraph.engine.workers import _recv, _send
+    from buildgraph.engine.workers import recv, send
 
     proto_out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     while True:
-        request = _recv(proto_in)
+        request = recv(proto_in)
         if request is None or request[0] not in ("run", "call"):
             # An idle worker holds nothing to finalize; tearing down torch & co. takes up to a
             # second per worker, which every run would wait for at its end.
@@ -40,10 +40,10 @@ def main() -> None:
             os._exit(0)
         if request[0] == "call":
             _, target, payload, log_path = request
-            _send(proto_out, _call_one(target, payload, log_path, devnull))
+            send(proto_out, _call_one(target, payload, log_path, devnull))
             continue
         _, kind, task = request
-        _send(proto_out, _run_one(kind, task, devnull))
+        send(proto_out, _run_one(kind, task, devnull))
 
 
 def _call_one(target: str, payload: object, log_path: str, devnull: int) -> tuple:

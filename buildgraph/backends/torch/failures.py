@@ -32,7 +32,7 @@ def _user_frames(tb: Any, roots: Sequence[Path]) -> List[Tuple[str, int, str, st
     return frames
 
 
-def _user_frame(tb: Any, roots: Sequence[Path]) -> str:
+def user_frame(tb: Any, roots: Sequence[Path]) -> str:
     """``file:line`` of the innermost traceback frame in a file under ``roots``."""
     frames = _user_frames(tb, roots)
     return f"{frames[-1][0]}:{frames[-1][1]}" if frames else ""
