@@ -2,7 +2,7 @@
 
 Commands: ``run``, ``plan``, ``repro``, ``graph``, ``cache {ls,du,verify,gc,clear,push,pull}``,
 ``schema``, ``kinds``, ``log``, ``report``; ``remote`` and ``trust`` (the team cache, in
-``remote_cli``). Errors on bad input print one block (``file:line:col: key: message`` and a
+``cli.remote``). Errors on bad input print one block (``file:line:col: key: message`` and a
 hint) and exit 2; failed steps exit 1 (``repro``: a step that should be deterministic is not);
 an interrupted run exits 130. No traceback unless ``BUILDGRAPH_DEBUG=1``.
 """
@@ -142,7 +142,7 @@ def _add_cache(sub: Any) -> None:
     gc.add_argument("--max-size", help="evict least-recently-used actions until the cache "
                     "fits, e.g. 5GiB")
     csub.add_parser("clear", help="delete everything in the cache", parents=[where])
-    from buildgraph.remote_cli import add_transfer_args
+    from buildgraph.cli.remote import add_transfer_args
 
     add_transfer_args(csub.add_parser("push", help="upload results and shared records to the "
                                       "team cache", parents=[where]))
@@ -158,7 +158,7 @@ def _add_tune_db(sub: Any) -> None:
 
 
 def _add_remote(sub: Any) -> None:
-    # `remote` and `trust` parse their own arguments (buildgraph.remote_cli)
+    # `remote` and `trust` parse their own arguments (buildgraph.cli.remote)
     sub.add_parser("remote", help="the team cache: add, ls, verify, gc", add_help=False)
 
 
@@ -297,8 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 BACKEND_COMMANDS = {"tune-db": "buildgraph.backends.tvm.tunedb_cli:cli_main",
-                    "remote": "buildgraph.remote_cli:remote_main",
-                    "trust": "buildgraph.remote_cli:trust_main"}
+                    "remote": "buildgraph.cli.remote:remote_main",
+                    "trust": "buildgraph.cli.remote:trust_main"}
 """Commands a backend registers: name -> ``"module:function(argv) -> exit code"``, imported only
 when used (the tuning-record tools need neither the engine nor TVM)."""
 
@@ -554,7 +554,7 @@ def _cache(args: argparse.Namespace) -> int:
         print("usage: buildgraph cache {ls,du,verify,gc,clear,push,pull}", file=sys.stderr)
         return 2
     if action in ("push", "pull"):
-        from buildgraph.remote_cli import cache_transfer
+        from buildgraph.cli.remote import cache_transfer
 
         return cache_transfer(args)
     if action == "ls":
