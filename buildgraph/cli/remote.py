@@ -1,6 +1,6 @@
 """The team cache's commands: ``remote``, ``trust``, ``cache push`` and ``cache pull``.
 
-Registered with the CLI like a backend's commands and imported only when one is used::
+Commands of the CLI (:mod:`buildgraph.cli`), imported only when one is used::
 
     buildgraph remote add team s3://ml-builds/buildgraph [-o endpoint_url=...] [--read-only]
     buildgraph remote ls [NAME]                 # configured remotes / one remote's entries
@@ -12,8 +12,8 @@ Registered with the CLI like a backend's commands and imported only when one is 
     buildgraph cache pull [RECIPE] [STEP...]    # download what the team built
 
 The engine side (protocol, verification, records) is :mod:`buildgraph.engine.remote`; this
-module parses arguments and prints. Errors are one block and exit status 2, like the rest of
-the CLI; a verification that finds a problem exits 1.
+module parses arguments and prints. Errors are one block and exit status 2 (the CLI's one
+error handler); a verification that finds a problem exits 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, TextIO
 
 from buildgraph.errors import BuildgraphError
 
@@ -46,21 +46,6 @@ def parse_age(text: str) -> float:
     if value < 0:
         raise BuildgraphError(f"{text!r}: an age cannot be negative")
     return value * AGE_UNITS[unit]
-
-
-def _run(fn: Callable[[argparse.Namespace, TextIO], int], args: argparse.Namespace) -> int:
-    try:
-        return fn(args, sys.stdout)
-    except BuildgraphError as exc:
-        if os.environ.get("BUILDGRAPH_DEBUG"):
-            raise
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
 
 
 def _warn(message: str) -> None:
@@ -86,10 +71,13 @@ def _size(n: int) -> str:
 
 # --- buildgraph remote -----------------------------------------------------------------------
 
-def remote_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="buildgraph remote", description="The team cache: "
-                                "artifacts, TVM tuning records and TensorRT timing caches shared "
-                                "through S3, GCS or a shared directory.")
+HELP = "the team cache: add, ls, verify, gc"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("The team cache: artifacts, TVM tuning records and TensorRT timing caches "
+                     "shared through S3, GCS or a shared directory.")
+    p.set_defaults(usage=p.format_help)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     add = sub.add_parser("add", help="configure a remote in buildgraph.toml")
     add.add_argument("name")
@@ -124,12 +112,14 @@ def remote_main(argv: Sequence[str]) -> int:
     gc.add_argument("--grace", default="1d", help="keep unreferenced objects younger than "
                     "this: a push uploads objects before its entry (default 1d)")
     gc.add_argument("--dry-run", action="store_true", help="say what would go")
-    args = p.parse_args(list(argv))
+
+
+def main(args: argparse.Namespace) -> int:
     if args.action is None:
-        p.print_help(sys.stderr)
+        sys.stderr.write(args.usage())
         return 2
-    return _run({"add": _remote_add, "remove": _remote_remove, "ls": _remote_ls,
-                 "verify": _remote_verify, "gc": _remote_gc}[args.action], args)
+    return {"add": _remote_add, "remove": _remote_remove, "ls": _remote_ls,
+            "verify": _remote_verify, "gc": _remote_gc}[args.action](args, sys.stdout)
 
 
 def _options(items: List[str]) -> Dict[str, Any]:
@@ -334,9 +324,13 @@ def _remote_gc(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- buildgraph trust ------------------------------------------------------------------------
 
-def trust_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="buildgraph trust", description="Who may put artifacts "
-                                "in the team cache: ed25519 keys (OpenSSH format).")
+TRUST_HELP = "signing keys for the team cache: keygen, add, ls"
+
+
+def add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    """``buildgraph trust``'s arguments (the command is :mod:`buildgraph.cli.trust`)."""
+    p.description = "Who may put artifacts in the team cache: ed25519 keys (OpenSSH format)."
+    p.set_defaults(usage=p.format_help)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     add = sub.add_parser("add", help="trust entries signed by this public key")
     add.add_argument("key", help="an OpenSSH ed25519 public key file (alice.pub)")
@@ -347,12 +341,14 @@ def trust_main(argv: Sequence[str]) -> int:
                         "~/.config/buildgraph/signing_key; the public key goes beside it)")
     keygen.add_argument("--comment", help="who it is (default: user@host)")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
-    args = p.parse_args(list(argv))
+
+
+def trust_main(args: argparse.Namespace) -> int:
     if args.action is None:
-        p.print_help(sys.stderr)
+        sys.stderr.write(args.usage())
         return 2
-    return _run({"add": _trust_add, "ls": _trust_ls, "keygen": _trust_keygen}[args.action],
-                args)
+    return {"add": _trust_add, "ls": _trust_ls, "keygen": _trust_keygen}[args.action](
+        args, sys.stdout)
 
 
 def _trust_add(args: argparse.Namespace, out: TextIO) -> int:
