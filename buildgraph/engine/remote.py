@@ -53,6 +53,7 @@ from buildgraph.engine.remote_config import RemoteSpec
 from buildgraph.engine.remote_fs import IntegrityError, RemoteFS, RemoteUnavailable
 from buildgraph.engine.sizes import format_size
 from buildgraph.errors import BuildgraphError
+from buildgraph.registry import RECORD_AREAS
 
 LAYOUT = "v1"
 ACTION_FORMAT = "buildgraph-action"
@@ -63,8 +64,7 @@ EXISTS_CHECK_MIN = 256 << 10
 COMPACT_AT = 8
 """A record scope with more segments than this is compacted by the next push."""
 
-AREA_SYNC = {"tvm-tunedb": "buildgraph.backends.tvm.shared:RecordSync",
-             "trt-timing": "buildgraph.backends.tensorrt.timing_cache:RecordSync"}
+AREA_SYNC = {name: sync for name, (_, sync) in RECORD_AREAS.items()}
 """Record areas the team cache synchronises: name -> ``"module:Class"`` with
 ``Class(area_dir)``, ``scopes() -> [scope]``, ``export(scope) -> JSON payload or None`` and
 ``merge(scope, payloads) -> str`` (a one-line summary). Imported only when used."""

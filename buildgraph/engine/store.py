@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from buildgraph.errors import CacheError
 from buildgraph.engine.files import atomic_write, rmtree_writable  # noqa: F401 - re-exported
 from buildgraph.engine.memo import Memo
+from buildgraph.registry import RECORD_AREAS
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest
 
 ACTION_SCHEMA = 1
@@ -46,7 +47,7 @@ def default_cache_dir() -> Path:
     return Path(default_cache_dir_name())
 
 
-AREA_DIRS = {"tvm-tunedb": "tunedb", "trt-timing": "trt-timing"}
+AREA_DIRS = {name: folder for name, (folder, _) in RECORD_AREAS.items()}
 """Shared record areas and their folders under the cache directory; other names (plugins) live
 under ``areas/``. The team cache synchronises these folders."""
 

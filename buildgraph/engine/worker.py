@@ -48,7 +48,7 @@ def main() -> None:
 
 def _call_one(target: str, payload: object, log_path: str, devnull: int) -> tuple:
     def call() -> object:
-        from buildgraph.engine.executor import import_object
+        from buildgraph.registry import import_object
 
         return import_object(target, what=f"function '{target}'")(payload)
 
