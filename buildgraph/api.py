@@ -28,7 +28,7 @@ def load(recipe: Union[str, Path], set: Overrides = None,  # noqa: A002 - mirror
         from buildgraph.recipe.load import load_recipe
 
         return load_recipe(recipe, set)
-    from buildgraph.engine.store import default_cache_dir
+    from buildgraph.engine.store.cache import default_cache_dir
     from buildgraph.recipe.cache import load_graph
 
     return load_graph(recipe, set, Path(cache_dir) if cache_dir else default_cache_dir())
@@ -62,7 +62,7 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     ``$RAY_ADDRESS`` / the project's ``cluster =``; see ``engine.cluster``); needs a writable
     team cache."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
     from buildgraph.report import Reporter
 
     graph = _graph(recipe, set, cache_dir)
@@ -71,7 +71,7 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     reporter = reporter or Reporter()
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
     if cluster is not None:
-        from buildgraph.engine.cluster import resolve_address
+        from buildgraph.engine.cluster.driver import resolve_address
 
         cluster = resolve_address(cluster, graph.recipe_dir)
     options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
@@ -92,11 +92,11 @@ def team_cache(start: Path, remote: Optional[str] = None, read_only: bool = Fals
     config file); the remote itself is opened on first use."""
     import os
 
-    from buildgraph.engine.remote_config import ENV_REMOTE, find_config
+    from buildgraph.engine.team.config import ENV_REMOTE, find_config
 
     if remote is None and not os.environ.get(ENV_REMOTE) and find_config(start) is None:
         return None
-    from buildgraph.engine.remote import open_team_cache
+    from buildgraph.engine.team.remote import open_team_cache
 
     return open_team_cache(Path(start), remote, read_only, warn=warn, strict=strict)
 
@@ -111,7 +111,7 @@ def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Over
     from buildgraph.engine.lockfile import lock_path, read_lock
     from buildgraph.engine.planner import Planner
     from buildgraph.engine.scheduler import default_build_dir
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     graph = _graph(recipe, set, cache_dir)
     store = Store(Path(cache_dir) if cache_dir else None)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from buildgraph.engine import maintenance
+from buildgraph.engine.store import maintenance
 from conftest import REPO
 from remote_helpers import Machine, config, open_remote, team
 
@@ -99,7 +99,7 @@ def test_a_corrupt_object_on_the_server_is_rejected_reported_and_never_used(tmp_
     warnings = b.warnings()
     assert "rejected the entry of upper" in warnings[0], warnings
     assert all("does not match its name" in w for w in warnings) and len(warnings) <= 2
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     store = Store(b.cache)
     assert maintenance.verify(store).ok  # nothing corrupt reached the local cache
@@ -289,7 +289,7 @@ def test_remote_ls_and_gc(tmp_path, remote):
 # --- configuration -------------------------------------------------------------------------------
 
 def test_config_errors_and_sources(tmp_path, monkeypatch):
-    from buildgraph.engine.remote_config import RemoteConfigError, load_config, resolve
+    from buildgraph.engine.team.config import RemoteConfigError, load_config, resolve
 
     (tmp_path / "buildgraph.toml").write_text(
         'default_remote = "teem"\n[remotes.team]\nurl = "s3://b/p"\n')
@@ -355,7 +355,7 @@ def test_streamed_pull_keeps_memory_flat(tmp_path, s3_remote):
     print(f"peak RSS grew by {grown_mib:.0f} MiB pulling 256 MiB")
     assert grown_mib < 160, f"peak RSS grew by {grown_mib:.0f} MiB pulling 256 MiB"
     assert "pulled 1 results (256.0 MiB)" in proc.stdout, proc.stdout
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     digest = json.loads((a.root / "r.lock.json").read_text())["steps"]["big"]["outputs"]
     assert Store(b.cache).check_blob(digest["bin"]["digest"])

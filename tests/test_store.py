@@ -9,7 +9,7 @@ import os
 
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, path_digest
 from buildgraph.engine.sizes import parse_size
-from buildgraph.engine.store import Store
+from buildgraph.engine.store.cache import Store
 
 RECIPE = """
 steps:

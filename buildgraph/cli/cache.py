@@ -49,9 +49,9 @@ def main(args: argparse.Namespace) -> int:
 
     import datetime
 
-    from buildgraph.engine import maintenance
+    from buildgraph.engine.store import maintenance
     from buildgraph.engine.sizes import format_size, parse_size
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     store = Store(Path(args.cache_dir) if args.cache_dir else None,
                   warn=lambda m: print(f"warning: {m}", file=sys.stderr))

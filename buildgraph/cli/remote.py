@@ -11,7 +11,7 @@ Commands of the CLI (:mod:`buildgraph.cli`), imported only when one is used::
     buildgraph cache push [RECIPE] [STEP...]    # upload what was built here
     buildgraph cache pull [RECIPE] [STEP...]    # download what the team built
 
-The engine side (protocol, verification, records) is :mod:`buildgraph.engine.remote`; this
+The engine side (protocol, verification, records) is :mod:`buildgraph.engine.team.remote`; this
 module parses arguments and prints. Errors are one block and exit status 2 (the CLI's one
 error handler); a verification that finds a problem exits 1.
 """
@@ -135,7 +135,7 @@ def _options(items: List[str]) -> Dict[str, Any]:
 
 
 def _remote_add(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import RemoteSpec, add_remote, normalize_url, \
+    from buildgraph.engine.team.config import RemoteSpec, add_remote, normalize_url, \
         writable_config
 
     if not args.name.replace("-", "").replace("_", "").isalnum():
@@ -144,7 +144,7 @@ def _remote_add(args: argparse.Namespace, out: TextIO) -> int:
     path = writable_config()
     url = normalize_url(args.url, Path.cwd())
     if not args.no_check:
-        from buildgraph.engine.remote import TeamCache
+        from buildgraph.engine.team.remote import TeamCache
 
         team = TeamCache(RemoteSpec(args.name, url, args.read_only, options), strict=True)
         team.rfs.create_root()
@@ -157,7 +157,7 @@ def _remote_add(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _remote_remove(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import find_config, remove_remote
+    from buildgraph.engine.team.config import find_config, remove_remote
 
     path = find_config()
     if path is None or not remove_remote(path, args.name):
@@ -168,7 +168,7 @@ def _remote_remove(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _remote_ls(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import ENV_REMOTE, load_config, signing_key_path
+    from buildgraph.engine.team.config import ENV_REMOTE, load_config, signing_key_path
 
     if args.name is None:
         config = load_config()
@@ -354,8 +354,8 @@ def trust_main(args: argparse.Namespace) -> int:
 def _trust_add(args: argparse.Namespace, out: TextIO) -> int:
     import shutil
 
-    from buildgraph.engine.remote_config import add_trusted_key, writable_config
-    from buildgraph.engine.signing import read_public_key
+    from buildgraph.engine.team.config import add_trusted_key, writable_config
+    from buildgraph.engine.team.signing import read_public_key
 
     key = read_public_key(Path(args.key))
     path = writable_config()
@@ -379,8 +379,8 @@ def _trust_add(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _trust_ls(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import load_config, signing_key_path
-    from buildgraph.engine.signing import read_public_key
+    from buildgraph.engine.team.config import load_config, signing_key_path
+    from buildgraph.engine.team.signing import read_public_key
 
     config = load_config()
     for path in config.trusted_keys:
@@ -390,7 +390,7 @@ def _trust_ls(args: argparse.Namespace, out: TextIO) -> int:
         print("no trusted keys: entries are not required to be signed", file=out)
     own = signing_key_path()
     if own is not None:
-        from buildgraph.engine.signing import load_signer
+        from buildgraph.engine.team.signing import load_signer
 
         print(f"your signing key: {load_signer(own).key_id} ({own})", file=out)
     return 0
@@ -400,8 +400,8 @@ def _trust_keygen(args: argparse.Namespace, out: TextIO) -> int:
     import getpass
     import socket
 
-    from buildgraph.engine.remote_config import user_config_dir
-    from buildgraph.engine.signing import keygen
+    from buildgraph.engine.team.config import user_config_dir
+    from buildgraph.engine.team.signing import keygen
 
     path = Path(args.out) if args.out else user_config_dir() / "signing_key"
     comment = args.comment or f"{getpass.getuser()}@{socket.gethostname()}"
@@ -431,7 +431,7 @@ def add_transfer_args(sp: argparse.ArgumentParser) -> None:
 
 def cache_transfer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``cache push`` / ``cache pull`` (called by the CLI's cache command)."""
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     store = Store(Path(args.cache_dir) if args.cache_dir else None, warn=_warn)
     recipe = args.recipe
@@ -453,7 +453,7 @@ def cache_transfer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _push(team: Any, store: Any, recipe: Optional[str], targets: List[str],
           args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote import AREA_SYNC
+    from buildgraph.engine.team.remote import AREA_SYNC
 
     if team.read_only:
         raise BuildgraphError(f"remote '{team.name}' is read-only",
@@ -500,7 +500,7 @@ def _push(team: Any, store: Any, recipe: Optional[str], targets: List[str],
 
 def _pull(team: Any, store: Any, recipe: Optional[str], targets: List[str],
           args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote import AREA_SYNC
+    from buildgraph.engine.team.remote import AREA_SYNC
 
     areas: set = set() if recipe is not None or args.no_records else set(AREA_SYNC)
     pulled = failed = local = missing = 0

@@ -141,7 +141,7 @@ def watch(run, planner, selected, steps, lock_file):
     from pathlib import Path
 
     from buildgraph.engine.environment import environment_paths
-    from buildgraph.engine.remote_config import CONFIG_FILE, PYPROJECT
+    from buildgraph.engine.team.config import CONFIG_FILE, PYPROJECT
     from buildgraph.engine.runrecord import record_path
 
     graph, store, build_dir = run.graph, run.store, run.build_dir

@@ -18,7 +18,7 @@ from buildgraph.engine.executor import DescribeContext, Description, load_execut
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.hashing import digest_json, path_digest
 from buildgraph.engine.keys import action_key, explain_difference, make_parts
-from buildgraph.engine.store import Store
+from buildgraph.engine.store.cache import Store
 from buildgraph.registry import import_object
 
 CACHED = "cached"      # in the cache and in the build directory: nothing to do

@@ -1,7 +1,7 @@
 """What a run is asked to do and what it gives back: run options, step and run results.
 
-Their own module because the scheduler, both step runners (:mod:`buildgraph.engine.runner`,
-:mod:`buildgraph.engine.cluster`), the run record and the front ends all read them, and none of
+Their own module because the scheduler, both step runners (:mod:`buildgraph.engine.execution.runner`,
+:mod:`buildgraph.engine.cluster.driver`), the run record and the front ends all read them, and none of
 those should have to import another to get them.
 """
 

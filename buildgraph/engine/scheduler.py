@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from buildgraph.engine import procs
+from buildgraph.engine.execution import procs
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.lockfile import (check_frozen, frozen_refusal, lock_changes, lock_path,
                                         lock_updates, read_lock, write_lock)
 from buildgraph.engine.planner import CACHED, PULL, RESTORE, Decision, Planner
 from buildgraph.engine.results import (BUILT, CANCELLED, FAILED, RESTORED, SKIPPED,  # noqa: F401
                                        RunOptions, RunResult, StepResult)
-from buildgraph.engine.runner import LocalRunner, RunContext, StepRunner, restore
-from buildgraph.engine.store import Store
+from buildgraph.engine.execution.runner import LocalRunner, RunContext, StepRunner, restore
+from buildgraph.engine.store.cache import Store
 from buildgraph.errors import BuildgraphError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +58,7 @@ class Scheduler:
         self._pulled: Dict[str, str] = {}
         self.runner: StepRunner = LocalRunner(self.run_context)
         if options.cluster:
-            from buildgraph.engine.cluster import RayRunner
+            from buildgraph.engine.cluster.driver import RayRunner
 
             self.runner = RayRunner(self.run_context, options.cluster)
 
@@ -86,7 +86,7 @@ class Scheduler:
             self.reporter.start(self.graph, selected, self.jobs)
             try:
                 if self.remote is not None:
-                    from buildgraph.engine.prefetch import prefetch
+                    from buildgraph.engine.team.prefetch import prefetch
 
                     self._pulled = prefetch(self.run_context, planner, selected)
                 self._loop(selected, planner, results)
@@ -115,7 +115,7 @@ class Scheduler:
         record."""
         self.runner.close()
         if self.remote is not None:
-            from buildgraph.engine.prefetch import report_pushes
+            from buildgraph.engine.team.prefetch import report_pushes
 
             report_pushes(self.run_context)
         self.store.stat_cache.flush()
@@ -264,7 +264,7 @@ class Scheduler:
         except BuildgraphError as exc:
             return None, StepResult(step.id, FAILED, message=exc.render())
         if decision.action == PULL:
-            from buildgraph.engine.prefetch import pull
+            from buildgraph.engine.team.prefetch import pull
 
             decision = pull(self.run_context, step, decision)
         if self.options.frozen:

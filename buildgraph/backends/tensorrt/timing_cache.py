@@ -102,7 +102,7 @@ class Merged:
 def default_root(cache_dir: Optional[Path] = None) -> Path:
     """``<cache dir>/trt-timing`` (the store's ``trt-timing`` area), for tools outside a run;
     steps get the area from the store (``task.areas``)."""
-    from buildgraph.engine.store import default_cache_dir
+    from buildgraph.engine.store.cache import default_cache_dir
 
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / DIRNAME
 
@@ -335,7 +335,7 @@ def learned_needed(before: Optional[Set[str]], after: Optional[Set[str]],
 # --- the team cache's entry points ---------------------------------------------------------
 
 class RecordSync:
-    """The team cache's view of this area (``buildgraph.engine.remote.AREA_SYNC``): one scope
+    """The team cache's view of this area (``buildgraph.engine.team.remote.AREA_SYNC``): one scope
     per scope directory, exported as its cache blob (base64) with its scope and checksum, and
     merged back with TensorRT's own ``combine``.
 

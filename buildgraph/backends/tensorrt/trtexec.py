@@ -219,7 +219,7 @@ class TrtexecExecutor(TensorRTBuildExecutor):
         return super().describe(params, ctx)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
-        from buildgraph.engine.procs import run_logged
+        from buildgraph.engine.execution.procs import run_logged
         from buildgraph.backends.tensorrt import timing_cache as tc
 
         assert self.Params is not None

@@ -67,7 +67,7 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace, out: Any = None) -> int:
     """Run a parsed ``tune-db`` command; returns the exit status."""
     out = out or sys.stdout
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     cache_dir = getattr(args, "cache_dir", None)
     shared = SharedTuneDB(Store(Path(cache_dir) if cache_dir else None).area(AREA))

@@ -1,4 +1,4 @@
-"""Entry point of a persistent worker process: ``python -m buildgraph.engine.worker``.
+"""Entry point of a persistent worker process: ``python -m buildgraph.engine.execution.worker_main``.
 
 Reads ``("run", kind, task)`` requests and answers ``("ok", metadata)``,
 ``("failed", message)`` for a clean step failure, or ``("error", message)`` for an unexpected
@@ -15,7 +15,7 @@ import traceback
 
 
 def main() -> None:
-    from buildgraph.engine import procs
+    from buildgraph.engine.execution import procs
 
     # Keep the protocol on private descriptors; fd 0/1/2 belong to the running step.
     proto_in = os.dup(0)
@@ -24,7 +24,7 @@ def main() -> None:
     procs.die_with_parent(pipe=proto_in)
     procs.end_on_sigterm()
 
-    from buildgraph.engine.workers import recv, send
+    from buildgraph.engine.execution.pool import recv, send
 
     proto_out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)

@@ -2,7 +2,7 @@
 
 The scheduler (:mod:`buildgraph.engine.scheduler`) decides; a :class:`StepRunner` builds what
 it decided to build: :class:`LocalRunner` here, in this process or a persistent worker
-(:mod:`buildgraph.engine.workers`), or ``engine.cluster.RayRunner`` on a Ray cluster. Both read
+(:mod:`buildgraph.engine.execution.pool`), or ``engine.cluster.RayRunner`` on a Ray cluster. Both read
 the run they serve from one :class:`RunContext`, never the scheduler itself.
 """
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Protocol
 
-from buildgraph.engine import procs
+from buildgraph.engine.execution import procs
 from buildgraph.engine.executor import Description, Task, jsonable_meta, load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.planner import CACHED, RESTORE, Decision
 from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.results import BUILT, CANCELLED, FAILED, RESTORED, RunOptions, StepResult
-from buildgraph.engine.store import Store
+from buildgraph.engine.store.cache import Store
 from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
 
 
@@ -71,7 +71,7 @@ class StepRunner(Protocol):
 
 class LocalRunner:
     """Steps run on this machine: in the engine's process or a persistent worker
-    (``engine/workers.py``), within the local pools."""
+    (``engine/execution/pool.py``), within the local pools."""
 
     def __init__(self, run: RunContext):
         self.run = run
@@ -179,7 +179,7 @@ class LocalRunner:
         if cls.isolation == "worker":
             with self._workers_lock:  # two threads must not each start a pool
                 if self._workers is None:
-                    from buildgraph.engine.workers import WorkerPool
+                    from buildgraph.engine.execution.pool import WorkerPool
 
                     self._workers = WorkerPool(self.run.jobs)
             status, payload = self._workers.run(step.kind, task, step.timeout,

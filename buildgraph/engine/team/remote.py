@@ -17,7 +17,7 @@ Integrity: the local store names blobs by xxh3, which is fast but not collision 
 the remote a blob's name is its BLAKE3, and a download is hashed as it arrives, so a blob whose
 bytes do not match its name (a corrupt or replaced object) is rejected, reported and never
 used. An entry's key parts must hash to its key. An entry says who produced it (user, host,
-tool versions) and may be signed with ed25519 (:mod:`buildgraph.engine.signing`); a project
+tool versions) and may be signed with ed25519 (:mod:`buildgraph.engine.team.signing`); a project
 that lists trusted keys ignores any other entry, and ``plan`` says why.
 
 Concurrency: two machines building the same key both upload; each object is written
@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from buildgraph.engine.hashing import canonical_json
-from buildgraph.engine.remote_config import RemoteSpec
-from buildgraph.engine.remote_fs import IntegrityError, RemoteFS, RemoteUnavailable
+from buildgraph.engine.team.config import RemoteSpec
+from buildgraph.engine.team.fs import IntegrityError, RemoteFS, RemoteUnavailable
 from buildgraph.engine.sizes import format_size
 from buildgraph.errors import BuildgraphError
 from buildgraph.registry import RECORD_AREAS
@@ -225,14 +225,14 @@ class TeamCache:
     # --- trust ---------------------------------------------------------------------------
     def trust(self) -> Any:
         if self._trust is None:
-            from buildgraph.engine.signing import Trust, load_trust
+            from buildgraph.engine.team.signing import Trust, load_trust
 
             self._trust = load_trust(self._trusted_keys) if self._trusted_keys else Trust()
         return self._trust
 
     def signer(self) -> Any:
         if self._signer is False:
-            from buildgraph.engine.signing import load_signer
+            from buildgraph.engine.team.signing import load_signer
 
             self._signer = load_signer(self._signing_key) if self._signing_key else None
         return self._signer
@@ -527,12 +527,12 @@ class TeamCache:
             self._push_pool = None
         return self.summary
 
-    # --- shared records (engine/remote_records.py) ------------------------------------------
+    # --- shared records (engine/team/records.py) ------------------------------------------
     @property
     def records(self) -> Any:
         """The record-area synchroniser of this remote (created on first use)."""
         if self._records is None:
-            from buildgraph.engine.remote_records import RecordAreas
+            from buildgraph.engine.team.records import RecordAreas
 
             with self.lock:
                 if self._records is None:
@@ -610,7 +610,7 @@ def open_team_cache(start: Path, name: Optional[str] = None, read_only: bool = F
                     warn: Optional[Callable[[str], None]] = None, strict: bool = False,
                     workers: int = 8) -> Optional[TeamCache]:
     """The team cache a run or command uses (see :mod:`remote_config`), or None."""
-    from buildgraph.engine.remote_config import find_config, load_config, resolve, \
+    from buildgraph.engine.team.config import find_config, load_config, resolve, \
         signing_key_path
 
     config_path = find_config(start)

@@ -8,7 +8,7 @@ decides, and local or team-cache hits never reach here. For a step that must run
    description names (model source, weights) and its upstream outputs. Each is uploaded once
    per run, and not at all when the remote has it (outputs the cluster built are known by
    their entries);
-2. submits a Ray task with a small JSON-able spec (:mod:`buildgraph.engine.cluster_node`),
+2. submits a Ray task with a small JSON-able spec (:mod:`buildgraph.engine.cluster.node`),
    asking for the step's ``resources:`` (``cpu`` -> ``num_cpus``, ``gpu`` -> ``num_gpus``, any
    other pool -> a custom resource of that name, which selects the nodes offering it);
 3. waits for the key; the node has pushed the outputs, then the entry, to the remote. The entry
@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from buildgraph.engine import procs
+from buildgraph.engine.execution import procs
 from buildgraph.errors import BuildgraphError
 
 if TYPE_CHECKING:  # pragma: no cover
     from buildgraph.engine.graph import StepNode
     from buildgraph.engine.planner import Decision
     from buildgraph.engine.results import StepResult
-    from buildgraph.engine.runner import RunContext
+    from buildgraph.engine.execution.runner import RunContext
 
 ENV_RETRIES = "BUILDGRAPH_CLUSTER_RETRIES"
 DEFAULT_RETRIES = 3
@@ -68,7 +68,7 @@ def resolve_address(value: Optional[str], start: Path) -> str:
     if not address:
         address, source = os.environ.get("RAY_ADDRESS", "").strip(), "$RAY_ADDRESS"
     if not address:
-        from buildgraph.engine.remote_config import find_config, load_config
+        from buildgraph.engine.team.config import find_config, load_config
 
         path = find_config(start)
         if path is not None:
@@ -198,7 +198,7 @@ class RayRunner:
         finally:
             if signal.getsignal(signal.SIGTERM) is not previous and previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        from buildgraph.engine.cluster_node import LogSink, run_step
+        from buildgraph.engine.cluster.node import LogSink, run_step
 
         self._fn = ray.remote(run_step)
         try:  # created in the background; until it is up, logs simply arrive at the end
@@ -345,7 +345,7 @@ class RayRunner:
     def _spec(self, step: "StepNode", decision: "Decision", options: Dict[str, Any]
               ) -> Dict[str, Any]:
         """The step as JSON data, after pushing every file it reads to the remote."""
-        from buildgraph.engine.cluster_node import SPEC_VERSION
+        from buildgraph.engine.cluster.node import SPEC_VERSION
         from buildgraph.engine.executor import Description, load_executor
 
         s = self.run

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from buildgraph.engine import procs
+from buildgraph.engine.execution import procs
 from buildgraph.errors import StepFailed
 
 _HEADER = struct.Struct("!Q")
@@ -85,7 +85,8 @@ class Worker:
             env["OMP_WAIT_POLICY"] = "PASSIVE"
             env[OMP_POLICY_SET] = "1"
         env[procs.PARENT_ENV] = str(os.getpid())  # the worker dies with this process
-        self.proc = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
+        self.proc = subprocess.Popen([sys.executable, "-m",
+                                      "buildgraph.engine.execution.worker_main"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None, start_new_session=True, env=env)
         procs.register(self.proc)

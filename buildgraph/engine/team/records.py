@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from buildgraph.engine.hashing import canonical_json
-from buildgraph.engine.remote import (AREA_SYNC, COMPACT_AT, RECORDS_FORMAT, SCHEMA, _HEX64,
+from buildgraph.engine.team.remote import (AREA_SYNC, COMPACT_AT, RECORDS_FORMAT, SCHEMA, _HEX64,
                                       _SCOPE_RE, b3_bytes, producer, signed_payload)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from buildgraph.engine.remote import TeamCache
+    from buildgraph.engine.team.remote import TeamCache
 
 
 class RecordAreas:

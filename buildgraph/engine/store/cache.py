@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from buildgraph.errors import CacheError
 from buildgraph.engine.files import atomic_write, rmtree_writable  # noqa: F401 - re-exported
-from buildgraph.engine.memo import Memo
+from buildgraph.engine.store.memo import Memo
 from buildgraph.registry import RECORD_AREAS
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest
 

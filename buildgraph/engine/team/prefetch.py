@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from buildgraph.engine.planner import PULL, RESTORE, RUN, Decision, Planner
-from buildgraph.engine.runner import RunContext
+from buildgraph.engine.execution.runner import RunContext
 from buildgraph.errors import BuildgraphError
 
 
