@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from buildgraph.engine.graph import Graph
     from buildgraph.engine.planner import Decision
     from buildgraph.engine.scheduler import RunResult
-    from buildgraph.report import Reporter
+    from buildgraph.reporters import Reporter
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]
 
@@ -63,7 +63,7 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     team cache."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
     from buildgraph.engine.store.cache import Store
-    from buildgraph.report import Reporter
+    from buildgraph.reporters import Reporter
 
     graph = _graph(recipe, set, cache_dir)
     if rebench:

@@ -97,7 +97,7 @@ def repro(graph: Any, targets: Sequence[str] = (), cache_dir: Optional[Path] = N
     from buildgraph.engine.planner import CACHED, RESTORE, Planner
     from buildgraph.engine.scheduler import default_build_dir
     from buildgraph.engine.store.cache import Store
-    from buildgraph.report import Reporter
+    from buildgraph.reporters import Reporter
 
     reporter = reporter or Reporter()
     selected = graph.select(list(targets)) if targets else default_targets(graph)

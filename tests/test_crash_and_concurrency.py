@@ -225,7 +225,7 @@ def test_a_key_committed_after_planning_is_not_built_again(project):
     """Process B plans a miss; process A builds and commits the key; B then takes the lock
     without waiting. B must look at the cache again rather than build a second time."""
     from buildgraph import api
-    from buildgraph.report import Reporter
+    from buildgraph.reporters import Reporter
 
     counter = project.root / "executions.log"
     project.write("r.yaml", f"""

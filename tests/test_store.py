@@ -151,7 +151,7 @@ def test_parse_size():
 
 
 def test_gc_max_size_and_tensorrt_pools_read_sizes_alike():
-    from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
+    from buildgraph.backends.tensorrt.build_params import TensorRTBuildParams
 
     params = TensorRTBuildParams.model_validate({"workspace": "5G"})
     assert params.workspace == "5G"  # validated by the same reader as `cache gc --max-size`

@@ -152,7 +152,7 @@ def used_names(source: str, file: str = "<test>") -> List[Use]:
 
 def description_members() -> List[Use]:
     """Enum members a BuildDescription can name, with their enum."""
-    from buildgraph.backends.tensorrt import spec as trt_spec
+    from buildgraph.backends.tensorrt import build_params as trt_spec
 
     out: List[Use] = []
     for enum, mapping in (("MemoryPoolType", trt_spec.MEMORY_POOLS),

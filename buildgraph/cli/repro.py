@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
 
     from buildgraph import api
     from buildgraph.repro import render
-    from buildgraph.report import ConsoleReporter
+    from buildgraph.reporters import ConsoleReporter
 
     graph = api.load(args.recipe, args.overrides, args.cache_dir)
     result = api.repro(graph, args.targets, cache_dir=args.cache_dir, build_dir=args.build_dir,

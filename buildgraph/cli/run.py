@@ -145,7 +145,7 @@ def main(args: Any) -> int:
     import signal
 
     from buildgraph import api
-    from buildgraph.report import ConsoleReporter, JsonReporter
+    from buildgraph.reporters import ConsoleReporter, JsonReporter
 
     reporter = JsonReporter(sys.stdout) if args.json else ConsoleReporter(sys.stderr,
                                                                           verbose=args.verbose)
@@ -174,7 +174,7 @@ def main(args: Any) -> int:
     if result.noop_watch is not None and getattr(args, "argv", None) is not None and \
             not getattr(reporter, "warned", True):
         from buildgraph.engine import noop
-        from buildgraph.report import summary_line
+        from buildgraph.reporters import summary_line
 
         noop.write_stamp(args.argv, cache_dir(args), summary_line(result, timed=False),
                          *result.noop_watch)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from buildgraph.backends.tensorrt import plugins
 from buildgraph.backends.tensorrt.plugins import PluginLibrary
-from buildgraph.backends.tensorrt.spec import BuildDescription
+from buildgraph.backends.tensorrt.build_params import BuildDescription
 from buildgraph.backends.tensorrt.timing_cache import NO_QUERY_KEYS, cache_keys, trt_combiner  # noqa: F401 - re-exported
 from buildgraph.backends.tensorrt.trt_logging import SEVERITIES, Sink, capture, errors_in, worker_logger  # noqa: F401 - re-exported
 from buildgraph.errors import StepFailed

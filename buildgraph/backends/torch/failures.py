@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
-from buildgraph.backends.torch.spec import rel_label
+from buildgraph.backends.torch.model_key import rel_label
 from buildgraph.errors import short_error  # noqa: F401 - part of this module's interface
 
 

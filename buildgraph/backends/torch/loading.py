@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from buildgraph.backends.torch.failures import user_frame, log_failure, short_error
-from buildgraph.backends.torch.spec import HUBS, saved_format, source_kind
+from buildgraph.backends.torch.model_key import HUBS, saved_format, source_kind
 from buildgraph.backends.torch.weights import load_weights
 from buildgraph.errors import RecipeError, StepFailed, did_you_mean
 
