@@ -15,6 +15,7 @@ artifact; the next run resumes from every step that completed.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +32,21 @@ from buildgraph.errors import BuildgraphError
 
 if TYPE_CHECKING:  # pragma: no cover
     from concurrent.futures import Future, ThreadPoolExecutor
+
+
+@dataclass
+class _LoopState:
+    """What the loop knows between two looks at the pending steps."""
+
+    pending: List[str]
+    results: Dict[str, StepResult]
+    free: Dict[str, int]
+    """Room left in each pool (``cpu`` slots, ``gpu``...)."""
+    outputs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    decisions: Dict[str, Decision] = field(default_factory=dict)
+    running: Dict[Future, Tuple[str, Dict[str, int]]] = field(default_factory=dict)
+    stop: bool = False
+    pool: Optional[ThreadPoolExecutor] = None
 
 
 def default_build_dir(graph: Graph) -> Path:
@@ -145,105 +161,22 @@ class Scheduler:
 
     # --- the loop ----------------------------------------------------------------------------
     def _loop(self, selected: List[str], planner: Planner, results: Dict[str, StepResult]) -> None:
-        pending = list(selected)
-        outputs: Dict[str, Dict[str, Any]] = {}
-        decisions: Dict[str, Decision] = {}
-        free = {"cpu": self.jobs, **self.graph.pools}
-        running: Dict[Future, Tuple[str, Dict[str, int]]] = {}
-        stop = False
-        # Threads (and concurrent.futures, which imports logging) only once a step must run:
-        # a fully cached run decides everything on this thread.
-        pool: Optional[ThreadPoolExecutor] = None
-
-        def settle(sid: str, result: StepResult, stops: bool = False) -> None:
-            """A step is done without running (result, report, remove); a failure stops the
-            run unless --keep-going."""
-            nonlocal stop
-            results[sid] = result
-            self.reporter.step_finished(result)
-            pending.remove(sid)
-            if stops and not result.ok:
-                stop = stop or not self.options.keep_going
-
+        state = _LoopState(list(selected), results, {"cpu": self.jobs, **self.graph.pools})
         try:
             while True:
-                progressed = True
-                while progressed:
-                    progressed = False
-                    for sid in list(pending):
-                        step = self.graph.steps[sid]
-                        bad = [u for u in step.upstream if u in results and not results[u].ok]
-                        if bad:
-                            settle(sid, StepResult(sid, SKIPPED,
-                                                   message=f"upstream '{bad[0]}' failed"))
-                            progressed = True
-                            continue
-                        if stop or not all(u in outputs for u in step.upstream):
-                            continue
-                        decision = decisions.get(sid)
-                        if decision is None:
-                            decision, refused = self._decide(planner, step, outputs)
-                            if refused is not None or decision is None:
-                                settle(sid, refused, stops=True)  # type: ignore[arg-type]
-                                progressed = True
-                                continue
-                            decisions[sid] = decision
-                        if decision.action in (CACHED, RESTORE):
-                            result = restore(self.run_context, step, decision,
-                                             self._pulled.get(step.id, ""))
-                            if result.ok:
-                                outputs[sid] = {n: decision.entry["outputs"][n]  # type: ignore[index]
-                                                for n in step.outputs}
-                            settle(sid, result)
-                            progressed = True
-                            continue
-                        need = self.runner.needs(step)
-                        if not all(free.get(k, 0) >= v for k, v in need.items()):
-                            continue
-                        if pool is None:
-                            try:  # a cluster connects now, once a step must be built
-                                self.runner.prepare()
-                            except BuildgraphError as exc:
-                                settle(sid, StepResult(sid, FAILED, decision.key,
-                                                       message=exc.render()), stops=True)
-                                progressed = True
-                                continue
-                            from concurrent import futures
-
-                            pool = futures.ThreadPoolExecutor(
-                                max_workers=self.runner.slots(self.jobs),
-                                thread_name_prefix="buildgraph")
-                        for k, v in need.items():
-                            free[k] -= v
-                        pending.remove(sid)
-                        self.reporter.step_started(sid, decision.reasons)
-                        future = pool.submit(self._execute, step, decision, need.get("cpu", 1))
-                        running[future] = (sid, need)
-                        progressed = True
-                if not running:
+                while any([self._advance(state, planner, sid) for sid in list(state.pending)]):
+                    pass
+                if not state.running:
                     break
-                from concurrent import futures
-
-                done, _ = futures.wait(list(running), timeout=0.25,
-                                       return_when=futures.FIRST_COMPLETED)
-                for future in done:
-                    sid, need = running.pop(future)
-                    for k, v in need.items():
-                        free[k] += v
-                    result = future.result()
-                    results[sid] = result
-                    if result.ok:
-                        outputs[sid] = result.meta.pop("_entries")
-                    elif not self.options.keep_going:
-                        stop = True
-                    self.reporter.step_finished(result)
+                self._collect(state)
                 self.reporter.tick()
-            for sid in list(pending):
-                settle(sid, StepResult(sid, SKIPPED, message="not started: an earlier step "
-                                       "failed (use --keep-going to build what is possible)"))
+            for sid in list(state.pending):
+                self._settle(state, sid, StepResult(
+                    sid, SKIPPED, message="not started: an earlier step failed (use "
+                                          "--keep-going to build what is possible)"))
         except KeyboardInterrupt:
             procs.kill_all()
-            for future, (sid, _) in running.items():
+            for future, (sid, _) in state.running.items():
                 try:
                     results[sid] = future.result()
                 except BaseException:  # noqa: BLE001
@@ -252,8 +185,86 @@ class Scheduler:
                     results[sid].status = CANCELLED
             raise
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            if state.pool is not None:
+                state.pool.shutdown(wait=True)
+
+    def _advance(self, state: _LoopState, planner: Planner, sid: str) -> bool:
+        """Move pending step ``sid`` on if it can: skipped (an upstream failed), decided,
+        restored from the cache, or submitted once the pools have room for it. True when it
+        moved (the loop then looks at every pending step again)."""
+        step = self.graph.steps[sid]
+        bad = [u for u in step.upstream if u in state.results and not state.results[u].ok]
+        if bad:
+            self._settle(state, sid, StepResult(sid, SKIPPED,
+                                                message=f"upstream '{bad[0]}' failed"))
+            return True
+        if state.stop or not all(u in state.outputs for u in step.upstream):
+            return False
+        decision = state.decisions.get(sid)
+        if decision is None:
+            decision, refused = self._decide(planner, step, state.outputs)
+            if refused is not None or decision is None:
+                self._settle(state, sid, refused, stops=True)  # type: ignore[arg-type]
+                return True
+            state.decisions[sid] = decision
+        if decision.action in (CACHED, RESTORE):
+            result = restore(self.run_context, step, decision, self._pulled.get(step.id, ""))
+            if result.ok:
+                state.outputs[sid] = {n: decision.entry["outputs"][n]  # type: ignore[index]
+                                      for n in step.outputs}
+            self._settle(state, sid, result)
+            return True
+        need = self.runner.needs(step)
+        if not all(state.free.get(k, 0) >= v for k, v in need.items()):
+            return False
+        if state.pool is None:
+            try:  # a cluster connects now, once a step must be built
+                self.runner.prepare()
+            except BuildgraphError as exc:
+                self._settle(state, sid, StepResult(sid, FAILED, decision.key,
+                                                    message=exc.render()), stops=True)
+                return True
+            # Threads (and concurrent.futures, which imports logging) only once a step must
+            # run: a fully cached run decides everything on this thread.
+            from concurrent import futures
+
+            state.pool = futures.ThreadPoolExecutor(max_workers=self.runner.slots(self.jobs),
+                                                    thread_name_prefix="buildgraph")
+        for k, v in need.items():
+            state.free[k] -= v
+        state.pending.remove(sid)
+        self.reporter.step_started(sid, decision.reasons)
+        future = state.pool.submit(self._execute, step, decision, need.get("cpu", 1))
+        state.running[future] = (sid, need)
+        return True
+
+    def _collect(self, state: _LoopState) -> None:
+        """Wait (a quarter second at most) for running steps; give back their pool slots."""
+        from concurrent import futures
+
+        done, _ = futures.wait(list(state.running), timeout=0.25,
+                               return_when=futures.FIRST_COMPLETED)
+        for future in done:
+            sid, need = state.running.pop(future)
+            for k, v in need.items():
+                state.free[k] += v
+            result = future.result()
+            state.results[sid] = result
+            if result.ok:
+                state.outputs[sid] = result.meta.pop("_entries")
+            elif not self.options.keep_going:
+                state.stop = True
+            self.reporter.step_finished(result)
+
+    def _settle(self, state: _LoopState, sid: str, result: StepResult,
+                stops: bool = False) -> None:
+        """A step is done without running (result, report, remove); with ``stops``, a failure
+        stops the run unless --keep-going."""
+        state.results[sid] = result
+        self.reporter.step_finished(result)
+        state.pending.remove(sid)
+        if stops and not result.ok:
+            state.stop = state.stop or not self.options.keep_going
 
     def _decide(self, planner: Planner, step: StepNode, outputs: Dict[str, Dict[str, Any]]
                 ) -> Tuple[Optional[Decision], Optional[StepResult]]:
