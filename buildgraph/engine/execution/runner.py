@@ -91,71 +91,20 @@ class LocalRunner:
         pass
 
     def build(self, step: StepNode, decision: Decision, threads: int, start: float
-               ) -> StepResult:
+              ) -> StepResult:
+        """Run the step's executor in a scratch directory under the cache; on success its
+        outputs go into the store, then its action entry (last), then the build directory."""
         key = decision.key or ""
         cls = load_executor(step.kind)
         scratch = self.run.store.scratch_dir(key)
-        out_dir, work_dir, log_path = scratch / "out", scratch / "work", scratch / "log.txt"
-        out_dir.mkdir()
-        work_dir.mkdir()
         final_log = self.run.log_dir / f"{step.id}.log"
-        upstream = {u: {n: self.run.build_dir / u / f
-                        for n, f in self.run.graph.steps[u].outputs.items()} for u in step.upstream}
-        outputs = {n: out_dir / f for n, f in step.outputs.items()}
-        description = decision.description or Description()
-        inputs = {n: Path(p) for n, p in step.inputs.items()}
-        inputs.update({n: Path(p) for n, p in description.inputs.items()})
-        team_records: List[str] = []
-        if self.run.remote is not None and description.areas:  # start from the team's records
-            team_records = self.run.remote.pull_areas(self.run.store, description.areas)
-        params = step.raw_params
-        if cls.expand_params:
-            params = expand_runtime(params, {n: str(p) for n, p in inputs.items()},
-                                    {u: {n: str(p) for n, p in o.items()}
-                                     for u, o in upstream.items()},
-                                    {n: str(p) for n, p in outputs.items()})
-        parts = decision.parts or {}
-        task = Task(kind=step.kind, params=params, inputs=inputs, upstream=upstream,
-                    outputs=outputs,
-                    upstream_kinds={u: self.run.graph.steps[u].kind for u in step.upstream},
-                    data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
-                    step_id=step.id, work_dir=work_dir, recipe_dir=self.run.graph.recipe_dir,
-                    log_path=log_path, threads=threads, timeout=step.timeout,
-                    areas={a: self.run.store.area(a) for a in description.areas})
+        log_path = scratch / "log.txt"
         try:
-            log_path.write_text(f"# step {step.id} ({step.kind}) key {key}\n"
-                                f"# why: {'; '.join(decision.reasons)}\n"
-                                + "".join(f"# team records: {line}\n" for line in team_records),
-                                encoding="utf-8")
+            task = self._task(cls, step, decision, scratch, threads)
             meta = self._invoke(cls, step, task)
             if procs.cancelled():
                 raise StepFailed("interrupted")
-            entries = {}
-            for name, path in outputs.items():
-                if not path.exists() and not path.is_symlink():
-                    raise StepFailed(f"declared output '{name}' ({path.name}) was not written")
-                entries[name] = self.run.store.put_output(path)
-            wall = time.monotonic() - start
-            log_digest = self.run.store.put_bytes(log_path.read_bytes())
-            meta = jsonable_meta(meta or {})
-            self.run.store.put_action(key, {"step": step.id, "recipe": self.run.graph.name,
-                                        "kind": step.kind, "parts": decision.parts,
-                                        "outputs": entries, "log": log_digest,
-                                        "meta": meta, "wall_s": round(wall, 3),
-                                        "created": time.time()})
-            if self.run.remote is not None:  # blobs, then the entry, then the records
-                self.run.remote.push_later(key, self.run.store, description.areas)
-            for name, entry in entries.items():
-                self.run.store.materialize(entry, self.run.build_dir / step.id / step.outputs[name],
-                                       self.run.options.link)
-            self._keep_log(log_path, final_log)
-            result = StepResult(step.id, BUILT, key, wall, reasons=decision.reasons,
-                                log_path=final_log,
-                                outputs={n: self.run.build_dir / step.id / f
-                                         for n, f in step.outputs.items()},
-                                meta=dict(meta))
-            result.meta["_entries"] = entries
-            return result
+            return self._commit(step, decision, task, meta, start, final_log)
         except RecipeError as exc:  # a check against upstream files, made by run()
             if exc.location is None:
                 exc.location = step.params_location or step.location
@@ -174,6 +123,75 @@ class LocalRunner:
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _task(self, cls: Any, step: StepNode, decision: Decision, scratch: Path, threads: int
+              ) -> Task:
+        """The step's ``Task`` (only what is keyed, plus where to work and log), its scratch
+        folders made and its log begun (the team's records for its areas pulled first)."""
+        run = self.run
+        out_dir, work_dir, log_path = scratch / "out", scratch / "work", scratch / "log.txt"
+        out_dir.mkdir()
+        work_dir.mkdir()
+        upstream = {u: {n: run.build_dir / u / f for n, f in run.graph.steps[u].outputs.items()}
+                    for u in step.upstream}
+        outputs = {n: out_dir / f for n, f in step.outputs.items()}
+        description = decision.description or Description()
+        inputs = {n: Path(p) for n, p in step.inputs.items()}
+        inputs.update({n: Path(p) for n, p in description.inputs.items()})
+        team_records: List[str] = []
+        if run.remote is not None and description.areas:  # start from the team's records
+            team_records = run.remote.pull_areas(run.store, description.areas)
+        params = step.raw_params
+        if cls.expand_params:
+            params = expand_runtime(params, {n: str(p) for n, p in inputs.items()},
+                                    {u: {n: str(p) for n, p in o.items()}
+                                     for u, o in upstream.items()},
+                                    {n: str(p) for n, p in outputs.items()})
+        parts = decision.parts or {}
+        task = Task(kind=step.kind, params=params, inputs=inputs, upstream=upstream,
+                    outputs=outputs,
+                    upstream_kinds={u: run.graph.steps[u].kind for u in step.upstream},
+                    data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
+                    step_id=step.id, work_dir=work_dir, recipe_dir=run.graph.recipe_dir,
+                    log_path=log_path, threads=threads, timeout=step.timeout,
+                    areas={a: run.store.area(a) for a in description.areas})
+        log_path.write_text(f"# step {step.id} ({step.kind}) key {decision.key or ''}\n"
+                            f"# why: {'; '.join(decision.reasons)}\n"
+                            + "".join(f"# team records: {line}\n" for line in team_records),
+                            encoding="utf-8")
+        return task
+
+    def _commit(self, step: StepNode, decision: Decision, task: Task, meta: Any, start: float,
+                final_log: Path) -> StepResult:
+        """Outputs into the store, then the action entry (last: a crash before it leaves no
+        result), the push queued, the outputs placed in the build directory."""
+        run, key = self.run, decision.key or ""
+        entries = {}
+        for name, path in task.outputs.items():
+            if not path.exists() and not path.is_symlink():
+                raise StepFailed(f"declared output '{name}' ({path.name}) was not written")
+            entries[name] = run.store.put_output(path)
+        wall = time.monotonic() - start
+        log_digest = run.store.put_bytes(task.log_path.read_bytes())
+        meta = jsonable_meta(meta or {})
+        run.store.put_action(key, {"step": step.id, "recipe": run.graph.name,
+                                   "kind": step.kind, "parts": decision.parts,
+                                   "outputs": entries, "log": log_digest,
+                                   "meta": meta, "wall_s": round(wall, 3),
+                                   "created": time.time()})
+        if run.remote is not None:  # blobs, then the entry, then the records
+            run.remote.push_later(key, run.store, (decision.description or Description()).areas)
+        for name, entry in entries.items():
+            run.store.materialize(entry, run.build_dir / step.id / step.outputs[name],
+                                  run.options.link)
+        self._keep_log(task.log_path, final_log)
+        result = StepResult(step.id, BUILT, key, wall, reasons=decision.reasons,
+                            log_path=final_log,
+                            outputs={n: run.build_dir / step.id / f
+                                     for n, f in step.outputs.items()},
+                            meta=dict(meta))
+        result.meta["_entries"] = entries
+        return result
 
     def _invoke(self, cls: Any, step: StepNode, task: Task) -> Any:
         if cls.isolation == "worker":
