@@ -68,7 +68,7 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), overrides:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results.
 
     ``remote`` names the team cache (a configured name or a URL; default: the project's, see
-    ``engine.remote_config``); ``remote_read_only`` reads it without writing. ``rebench``:
+    ``engine.team.config``); ``remote_read_only`` reads it without writing. ``rebench``:
     measure again (every selected ``benchmark`` step runs) without building anything else;
     raises :class:`BuildgraphError` naming the steps that would have to be built first. Steps
     that consume the measurements (``release``) follow as usual. ``frozen``: refuse to build
@@ -104,8 +104,8 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), overrides:
 
 def team_cache(start: Path, remote: Optional[str] = None, read_only: bool = False,
                warn: Any = None, strict: bool = False) -> Any:
-    """The team cache (``engine.remote.TeamCache``) the project configures, or None. Only
-    ``engine.remote_config`` is imported to find out (a few ``stat`` calls when there is no
+    """The team cache (``engine.team.remote.TeamCache``) the project configures, or None. Only
+    ``engine.team.config`` is imported to find out (a few ``stat`` calls when there is no
     config file); the remote itself is opened on first use."""
     import os
 

@@ -137,7 +137,7 @@ def watch(run, planner, selected, steps, lock_file):
     """What an all-cached run's decisions read, for :func:`write_stamp`: (inputs, products,
     cache entries, environment variables), or None when one of them must be asked again next
     time (a volatile description that does not name what it read). ``run`` is the
-    ``engine.runner.RunContext``, ``steps`` the run's step results."""
+    ``engine.execution.runner.RunContext``, ``steps`` the run's step results."""
     from pathlib import Path
 
     from buildgraph.engine.environment import environment_paths

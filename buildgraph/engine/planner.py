@@ -58,7 +58,7 @@ class Planner:
         self.force = force
         self.no_cache = no_cache
         self.remote = remote
-        """The team cache (``engine.remote.TeamCache``), asked only on a local miss."""
+        """The team cache (``engine.team.remote.TeamCache``), asked only on a local miss."""
         self._described: Dict[str, Tuple[Description, Dict[str, str]]] = {}
         self._keys: Dict[str, str] = {}
         self._outputs: Dict[str, Dict[str, str]] = {}

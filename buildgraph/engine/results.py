@@ -34,7 +34,7 @@ class RunOptions:
     locked: bool = False
     """Build, but fail at the end, without writing, if the lock file would change."""
     cluster: Optional[str] = None
-    """A Ray cluster's address (``engine.cluster.resolve_address``): the steps that must be
+    """A Ray cluster's address (``engine.cluster.driver.resolve_address``): the steps that must be
     built run there instead of here."""
 
     def resolved_jobs(self) -> int:

@@ -63,7 +63,7 @@ class Scheduler:
         self.options = options
         self.reporter = reporter
         self.remote = remote
-        """The team cache (``engine.remote.TeamCache``) or None: read on a local miss,
+        """The team cache (``engine.team.remote.TeamCache``) or None: read on a local miss,
         written after a build."""
         self.jobs = options.resolved_jobs()
         self.build_dir = (options.build_dir or default_build_dir(graph)).absolute()

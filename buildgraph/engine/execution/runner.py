@@ -2,7 +2,7 @@
 
 The scheduler (:mod:`buildgraph.engine.scheduler`) decides; a :class:`StepRunner` builds what
 it decided to build: :class:`LocalRunner` here, in this process or a persistent worker
-(:mod:`buildgraph.engine.execution.pool`), or ``engine.cluster.RayRunner`` on a Ray cluster. Both read
+(:mod:`buildgraph.engine.execution.pool`), or ``engine.cluster.driver.RayRunner`` on a Ray cluster. Both read
 the run they serve from one :class:`RunContext`, never the scheduler itself.
 """
 
@@ -35,7 +35,7 @@ class RunContext:
     options: RunOptions
     reporter: Any
     remote: Any
-    """The team cache (``engine.remote.TeamCache``) or None: read on a local miss, written
+    """The team cache (``engine.team.remote.TeamCache``) or None: read on a local miss, written
     after a build."""
     jobs: int
     build_dir: Path
@@ -50,7 +50,7 @@ class StepRunner(Protocol):
 
     The scheduler decides (keys, hits, pulls) and calls :meth:`build` for the rest, on a
     worker thread, holding the step's key lock. :class:`LocalRunner` runs the executor in this
-    process or a persistent worker; ``engine.cluster.RayRunner`` on a Ray cluster."""
+    process or a persistent worker; ``engine.cluster.driver.RayRunner`` on a Ray cluster."""
 
     def slots(self, jobs: int) -> int:
         """How many steps may be in flight at once (``-j`` locally)."""

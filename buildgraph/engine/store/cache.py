@@ -63,7 +63,7 @@ class Store:
         self.locks = self.root / "locks"
         self.stat_cache = StatCache(self.root / "stat.db")
         self.memo = Memo(self.root / "memo.db")
-        """Memoised step descriptions and upstream views (see ``engine.memo``)."""
+        """Memoised step descriptions and upstream views (see ``engine.store.memo``)."""
         self._warn = warn or (lambda message: None)
         self._verified: Dict[str, bool] = {}
 

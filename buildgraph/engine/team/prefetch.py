@@ -2,7 +2,7 @@
 every hit known before anything runs, and say what the background pushes sent.
 
 Apart from the scheduler, which only sees the decisions this turns PULL into (RESTORE, or RUN
-when the team's copy cannot be used); the team cache itself is ``engine.remote.TeamCache``.
+when the team's copy cannot be used); the team cache itself is ``engine.team.remote.TeamCache``.
 """
 
 from __future__ import annotations
