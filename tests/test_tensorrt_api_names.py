@@ -42,8 +42,8 @@ from conftest import REPO
 DATA = REPO / "tests" / "data"
 TRT = REPO / "buildgraph" / "backends" / "tensorrt"
 SOURCES = [TRT / "builder.py", TRT / "build.py", TRT / "refit.py", TRT / "runtime.py",
-           TRT / "plugins.py"]
-SPEC = TRT / "spec.py"
+           TRT / "plugins.py", TRT / "trt_logging.py", TRT / "timing_cache.py"]
+SPEC = TRT / "build_params.py"
 
 # The class of the TensorRT object each variable holds in those files (``tensorrt``: the module).
 OWNERS: Dict[str, str] = {
