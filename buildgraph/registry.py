@@ -19,6 +19,7 @@ STEP_KINDS: Dict[str, str] = {
     "torch.save": "buildgraph.backends.torch.save:TorchSaveExecutor",
     "torchscript": "buildgraph.backends.torch.torchscript:TorchScriptExecutor",
     "torch.export": "buildgraph.backends.torch.export:TorchExportExecutor",
+    "torch.aoti": "buildgraph.backends.torch.aoti:TorchAotiExecutor",
     "onnx.export": "buildgraph.backends.torch.onnx_export:OnnxExportExecutor",
     # onnx
     "onnx.simplify": "buildgraph.backends.onnx.simplify:OnnxSimplifyExecutor",
@@ -34,6 +35,8 @@ STEP_KINDS: Dict[str, str] = {
     # tensorflow
     "keras.export": "buildgraph.backends.tensorflow.export:KerasExportExecutor",
     "tf2onnx.convert": "buildgraph.backends.tensorflow.convert:Tf2OnnxExecutor",
+    # cpp
+    "cpp.check": "buildgraph.backends.cpp.check:CppCheckExecutor",
     # evaluate
     "verify": "buildgraph.backends.evaluate.verify:VerifyExecutor",
     "benchmark": "buildgraph.backends.evaluate.benchmark:BenchmarkExecutor",
@@ -46,6 +49,7 @@ RUNTIMES: Dict[str, str] = {
     "torch.save": "buildgraph.backends.torch.runtime:TorchSaveRuntime",
     "torchscript": "buildgraph.backends.torch.runtime:TorchScriptRuntime",
     "torch.export": "buildgraph.backends.torch.runtime:ExportedProgramRuntime",
+    "torch.aoti": "buildgraph.backends.torch.aoti_runtime:AotiRuntime",
     "onnxruntime": "buildgraph.backends.onnx.runtime:OnnxRuntime",
     "onnxruntime.fp32": "buildgraph.backends.onnx.runtime:OnnxReferenceRuntime",
     "tensorflow": "buildgraph.backends.tensorflow.runtime:TensorFlowRuntime",
@@ -59,6 +63,7 @@ KIND_RUNTIMES: Dict[str, str] = {
     "torch.save": "torch.save",
     "torchscript": "torchscript",
     "torch.export": "torch.export",
+    "torch.aoti": "torch.aoti",
     "onnx.export": "onnxruntime",
     "onnx.simplify": "onnxruntime",
     "onnx.autocast": "onnxruntime",

@@ -135,6 +135,15 @@ class FakeRuntime:
             raise MemoryError(f"cannot allocate a batch of {batch}")
         self.clock[0] += self.cost(batch)
 
+    def stage(self, inputs):
+        return inputs
+
+    def run_staged(self, staged):
+        return self.run(staged)
+
+    def synchronize(self):
+        pass
+
 
 def _sweep(monkeypatch, cost, fixed=None, fail_at=None, saturation=0.05, max_size=64):
     now = [0.0]

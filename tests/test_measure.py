@@ -73,11 +73,28 @@ def test_windows_grow_to_the_minimum_window_time_and_shrink_to_fit_the_cap():
     slow = FakeClock(itertools.repeat(2.0))
     out = measure(slow.fn, WindowPolicy(warmup=1, runs=20, window_s=0.2, max_s=20.0),
                   clock=slow.clock)
-    assert out["runs_per_window"] == 5  # two windows of 2 s runs fit in 20 s
-    assert out["timed_s"] <= 20.0
+    assert out["runs_per_window"] == 4  # two windows of 2 s runs fit in the 18 s warm-up left
+    assert out["total_s"] <= 20.0  # the cap holds warm-up included
 
 
 def test_percentiles_match_numpy():
     values = sorted(np.random.default_rng(0).exponential(size=137).tolist())
     for q in (0, 50, 90, 99, 100):
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_max_s_is_a_real_cap_when_single_runs_are_slow():
+    # 3 s runs, cap 4 s: one warm-up run, one timed run, then no run starts after the cap
+    slow = FakeClock(itertools.repeat(3.0))
+    out = measure(slow.fn, WindowPolicy(warmup=3, runs=20, window_s=0.2, max_s=4.0),
+                  clock=slow.clock)
+    assert out["stop"] == "max_s" and not out["stable"]
+    assert out["stop_detail"] == "stopped at max_s (4 s) after 2 warm-up and 0 timed runs"
+    assert slow.calls == 2 and out["runs"] == 2
+    assert out["p50_ms"] == 3000.0  # figures from the runs made (here the warm-up ones)
+    # a cap reached inside the windows stops there too, with the timed runs' figures
+    mid = FakeClock(itertools.repeat(1.0))
+    out = measure(mid.fn, WindowPolicy(warmup=1, runs=20, window_s=0.0, max_s=5.0,
+                                       spread=0.0), clock=mid.clock)
+    assert out["stop"] == "max_s" and mid.calls == 5 and out["total_s"] == 5.0
+    assert out["stop_detail"].endswith("after 1 warm-up and 4 timed runs")

@@ -51,12 +51,32 @@ def test_gpu_pool_is_never_oversubscribed(project):
     assert any(_overlap(spans["d"], spans[x]) for x in "abc")  # the cpu step ran beside them
 
 
-def test_cpu_all_runs_alone(project):
+def test_cpu_all_runs_alone_with_two_slots(project):
     project.write("r.yaml", "steps:\n" + "\n".join(
         [_timed("tune", ", resources: {cpu: all}"), _timed("b"), _timed("c")]) + "\n")
-    project.run("r.yaml", "-j", "3")
+    project.run("r.yaml", "-j", "2")
     spans = _intervals(project, ["tune", "b", "c"])
     assert not _overlap(spans["tune"], spans["b"]) and not _overlap(spans["tune"], spans["c"])
+
+
+def test_cpu_all_leaves_one_slot_to_short_steps(project):
+    """The H200 run: a tune holding every slot starved a ready compile for minutes. With
+    -j 3 or more, cpu: all holds all slots but one, so short steps keep running beside it
+    (one at a time: the tune's slots stay its own)."""
+    long_tune = _timed("tune", ", resources: {cpu: all}").replace("sleep 0.6", "sleep 2.5")
+    project.write("r.yaml", "steps:\n" + "\n".join(
+        [long_tune, _timed("b"), _timed("c")]) + "\n")
+    project.run("r.yaml", "-j", "3")
+    spans = _intervals(project, ["tune", "b", "c"])
+    assert _overlap(spans["tune"], spans["b"]) and _overlap(spans["tune"], spans["c"])
+    assert not _overlap(spans["b"], spans["c"])  # tune 2 slots + one short step = 3
+
+
+def test_cpu_slots_policy():
+    from buildgraph.engine.slots import cpu_slots
+
+    assert [cpu_slots(-1, j) for j in (1, 2, 3, 8)] == [1, 2, 2, 7]
+    assert cpu_slots(4, 2) == 2 and cpu_slots(1, 8) == 1 and cpu_slots(0, 8) == 0
 
 
 def _most_at_once(spans):

@@ -139,12 +139,14 @@ def test_parsing_imports_no_tvm():
 
 def test_cuda_without_arch_keys_on_the_gpu_present(tmp_path, monkeypatch):
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho 9.0\n")
+    # what nvidia-smi answers on the H200 host (name, compute capability)
+    fake.write_text('#!/bin/sh\ncase "$*" in *name,compute_cap*) echo "NVIDIA H200, 9.0";; '
+                    '*) exit 6;; esac\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     cuda = canonical_target("cuda")
-    assert tvmtarget.fingerprint(cuda)["cuda_arch"] == "sm_90"
+    assert tvmtarget.fingerprint(cuda)["cuda_device"] == "NVIDIA H200 (sm_90)"
     assert effective_target(cuda)["arch"] == "sm_90"
-    assert "cuda_arch" not in tvmtarget.fingerprint(canonical_target("cuda -arch=sm_80"))
+    assert "cuda_device" not in tvmtarget.fingerprint(canonical_target("cuda -arch=sm_80"))
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert tvmtarget.fingerprint(cuda)["cuda_arch"] == "none"
+    assert tvmtarget.fingerprint(cuda)["cuda_device"] == "none"

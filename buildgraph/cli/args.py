@@ -19,3 +19,17 @@ def recipe_args(sp: argparse.ArgumentParser, targets: bool = True) -> None:
                     "or .cache)")
     sp.add_argument("--build-dir", help="where outputs are materialized (default: "
                     "build/RECIPE_NAME)")
+
+
+def jobs(text: str) -> int:
+    """``-j N``: a positive number of steps (omit it for one per CPU core)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1; got {value} (leave -j out "
+                                         "for one step per CPU core)")
+    return value

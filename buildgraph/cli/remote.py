@@ -91,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="make it the default remote (the first one added is)")
     add.add_argument("--no-check", action="store_true",
                      help="do not try to reach it now")
+    add.add_argument("--keygen", action="store_true",
+                     help="also sign pushes: create your signing key if you have none "
+                          "(~/.config/buildgraph/signing_key) and trust its public half in "
+                          "this project, so that only signed entries are used")
     rm = sub.add_parser("remove", help="remove a remote from buildgraph.toml")
     rm.add_argument("name")
     ls = sub.add_parser("ls", help="list the configured remotes, or the entries of one")
@@ -153,7 +157,34 @@ def _remote_add(args: argparse.Namespace, out: TextIO) -> int:
     default = add_remote(path, args.name, url, options, args.read_only, args.default)
     print(f"added remote '{args.name}' ({url}) to {path}"
           + (" as the default" if default else ""), file=out)
+    if args.keygen:
+        _register_signing_key(out)
     return 0
+
+
+def _register_signing_key(out: TextIO) -> None:
+    """``remote add --keygen``: this user's signing key (created when missing), its public
+    half copied beside the config and listed under ``[trust] keys``."""
+    import getpass
+    import socket
+
+    from buildgraph.engine.team.config import signing_key_path, user_config_dir
+    from buildgraph.engine.team.signing import keygen, load_signer
+
+    key = signing_key_path()
+    if key is None:
+        key, signer = keygen(user_config_dir() / "signing_key",
+                             f"{getpass.getuser()}@{socket.gethostname()}")
+        print(f"wrote your signing key {key} (private: keep it to yourself) and {key}.pub",
+              file=out)
+    else:
+        signer = load_signer(key)
+        pub = Path(str(key) + ".pub")
+        if not pub.is_file():
+            pub.write_text(signer.public_line() + "\n", encoding="utf-8")
+    _trust_add(argparse.Namespace(key=str(key) + ".pub", name=None), out)
+    print(f"pushes are signed with {signer.key_id}; teammates sign theirs the same way "
+          "(buildgraph trust keygen, then buildgraph trust add THEIR_KEY.pub)", file=out)
 
 
 def _remote_remove(args: argparse.Namespace, out: TextIO) -> int:
@@ -485,7 +516,7 @@ def _push(team: Any, store: Any, recipe: Optional[str], targets: List[str],
     for sid, key in keys:
         status = team.push(key, store)
         counts[status] = counts.get(status, 0) + 1
-        if status == "pushed":
+        if status in ("pushed", "healed"):
             print(f"↑ {sid}", file=out)
         elif status == "missing":
             print(f"  {sid}: not in the local cache (evicted?)", file=out)

@@ -12,10 +12,10 @@ HELP = 'rebuild with the cache bypassed and compare with the cached build, bit f
 
 
 def add_arguments(repro: argparse.ArgumentParser) -> None:
-    from buildgraph.cli.args import recipe_args
+    from buildgraph.cli.args import jobs, recipe_args
 
     recipe_args(repro)
-    repro.add_argument("-j", "--jobs", type=int, default=0,
+    repro.add_argument("-j", "--jobs", type=jobs, default=0,
                        help="steps run at once (default: number of CPU cores)")
     repro.add_argument("--json", action="store_true", help="print the comparison as JSON")
     repro.add_argument("--keep", action="store_true",

@@ -20,10 +20,10 @@ HELP = "build the recipe (cached steps are skipped)"
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
-    from buildgraph.cli.args import recipe_args
+    from buildgraph.cli.args import jobs, recipe_args
 
     recipe_args(run)
-    run.add_argument("-j", "--jobs", type=int, default=0,
+    run.add_argument("-j", "--jobs", type=jobs, default=0,
                      help="steps run at once (default: number of CPU cores)")
     run.add_argument("-k", "--keep-going", action="store_true",
                      help="after a failure, still build everything that does not depend on it")
@@ -48,10 +48,11 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="build the steps that are not cached on a Ray cluster: ray://HEAD:10001, "
                           "HEAD:PORT or auto (no value: $RAY_ADDRESS, or cluster = in "
                           "buildgraph.toml); needs a writable team cache")
-    run.add_argument("--frozen", action="store_true",
+    lock = run.add_mutually_exclusive_group()  # --frozen already fails where --locked would
+    lock.add_argument("--frozen", action="store_true",
                      help="release CI: refuse to build when any step's key differs from the lock "
                           "file (prints the plan's diff); fail if the lock would change")
-    run.add_argument("--locked", action="store_true",
+    lock.add_argument("--locked", action="store_true",
                      help="build, but fail at the end (and leave the lock file alone) if the "
                           "lock file would change")
 
@@ -118,6 +119,8 @@ def fast_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
                 args[attr] = int(value)
             except ValueError:
                 return None
+            if args[attr] < 1:  # -j 0, -j -3: argparse says what is wrong
+                return None
         elif kind == "append":
             args[attr] = args[attr] + [value]
         elif kind == "str":
@@ -126,8 +129,8 @@ def fast_args(argv: Sequence[str]) -> Optional[SimpleNamespace]:
             args[attr] = value
         else:
             return None
-    if not positionals:
-        return None
+    if not positionals or (args["frozen"] and args["locked"]):
+        return None  # argparse says what is wrong
     args["recipe"], args["targets"] = positionals[0], positionals[1:]
     return SimpleNamespace(**args)
 

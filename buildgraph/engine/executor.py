@@ -154,6 +154,11 @@ class Description:
                    provenance=bool(data.get("provenance")))
 
 
+FAILED_UPSTREAM = "failed upstream"
+"""The key's entry for an upstream step that failed, of a step that tolerates it (in place of
+its output digests): the step keys which of its inputs it ran without."""
+
+
 @dataclass
 class Task:
     """Everything ``Executor.run`` gets. Picklable: it crosses into worker processes.
@@ -183,16 +188,21 @@ class Task:
     threads: int = 1
     timeout: Optional[float] = None
     areas: Dict[str, Path] = field(default_factory=dict)
+    untrusted: Tuple[str, ...] = ()
+    """Upstream output paths pulled from the team cache without a trusted signature: never
+    unpickled as code (see :mod:`buildgraph.engine.origin`)."""
 
     KEYED_FIELDS: ClassVar[Dict[str, str]] = {
         "kind": "kind", "params": "params", "inputs": "inputs", "upstream": "upstream",
         "outputs": "outputs", "upstream_kinds": "upstream_kinds", "data": "data", "env": "env"}
     """Task field -> the key part it comes from."""
     CONTEXT_FIELDS: ClassVar[Tuple[str, ...]] = (
-        "step_id", "work_dir", "recipe_dir", "log_path", "threads", "timeout", "areas")
+        "step_id", "work_dir", "recipe_dir", "log_path", "threads", "timeout", "areas",
+        "untrusted")
     """Fields deliberately outside the key: they cannot change a result (a step id only names
     things in messages; ``recipe_dir`` resolves paths whose contents are keyed; areas hold
-    records that make a build faster, not different)."""
+    records that make a build faster, not different; ``untrusted`` can only refuse a load,
+never change what a loaded file computes)."""
 
     def log(self, message: str) -> None:
         """Append one line to the step's log (kept under the build directory)."""
@@ -230,6 +240,11 @@ class Executor:
     nondeterministic: ClassVar[str] = ""
     """Why the same inputs can give other bytes, for every step of this kind ("" when they
     cannot); a description may say it for one step only (see ``Description.nondeterministic``)."""
+    tolerates_failed_upstream: ClassVar[bool] = False
+    """Under ``--keep-going``, run this step when some upstream steps failed instead of
+    skipping it (verify, benchmark, release: one failed candidate must not hide the others).
+    The failed ones are absent from ``task.upstream`` but present in ``task.upstream_kinds``,
+    and keyed as :data:`FAILED_UPSTREAM`."""
 
     def describe(self, params: Any, ctx: DescribeContext) -> Description:
         """What this step adds to its key beyond its params (see :class:`Description`).

@@ -56,7 +56,42 @@ def read_lock(path: Path, warn: Optional[Callable[[str], None]] = None) -> Dict[
                  f" is not {LOCK_SCHEMA}; it will be rewritten")
         return {}
     steps = data.get("steps")
-    return steps if isinstance(steps, dict) else {}
+    if not isinstance(steps, dict):
+        return {}
+    kept = {}
+    for sid, entry in steps.items():
+        why = entry_problem(entry)
+        if why:
+            if warn:
+                warn(f"{path}: step {str(sid)[:60]!r} ignored: {why}")
+            continue
+        kept[sid] = entry
+    return kept
+
+
+def entry_problem(entry: Any) -> str:
+    """Why a lock file step entry cannot be used ("" when it can): a lock file comes with a
+    ``git pull``, so its key and digests are names from outside (see ``engine.names``)."""
+    from buildgraph.engine.names import InvalidName, check_digest, check_rel_path
+
+    if not isinstance(entry, dict):
+        return "not a mapping"
+    try:
+        if entry.get("key") is not None:
+            check_digest(entry["key"], "xxh3", "key")
+        outputs = entry.get("outputs") or {}
+        if not isinstance(outputs, dict):
+            return "its outputs are not a mapping"
+        for name, out in outputs.items():
+            if not isinstance(out, dict):
+                return f"output {str(name)[:40]!r} is not a mapping"
+            if out.get("digest") is not None:
+                check_digest(out["digest"], "xxh3", f"digest of output {str(name)[:40]!r}")
+            if out.get("path") is not None:
+                check_rel_path(out["path"], f"path of output {str(name)[:40]!r}")
+    except InvalidName as exc:
+        return str(exc)
+    return ""
 
 
 def merge_lock(current: Dict[str, Any], updates: Dict[str, Dict[str, Any]],

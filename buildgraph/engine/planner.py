@@ -200,14 +200,21 @@ class Planner:
         self.store.memo.put(VIEW_MEMO, memo_key, {"digest": derived})
         return str(derived) if derived else entry["digest"]
 
-    def parts(self, step: StepNode, upstream: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
-        """Key parts; ``upstream`` maps each upstream id to its output manifest entries."""
+    def parts(self, step: StepNode, upstream: Mapping[str, Optional[Mapping[str, Any]]]
+              ) -> Dict[str, Any]:
+        """Key parts; ``upstream`` maps each upstream id to its output manifest entries (None:
+        it failed, for a step that tolerates that)."""
         description = self.describe(step)
-        for up in step.upstream:
+        # an upstream given as None failed, and the step tolerates it (--keep-going): keyed
+        from buildgraph.engine.executor import FAILED_UPSTREAM
+
+        built = [up for up in step.upstream if upstream[up] is not None]
+        for up in built:
             self._outputs[up] = {name: entry["digest"] for name, entry in upstream[up].items()}
         up_digests = {f"{up}.{name}": self._upstream_digest(description.upstream_view, up,
                                                             name, entry)
-                      for up in step.upstream for name, entry in upstream[up].items()}
+                      for up in built for name, entry in upstream[up].items()}
+        up_digests.update({up: FAILED_UPSTREAM for up in step.upstream if up not in built})
         return self._make_parts(step, description, up_digests,
                                 self.provenance(step) if description.provenance else None)
 
@@ -247,7 +254,7 @@ class Planner:
                 "steps": steps}
 
     def decide(self, step: StepNode,
-               upstream: Optional[Mapping[str, Mapping[str, Any]]]) -> Decision:
+               upstream: Optional[Mapping[str, Optional[Mapping[str, Any]]]]) -> Decision:
         """Decide one step; ``upstream`` is None when some upstream has yet to run."""
         previous = self.lock.get(step.id, {}).get("parts") if isinstance(
             self.lock.get(step.id), dict) else None

@@ -53,6 +53,12 @@ def read_record(build_dir: Path) -> Dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != RECORD_SCHEMA or \
             not isinstance(data.get("steps"), dict):
         return {"schema": RECORD_SCHEMA, "steps": {}}
+    from buildgraph.engine.names import is_digest
+
+    # a step record whose key is not a key (hand-edited, or from elsewhere) is dropped: keys
+    # name cache entries and files
+    data["steps"] = {sid: e for sid, e in data["steps"].items()
+                     if isinstance(e, dict) and (e.get("key") is None or is_digest(e["key"]))}
     return data
 
 

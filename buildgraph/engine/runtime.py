@@ -75,6 +75,15 @@ class RuntimeContext:
     """Inter-op threads: how many operators may run at once (torch, onnxruntime). A runtime
     records the counts its library reports in ``details["threads"]``."""
     device: str = "cpu"
+    """Where the artifact must run: ``cpu``, ``cuda`` or ``cuda:N``. A runtime runs there or
+    refuses with :class:`DeviceUnavailable`; it never falls back to the CPU."""
+    math: str = "default"
+    """fp32 math on a GPU: ``fp32`` (TF32 off), ``tf32`` (TF32 on) or ``default`` (the
+    library's own default: PyTorch uses TF32 for cuDNN convolutions). ``verify`` sets it;
+    a runtime records what ran in ``details["math"]``."""
+    ort_provider: str = "cuda"
+    """onnxruntime on a GPU: ``cuda`` (CUDAExecutionProvider) or ``tensorrt``
+    (TensorrtExecutionProvider, then CUDA for what it does not take)."""
     trusted: bool = False
     """Unpickling a whole model (runs code) is allowed: artifacts built by the same recipe."""
 
@@ -98,6 +107,34 @@ def artifact_info(outputs: Mapping[str, Path]) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+class DeviceUnavailable(StepFailed):
+    """The artifact cannot run on the device asked for, on this machine (no CUDA torch, an
+    onnxruntime without a CUDA provider, no GPU): the candidate is reported as not run, with
+    this message, rather than run somewhere else under the device's name."""
+
+    skip = True
+    device_refusal = True
+
+
+def is_cuda(device: str) -> bool:
+    """``cuda`` or ``cuda:N``."""
+    return device == "cuda" or device.startswith("cuda:")
+
+
+def cuda_index(device: str) -> int:
+    """N of ``cuda:N`` (0 for ``cuda``)."""
+    _, _, index = device.partition(":")
+    try:
+        return int(index) if index else 0
+    except ValueError:
+        raise StepFailed(f"device '{device}': expected cpu, cuda or cuda:N") from None
+
+
+def not_runnable(device: str, why: str) -> DeviceUnavailable:
+    """The one refusal line every runtime gives: ``not runnable on cuda here: WHY``."""
+    return DeviceUnavailable(f"not runnable on {device} here: {why}")
+
+
 class Runtime:
     """Base class: ``Runtime.load(path, ctx)`` then ``run(inputs) -> outputs``."""
 
@@ -111,7 +148,9 @@ class Runtime:
         self.precision = "fp32"
         """Numeric precision the artifact computes in (fp32, fp16, bf16, int8...)."""
         self.details: Dict[str, Any] = {}
-        """Anything worth reporting: the form of a torch.save file, providers..."""
+        """Anything worth reporting: the form of a torch.save file, providers... Every
+        runtime sets ``device`` (what it actually runs on: ``cpu``, ``cuda:0 NVIDIA H200``)
+        and ``provider`` (``torch``, ``CUDAExecutionProvider``, ``tvm``...)."""
 
     @classmethod
     def load(cls, path: Path, ctx: RuntimeContext) -> "Runtime":
@@ -130,6 +169,24 @@ class Runtime:
     def run(self, inputs: Sequence[Any]) -> List[Any]:  # pragma: no cover - interface
         """Run on numpy arrays (forward() order); return numpy arrays (output order)."""
         raise NotImplementedError
+
+    # --- timing (benchmark) --------------------------------------------------------------------
+    def stage(self, inputs: Sequence[Any]) -> Any:
+        """Inputs in the form :meth:`run_staged` takes, already on the device (copied once,
+        before timing): a GPU benchmark times the model, not the host-to-device copy."""
+        return list(inputs)
+
+    def run_staged(self, staged: Any) -> Any:
+        """One run on staged inputs; the outputs may stay on the device (not copied back)."""
+        return self.run(staged)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a CUDA kernel launch returns before it ends):
+        the benchmark calls it after each timed run."""
+
+    timing = "host"
+    """What a timed run covers: ``host`` (numpy in, numpy out) or ``device`` (inputs staged
+    on the device, outputs left there, synchronised after each run)."""
 
     def close(self) -> None:
         """Release the artifact (sessions, device memory)."""

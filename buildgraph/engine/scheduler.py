@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from buildgraph.engine.execution import procs
+from buildgraph.engine.executor import load_executor
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.lockfile import (check_frozen, frozen_refusal, lock_changes, lock_path,
                                         lock_updates, read_lock, write_lock)
@@ -194,11 +195,13 @@ class Scheduler:
         moved (the loop then looks at every pending step again)."""
         step = self.graph.steps[sid]
         bad = [u for u in step.upstream if u in state.results and not state.results[u].ok]
-        if bad:
+        tolerant = bool(bad) and self._tolerates_failed(step)
+        if bad and not tolerant:
             self._settle(state, sid, StepResult(sid, SKIPPED,
                                                 message=f"upstream '{bad[0]}' failed"))
             return True
-        if state.stop or not all(u in state.outputs for u in step.upstream):
+        if state.stop or not all(u in state.outputs or (tolerant and u in state.results)
+                                  for u in step.upstream):
             return False
         decision = state.decisions.get(sid)
         if decision is None:
@@ -266,12 +269,22 @@ class Scheduler:
         if stops and not result.ok:
             state.stop = state.stop or not self.options.keep_going
 
+    def _tolerates_failed(self, step: StepNode) -> bool:
+        """Under --keep-going, does this step's kind run without its failed upstream steps
+        (``Executor.tolerates_failed_upstream``: verify, benchmark, release)?"""
+        if not self.options.keep_going:
+            return False
+        try:
+            return bool(load_executor(step.kind).tolerates_failed_upstream)
+        except Exception:  # noqa: BLE001 - an unknown kind fails where it is built
+            return False
+
     def _decide(self, planner: Planner, step: StepNode, outputs: Dict[str, Dict[str, Any]]
                 ) -> Tuple[Optional[Decision], Optional[StepResult]]:
         """The step's decision now that its upstream is done (a team-cache hit pulled), or the
         failed result that stands for it: a decision that raised, or --frozen's refusal."""
-        try:
-            decision = planner.decide(step, {u: outputs[u] for u in step.upstream})
+        try:  # a failed upstream (tolerated) is None: keyed as failed
+            decision = planner.decide(step, {u: outputs.get(u) for u in step.upstream})
         except BuildgraphError as exc:
             return None, StepResult(step.id, FAILED, message=exc.render())
         if decision.action == PULL:

@@ -72,9 +72,11 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
     reports: Dict[str, Any] = {}
     for sid, entry in lock.items():
         kind = entry.get("uses")
-        if kind not in ("verify", "benchmark", "release") or sid not in graph.steps:
+        if kind not in ("verify", "benchmark", "release", "cpp.check") or \
+                sid not in graph.steps:
             continue
-        name = {"verify": "report", "benchmark": "report", "release": "manifest"}[kind]
+        name = {"verify": "report", "benchmark": "report", "release": "manifest",
+                "cpp.check": "report"}[kind]
         data = outputs.json((entry.get("outputs") or {}).get(name))
         if data is not None:
             reports[sid] = data
@@ -205,7 +207,11 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
                 "max_rel": max((o["max_rel"] for o in errs), default=None),
                 "min_cosine": min((o["cosine"] for o in errs), default=None),
                 "failures": [f for o in outs.values() for f in o.get("failures") or []],
+                "device": entry.get("device"), "provider": entry.get("provider"),
+                "math": entry.get("math"),
             }
+        for cand in data.get("failed_upstream") or []:
+            artifact(model, cand)["failed_upstream"] = True
     for sid, data in reports.items():
         if steps[sid]["kind"] != "benchmark":
             continue
@@ -214,7 +220,10 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
                                       "verify": []})
         m["benchmark"] = {"step": sid, "threads": data.get("threads"),
                           "policy": data.get("policy"), "sweep": data.get("sweep"),
-                          "device": data.get("device"), "host_load": data.get("host_load")}
+                          "device": data.get("device"), "host_load": data.get("host_load"),
+                          "gpu": data.get("gpu"), "timing": data.get("timing")}
+        for cand in data.get("failed_upstream") or []:
+            artifact(model, cand)["failed_upstream"] = True
         ref = data.get("reference")
         if ref:
             m["reference"] = _bench_entry(ref)
@@ -225,6 +234,16 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
             a["precision"] = a["precision"] or entry.get("precision")
             a["benchmark"] = _bench_entry(entry)
             a["digest"] = entry.get("digest")
+    for sid, data in reports.items():  # cpp.check: does the artifact run from C++?
+        if steps[sid]["kind"] != "cpp.check":
+            continue
+        for m in models.values():
+            for cand, entry in (data.get("candidates") or {}).items():
+                if cand in m["artifacts"]:
+                    yes = entry.get("runs_from_cpp") == "yes"
+                    m["artifacts"][cand]["cpp"] = {
+                        "step": sid, "runs": yes, "api": entry.get("api"),
+                        "text": "yes" if yes else f"no ({entry.get('why', '?')})"}
     for model, m in models.items():
         if m["benchmark"] is not None:
             m["benchmark"]["busy"] = _busy(m)
@@ -232,10 +251,13 @@ def _models(graph: Any, lock: Mapping[str, Any], steps: Dict[str, Any],
         for cand, a in m["artifacts"].items():
             if cand in steps:
                 a["size_bytes"] = _artifact_size(steps[cand], a.get("digest"))
+            same = _device_class((a["benchmark"] or {}).get("device")) == \
+                _device_class((m["reference"] or {}).get("device"))
             for r in (a["benchmark"] or {}).get("results") or []:
                 base = ref_by_batch.get(r["batch"])
+                # a speedup is quoted only against the reference measured on the same device
                 r["speedup_vs_eager"] = round(base["p50_ms"] / r["p50_ms"], 3) \
-                    if base and r.get("p50_ms") else None
+                    if same and base and base.get("p50_ms") and r.get("p50_ms") else None
     return models
 
 
@@ -253,15 +275,23 @@ def _busy(m: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
         else None
 
 
+def _device_class(device: Optional[str]) -> str:
+    """``cpu`` or ``cuda:N`` of a recorded device (None: cpu, as before devices were
+    recorded)."""
+    head = (device or "cpu").split()[0]
+    return "cuda:0" if head == "cuda" else head
+
+
 def _bench_entry(entry: Mapping[str, Any]) -> Dict[str, Any]:
     keep = ("runtime", "precision", "threads", "peak_rss_mb", "rss_before_load_mb",
-            "rss_after_load_mb", "load_s", "skipped", "sweep")
+            "rss_after_load_mb", "load_s", "skipped", "sweep", "device", "provider", "timing",
+            "capped")
     results = []
     for r in entry.get("results") or []:
         results.append({k: r.get(k) for k in (
             "batch", "dims", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "items_per_s", "spread",
             "spread_limit", "stable", "windows", "runs_per_window", "samples", "peak_rss_mb",
-            "load_1m")})
+            "load_1m", "stop_detail")})
         if results[-1]["p50_ms"] is None:  # schema 1 (before windows): median only
             results[-1]["p50_ms"] = r.get("median_ms")
     return {**{k: entry.get(k) for k in keep}, "results": results,

@@ -157,9 +157,13 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
                            f"{pol['spread'] * 100:.1f}", "%") if pol.get("spread") is not None
                       else "–")
                    + f" (cap {_esc(pol.get('max_s'))} s per setting)</div>")
+        if bench.get("gpu"):
+            out.append(f'<div class="sub">{_esc(_gpu_line(bench["gpu"]))}; '
+                       f"timing: {_esc(bench.get('timing') or 'host')}</div>")
     arts = m["artifacts"]
     batches = sorted({r["batch"] for a in arts.values()
-                      for r in (a.get("benchmark") or {}).get("results") or []})
+                      for r in (a.get("benchmark") or {}).get("results") or []
+                      if r.get("batch") is not None})
     main_batch = batches[0] if batches else None
     rows = []
     unstable = []
@@ -179,7 +183,9 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
         v = a.get("verification")
         idx, res = _result(b, main_batch)
         rpath = base + (("results", idx) if a.get("_ref") else ("benchmark", "results", idx))
-        if v is None:
+        if a.get("failed_upstream") and v is None:
+            vcell = '<td class="bad">failed upstream</td>'
+        elif v is None:
             vcell = '<td>reference</td>' if a.get("_ref") else '<td class="skip">not verified</td>'
         elif v.get("skipped"):
             vcell = f'<td class="skip" title="{_esc(v["skipped"])}">skipped</td>'
@@ -187,7 +193,8 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
             vcell = f'<td class="{"ok" if v["passed"] else "bad"}">{"passed" if v["passed"] else "FAILED"}</td>'
         tpath = base + ("threads",) if a.get("_ref") else base + ("benchmark", "threads")
         cells = [f"<td><code>{_esc(cand)}</code></td>", f"<td>{_esc(a.get('kind') or '')}</td>",
-                 f"<td>{_esc(a.get('runtime') or '')}</td>", _threads(tpath, b.get("threads")),
+                 f"<td>{_esc(a.get('runtime') or '')}</td>", _device_cell(a, b),
+                 _threads(tpath, b.get("threads")),
                  f"<td>{_esc(a.get('precision') or '')}</td>", vcell,
                  _num(base + ("verification", "max_abs"), (v or {}).get("max_abs"), "err")]
         if res is not None:
@@ -200,14 +207,17 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
             if not res.get("stable"):
                 unstable.append(f"{cand} (batch {res['batch']})")
         else:
-            why = b.get("skipped") or ("not benchmarked" if not b else "no result at this batch")
+            why = b.get("skipped") or ("failed upstream" if a.get("failed_upstream") and not b
+                                       else "not benchmarked" if not b
+                                       else "no result at this batch")
             cells.append(f'<td colspan="5" class="skip">{_esc(why)}</td>')
         cells += [_num((base + ("peak_rss_mb",)) if a.get("_ref") else
                        base + ("benchmark", "peak_rss_mb"), b.get("peak_rss_mb"), "mib"),
-                  _num(base + ("size_bytes",), a.get("size_bytes"), "size")]
+                  _num(base + ("size_bytes",), a.get("size_bytes"), "size"), _cpp_cell(a)]
         rows.append(f'<tr data-artifact="{_esc(cand)}">' + "".join(cells) + "</tr>")
-    header = ["artifact", "kind", "runtime", "threads", "precision", "verify", "max |err|",
-              "p50", "p99", "items/s", "spread", "vs eager", "peak RSS", "size"]
+    header = ["artifact", "kind", "runtime", "device", "threads", "precision", "verify",
+              "max |err|",
+              "p50", "p99", "items/s", "spread", "vs eager", "peak RSS", "size", "C++"]
     where = f" at batch {main_batch}" if main_batch is not None else ""
     out.append(f"<h3>Artifacts{where}</h3>")
     out.append("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header)
@@ -226,6 +236,34 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
     if len(batches) > 1:
         out.append(_batch_table(model, m, batches))
     return "\n".join(out)
+
+
+def _device_cell(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """Where the artifact actually ran (benchmark, else verify), its provider as the title."""
+    v = a.get("verification") or {}
+    device = b.get("device") or v.get("device") or ("" if not (b or v) else "cpu")
+    provider = b.get("provider") or v.get("provider") or ""
+    math = v.get("math") or ""
+    title = "; ".join(x for x in (provider, f"math: {math}" if math else "") if x)
+    return f'<td title="{_esc(title)}">{_esc(device)}' + \
+        (f' <span class="sub">{_esc(provider)}</span>' if provider and provider not in
+         ("torch", "tvm") else "") + "</td>"
+
+
+def _gpu_line(gpu: Mapping[str, Any]) -> str:
+    """``NVIDIA H200: SM 1980/1980 MHz, memory 2619 MHz, 143771 MiB (driver 580...)``."""
+    if gpu.get("error"):
+        return f"GPU: {gpu['error']}"
+    parts = [str(gpu.get("name") or "GPU")]
+    if gpu.get("clocks_sm") is not None:
+        parts.append(f"SM clock {gpu['clocks_sm']}/{gpu.get('clocks_max_sm')} MHz")
+    if gpu.get("clocks_mem") is not None:
+        parts.append(f"memory clock {gpu['clocks_mem']} MHz")
+    if gpu.get("memory_total") is not None:
+        parts.append(f"{gpu['memory_total']} MiB")
+    if gpu.get("driver_version"):
+        parts.append(f"driver {gpu['driver_version']}")
+    return ", ".join(parts)
 
 
 def _threads(path: fmt.Path, threads: Optional[Mapping[str, Any]]) -> str:
@@ -320,6 +358,16 @@ def _steps_table(doc: Mapping[str, Any]) -> str:
 
 # --- Markdown ----------------------------------------------------------------------------------
 
+def _cpp_cell(a: Mapping[str, Any]) -> str:
+    """Whether a cpp.check step ran the artifact from C++ (blank when none looked at it)."""
+    cpp = a.get("cpp")
+    if not cpp:
+        return "<td></td>"
+    title = f'{cpp.get("api") or ""} (step {cpp.get("step")})'
+    return (f'<td class="{"ok" if cpp["runs"] else "skip"}" title="{_esc(title)}">'
+            f'{_esc(cpp["text"])}</td>')
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     """A short summary for a CI comment: the release, the artifacts table, what was built."""
     s = doc["summary"]
@@ -342,7 +390,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         batch = batches[0] if batches else None
         lines += [f"**{model}**" + (f" (batch {batch})" if batch is not None else ""), "",
                   "| artifact | verify | max abs err | p50 ms | p99 ms | items/s | vs eager | "
-                  "size |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "size | C++ |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for cand, a in sorted(arts.items(), key=lambda kv: _p50(kv[1], batch) or float("inf")):
             v = a.get("verification") or {}
             _, r = _result(a.get("benchmark") or {}, batch)
@@ -356,7 +404,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
                 fmt.sig(r["p99_ms"], 4) if r and r.get("p99_ms") is not None else "–",
                 fmt.sig(r["items_per_s"], 4) if r and r.get("items_per_s") else "–",
                 f"{r['speedup_vs_eager']:.2f}×" if r and r.get("speedup_vs_eager") else "–",
-                f"{size_text} {unit}".strip()]) + " |")
+                f"{size_text} {unit}".strip(),
+                (a.get("cpp") or {}).get("text") or "–"]) + " |")
         busy = (m.get("benchmark") or {}).get("busy")
         if busy:
             lines += ["", f"The machine was busy while measuring (load average up to "

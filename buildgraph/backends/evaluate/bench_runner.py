@@ -20,6 +20,21 @@ not depend on the values, and an onnxruntime or TVM runner need not import torch
 The runner writes one JSON object per line to RESULTS as it goes (``loaded``, then ``result``
 or ``skipped`` per setting, then ``done``; or ``failed``), so that a runner killed at a large
 batch (out of memory) still leaves the sizes it finished.
+
+**What a timed run is.** Inputs are staged once per setting (:meth:`Runtime.stage`: on a GPU
+they are copied to device memory before timing), then each timed run is
+``run_staged`` + ``synchronize``: on a GPU the clock stops only when the device has finished
+(a kernel launch returns at once), and neither the host-to-device nor the device-to-host
+copy is timed. On ``device: cuda`` the warm-up is at least :data:`GPU_WARMUP` runs (CUDA
+contexts, cuDNN/cuBLAS plans and TVM's module load happen on the first runs), and the GPU's
+name, clocks, memory, temperature and power are read before and after each setting.
+
+**The cap.** ``max_s`` caps one setting, warm-up included (:func:`measure`). A single run
+stuck past it (a 2 s untuned TVM inference, a hang in native code) cannot be stopped from
+Python, so a watchdog thread gives each setting ``max_s`` + :func:`watchdog_margin`; when it
+fires it writes a ``capped`` event ("stopped at max_s after N runs") and ends the runner
+with exit status :data:`CAPPED_EXIT`. The benchmark step records the setting as capped and
+the settings not reached as skipped.
 """
 
 from __future__ import annotations
@@ -35,6 +50,49 @@ from typing import Any, Dict, IO, List, Mapping, Optional, Sequence
 
 CLOCK = time.perf_counter
 """The clock the windows are timed with (a test drives the sweep with a fake one)."""
+
+GPU_WARMUP = 10
+"""Fewest warm-up runs on a GPU."""
+
+CAPPED_EXIT = 86
+"""Exit status of a runner its watchdog stopped at ``max_s``."""
+
+
+def watchdog_margin(max_s: float) -> float:
+    """How long past ``max_s`` a setting may run before the runner is stopped: room for
+    the run in flight when the cap passed to end normally."""
+    return max(2.0, 0.25 * max_s)
+
+
+class Watchdog:
+    """Ends the runner when one setting outlasts its cap (see the module's doc)."""
+
+    def __init__(self, emit: "Emitter", max_s: float):
+        self.emit = emit
+        self.max_s = max_s
+        self.runs = 0
+        self._timer: Any = None
+
+    def start(self, dims: Mapping[str, int]) -> None:
+        import threading
+
+        self.cancel()
+        self.runs = 0
+        self._timer = threading.Timer(self.max_s + watchdog_margin(self.max_s), self._fire,
+                                      args=(dict(dims),))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self, dims: Dict[str, int]) -> None:
+        self.emit("capped", dims=dims, runs=self.runs,
+                  message=f"stopped at max_s ({self.max_s:g} s) after {self.runs} runs: a "
+                          f"run was still going {watchdog_margin(self.max_s):g} s past the cap")
+        os._exit(CAPPED_EXIT)
 
 
 def rss_mb() -> float:
@@ -129,20 +187,50 @@ def _batch(sizes: Mapping[str, int], inputs: Sequence[Any], dim: str) -> int:
 
 
 def _one_setting(runtime: Any, spec: Mapping[str, Any], seed: int, sizes: Dict[str, int],
-                 policy: Any, batch_dim: str, emit: Emitter) -> Optional[Dict[str, Any]]:
+                 policy: Any, batch_dim: str, emit: Emitter,
+                 watchdog: Optional[Watchdog] = None, gpu: Optional[int] = None
+                 ) -> Optional[Dict[str, Any]]:
     from buildgraph.backends.evaluate.measure import measure
     from buildgraph.backends.torch import model as torchmodel
 
     sizes = torchmodel.dim_sizes(spec, sizes)
     inputs = make_inputs(spec, seed, sizes)
-    figures = measure(lambda: runtime.run(inputs), policy, clock=CLOCK)
+    before = _gpu_facts(gpu)
+    staged = runtime.stage(inputs)
+
+    def once() -> None:
+        runtime.run_staged(staged)
+        runtime.synchronize()
+        if watchdog is not None:
+            watchdog.runs += 1
+
+    if watchdog is not None:
+        watchdog.start(sizes)
+    try:
+        figures = measure(once, policy, clock=CLOCK)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     batch = _batch(sizes, inputs, batch_dim)
     p50 = figures["p50_ms"]
     result = {"dims": dict(sizes), "batch": batch, "median_ms": p50, **figures,
               "items_per_s": round(batch / (p50 / 1e3), 2) if p50 else None,
               "peak_rss_mb": rss_mb(), "load_1m": load_average()}
+    if gpu is not None:
+        from buildgraph.backends.evaluate.gpu import peak_memory_mb
+
+        result["gpu"] = {"before": before, "after": _gpu_facts(gpu),
+                         "peak_allocated_mb": peak_memory_mb(gpu)}
     emit("result", **result)
     return result
+
+
+def _gpu_facts(index: Optional[int]) -> Optional[Dict[str, Any]]:
+    if index is None:
+        return None
+    from buildgraph.backends.evaluate.gpu import gpu_facts
+
+    return gpu_facts(index)
 
 
 def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
@@ -159,8 +247,17 @@ def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
                          meta=job["ctx"].get("meta") or {}, threads=job["threads"]["intra"],
                          interop_threads=job["threads"]["inter"],
                          device=job["ctx"].get("device", "cpu"),
+                         ort_provider=job["ctx"].get("ort_provider", "cuda"),
                          trusted=bool(job["ctx"].get("trusted")))
     policy = WindowPolicy(**job["policy"])
+    from buildgraph.engine.runtime import cuda_index, is_cuda
+
+    gpu = cuda_index(ctx.device) if is_cuda(ctx.device) else None
+    if gpu is not None:
+        from dataclasses import replace
+
+        policy = replace(policy, warmup=max(policy.warmup, GPU_WARMUP))
+    watchdog = Watchdog(emit, policy.max_s)
     seed = int(job.get("seed", 0))
     baseline = rss_mb()
     start = time.perf_counter()
@@ -169,9 +266,11 @@ def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
 
         runtime = load_job_runtime(job, ctx)  # an artifact, or the model's own reference
     except StepFailed as exc:
-        emit("failed", message=exc.message, skip=bool(getattr(exc, "skip", False)))
+        emit("failed", message=exc.message, skip=bool(getattr(exc, "skip", False)),
+             device_refusal=bool(getattr(exc, "device_refusal", False)))
         return
-    emit("loaded", load_s=round(time.perf_counter() - start, 4), precision=runtime.precision,
+    emit("loaded", timing=runtime.timing, load_s=round(time.perf_counter() - start, 4),
+         precision=runtime.precision,
          threads=runtime.details.get("threads"), rss_before_load_mb=baseline,
          rss_after_load_mb=rss_mb(),
          details={k: v for k, v in runtime.details.items() if k != "threads"})
@@ -181,7 +280,8 @@ def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
     sweep = job.get("sweep")
     outcome: Dict[str, Any] = {}
     if sweep:
-        outcome["sweep"] = _sweep(runtime, spec, seed, settings[0], sweep, fixed, policy, emit)
+        outcome["sweep"] = _sweep(runtime, spec, seed, settings[0], sweep, fixed, policy, emit,
+                                  watchdog, gpu)
     else:
         for sizes in settings:
             clash = {d: v for d, v in sizes.items() if d in fixed and fixed[d] != v}
@@ -191,7 +291,7 @@ def run_job(job: Mapping[str, Any], emit: Emitter) -> None:
                 continue
             full = {**{d: v for d, v in fixed.items()}, **sizes}
             try:
-                _one_setting(runtime, spec, seed, full, policy, batch_dim, emit)
+                _one_setting(runtime, spec, seed, full, policy, batch_dim, emit, watchdog, gpu)
             except StepFailed as exc:
                 emit("failed", message=f"{_label(full)}: {exc.message}", skip=False)
                 return
@@ -210,13 +310,14 @@ def _label(sizes: Mapping[str, int]) -> str:
 
 def _sweep(runtime: Any, spec: Mapping[str, Any], seed: int, base: Dict[str, int],
            sweep: Mapping[str, Any], fixed: Mapping[str, int], policy: Any,
-           emit: Emitter) -> Dict[str, Any]:
+           emit: Emitter, watchdog: Optional[Watchdog] = None, gpu: Optional[int] = None
+           ) -> Dict[str, Any]:
     """Grow ``sweep['dim']`` by ``factor`` from ``start`` until throughput stops growing by
     more than ``saturation`` (or ``max``, or a size fails); returns how it ended."""
     dim = sweep["dim"]
     if dim in fixed:
         sizes = {**fixed, **base}
-        _one_setting(runtime, spec, seed, sizes, policy, dim, emit)
+        _one_setting(runtime, spec, seed, sizes, policy, dim, emit, watchdog, gpu)
         return {"stop": "fixed", "detail": f"built for {dim}={fixed[dim]}",
                 "best": fixed[dim]}
     size = int(sweep["start"])
@@ -225,7 +326,7 @@ def _sweep(runtime: Any, spec: Mapping[str, Any], seed: int, base: Dict[str, int
     while size <= int(sweep["max"]):
         sizes = {**fixed, **base, dim: size}
         try:
-            result = _one_setting(runtime, spec, seed, sizes, policy, dim, emit)
+            result = _one_setting(runtime, spec, seed, sizes, policy, dim, emit, watchdog, gpu)
         except Exception as exc:  # noqa: BLE001 - out of memory, a profile's limit...
             text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             if not tried:

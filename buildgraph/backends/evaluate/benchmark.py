@@ -16,6 +16,18 @@ counts pinned (the same for torch, onnxruntime and TVM, so the comparison is fai
 recorded as each library reports them, and the runner's peak memory measured. With
 ``sweep:``, the batch dim grows (1, 2, 4...) until throughput stops growing.
 
+**Devices.** Every runner runs on ``device:`` or refuses (:class:`~buildgraph.engine.runtime.
+DeviceUnavailable`): the model's reference too, so that on ``device: cuda`` speedups are quoted
+against eager PyTorch on the same GPU. A candidate that cannot run there (onnxruntime without
+its CUDA provider, an llvm TVM library) is listed as not run, with the reason; when nothing
+ran at all (no GPU here) the step fails with one line. Each entry records the ``device`` and
+``provider`` it ran on; on a GPU, the report's ``gpu`` gives its name, clocks and memory.
+
+**Failed upstream.** Under ``--keep-going`` the step runs with the candidates that exist
+(``Executor.tolerates_failed_upstream``); the ones whose step failed are listed under
+``failed_upstream``, and the step fails only when none is left or a ``required:`` one is
+missing.
+
 It holds every CPU slot (``cpu: all``) so that no other step shares the cores while it
 measures; the host CPU and the thread counts are part of its key, so a timing from another
 machine is never served as this one's. ``buildgraph run --rebench`` measures again without
@@ -29,7 +41,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional
 
 from pydantic import Field, model_validator
 
@@ -78,7 +90,12 @@ class BenchmarkParams(ModelParams):
     reference: bool = Field(True, description="also time the model on its own reference "
                                               "runtime (eager PyTorch, onnxruntime fp32, "
                                               "TensorFlow): the baseline of speedups")
-    device: str = "cpu"
+    device: str = Field("cpu", description="where every runner runs, the reference included: "
+                                           "cpu, cuda or cuda:N (never elsewhere)")
+    onnxruntime_provider: Literal["cuda", "tensorrt"] = Field(
+        "cuda", description="onnxruntime's provider on a GPU")
+    required: List[str] = Field(default_factory=list, description="candidates that must be "
+                                "measured: with --keep-going, a failed one fails this step")
 
     @model_validator(mode="after")
     def _sweep_or_dims(self) -> "BenchmarkParams":
@@ -107,11 +124,12 @@ class BenchmarkExecutor(ModelExecutor):
     report is an output."""
 
     kind = "benchmark"
-    version = "2"
+    version = "3"  # 3: runners on device:, failed_upstream and timing; max_s caps warm-up
     Params = BenchmarkParams
     outputs = {"report": "benchmark.json"}
     resources = {"cpu": "all"}
     dists = ("torch", "onnxruntime", "apache-tvm", "tensorrt", "numpy")
+    tolerates_failed_upstream = True
 
     def describe(self, params: BenchmarkParams, ctx: DescribeContext) -> Description:
         """The model's description plus this host's CPU and the thread counts: timings are
@@ -129,9 +147,20 @@ class BenchmarkExecutor(ModelExecutor):
                 raise RecipeError(f"the model '{params.model}' has no named dim '{dim}'"
                                   f"{did_you_mean(dim, sorted(known))}",
                                   hint="named dims are the strings in its inputs' shapes")
-        return replace(base, env={**base.env, "host": host_cpu(),
-                                  "threads": {"intra": intra_threads(params),
-                                              "inter": params.threads.inter}})
+        env = {**base.env, "host": host_cpu(),
+               "threads": {"intra": intra_threads(params), "inter": params.threads.inter}}
+        from buildgraph.engine.runtime import cuda_index, is_cuda
+
+        if is_cuda(params.device):
+            # a timing from another GPU model or driver is not this one's: the GPU is keyed,
+            # and read again at every plan (a GPU can appear or change without Python knowing)
+            from buildgraph.backends.evaluate.gpu import gpu_facts
+
+            facts = gpu_facts(cuda_index(params.device))
+            env["gpu"] = f"{facts.get('name')} (driver {facts.get('driver_version')})" \
+                if facts.get("name") else "none"
+            return replace(base, env=env, volatile=True)
+        return replace(base, env=env)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         from buildgraph.backends.evaluate.reference import reference_job
@@ -139,14 +168,23 @@ class BenchmarkExecutor(ModelExecutor):
         from buildgraph.backends.onnx.modelspec import dim_sizes
         from buildgraph.engine.runtime import artifact_info, runtime_for
 
+        from buildgraph.backends.evaluate.upstream import check_required, failed_upstream
+
         p: BenchmarkParams = self.params(task)
         spec = model_spec_of(task, p.model)
         ups = list(task.upstream)
+        failed = failed_upstream(task, p.candidates)
+        check_required(p.required, ups, failed)
         chosen = ups if p.candidates is None else \
             [u for c in p.candidates for u in ups if u == c or u.split("@")[0] == c]
         if not chosen:
+            if failed:
+                raise StepFailed("nothing to benchmark: every candidate failed upstream ("
+                                 + ", ".join(failed) + ")")
             raise StepFailed("nothing to benchmark: list the artifacts' steps under 'from:'"
                              + (f"{did_you_mean(p.candidates[0], ups)}" if p.candidates else ""))
+        for cand in failed:
+            task.log(f"{cand}: failed upstream; not measured")
         known = dim_sizes(spec)
         for dim in list(p.dims) + ([p.sweep.dim] if p.sweep else []):
             if dim not in known:
@@ -171,9 +209,18 @@ class BenchmarkExecutor(ModelExecutor):
             "threads": threads, "policy": policy,
             "sweep": sweep, "warmup": p.warmup, "runs": p.runs, "device": p.device,
             "host_load": {"cpus": os.cpu_count(), "before": load_average()},
-            "candidates": {}}
+            "candidates": {}, "failed_upstream": failed,
+            "timing": "host" if p.device == "cpu" else
+            "device: inputs staged on the device, each run synchronised"}
+        from buildgraph.engine.runtime import cuda_index, is_cuda
+
+        if is_cuda(p.device):
+            from buildgraph.backends.evaluate.gpu import gpu_facts
+
+            report["gpu"] = gpu_facts(cuda_index(p.device))
         base_ctx = {"model": p.model, "model_spec": dict(spec),
-                    "recipe_dir": str(task.recipe_dir), "device": p.device}
+                    "recipe_dir": str(task.recipe_dir), "device": p.device,
+                    "ort_provider": p.onnxruntime_provider}
         if p.reference:
             job = {**ref_job, "ctx": {**base_ctx, "kind": None,
                                       "trusted": bool(spec.get("trusted"))}}
@@ -196,16 +243,31 @@ class BenchmarkExecutor(ModelExecutor):
             report["candidates"][cand] = self._measure(task, cand, job, threads, policy,
                                                        settings, sweep, spec, entry)
         report["host_load"]["after"] = load_average()
+        self._nothing_ran(p.device, report)
         busy = max((v for v in (report["host_load"]["before"], report["host_load"]["after"])
                     if v is not None), default=0.0)
         if busy > (os.cpu_count() or 1):
             task.log(f"the machine was busy while measuring: 1-minute load average {busy:.1f} on "
                      f"{os.cpu_count()} CPUs; timings are slower than on an idle machine")
         task.outputs["report"].write_text(json.dumps(report, indent=2, sort_keys=True))
-        return {"median_ms": {c: [r["median_ms"] for r in e["results"]]
+        return {"median_ms": {c: [r.get("median_ms") for r in e.get("results") or []]
                               for c, e in report["candidates"].items()},
                 "stable": all(r.get("stable") for e in report["candidates"].values()
-                              for r in e["results"])}
+                              for r in e.get("results") or [])}
+
+    @staticmethod
+    def _nothing_ran(device: str, report: Mapping[str, Any]) -> None:
+        """Fail, in one line, when no runner could run on the device (no GPU here): a report
+        of nothing but refusals is not a benchmark."""
+        entries = dict(report["candidates"])
+        if report.get("reference"):
+            entries["eager"] = report["reference"]
+        refused = {n: e["skipped"] for n, e in entries.items() if e.get("device_refusal")}
+        if refused and all(e.get("skipped") for e in entries.values()):
+            name, why = next(iter(sorted(refused.items())))
+            raise StepFailed(f"nothing ran on {device}: {name}: {why}"
+                             + (f" (and {len(entries) - 1} more; the report lists each)"
+                                if len(entries) > 1 else ""))
 
     def _measure(self, task: Task, name: str, job: Dict[str, Any], threads: Dict[str, int],
                  policy: Dict[str, Any], settings: List[Dict[str, int]],
@@ -241,13 +303,16 @@ class BenchmarkExecutor(ModelExecutor):
             max(1, sweep["max"] // sweep["start"]), sweep["factor"]))
         limit = task.timeout or 300 + sizes * (2 * policy["max_s"] + 60)
         runner_error = ""
+        from buildgraph.backends.evaluate.bench_runner import CAPPED_EXIT
+
         with open(task.log_path, "ab") as log:
             try:
                 run_logged([sys.executable, "-m", "buildgraph.backends.evaluate.bench_runner",
                             str(job_path), str(results_path)], log, cwd=str(task.work_dir),
                            env=env, timeout=limit, what=f"the runner of {name}")
             except StepFailed as exc:
-                runner_error = exc.message
+                if not exc.message.endswith(f"exited with status {CAPPED_EXIT}"):
+                    runner_error = exc.message
         entry.setdefault("results", [])
         failed: Optional[Dict[str, Any]] = None
         for line in results_path.read_text(encoding="utf-8").splitlines():
@@ -260,15 +325,28 @@ class BenchmarkExecutor(ModelExecutor):
                 entry.update(load_s=event["load_s"], precision=event["precision"],
                              threads=event.get("threads"),
                              rss_before_load_mb=event["rss_before_load_mb"],
-                             rss_after_load_mb=event["rss_after_load_mb"])
+                             rss_after_load_mb=event["rss_after_load_mb"],
+                             timing=event.get("timing", "host"))
                 if event.get("details"):
                     entry["details"] = event["details"]
+                    for key in ("device", "provider"):  # where it ran: compared by release
+                        if key in event["details"]:
+                            entry[key] = event["details"][key]
+            elif kind == "capped":  # the watchdog ended the runner inside one run
+                entry["results"].append({"dims": event["dims"], "stable": False,
+                                         "batch": event["dims"].get(job["batch_dim"]),
+                                         "median_ms": None, "p50_ms": None,
+                                         "stop": "max_s", "stop_detail": event["message"],
+                                         "runs": event["runs"]})
+                entry["capped"] = event["message"]
+                task.log(f"{name} {_label(event['dims'])}: {event['message']}")
             elif kind == "result":
                 entry["results"].append(event)
                 task.log(f"{name} {_label(event['dims'])}: p50 {event['p50_ms']:.3f} ms, p99 "
                          f"{event['p99_ms']:.3f} ms, spread {_pct(event['spread'])} over "
                          f"{event['windows']} windows of {event['runs_per_window']} runs"
-                         + ("" if event["stable"] else " (NOT stable: time cap reached)")
+                         + ("" if event["stable"] else
+                            f" (NOT stable: {event.get('stop_detail') or 'time cap reached'})")
                          + f", peak RSS {event['peak_rss_mb']:.0f} MiB")
             elif kind == "skipped":
                 entry.setdefault("skipped_settings", []).append(event)
@@ -283,6 +361,8 @@ class BenchmarkExecutor(ModelExecutor):
                 failed = event
         if failed is not None and failed.get("skip"):
             entry["skipped"] = failed["message"]
+            if failed.get("device_refusal"):
+                entry["device_refusal"] = True
             task.log(f"{name}: skipped: {failed['message']}")
             return entry
         if failed is not None:

@@ -32,7 +32,11 @@ COMPRESSLEVEL = 6
 level 9 costs a quarter more time."""
 
 LOADERS = {"onnxruntime", "torchscript", "torch.export", "torch.save", "tvm.relax", "tensorrt",
-           "tensorflow"}
+           "tensorflow", "torch.aoti"}
+
+CPP_KIND = "cpp.check"
+"""The step kind whose C++ loaders (``sources/FORM/``) a bundle ships for the artifacts it
+proved (:mod:`buildgraph.backends.cpp.check`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +70,9 @@ def build_manifest(task: Task, *, name: str, mode: str, batch: Optional[int],
             "loader": f"loaders/{_loader_name(runtime)}.py",
             "reproducible": _reproducible(cand, steps),
         })
+        cpp = cpp_proof(task, cand, artifacts[-1]["path"], source)
+        if cpp:
+            artifacts[-1]["cpp"] = cpp
     nondeterministic = {sid: rec["nondeterministic"] for sid, rec in sorted(steps.items())
                         if rec.get("nondeterministic")}
     manifest: Dict[str, Any] = {
@@ -80,6 +87,45 @@ def build_manifest(task: Task, *, name: str, mode: str, batch: Optional[int],
         "provenance": _provenance(task, provenance, stamp),
     }
     return manifest
+
+
+def cpp_proof(task: Task, cand: str, path: str, source: Path) -> Dict[str, Any]:
+    """What an upstream ``cpp.check`` step proved about ``cand``: whether it runs from C++,
+    the loader it built and ran (shipped under ``cpp/FORM/``) and the errors it measured; {}
+    when no such step checked it."""
+    for step, kind in sorted(task.upstream_kinds.items()):
+        if kind != CPP_KIND or "report" not in task.upstream.get(step, {}):
+            continue
+        report = json.loads(Path(task.upstream[step]["report"]).read_text(encoding="utf-8"))
+        entry = (report.get("candidates") or {}).get(cand)
+        if not entry:
+            continue
+        yes = entry.get("runs_from_cpp") == "yes"
+        proof: Dict[str, Any] = {"checked_by": step,
+                                 "runs_from_cpp": "yes" if yes else
+                                 f"no ({entry.get('why', '?')})",
+                                 "api": entry.get("api"), "libraries": entry.get("libraries"),
+                                 "toolchain": report.get("toolchain"),
+                                 "max_abs": {n: m.get("max_abs") for n, m in
+                                             (entry.get("outputs") or {}).items()}}
+        if yes:
+            form = entry["loader"]
+            proof.update(loader=f"cpp/{form}", sources=f"{step}:sources/{form}",
+                         build=f"cmake -S cpp/{form} -B build/{form} && cmake --build "
+                               f"build/{form}",
+                         run=f"./build/{form}/bg_loader {path}"
+                             f"{'/' + _tvm_library(source) if source.is_dir() else ''} "
+                             f"{entry.get('device', 'cpu')} IN.bgt OUT.bgt")
+        return proof
+    return {}
+
+
+def _tvm_library(folder: Path) -> str:
+    """The library file in a ``tvm.compile`` output folder."""
+    try:
+        return json.loads((folder / "model.json").read_text(encoding="utf-8"))["library"]
+    except (OSError, ValueError, KeyError):
+        return "model.so"
 
 
 def io_signature(source: Path, model: Mapping[str, Any],
@@ -287,6 +333,14 @@ def write_bundle(dest: Path, manifest: Dict[str, Any], sources: Dict[str, Path],
         data = task.upstream.get(art["step"], {}).get("data")  # ONNX external weights
         if data is not None and Path(data).is_file():
             shutil.copyfile(data, target.parent / Path(data).name)
+    for art in manifest["artifacts"]:
+        cpp = art.get("cpp") or {}
+        if cpp.get("loader"):
+            step, _, rel = cpp["sources"].partition(":")
+            folder = Path(task.upstream[step]["sources"]) / rel.split("/", 1)[1]
+            target = dest / cpp["loader"]
+            if not target.exists():
+                shutil.copytree(folder, target, copy_function=shutil.copyfile)
     (dest / "loaders").mkdir()
     for runtime in sorted({a["runtime"] for a in manifest["artifacts"]}):
         name = _loader_name(runtime)
@@ -443,6 +497,24 @@ def run(model, entry, arrays):
         out = model(*[torch.from_numpy(a) for a in arrays])
     return [t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
 '''),
+    "torch.aoti": ("an AOTInductor package with torch._inductor.aoti_load_package (C++: "
+                   "torch::inductor::AOTIModelPackageLoader)",
+                   "numpy, torch (the version that compiled it), the device it was compiled for",
+                   '''
+def load(entry):
+    import torch
+
+    return torch._inductor.aoti_load_package(str(BUNDLE / entry["path"]))
+
+
+def run(model, entry, arrays):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and entry.get("device") == "cuda" else "cpu"
+    with torch.inference_mode():
+        out = model(*[torch.from_numpy(a).to(device) for a in arrays])
+    return [t.cpu().numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
+'''),
     "tvm.relax": ("a TVM library with the TVM runtime (relax.VirtualMachine)",
                   "numpy, apache-tvm (the runtime alone), a CPU of the library's target", '''
 def load(entry):
@@ -565,6 +637,16 @@ def readme(manifest: Mapping[str, Any]) -> str:
     for art in manifest["artifacts"]:
         lines.append(f"- `{art['step']}`: `python {art['loader']} {art['step']}` loads it and "
                      "runs it once on random inputs of its signature.")
+    for art in manifest["artifacts"]:
+        cpp = art.get("cpp") or {}
+        if cpp.get("loader"):
+            lines.append(f"- `{art['step']}` from C++ ({cpp.get('api')}; `{cpp['checked_by']}` "
+                         f"built and ran this loader on the verification inputs: runs from "
+                         f"C++: {cpp['runs_from_cpp']}): `{cpp['build']}`, then "
+                         f"`{cpp['run']}` (IN/OUT: BGT1 tensor files, format at the top of "
+                         f"`{cpp['loader']}/main.cpp`).")
+        elif cpp:
+            lines.append(f"- `{art['step']}` from C++: {cpp['runs_from_cpp']}")
     lines += ["", "Every file's SHA-256 is in `manifest.json` (`artifacts[].files`).", "",
               "## Verification", ""]
     for art in manifest["artifacts"]:

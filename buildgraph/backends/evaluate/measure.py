@@ -6,8 +6,13 @@ whether that count was enough. So :func:`measure` times *windows* of runs (each 
 agree within ``spread`` (relative), or the time cap ``max_s`` is reached. The figures (p50, p90,
 p99, mean) come from the last two windows, the pair that agreed, and the result says whether
 they did (``stable``), by how much (``spread``) and how long it took. A run that takes longer
-than the cap allows gets shorter windows (at least 3 runs each), never fewer than
-``min_windows`` windows: a spread needs two of them.
+than the cap allows gets shorter windows (at least 3 runs each).
+
+``max_s`` is a real cap on one setting, warm-up included: the clock is read after every run,
+and once ``max_s`` has passed no further run starts (``stop: "max_s"``, with ``stop_detail``
+"stopped at max_s after N runs"); the figures then come from the runs made (the warm-up runs
+when not one timed run fitted). A single run that never returns is the runner's watchdog's
+job (:mod:`buildgraph.backends.evaluate.bench_runner`).
 
 Pure Python with an injectable clock (tests drive it with a fake one); no numpy, so the
 runner's own memory and start-up stay small.
@@ -64,28 +69,38 @@ def relative_spread(a: float, b: float) -> float:
 def measure(fn: Callable[[], Any], policy: WindowPolicy,
             clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
     """Time ``fn()`` under ``policy``; a JSON-ready dict of figures (milliseconds)."""
+    first = clock()
+    deadline = first + policy.max_s
     est_times: List[float] = []
     for _ in range(max(1, policy.warmup)):
         start = clock()
         fn()
-        est_times.append(clock() - start)
+        now = clock()
+        est_times.append(now - start)
+        if now >= deadline:
+            break
     est = max(statistics.median(est_times), 1e-9)
     per_window = max(policy.runs, math.ceil(policy.window_s / est))
-    # leave room for min_windows windows under the cap
-    fits = math.floor(policy.max_s / (policy.min_windows * est))
+    # leave room for min_windows windows in what the warm-up left of the cap
+    fits = math.floor((deadline - clock()) / (policy.min_windows * est))
     per_window = max(MIN_WINDOW_RUNS, min(per_window, fits))
     windows: List[List[float]] = []
     began = clock()
     stop = "time cap"
     spread = float("inf")
-    while True:
-        times = []
+    capped = clock() >= deadline
+    while not capped:
+        times: List[float] = []
         for _ in range(per_window):
             start = clock()
             fn()
-            times.append(clock() - start)
+            now = clock()
+            times.append(now - start)
+            if now >= deadline:
+                capped = True
+                break
         windows.append(times)
-        if len(windows) >= 2:
+        if len(windows) >= 2 and not capped:
             spread = relative_spread(statistics.median(windows[-1]),
                                      statistics.median(windows[-2]))
         if len(windows) >= policy.min_windows and spread <= policy.spread:
@@ -97,7 +112,13 @@ def measure(fn: Callable[[], Any], policy: WindowPolicy,
                 or len(windows) >= MAX_WINDOWS:
             break
     elapsed = clock() - began
-    used = sorted(t for w in windows[-2:] for t in w)
+    timed_runs = sum(len(w) for w in windows)
+    detail = ""
+    if capped:
+        stop = "max_s"
+        detail = (f"stopped at max_s ({policy.max_s:g} s) after {len(est_times)} warm-up and "
+                  f"{timed_runs} timed runs")
+    used = sorted(t for w in windows[-2:] for t in w) or sorted(est_times)
     ms = 1e3
     p50 = percentile(used, 50)
     return {
@@ -115,6 +136,9 @@ def measure(fn: Callable[[], Any], policy: WindowPolicy,
         "spread_limit": policy.spread,
         "stable": stop == "agreed",
         "stop": stop,
+        **({"stop_detail": detail} if detail else {}),
+        "runs": len(est_times) + timed_runs,
+        "total_s": round(clock() - first, 3),
         "timed_s": round(elapsed, 3),
         "warmup_runs": len(est_times),
     }

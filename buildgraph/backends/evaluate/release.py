@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 from pydantic import Field
 
@@ -54,17 +54,20 @@ class ReleaseParams(StrictParams):
                                                   "archive (default: the model's name)")
     stamp: bool = Field(True, description="record the git commit and dirty flag (read when the "
                                           "step runs, not keyed: see the module's doc)")
+    required: List[str] = Field(default_factory=list, description="candidates that must not "
+                                "have failed upstream (with --keep-going)")
 
 
 class ReleaseExecutor(Executor):
     """Ship the fastest verified artifact(s): a manifest, loaders and a deterministic .tar.gz."""
 
     kind = "release"
-    version = "2"
+    version = "3"  # 3: release.json names the device and the failed upstream steps
     Params = ReleaseParams
     outputs = {"artifact": "artifact", "manifest": "release.json", "bundle": "bundle",
                "archive": "bundle.tar.gz"}
     isolation = "worker"  # reads ONNX signatures and compresses hundreds of MB
+    tolerates_failed_upstream = True
 
     def describe(self, params: ReleaseParams, ctx: DescribeContext) -> Description:
         """The model's IO settings (names, shapes, dims), this host (the benchmark it ships
@@ -93,10 +96,21 @@ class ReleaseExecutor(Executor):
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
         from buildgraph.backends.evaluate import bundle
 
+        from buildgraph.backends.evaluate.upstream import check_required, failed_upstream
+
         p = ReleaseParams.model_validate(task.params)
-        bench_step, report = self._benchmark(task)
+        failed = failed_upstream(task)
+        check_required(p.required, list(task.upstream), failed)
+        failed_checks = [up for up in failed if task.upstream_kinds.get(up) == "verify"]
+        if failed_checks and p.require_verified:
+            # a failed verify step leaves no report: what it checked is not known to be correct
+            raise StepFailed(f"verify step '{failed_checks[0]}' failed upstream: nothing it "
+                             "checked is known to be correct (fix it, or set "
+                             "require_verified: false)")
+        bench_step, report = self._benchmark(task, failed)
         verify_reports = {up: json.loads(Path(task.upstream[up]["report"]).read_text())
-                          for up, kind in sorted(task.upstream_kinds.items()) if kind == "verify"}
+                          for up, kind in sorted(task.upstream_kinds.items())
+                          if kind == "verify" and up in task.upstream}
         verified: Dict[str, bool] = {}
         for vrep in verify_reports.values():
             for cand, entry in vrep["candidates"].items():
@@ -106,9 +120,18 @@ class ReleaseExecutor(Executor):
             raise StepFailed("no verify step under 'from:': nothing is known to be correct "
                              "(or set require_verified: false)")
         ranking, reasons = self._rank(report, verified, p)
+        for cand in failed:
+            if task.upstream_kinds.get(cand) not in ("verify", "benchmark"):
+                reasons[cand] = "failed upstream"
         if not ranking:
             raise StepFailed("no candidate both passed verification and was benchmarked"
-                             + (f" at batch {p.batch}" if p.batch is not None else ""))
+                             + (f" at batch {p.batch}" if p.batch is not None else "")
+                             + (" on " + str(report.get("device")) if report.get("device")
+                                not in (None, "cpu") else "")
+                             + (f" ({len(reasons)} not eligible: see the log)" if reasons
+                                else ""))
+        for cand, why in sorted(reasons.items()):
+            task.log(f"{cand}: not ranked: {why}")
         selected = self._select(ranking, p.select)
         best_ms, best, best_entry = ranking[0]
         sources: Dict[str, Path] = {}
@@ -131,6 +154,7 @@ class ReleaseExecutor(Executor):
                     "ranking": [{"step": c, "median_ms": ms,
                                  "runtime": e.get("runtime")} for ms, c, e in ranking],
                     "not_eligible": sorted(reasons), "not_eligible_reasons": reasons,
+                    "device": report.get("device", "cpu"), "failed_upstream": failed,
                     "verified_against": {up: dict(rep.get("reference") or {})
                                          for up, rep in verify_reports.items()}}
         task.outputs["manifest"].write_text(json.dumps(decision, indent=2) + "\n")
@@ -149,8 +173,11 @@ class ReleaseExecutor(Executor):
                 "archive_bytes": task.outputs["archive"].stat().st_size}
 
     @staticmethod
-    def _benchmark(task: Task) -> Tuple[str, Dict[str, Any]]:
+    def _benchmark(task: Task, failed: Sequence[str] = ()) -> Tuple[str, Dict[str, Any]]:
         bench = [u for u, k in task.upstream_kinds.items() if k == "benchmark"]
+        if len(bench) == 1 and bench[0] in failed:
+            raise StepFailed(f"the benchmark step '{bench[0]}' failed upstream: nothing is "
+                             "measured to rank")
         if len(bench) != 1:
             raise StepFailed("release needs exactly one benchmark step under 'from:'; got "
                              + (", ".join(bench) or "none"))
@@ -162,13 +189,21 @@ class ReleaseExecutor(Executor):
         """Eligible candidates, fastest first (ties by name), and why the others are not."""
         ranking = []
         reasons: Dict[str, str] = {}
+        bench_device = device_class(str(report.get("device") or "cpu"))
+        for cand in report.get("failed_upstream") or []:
+            reasons[cand] = "failed upstream (not benchmarked)"
         for cand, entry in sorted(report["candidates"].items()):
             results = entry.get("results") or []
             if p.batch is not None:
                 results = [r for r in results if r.get("batch") == p.batch]
             latency = _latency(results[0]) if results else None
+            ran_on = device_class(str(entry.get("device") or report.get("device") or "cpu"))
             if entry.get("skipped"):
                 reasons[cand] = f"not benchmarked: {entry['skipped']}"
+            elif ran_on != bench_device:
+                reasons[cand] = (f"measured on {entry.get('device')}, not on the benchmark's "
+                                 f"device {report.get('device')}: not ranked against the "
+                                 "others")
             elif latency is None:
                 reasons[cand] = "not benchmarked" + (f" at batch {p.batch}"
                                                      if p.batch is not None else "")
@@ -196,6 +231,15 @@ class ReleaseExecutor(Executor):
                 seen.add(runtime)
                 chosen.append(row)
         return chosen
+
+
+def device_class(device: str) -> str:
+    """``cpu`` or ``cuda:N`` of a device as a report names it (``cuda``, ``cuda:0 NVIDIA
+    H200``): what two timings must share to be ranked against each other."""
+    head = device.split()[0] if device.split() else "cpu"
+    if head == "cuda":
+        return "cuda:0"
+    return head
 
 
 def _latency(result: Dict[str, Any]) -> Optional[float]:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 from pydantic import Field, field_validator
 
@@ -52,6 +53,17 @@ PRECISION_DEFAULTS: Dict[str, Dict[str, Any]] = {
 below 0.9), loose enough for the rounding a correct fp16/bf16/int8 build shows."""
 
 BOUNDS = ("atol", "rtol", "statistic", "min_cosine", "min_top1", "min_topk")
+
+MATH_MODES = {
+    "fp32": "fp32: TF32 off (torch cuDNN convolutions and matmuls, onnxruntime CUDA "
+            "use_tf32=0); fp32 tolerances",
+    "tf32": "tf32: TF32 allowed (torch cuDNN convolutions and matmuls, onnxruntime CUDA); "
+            "fp32 candidates checked with the tf32 tolerances",
+}
+"""``math:`` on a GPU, as the report states it. PyTorch computes fp32 convolutions in TF32 on
+Ampere and later GPUs by default (10-bit mantissa: errors ~1e-3 on a ResNet), which fp32
+tolerances would fail; verification turns TF32 off by default, so that what is checked is the
+artifact, not the math mode."""
 
 TRUSTED_KINDS = ("torch.save",)
 """Step kinds whose outputs may run code when loaded (a whole-model pickle): a torch.save step
@@ -101,8 +113,16 @@ class VerifyParams(ModelParams):
                                        description="sizes of named dims the random sets cycle "
                                                    "through, e.g. {batch: [1, 4]}")
     topk: int = Field(5, ge=1, description="k of top-k agreement for classifier outputs")
-    device: str = Field("cpu", description="device the candidates' runtimes use (cpu, cuda); "
-                                           "the reference always runs on the CPU")
+    device: str = Field("cpu", description="device the candidates' runtimes use (cpu, cuda, "
+                                           "cuda:N); the reference always runs on the CPU, "
+                                           "in fp32")
+    math: Literal["fp32", "tf32"] = Field(
+        "fp32", description="on a GPU: fp32 turns TF32 off for the candidates (fp32 "
+        "tolerances); tf32 leaves it on and checks fp32 candidates with the tf32 tolerances")
+    onnxruntime_provider: Literal["cuda", "tensorrt"] = Field(
+        "cuda", description="onnxruntime's provider on a GPU")
+    required: List[str] = Field(default_factory=list, description="candidates that must be "
+                                "checked: with --keep-going, a failed one fails this step")
     classifier: Optional[bool] = Field(None, description="compute top-k agreement (default: "
                                        "for 2-D float outputs)")
     tolerances: Dict[str, Tolerance] = Field(
@@ -272,6 +292,32 @@ def table(rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]]) -> s
 # the executor
 # --------------------------------------------------------------------------------------------
 
+@dataclass
+class _ReferenceRun:
+    """The input sets (the framework's tensors and numpy) and the reference's outputs."""
+
+    sets: List[Tuple[str, List[Any]]]
+    np_sets: List[List[Any]]
+    outputs: List[List[Any]] = field(default_factory=list)
+    names: List[str] = field(default_factory=list)
+    rerun: Callable[[List[Any]], List[Any]] = lambda tensors: []
+    """The reference on other inputs (sets redrawn for a candidate built for fixed sizes)."""
+
+
+@dataclass
+class _CandidateRun:
+    """What running one candidate gave: its outputs, or why it gave none."""
+
+    entry: Dict[str, Any]
+    ref_outputs: List[List[Any]]
+    """The reference outputs for the sets the candidate ran (its own, when redrawn)."""
+    got: List[List[Any]] = field(default_factory=list)
+    precision: str = "fp32"
+    problem: str = ""
+    skipped: str = ""
+    device_refusal: bool = False
+
+
 class VerifyExecutor(ModelExecutor):
     """Compare upstream artifacts with the model's reference; the JSON report is an
     output."""
@@ -282,6 +328,7 @@ class VerifyExecutor(ModelExecutor):
     outputs = {"report": "report.json", "tensors": "tensors.npz"}
     resources = {"cpu": "all"}
     dists = ("torch", "onnx", "onnxruntime", "numpy")
+    tolerates_failed_upstream = True
 
     def describe(self, params: VerifyParams, ctx: DescribeContext) -> Description:
         """The model's description; also checks, before anything is built, that every
@@ -312,11 +359,18 @@ class VerifyExecutor(ModelExecutor):
         return describe_model_any(params.model, ctx, self.dists)
 
     def run(self, task: Any) -> Optional[Dict[str, Any]]:
+        from buildgraph.backends.evaluate.upstream import check_required, failed_upstream
+
         p: VerifyParams = self.params(task)
-        candidates = self._candidates(task, p)
+        if p.reference is not None and p.reference not in task.upstream:
+            raise StepFailed(f"reference: step '{p.reference}' failed upstream; nothing to "
+                             "compare with")
+        failed = [f for f in failed_upstream(task, p.candidates) if f != p.reference]
+        check_required(p.required, list(task.upstream), failed)
+        candidates = self._candidates(task, p, failed)
         reference = self._reference(task, p)
         try:
-            return self._verify(task, p, candidates, reference)
+            return self._verify(task, p, candidates, reference, failed)
         finally:
             reference.close()
 
@@ -336,120 +390,182 @@ class VerifyExecutor(ModelExecutor):
                 return refs.artifact_reference(task, p.model, spec, p.reference, task.threads)
             return refs.model_reference(task, p.model, spec, task.threads)
 
-    def _verify(self, task: Any, p: VerifyParams, candidates: List[str], reference: Any
-                ) -> Optional[Dict[str, Any]]:
-        from buildgraph.engine.runtime import RuntimeContext, artifact_info, load_runtime, runtime_for
+    def _verify(self, task: Any, p: VerifyParams, candidates: List[str], reference: Any,
+                failed: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
+        """Run the reference once, then check each candidate against it; write the report
+        and the tensors; fail with the worst error when a candidate fails."""
+        ref = self._run_reference(task, p, reference)
+        report = self._new_report(task, p, reference, ref, failed or [])
+        rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]] = []
+        timings: Dict[str, Dict[str, float]] = {}
+        for cand in candidates:
+            entry, cand_rows = self._check_candidate(task, p, cand, reference, ref, timings)
+            report["candidates"][cand] = entry
+            if entry.get("skipped"):
+                continue
+            rows += cand_rows
+            report["passed"] = report["passed"] and entry["passed"]
+        rows.sort(key=lambda r: (r[3]["passed"], -r[3].get("max_abs", float("inf"))))
+        with self.timed("report"):
+            write_json(task.outputs["report"], report)
+            self._save_tensors(task.outputs["tensors"], ref.sets, ref.np_sets, ref.outputs,
+                               ref.names, [n for n, _ in input_specs(reference.spec)])
+        return self._conclude(task, p, report, rows, timings, len(ref.sets))
 
-        spec = reference.spec
-        sets = self._input_sets(task, p, spec, reference)
-        ref_out: List[List[Any]] = []
-        out_names: List[str] = []
+    def _run_reference(self, task: Any, p: VerifyParams, reference: Any) -> "_ReferenceRun":
+        """The input sets and the reference's outputs on each (on the CPU, fp32)."""
+        sets = self._input_sets(task, p, reference.spec, reference)
+        ref = _ReferenceRun(sets=sets, np_sets=[reference.to_numpy(t) for _, t in sets])
         with self.timed("reference"):
-            for label, tensors in sets:
-                out_names, arrays = reference.run(tensors)
-                ref_out.append(arrays)
-        np_sets = [reference.to_numpy(tensors) for _, tensors in sets]
+            for _, tensors in sets:
+                ref.names, arrays = reference.run(tensors)
+                ref.outputs.append(arrays)
 
-        def reference_for(tensors: List[Any]) -> List[Any]:
+        def rerun(tensors: List[Any]) -> List[Any]:
             with self.timed("reference"):
                 return reference.run(tensors)[1]
+        ref.rerun = rerun
+        task.log(f"reference: {reference.name} ({reference.framework} model '{p.model}'"
+                 + (f", step {p.reference}" if p.reference else "") + ")")
+        return ref
+
+    @staticmethod
+    def _new_report(task: Any, p: VerifyParams, reference: Any, ref: "_ReferenceRun",
+                    failed: List[str]) -> Dict[str, Any]:
+        """The report's header: the reference, the inputs, the device and math mode."""
+        spec = reference.spec
         report: Dict[str, Any] = {
             "schema": 1, "model": p.model,
             "reference": reference.describe(),
             "inputs": [{"name": label, "shapes": {n: list(t.shape) for (n, _), t in
                                                    zip(input_specs(spec), tensors)}}
-                       for label, tensors in sets],
-            "outputs": out_names, "candidates": {}, "passed": True}
-        task.log(f"reference: {reference.name} ({reference.framework} model '{p.model}'"
-                 + (f", step {p.reference}" if p.reference else "") + ")")
+                       for label, tensors in ref.sets],
+            "outputs": ref.names, "candidates": {}, "passed": True}
+        if p.device != "cpu":
+            report["device"] = p.device
+            report["math"] = MATH_MODES[p.math]
+        if failed:
+            report["failed_upstream"] = failed
+            for cand in failed:
+                task.log(f"{cand}: failed upstream; not checked")
+        return report
+
+    def _check_candidate(self, task: Any, p: VerifyParams, cand: str, reference: Any,
+                         ref: "_ReferenceRun", timings: Dict[str, Dict[str, float]]
+                         ) -> Tuple[Dict[str, Any], List[Tuple[str, str, str, Dict[str, Any],
+                                                               Dict[str, Any]]]]:
+        """One candidate's report entry and its table rows: run it, then judge each
+        output against the reference's."""
+        run = self._run_candidate(task, p, cand, reference, ref, timings)
+        entry = run.entry
+        if run.skipped:
+            entry.update(skipped=run.skipped, passed=True, outputs={})
+            if run.device_refusal:
+                entry["device_refusal"] = True
+            task.log(f"{cand} ({entry.get('runtime', '?')}): not run: {run.skipped}")
+            return entry, []
+        detected = self._precision_checked(p, run.precision)
+        problem = run.problem
+        if not problem and run.got and len(run.got[0]) != len(ref.names):
+            problem = f"{len(run.got[0])} outputs; the reference has {len(ref.names)}"
         rows = []
-        timings: Dict[str, Dict[str, float]] = {}
-        for cand in candidates:
-            path = artifact_of(task, cand)
-            kind = task.upstream_kinds.get(cand)
-            entry: Dict[str, Any] = {"kind": kind, "artifact": path.name}
-            cctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
-                                  kind=kind, meta=artifact_info(task.upstream[cand]),
-                                  threads=task.threads, device=p.device,
-                                  trusted=candidate_trusted(kind, spec))
+        entry["outputs"] = {}
+        for i, name in enumerate(ref.names):
+            tol = resolve_tolerance(p, cand, name, detected)
+            if problem:
+                metrics: Dict[str, Any] = {"passed": False, "failures": [problem]}
+            else:
+                metrics = compare([r[i] for r in run.ref_outputs], [g[i] for g in run.got],
+                                  tol, p.topk, p.classifier)
+            metrics["tolerance"] = tol
+            entry["outputs"][name] = metrics
+            rows.append((cand, name, tol["precision"], metrics, tol))
+        entry["precision"] = resolve_tolerance(p, cand, ref.names[0] if ref.names else "",
+                                               detected)["precision"]
+        entry["passed"] = all(m["passed"] for m in entry["outputs"].values())
+        task.log(f"{cand} ({entry.get('runtime', '?')}"
+                 + (f", {entry['device']}" if entry.get("device") not in (None, "cpu") else "")
+                 + "): " + ("ok" if entry["passed"] else "FAILED")
+                 + "".join(f"; {n} max|err| {m['max_abs']:.3g}"
+                           for n, m in entry["outputs"].items() if "max_abs" in m))
+        return entry, rows
+
+    @staticmethod
+    def _precision_checked(p: VerifyParams, detected: str) -> str:
+        """The precision whose default tolerances apply: an fp32 candidate on a GPU with
+        TF32 allowed (``math: tf32``) is checked as tf32."""
+        if detected == "fp32" and p.device != "cpu" and p.math == "tf32":
+            return "tf32"
+        return detected
+
+    def _run_candidate(self, task: Any, p: VerifyParams, cand: str, reference: Any,
+                       ref: "_ReferenceRun", timings: Dict[str, Dict[str, float]]
+                       ) -> "_CandidateRun":
+        """Load the candidate on its runtime (on ``device:``) and run it on every input set
+        it takes; a refusal or a failure is recorded, not raised."""
+        from buildgraph.engine.runtime import (RuntimeContext, artifact_info, load_runtime,
+                                               runtime_for)
+
+        spec = reference.spec
+        path = artifact_of(task, cand)
+        kind = task.upstream_kinds.get(cand)
+        run = _CandidateRun(entry={"kind": kind, "artifact": path.name},
+                            ref_outputs=ref.outputs)
+        cctx = RuntimeContext(model=p.model, model_spec=spec, recipe_dir=task.recipe_dir,
+                              kind=kind, meta=artifact_info(task.upstream[cand]),
+                              threads=task.threads, device=p.device, math=p.math,
+                              ort_provider=p.onnxruntime_provider,
+                              trusted=candidate_trusted(kind, spec))
+        start = time.perf_counter()
+        load_s = run_s = 0.0
+        runtime = None
+        try:
+            run.entry["runtime"] = runtime_for(kind, path)
+            runtime = load_runtime(path, cctx, run.entry["runtime"])
+            run.precision = runtime.precision
+            load_s = round(time.perf_counter() - start, 4)
+            cand_sets, run.ref_outputs, adapted = self._sets_for(
+                cand, runtime.input_shapes(), p, spec, ref.sets, ref.np_sets, ref.outputs,
+                ref.rerun, reference)
+            if adapted:
+                run.entry["inputs"] = adapted
+                task.log(f"{cand}: built for fixed shapes; inputs drawn at " + ", ".join(
+                    f"{k}={v}" for k, v in sorted(adapted.items())))
             start = time.perf_counter()
-            load_s = run_s = 0.0
-            got: List[List[Any]] = []
-            problem = ""
-            skipped = ""
-            runtime = None
-            cand_ref: List[List[Any]] = ref_out
-            try:
-                entry["runtime"] = runtime_for(kind, path)
-                runtime = load_runtime(path, cctx, entry["runtime"])
-                load_s = round(time.perf_counter() - start, 4)
-                cand_sets, cand_ref, adapted = self._sets_for(
-                    cand, runtime.input_shapes(), p, spec, sets, np_sets, ref_out, reference_for,
-                    reference)
-                if adapted:
-                    entry["inputs"] = adapted
-                    task.log(f"{cand}: built for fixed shapes; inputs drawn at " + ", ".join(
-                        f"{k}={v}" for k, v in sorted(adapted.items())))
-                start = time.perf_counter()
-                for label, arrays in cand_sets:
-                    try:
-                        got.append(runtime.run(arrays))
-                    except StepFailed:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - a runtime rejecting an input
-                        raise StepFailed(f"fails on input {label}: "
-                                         f"{short_error(exc)[:300]}") from None
-                run_s = round(time.perf_counter() - start, 4)
-                entry.update(runtime.details)
-                got = self._by_name(getattr(runtime, "output_names", None), out_names, got,
-                                    entry)
-            except StepFailed as exc:
-                if getattr(exc, "skip", False):  # e.g. a library cross-compiled for another CPU
-                    skipped = exc.message
-                else:
-                    problem = exc.message
-            finally:
-                if runtime is not None:
-                    runtime.close()
-                # timings go to the metadata, not the report: the report is an output, and
-                # the same inputs must give the same bytes (``buildgraph repro``)
-                timings[cand] = {"load_s": load_s, "run_s": run_s}
-                self.seconds["candidates"] = round(self.seconds.get("candidates", 0.0)
-                                                   + load_s + run_s, 4)
-            if skipped:
-                entry.update(skipped=skipped, passed=True, outputs={})
-                report["candidates"][cand] = entry
-                task.log(f"{cand} ({entry.get('runtime', '?')}): skipped: {skipped}")
-                continue
-            detected = runtime.precision if runtime is not None else "fp32"
-            entry["outputs"] = {}
-            if not problem and got and len(got[0]) != len(out_names):
-                problem = f"{len(got[0])} outputs; the reference has {len(out_names)}"
-            for i, name in enumerate(out_names):
-                tol = resolve_tolerance(p, cand, name, detected)
-                if problem:
-                    metrics = {"passed": False, "failures": [problem]}
-                else:
-                    metrics = compare([r[i] for r in cand_ref], [g[i] for g in got], tol,
-                                      p.topk, p.classifier)
-                metrics["tolerance"] = tol
-                entry["outputs"][name] = metrics
-                rows.append((cand, name, tol["precision"], metrics, tol))
-            entry["precision"] = resolve_tolerance(p, cand, out_names[0] if out_names else "",
-                                                   detected)["precision"]
-            entry["passed"] = all(m["passed"] for m in entry["outputs"].values())
-            report["candidates"][cand] = entry
-            report["passed"] = report["passed"] and entry["passed"]
-            task.log(f"{cand} ({entry.get('runtime', '?')}): "
-                     + ("ok" if entry["passed"] else "FAILED")
-                     + "".join(f"; {n} max|err| {m['max_abs']:.3g}"
-                               for n, m in entry["outputs"].items() if "max_abs" in m))
-        rows.sort(key=lambda r: (r[3]["passed"], -r[3].get("max_abs", float("inf"))))
+            for label, arrays in cand_sets:
+                try:
+                    run.got.append(runtime.run(arrays))
+                except StepFailed:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a runtime rejecting an input
+                    raise StepFailed(f"fails on input {label}: "
+                                     f"{short_error(exc)[:300]}") from None
+            run_s = round(time.perf_counter() - start, 4)
+            run.entry.update(runtime.details)
+            run.got = self._by_name(getattr(runtime, "output_names", None), ref.names,
+                                    run.got, run.entry)
+        except StepFailed as exc:
+            if getattr(exc, "skip", False):  # not runnable here: another CPU, no GPU...
+                run.skipped = exc.message
+                run.device_refusal = bool(getattr(exc, "device_refusal", False))
+            else:
+                run.problem = exc.message
+        finally:
+            if runtime is not None:
+                runtime.close()
+            # timings go to the metadata, not the report: the report is an output, and
+            # the same inputs must give the same bytes (``buildgraph repro``)
+            timings[cand] = {"load_s": load_s, "run_s": run_s}
+            self.seconds["candidates"] = round(self.seconds.get("candidates", 0.0)
+                                               + load_s + run_s, 4)
+        return run
+
+    def _conclude(self, task: Any, p: VerifyParams, report: Dict[str, Any],
+                  rows: List[Tuple[str, str, str, Dict[str, Any], Dict[str, Any]]],
+                  timings: Dict[str, Dict[str, float]], n_sets: int) -> Dict[str, Any]:
+        """Fail with the worst error (the table in the log), or when nothing could run on
+        the device; else the step's metadata."""
         text = table(rows)
-        with self.timed("report"):
-            write_json(task.outputs["report"], report)
-            self._save_tensors(task.outputs["tensors"], sets, np_sets, ref_out, out_names,
-                               [n for n, _ in input_specs(spec)])
         if not report["passed"]:
             task.log("\nworst errors (tolerance that would have passed in 'passes with atol'):")
             task.log(text)
@@ -461,13 +577,20 @@ class VerifyExecutor(ModelExecutor):
                 hint = f"; passes with atol >= {m['min_passing']['atol']:.3g}"
             raise StepFailed(f"verification failed: {c}.{o}: {'; '.join(m['failures'])}"
                              f"{hint}{more}; table in the log")
+        entries = report["candidates"]
+        refused = {c: e["skipped"] for c, e in entries.items() if e.get("device_refusal")}
+        if refused and all(e.get("skipped") for e in entries.values()):
+            c, why = next(iter(sorted(refused.items())))
+            raise StepFailed(f"nothing ran on {p.device}: {c}: {why}"
+                             + (f" (and {len(entries) - 1} more; the report lists each)"
+                                if len(entries) > 1 else ""))
         task.log(text)
-        return {"passed": True, "inputs": len(sets), "seconds": self.seconds,
+        return {"passed": True, "inputs": n_sets, "seconds": self.seconds,
                 "candidate_seconds": timings,
-                "skipped": {c: e["skipped"] for c, e in report["candidates"].items()
-                            if e.get("skipped")},
+                "skipped": {c: e["skipped"] for c, e in entries.items() if e.get("skipped")},
+                "failed_upstream": report.get("failed_upstream", []),
                 "max_abs": {c: {o: m.get("max_abs") for o, m in e["outputs"].items()}
-                            for c, e in report["candidates"].items()}}
+                            for c, e in entries.items()}}
 
     @staticmethod
     def _by_name(names: Optional[List[str]], ref_names: List[str], got: List[List[Any]],
@@ -484,7 +607,7 @@ class VerifyExecutor(ModelExecutor):
         return got
 
     @staticmethod
-    def _candidates(task: Any, p: VerifyParams) -> List[str]:
+    def _candidates(task: Any, p: VerifyParams, failed: Sequence[str] = ()) -> List[str]:
         ups = [u for u in task.upstream if u != p.reference]
         if p.candidates is None:
             chosen = ups
@@ -492,13 +615,19 @@ class VerifyExecutor(ModelExecutor):
             chosen = []
             for c in p.candidates:
                 found = [u for u in ups if u == c or u.split("@")[0] == c]
+                if not found and any(f == c or f.split("@")[0] == c for f in failed):
+                    continue  # failed upstream: listed in the report
                 if not found:
                     raise StepFailed(f"candidate '{c}' is not an upstream step"
                                      f"{did_you_mean(c, ups)}; list it under 'from:'")
                 chosen += [u for u in found if u not in chosen]
         if not chosen:
+            if failed:
+                raise StepFailed("nothing to verify: every candidate failed upstream ("
+                                 + ", ".join(failed) + ")")
             raise StepFailed("nothing to verify: list the steps to check under 'from:'")
-        known = set(chosen) | {c.split("@")[0] for c in chosen} | {"default"}
+        known = set(chosen) | {c.split("@")[0] for c in chosen} | {"default"} | \
+            set(failed) | {f.split("@")[0] for f in failed}
         for key in p.tolerances:
             if key not in known:
                 raise StepFailed(f"tolerances: '{key}' is not a candidate"

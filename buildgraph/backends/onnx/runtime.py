@@ -8,7 +8,35 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from buildgraph.errors import StepFailed
-from buildgraph.engine.runtime import Runtime, RuntimeContext  # noqa: F401
+from buildgraph.engine.runtime import (Runtime, RuntimeContext, cuda_index,  # noqa: F401
+                                       is_cuda, not_runnable)
+
+NO_CUDA_PROVIDER = "onnxruntime has no CUDA provider (onnxruntime-gpu)"
+NO_TENSORRT_PROVIDER = "onnxruntime has no TensorRT provider (onnxruntime-gpu built with TensorRT)"
+
+
+def providers_for(device: str, available: List[str], tensorrt: bool = False,
+                  math: str = "default") -> List[Any]:
+    """The execution providers for ``device``, or a refusal: ``cuda`` needs
+    CUDAExecutionProvider (and TensorrtExecutionProvider when ``tensorrt``) among
+    ``available``; the CPU provider is never listed for a GPU device, so that onnxruntime
+    cannot quietly run the graph on the CPU instead."""
+    if not is_cuda(device):
+        if device != "cpu":
+            raise not_runnable(device, "onnxruntime runs on cpu or cuda[:N]")
+        return ["CPUExecutionProvider"]
+    options: Dict[str, Any] = {"device_id": cuda_index(device)}
+    if math in ("fp32", "tf32"):  # the CUDA provider's cuDNN/cuBLAS may use TF32
+        options["use_tf32"] = "1" if math == "tf32" else "0"
+    if tensorrt:
+        if "TensorrtExecutionProvider" not in available:
+            raise not_runnable(device, NO_TENSORRT_PROVIDER)
+        return [("TensorrtExecutionProvider", {"device_id": options["device_id"]}),
+                ("CUDAExecutionProvider", options)]
+    if "CUDAExecutionProvider" not in available:
+        raise not_runnable(device, NO_CUDA_PROVIDER)
+    return [("CUDAExecutionProvider", options)]
+
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
@@ -16,8 +44,9 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
 
 
 class OnnxRuntime(Runtime):
-    """onnxruntime ``InferenceSession`` on the CPU execution provider (or the providers
-    named by ``ctx.device``: ``cuda`` puts CUDAExecutionProvider first)."""
+    """onnxruntime ``InferenceSession`` on the CPU execution provider, or on ``device: cuda``
+    on the CUDA (or TensorRT) provider only: without it the artifact is not run
+    (:func:`providers_for`), never run on the CPU under the GPU's name."""
 
     name = "onnxruntime"
     suffixes = (".onnx",)
@@ -34,9 +63,10 @@ class OnnxRuntime(Runtime):
         options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if self.ctx.interop_threads > 1
                                   else ort.ExecutionMode.ORT_SEQUENTIAL)
         options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if self.ctx.device.startswith("cuda") and not self.reference:
-            providers.insert(0, "CUDAExecutionProvider")
+        device = "cpu" if self.reference else self.ctx.device
+        providers = providers_for(device, list(ort.get_available_providers()),
+                                  tensorrt=self.ctx.ort_provider == "tensorrt",
+                                  math=self.ctx.math)
         self._fp8 = self._has_fp8()
         if self.reference:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -56,10 +86,29 @@ class OnnxRuntime(Runtime):
         """The graph's output names: verify matches outputs by name when they are the
         reference's."""
         self.details["providers"] = self.session.get_providers()
+        self._check_providers(device)
         used = self.session.get_session_options()
         self.details["threads"] = {"library": "onnxruntime", "intra": used.intra_op_num_threads,
                                    "inter": used.inter_op_num_threads}
         self.precision = self._precision()
+
+    def _check_providers(self, device: str) -> None:
+        """Record the provider the session runs on; on a GPU, refuse a session that dropped
+        the GPU provider (onnxruntime falls back with only a warning when it cannot start
+        CUDA: missing cuDNN, a driver too old)."""
+        used = list(self.session.get_providers())
+        self.details["provider"] = used[0] if used else "?"
+        if is_cuda(device):
+            if not used or used[0] not in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+                self.session = None
+                raise not_runnable(device, "onnxruntime could not start its CUDA provider "
+                                           f"(the session has {', '.join(used) or 'none'})")
+            self.details["device"] = f"cuda:{cuda_index(device)}"
+            self.details["math"] = {"fp32": "use_tf32=0", "tf32": "use_tf32=1"}.get(
+                self.ctx.math, "provider default")
+            self.timing = "device"
+        else:
+            self.details["device"] = "cpu"
 
     def input_shapes(self) -> List[List[Any]]:
         return [[d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None)
@@ -106,7 +155,7 @@ class OnnxRuntime(Runtime):
             return "bf16"
         return "fp32"
 
-    def run(self, inputs: Sequence[Any]) -> List[Any]:
+    def _feed(self, inputs: Sequence[Any]) -> Dict[str, Any]:
         import numpy as np
 
         if len(inputs) != len(self.inputs):
@@ -119,7 +168,28 @@ class OnnxRuntime(Runtime):
             if want and arr.dtype != np.dtype(want):
                 arr = arr.astype(want)
             feed[meta.name] = arr
-        return list(self.session.run(None, feed))
+        return feed
+
+    def run(self, inputs: Sequence[Any]) -> List[Any]:
+        return list(self.session.run(None, self._feed(inputs)))
+
+    def stage(self, inputs: Sequence[Any]) -> Any:
+        """On a GPU: the inputs as OrtValues in device memory, copied once."""
+        feed = self._feed(inputs)
+        if self.timing != "device":
+            return feed
+        import onnxruntime as ort
+
+        index = cuda_index(self.ctx.device)
+        return {name: ort.OrtValue.ortvalue_from_numpy(arr, "cuda", index)
+                for name, arr in feed.items()}
+
+    def run_staged(self, staged: Any) -> Any:
+        if self.timing != "device":
+            return self.session.run(None, staged)
+        # outputs stay where the provider put them; run_with_ort_values returns once the
+        # provider's stream is synchronised (onnxruntime waits by default)
+        return self.session.run_with_ort_values(self.output_names, staged)
 
     def close(self) -> None:
         self.session = None

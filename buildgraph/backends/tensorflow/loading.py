@@ -190,6 +190,9 @@ def load_keras_file(path: Path, trusted: bool, what: str) -> Any:
     import_tf()
     import keras
 
+    from buildgraph.engine.origin import untrusted
+
+    trusted = trusted and untrusted(path) is None  # pulled unsigned: safe mode only
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not trusted)
     except Exception as exc:  # noqa: BLE001

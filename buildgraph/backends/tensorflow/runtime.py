@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, List, Mapping, Sequence
 
 from buildgraph.backends.tensorflow import loading
-from buildgraph.engine.runtime import Runtime, RuntimeContext
+from buildgraph.engine.runtime import Runtime, RuntimeContext, not_runnable
+
+
+def _cpu_only(ctx: RuntimeContext) -> None:
+    """The TensorFlow runtime runs on the CPU: a GPU device is refused, not served by a CPU
+    run."""
+    if ctx.device != "cpu":
+        raise not_runnable(ctx.device, "buildgraph's TensorFlow runtime runs on the CPU only "
+                                       "(convert the model to ONNX for a GPU)")
 
 
 class TensorFlowRuntime(Runtime):
@@ -20,6 +28,7 @@ class TensorFlowRuntime(Runtime):
     suffixes = (".keras", ".h5")
 
     def _load(self) -> None:
+        _cpu_only(self.ctx)
         loading.import_tf()
         self.details["threads"] = loading.set_threads(self.ctx.threads,
                                                       getattr(self.ctx, "interop_threads", 1))
@@ -40,6 +49,7 @@ class TensorFlowRuntime(Runtime):
                   inputs: Mapping[str, Path], ctx: RuntimeContext) -> "TensorFlowRuntime":
         """Model ``name`` itself (its source: a factory, a Keras file, a SavedModel), loaded
         from the step's keyed input files: the reference of a TensorFlow model."""
+        _cpu_only(ctx)
         loading.import_tf()
         threads = loading.set_threads(ctx.threads, getattr(ctx, "interop_threads", 1))
         runtime = cls(Path(spec.get("source") or name), ctx)
@@ -58,6 +68,8 @@ class TensorFlowRuntime(Runtime):
         import tensorflow as tf
 
         self.details["tensorflow"] = tf.__version__
+        self.details["device"] = "cpu"
+        self.details["provider"] = "tensorflow"
 
     def input_shapes(self) -> List[List[Any]]:
         return [list(s) for s in self.model.input_shapes]

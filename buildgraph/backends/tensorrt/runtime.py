@@ -101,6 +101,9 @@ class TorchCudaBuffers(DeviceBuffers):
         self.torch = torch
         self._stream = torch.cuda.Stream()
         self.stream = self._stream.cuda_stream
+        index = torch.cuda.current_device()
+        self.label = f"cuda:{index} {torch.cuda.get_device_name(index)}"
+        """Where the engine runs, for the report."""
 
     def _dtype(self, dtype: str) -> Any:
         return getattr(self.torch, dtype)
@@ -199,6 +202,8 @@ class TensorRTRuntime(Runtime):
                                            "dynamic ranges, an engine for timing only")
         # kernels run on the GPU; no CPU thread pool to pin
         self.details["threads"] = {"library": "tensorrt", "intra": None, "inter": None}
+        self.details["device"] = str(getattr(self.memory, "label", "cuda"))
+        self.details["provider"] = "tensorrt"
 
     def _precision(self) -> str:
         """From the inspector JSON the build step wrote beside the engine (``layers``)."""

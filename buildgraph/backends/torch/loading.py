@@ -146,6 +146,11 @@ def load_saved(path: Path, trusted: bool, what: str, recipe_dir: Optional[Path] 
             raise StepFailed(f"{what}: {path.name} is a pickled whole model; loading it runs "
                              "code from the file, so it is refused unless the model says "
                              f"trusted: true ({short_error(exc)})") from None
+        from buildgraph.engine.origin import REFUSAL_HINT, untrusted
+
+        if untrusted(path) is not None:  # pulled, unsigned: trusted only if built here
+            raise StepFailed(f"{what}: {path.name} is a pickled whole model, refused: "
+                             f"{REFUSAL_HINT}") from None
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001

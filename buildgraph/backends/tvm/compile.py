@@ -255,31 +255,18 @@ class TvmCompileExecutor(Executor):
 
     def _run(self, task: Task) -> Optional[Dict[str, Any]]:
         p = task.params
-        canonical = tvmtarget.canonical_target(p["target"])
+        canonical = dict(p["target"])  # canonical already: the params validator made it so
         model_path = find_model(task, p.get("model"))
         db_dir = find_database(task, p.get("database"))
         tvm = import_tvm()
         device = device_of_database(db_dir, canonical) if db_dir is not None else None
-        if device is not None:
-            effective = dict(device["tvm_target"])
-            try:
-                target = tvm.target.Target(effective)
-            except Exception as exc:  # noqa: BLE001
-                raise StepFailed(f"TVM rejects the tuned target {json.dumps(effective)}: "
-                                 f"{str(exc).splitlines()[0]}") from None
-        else:
-            target, effective = make_target(canonical)
+        target, effective = compile_target(tvm, canonical, device, task.log)
         task.log(f"tvm {tvm.__version__}: compiling {model_path.name} for "
                  f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})"
                  + (f"; for device {device['device'].get('key')}, whose records the database "
                     f"holds (scope {effective.get('model')})" if device is not None else ""))
         start = time.monotonic()
-        mod = load_relax(model_path, p.get("dims") or {})
-        signature = io_signature(mod)
-        dynamic = symbolic_dims(mod)
-        task.log(f"imported: inputs " + ", ".join(f"{i['name']}{i['shape']} {i['dtype']}"
-                                                  for i in signature["inputs"])
-                 + (f"; dynamic dims {', '.join(dynamic)}" if dynamic else ""))
+        mod, signature, dynamic = import_model(task, model_path, p.get("dims") or {})
         database, db_counts = (None, {})
         if db_dir is not None:
             database, db_counts = filtered_database(db_dir, effective, task.work_dir)
@@ -288,55 +275,16 @@ class TvmCompileExecutor(Executor):
         import_s = time.monotonic() - start
         executable, stats = build(mod, target, database)
         compile_s = time.monotonic() - start - import_s
-        task.log(f"functions: {stats['functions']}, with a tuning record: "
-                 f"{stats['with_record']}, without: {stats['without_record']}")
-        for name in stats["applied"]:
-            task.log(f"  tuned:   {name}")
-        for name in stats["untuned"]:
-            task.log(f"  untuned: {name}")
-        require = p.get("require_records", "any")
-        if database is not None and require != "off":
-            if stats["with_record"] == 0:
-                raise StepFailed(
-                    f"the tuning database applied to none of the {stats['functions']} "
-                    f"functions ({db_counts.get('records_for_target', 0)} records for this "
-                    "target): the library would be untuned - tune with the same target, "
-                    "model and dims as this step")
-            if require == "all" and stats["without_record"]:
-                raise StepFailed(f"{stats['without_record']} functions have no tuning record "
-                                 f"(require_records: all): {', '.join(stats['untuned'][:5])}")
+        log_records_applied(task, stats)
+        if database is not None:
+            check_records_applied(stats, db_counts, p.get("require_records", "any"))
         out = task.outputs["model"]
-        out.mkdir(parents=True, exist_ok=True)
-        filename, fcompile, note = exporter(canonical, p.get("cc"), p.get("export", "auto"))
-        try:
-            if fcompile is None:
-                executable.export_library(str(out / filename))
-            else:
-                executable.export_library(str(out / filename), fcompile=fcompile)
-        except Exception as exc:  # noqa: BLE001
-            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-            raise StepFailed(f"export_library failed: {(lines[-1] if lines else '')[:300]}"
-                             ) from None
+        filename, note = export(executable, canonical, out, p.get("cc"), p.get("export", "auto"))
         export_s = time.monotonic() - start - import_s - compile_s
-        runnable, why = tvmtarget.runnable_here(canonical)
-        if runnable and filename.endswith(".tar"):
-            runnable, why = False, "exported as object files (model.tar), not a library"
-        manifest = {
-            "schema": MANIFEST_SCHEMA, "library": filename, "weights": "embedded",
-            "target": canonical, "target_text": tvmtarget.target_text(canonical),
-            "tvm_target": effective, "tvm": tvm_versions()["apache-tvm"],
-            "inputs": signature["inputs"], "dynamic_dims": dynamic,
-            "tuned": database is not None, "functions": stats["functions"],
-            "with_record": stats["with_record"], "without_record": stats["without_record"],
-            "runnable_on_build_host": runnable, "not_runnable_reason": why,
-            "host_arch": tvmtarget.host_arch(), "note": note,
-        }
-        if device is not None:
-            manifest["device"] = device["device"]
-            manifest["device_scope"] = effective.get("model")
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
-                                    encoding="utf-8")
+        manifest = write_manifest(out, filename, note, canonical, effective, signature, dynamic,
+                                  database is not None, stats, device)
         size = (out / filename).stat().st_size
+        why = manifest["not_runnable_reason"]
         task.log(f"wrote {filename} ({size} bytes) in {export_s:.1f} s; import "
                  f"{import_s:.1f} s, compile {compile_s:.1f} s"
                  + (f"; {why}" if why else "") + (f"; {note}" if note else ""))
@@ -346,6 +294,154 @@ class TvmCompileExecutor(Executor):
         meta.update(target=canonical, size=size, import_s=round(import_s, 3),
                     compile_s=round(compile_s, 3), export_s=round(export_s, 3),
                     untuned=stats["untuned"][:20], **db_counts)
+        if effective.get("kind") == "cuda":
+            meta["tvm_target"] = effective
         if device is not None:
             meta.update(device=device["device"], device_scope=effective.get("model"))
         return meta
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of a compile
+# --------------------------------------------------------------------------------------------
+
+def cuda_tags(tvm: Any) -> Dict[str, Dict[str, Any]]:
+    """TVM's CUDA target tags, exported to plain dicts (``nvidia/nvidia-h100`` -> limits)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, tag in tvm.target.list_tags().items():
+        exported = dict(tag.export())
+        if exported.get("kind") == "cuda":
+            out[str(name)] = {str(k): (v if isinstance(v, (int, float, str)) else str(v))
+                              for k, v in exported.items()}
+    return out
+
+
+def this_cuda_device(tvm: Any) -> Optional[tvmtarget.CudaDevice]:
+    """The GPU present, named as the step's key names it (``nvidia-smi``), with the limits
+    the driver reports (used only when TVM has no tag for its architecture)."""
+    device = tvmtarget.detect_cuda_device()
+    try:
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            return device
+        if device is None:
+            device = tvmtarget.CudaDevice(str(dev.device_name), str(dev.compute_version))
+        found = dict(tvm.target.Target.from_device(dev).export())
+        device.attributes = {k: int(found[k]) for k in tvmtarget.CUDA_LIMIT_KEYS
+                             if isinstance(found.get(k), int)}
+    except Exception:  # noqa: BLE001 - the tag path does not need them
+        pass
+    return device
+
+
+def complete_target(tvm: Any, canonical: Dict[str, Any], log: Any) -> Dict[str, Any]:
+    """``canonical`` with a CUDA target completed (limits MetaSchedule and codegen need) from
+    TVM's tag for the GPU, see :func:`buildgraph.backends.tvm.target.complete_cuda_target`;
+    other targets unchanged. tvm.compile and tvm.tune complete alike, so that records tuned
+    for a target match the library compiled for it."""
+    if canonical.get("kind") != "cuda":
+        return canonical
+    from buildgraph.backends.tvm.relax import check_cuda
+
+    check_cuda()
+    device = this_cuda_device(tvm) if "arch" not in canonical else None
+    try:
+        completed, how = tvmtarget.complete_cuda_target(canonical, device, cuda_tags(tvm))
+    except tvmtarget.TargetError as exc:
+        raise StepFailed(exc.message, hint=exc.hint) from None
+    log(f"CUDA target completed from {how}" + (f" (GPU: {device.key()})" if device else ""))
+    return completed
+
+
+def compile_target(tvm: Any, canonical: Dict[str, Any], device: Optional[Dict[str, Any]],
+                   log: Any) -> Tuple[Any, Dict[str, Any]]:
+    """(TVM Target, effective dict): the tuned target of a database measured on a remote
+    device, else ``canonical`` completed and made concrete (native resolved, cores)."""
+    if device is None:
+        return make_target(complete_target(tvm, canonical, log))
+    effective = dict(device["tvm_target"])
+    try:
+        return tvm.target.Target(effective), effective
+    except Exception as exc:  # noqa: BLE001
+        raise StepFailed(f"TVM rejects the tuned target {json.dumps(effective)}: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def import_model(task: Task, model_path: Path, dims: Dict[str, int]
+                 ) -> Tuple[Any, Dict[str, Any], Any]:
+    """The model as a Relax module, its inputs/outputs, and the dims still symbolic."""
+    mod = load_relax(model_path, dims)
+    signature = io_signature(mod)
+    dynamic = symbolic_dims(mod)
+    task.log(f"imported: inputs " + ", ".join(f"{i['name']}{i['shape']} {i['dtype']}"
+                                              for i in signature["inputs"])
+             + (f"; dynamic dims {', '.join(dynamic)}" if dynamic else ""))
+    return mod, signature, dynamic
+
+
+def log_records_applied(task: Task, stats: Dict[str, Any]) -> None:
+    task.log(f"functions: {stats['functions']}, with a tuning record: "
+             f"{stats['with_record']}, without: {stats['without_record']}")
+    for name in stats["applied"]:
+        task.log(f"  tuned:   {name}")
+    for name in stats["untuned"]:
+        task.log(f"  untuned: {name}")
+
+
+def check_records_applied(stats: Dict[str, Any], db_counts: Dict[str, int], require: str
+                          ) -> None:
+    """A tuned build whose records matched nothing would silently ship untuned code."""
+    if require == "off":
+        return
+    if stats["with_record"] == 0:
+        raise StepFailed(
+            f"the tuning database applied to none of the {stats['functions']} "
+            f"functions ({db_counts.get('records_for_target', 0)} records for this "
+            "target): the library would be untuned - tune with the same target, "
+            "model and dims as this step")
+    if require == "all" and stats["without_record"]:
+        raise StepFailed(f"{stats['without_record']} functions have no tuning record "
+                         f"(require_records: all): {', '.join(stats['untuned'][:5])}")
+
+
+def export(executable: Any, canonical: Dict[str, Any], out: Path, cc: Optional[str],
+           how: str) -> Tuple[str, str]:
+    """Write the library (or object files) into ``out``; returns (file name, note)."""
+    out.mkdir(parents=True, exist_ok=True)
+    filename, fcompile, note = exporter(canonical, cc, how)
+    try:
+        if fcompile is None:
+            executable.export_library(str(out / filename))
+        else:
+            executable.export_library(str(out / filename), fcompile=fcompile)
+    except Exception as exc:  # noqa: BLE001
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise StepFailed(f"export_library failed: {(lines[-1] if lines else '')[:300]}"
+                         ) from None
+    return filename, note
+
+
+def write_manifest(out: Path, filename: str, note: str, canonical: Dict[str, Any],
+                   effective: Dict[str, Any], signature: Dict[str, Any], dynamic: Any,
+                   tuned: bool, stats: Dict[str, Any], device: Optional[Dict[str, Any]]
+                   ) -> Dict[str, Any]:
+    """``model.json``: what the runtime and the report need to know about the library."""
+    runnable, why = tvmtarget.runnable_here(canonical)
+    if runnable and filename.endswith(".tar"):
+        runnable, why = False, "exported as object files (model.tar), not a library"
+    manifest = {
+        "schema": MANIFEST_SCHEMA, "library": filename, "weights": "embedded",
+        "target": canonical, "target_text": tvmtarget.target_text(canonical),
+        "tvm_target": effective, "tvm": tvm_versions()["apache-tvm"],
+        "inputs": signature["inputs"], "dynamic_dims": dynamic,
+        "tuned": tuned, "functions": stats["functions"],
+        "with_record": stats["with_record"], "without_record": stats["without_record"],
+        "runnable_on_build_host": runnable, "not_runnable_reason": why,
+        "host_arch": tvmtarget.host_arch(), "note": note,
+    }
+    if device is not None:
+        manifest["device"] = device["device"]
+        manifest["device_scope"] = effective.get("model")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                                encoding="utf-8")
+    return manifest

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from buildgraph.errors import StepFailed
-from buildgraph.engine.runtime import Runtime, RuntimeContext
+from buildgraph.engine.runtime import (DeviceUnavailable, Runtime, RuntimeContext, cuda_index,
+                                       is_cuda, not_runnable)
 from buildgraph.backends.tvm.target import host_arch, runnable_here
 
 MANIFEST = "model.json"
@@ -75,18 +76,42 @@ def check_runnable(lib: Path, manifest: Dict[str, Any]) -> None:
                               f"{host_arch()}")
 
 
+def check_device(manifest: Dict[str, Any], device: str) -> None:
+    """A library runs on the device its target was compiled for: a CUDA library on
+    ``device: cuda``, an llvm one on ``device: cpu``; anything else is a refusal, never a run
+    on the other device. (A library without a manifest is taken to match.)"""
+    target = manifest.get("target")
+    kind = target.get("kind") if isinstance(target, dict) else None
+    if kind is None:
+        return
+    if is_cuda(device) and kind != "cuda":
+        raise not_runnable(device, f"the library was compiled for target kind '{kind}', not "
+                                   "cuda (compile it with target: cuda)")
+    if not is_cuda(device) and kind == "cuda":
+        raise DeviceUnavailable(f"not runnable on {device}: the library was compiled for "
+                                "cuda (set device: cuda on this step)")
+
+
 def load_library(path: Path, device: str = "cpu") -> Tuple[Any, Any]:
-    """(VirtualMachine, tvm device) for a library; raises NotRunnableHere when it cannot run."""
+    """(VirtualMachine, tvm device) for a library; raises NotRunnableHere when it cannot run,
+    DeviceUnavailable when it was not compiled for ``device``."""
     lib_path, manifest = locate(path)
     if not lib_path.is_file():
         raise StepFailed(f"no TVM library at {lib_path}")
-    check_runnable(lib_path, manifest)
+    check_device(manifest, device)
+    try:
+        check_runnable(lib_path, manifest)
+    except NotRunnableHere as exc:
+        if is_cuda(device):  # the device's refusal line: what the verify report lists
+            raise not_runnable(device, exc.message) from None
+        raise
     import tvm
     from tvm import relax
 
     target = manifest.get("target") or {}
-    dev = tvm.cuda(0) if (target.get("kind") == "cuda" or device.startswith("cuda")) \
-        else tvm.cpu(0)
+    dev = tvm.cuda(cuda_index(device)) if is_cuda(device) else tvm.cpu(0)
+    if is_cuda(device) and not dev.exist:
+        raise not_runnable(device, f"TVM sees no CUDA device {cuda_index(device)}")
     try:
         lib = tvm.runtime.load_module(str(lib_path))
         vm = relax.VirtualMachine(lib, dev)
@@ -130,6 +155,12 @@ class TvmRuntime(Runtime):
                                    "inter": 1}  # the Relax VM runs one operator at a time
         lib, manifest = locate(self.path)
         self.manifest = manifest
+        if is_cuda(self.ctx.device):
+            self.details["device"] = f"cuda:{self.dev.index} {self.dev.device_name}"
+            self.timing = "device"
+        else:
+            self.details["device"] = "cpu"
+        self.details["provider"] = "tvm"
         self.details["target"] = manifest.get("target_text", "")
         self.details["tuned_functions"] = manifest.get("with_record")
         self.details["functions"] = manifest.get("functions")
@@ -139,6 +170,10 @@ class TvmRuntime(Runtime):
         return [list(i.get("shape") or []) for i in self.inputs]
 
     def run(self, inputs: Sequence[Any]) -> List[Any]:
+        return _to_numpy(self.run_staged(self.stage(inputs)))
+
+    def stage(self, inputs: Sequence[Any]) -> Any:
+        """The inputs as TVM tensors on the library's device (copied once)."""
         import numpy as np
         import tvm
 
@@ -151,7 +186,13 @@ class TvmRuntime(Runtime):
             if want and arr.dtype != np.dtype(want):
                 arr = arr.astype(want)
             args.append(tvm.runtime.tensor(arr, self.dev))
-        return _to_numpy(self.vm["main"](*args))
+        return args
+
+    def run_staged(self, staged: Any) -> Any:
+        return self.vm["main"](*staged)
+
+    def synchronize(self) -> None:
+        self.dev.sync()
 
     def close(self) -> None:
         self.vm = None

@@ -275,28 +275,17 @@ def identity_digest(target: Mapping[str, Any]) -> str:
 
 def detect_cuda_arch() -> Optional[str]:
     """``sm_XY`` of the first NVIDIA GPU (``nvidia-smi``; no CUDA libraries loaded), or None."""
-    import shutil
-    import subprocess
-
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = out.strip().splitlines()[0].strip() if out.strip() else ""
-    if not re.fullmatch(r"\d+\.\d+", first):
-        return None
-    return "sm_" + first.replace(".", "")
+    device = detect_cuda_device()
+    return device.arch if device is not None else None
 
 
 def fingerprint(target: Mapping[str, Any]) -> Dict[str, str]:
     """What outside the params changes code built for ``target`` (for step fingerprints)."""
     fp: Dict[str, str] = {"target": json.dumps(dict(target), sort_keys=True)}
     if target.get("kind") == "cuda" and "arch" not in target:
-        fp["cuda_arch"] = detect_cuda_arch() or "none"  # TVM builds for the GPU present
+        # TVM builds for the GPU present, completed from its model (complete_cuda_target)
+        device = detect_cuda_device()
+        fp["cuda_device"] = device.key() if device is not None else "none"
     if is_native(target):
         fp["host_cpu"] = host_cpu_description()
     if target.get("kind") == "llvm" and "num-cores" not in target and is_host_target(target):
@@ -306,3 +295,146 @@ def fingerprint(target: Mapping[str, Any]) -> Dict[str, str]:
 
 def describe_list(items: List[str]) -> str:
     return ", ".join(items)
+
+
+# --- completing CUDA targets ------------------------------------------------------------------
+
+CUDA_LIMIT_KEYS = ("max_num_threads", "max_threads_per_block", "max_shared_memory_per_block",
+                   "thread_warp_size", "registers_per_block", "l2_cache_size_bytes")
+"""What TVM's codegen and MetaSchedule read from a CUDA target (MetaSchedule's ``auto_bind``
+refuses a target without ``max_threads_per_block``). TVM's target tags carry them."""
+
+_NAME_NOISE = re.compile(r"^(nvidia|tesla|\d+gb|hbm\d*e?|pcie|sxm\d*|nvl|mig.*|\d+c)$")
+
+
+class CudaDevice:
+    """What completing a CUDA target needs to know about a GPU: its name, its compute
+    capability, and (optionally) the limits the driver reports. A plain value: the tests
+    build it from a recorded description, the run from ``nvidia-smi``."""
+
+    def __init__(self, name: str, compute_capability: str,
+                 attributes: Optional[Mapping[str, int]] = None):
+        if not re.fullmatch(r"\d+\.\d+", str(compute_capability)):
+            raise TargetError(f"compute capability '{compute_capability}' is not of the form "
+                              "X.Y (e.g. 9.0)")
+        self.name = str(name).strip()
+        self.compute_capability = str(compute_capability)
+        self.attributes = {k: int(v) for k, v in (attributes or {}).items()}
+
+    @property
+    def arch(self) -> str:
+        return "sm_" + self.compute_capability.replace(".", "")
+
+    def key(self) -> str:
+        """The GPU model as keys see it: name and architecture (no driver, clocks, memory
+        in use), so keys stay stable per GPU model."""
+        return f"{self.name} ({self.arch})"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "CudaDevice":
+        return cls(str(data["name"]), str(data["compute_capability"]),
+                   data.get("attributes") or {})
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "compute_capability": self.compute_capability,
+                "attributes": dict(sorted(self.attributes.items()))}
+
+
+def detect_cuda_device() -> Optional[CudaDevice]:
+    """The first NVIDIA GPU (``nvidia-smi``: no CUDA library is loaded), or None."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    name, _, cap = first.rpartition(",")
+    try:
+        return CudaDevice(name.strip(), cap.strip()) if name.strip() else None
+    except TargetError:
+        return None
+
+
+def _arch_base(arch: str) -> str:
+    """``sm_90a`` -> ``sm_90``: the arch-specific suffix does not change the limits."""
+    return re.sub(r"[a-z]$", "", str(arch))
+
+
+def tag_candidates(name: str) -> List[str]:
+    """TVM tag names a GPU called ``name`` may have, best first.
+
+    ``NVIDIA H100 80GB HBM3`` -> nvidia/nvidia-h100; ``NVIDIA A100-SXM4-40GB`` ->
+    nvidia/nvidia-a100; ``NVIDIA GeForce RTX 3090`` -> nvidia/geforce-rtx-3090; ``Tesla T4``
+    -> nvidia/nvidia-t4 (the memory size, form factor and vendor words are dropped)."""
+    words = [w for w in re.split(r"[\s\-_/]+", name.lower()) if w]
+    core = [w for w in words if not _NAME_NOISE.match(w)]
+    if not core:
+        return []
+    joined = "-".join(core)
+    return [f"nvidia/nvidia-{joined}", f"nvidia/{joined}"]
+
+
+def cuda_tag_for(arch: str, device_name: Optional[str],
+                 tags: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """The TVM tag to complete a CUDA target of ``arch`` from: the tag of the GPU by name when
+    its architecture matches, else a tag of the same architecture (data-centre parts first,
+    then by name: deterministic, so a key never depends on which tag was listed first), else
+    None. ``tags`` maps tag names to their exported target dicts."""
+    base = _arch_base(arch)
+    cuda = {k: v for k, v in tags.items() if v.get("kind") == "cuda" and v.get("arch")}
+    if device_name:
+        for cand in tag_candidates(device_name):
+            if cand in cuda and _arch_base(str(cuda[cand]["arch"])) == base:
+                return cand
+    same = sorted((k for k, v in cuda.items() if _arch_base(str(v["arch"])) == base),
+                  key=lambda k: (not k.startswith("nvidia/nvidia-"), k))
+    return same[0] if same else None
+
+
+def complete_cuda_target(target: Mapping[str, Any], device: Optional[CudaDevice],
+                         tags: Mapping[str, Mapping[str, Any]]) -> Tuple[Dict[str, Any], str]:
+    """A CUDA target with everything TVM's codegen and MetaSchedule need, and where the values
+    came from (one phrase for the log). Pure: ``device`` is the GPU (None: none visible),
+    ``tags`` TVM's target tags (``tvm.target.list_tags()``, exported).
+
+    The arch is the target's ``arch``, else the device's. The limits come from the TVM tag of
+    the device (by name, same arch), else of another GPU of that arch, else from the limits the
+    device reports; values written in the recipe always win. A GPU model therefore always gets
+    the same dict, which is what the tuning records and the library are built for."""
+    out = dict(target)
+    if out.get("kind") != "cuda":
+        return dict(sorted(out.items())), ""
+    if "arch" not in out:
+        if device is None:
+            raise TargetError("target cuda: no NVIDIA GPU is visible here to take the "
+                              "architecture from", hint="name it: cuda -arch=sm_90")
+        out["arch"] = device.arch
+    missing = [k for k in CUDA_LIMIT_KEYS if k not in out]
+    if not missing:
+        return dict(sorted(out.items())), "as written"
+    same_gpu = device is not None and _arch_base(device.arch) == _arch_base(str(out["arch"]))
+    tag = cuda_tag_for(str(out["arch"]), device.name if same_gpu else None, tags)
+    if tag is not None:
+        source: Mapping[str, Any] = tags[tag]
+        how = f"TVM tag {tag}"
+    elif same_gpu and device is not None and device.attributes:
+        source, how = device.attributes, f"the limits {device.name} reports"
+    else:
+        raise TargetError(f"target {target_text(target)}: TVM has no target tag for "
+                          f"{out['arch']}" + (" and the GPU's limits are unknown"
+                                              if same_gpu else ""),
+                          hint="give the limits in the target: max_threads_per_block, "
+                               "max_shared_memory_per_block, thread_warp_size")
+    for key in missing:
+        if key in source:
+            out[key] = int(source[key])
+    if "max_threads_per_block" not in out:
+        raise TargetError(f"target {target_text(target)}: {how} lacks max_threads_per_block",
+                          hint="give it in the target")
+    return dict(sorted(out.items())), how

@@ -34,8 +34,10 @@ import json
 import os
 import signal
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
 from pydantic import Field
 
@@ -77,6 +79,13 @@ class TvmTuneParams(TvmParams):
     seed: int = Field(0, description="seed of the search")
     ops: Optional[List[str]] = Field(None, description="tune only tasks whose name contains "
                                      "one of these (e.g. [conv2d])")
+    heaviest: Optional[int] = Field(None, ge=1, description="tune only the N tasks with the "
+                                    "most work (FLOPs times calls per inference); the others "
+                                    "keep the default schedules (DLight on GPUs)")
+    max_s: Optional[float] = Field(None, gt=0, description="wall-clock budget of the search "
+                                   "in seconds: tasks are then tuned one at a time, heaviest "
+                                   "first, and the search stops when it is spent (within one "
+                                   "batch); the records measured so far are the output")
     reuse: bool = Field(True, description="skip tasks whose shared records for this target "
                         "(this cache's and the team's) already cover this step's per-task "
                         "budget; tune the others for the difference, starting from them")
@@ -95,8 +104,9 @@ class TvmTuneParams(TvmParams):
 
 def fast_build(mod: Any, target: Any, _params: Any) -> Any:
     """MetaSchedule's default build minus ``import tvm.s_tir.tensor_intrin`` (about 15 s per
-    builder process on 2 cores, which made the 30 s default timeout kill builds). fp32 CPU
-    schedules use no tensor intrinsics; targets that need them use the default build."""
+    builder process on 2 cores, 48 s on the H200 host's, which made the default timeouts kill
+    builds and a CUDA tune's first batch take a minute). A scheduled module that was
+    tensorized already holds the intrinsic's implementation: building it looks nothing up."""
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
@@ -108,10 +118,12 @@ _classes: Dict[str, Any] = {}
 
 
 def light_tensor_intrin(target: Dict[str, Any]) -> None:
-    """Register only the tensor intrinsics a CPU target can use, before MetaSchedule's
-    ``TuneContext`` imports all of them (``tvm.s_tir.tensor_intrin``: 27 s on 2 cores, 18 s
-    of it CUDA's). The package is entered in ``sys.modules`` with its ``__path__``, so any
-    later ``import tvm.s_tir.tensor_intrin.<arch>`` still works. GPU targets get the full
+    """Register only the tensor intrinsics the tune's design space can use, before
+    MetaSchedule's ``TuneContext`` imports all of them (``tvm.s_tir.tensor_intrin``: 27 s on 2
+    cores, 18 s of it CUDA's; 48 s on an H200 host). A CPU target gets its architecture's; a
+    CUDA target none, since its tune uses the plain ``cuda`` rules (:func:`_space`). The
+    package is entered in ``sys.modules`` with its ``__path__``, so any later
+    ``import tvm.s_tir.tensor_intrin.<arch>`` still works. Other GPU targets get the full
     import."""
     import importlib
     import importlib.util
@@ -119,24 +131,29 @@ def light_tensor_intrin(target: Dict[str, Any]) -> None:
     import types
 
     name = "tvm.s_tir.tensor_intrin"
+    kind = target.get("kind")
     if name in sys.modules:
         if getattr(sys.modules[name], "_buildgraph_partial", False) and \
-                target.get("kind") != "llvm":
-            # an earlier CPU step in this worker registered only its CPU's intrinsics
+                kind not in ("llvm", "cuda"):
+            # an earlier step in this worker registered only some intrinsics
             for sub in ("cuda", "rocm", "metal"):
                 try:
                     importlib.import_module(f"{name}.{sub}")
                 except Exception:  # noqa: BLE001
                     pass
         return
-    if target.get("kind") != "llvm":
+    if kind not in ("llvm", "cuda"):
         return
-    arch = tvmtarget.triple_arch(str(target["mtriple"])) if target.get("mtriple") \
-        else tvmtarget.host_arch()
-    sub = {"x86_64": "x86", "x86": "x86", "aarch64": "arm_cpu", "arm": "arm_cpu",
-           "riscv64": "riscv_cpu"}.get(arch)
+    sub: Optional[str] = None
+    if kind == "llvm":
+        arch = tvmtarget.triple_arch(str(target["mtriple"])) if target.get("mtriple") \
+            else tvmtarget.host_arch()
+        sub = {"x86_64": "x86", "x86": "x86", "aarch64": "arm_cpu", "arm": "arm_cpu",
+               "riscv64": "riscv_cpu"}.get(arch)
+        if sub is None:
+            return
     spec = importlib.util.find_spec(name)
-    if sub is None or spec is None or not spec.submodule_search_locations:
+    if spec is None or not spec.submodule_search_locations:
         return
     package = types.ModuleType(name)
     package.__path__ = list(spec.submodule_search_locations)
@@ -147,6 +164,8 @@ def light_tensor_intrin(target: Dict[str, Any]) -> None:
     import tvm.s_tir
 
     setattr(tvm.s_tir, "tensor_intrin", package)
+    if sub is None:
+        return
     try:
         setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
     except Exception:  # noqa: BLE001 - fall back to the full import
@@ -166,14 +185,25 @@ def _persistent_builder_class() -> Any:
 
     @derived_object
     class PersistentLocalBuilder(PyBuilder):
-        def __init__(self, max_workers: int, timeout_sec: float, f_build: Any = None) -> None:
+        def __init__(self, max_workers: int, timeout_sec: float, f_build: Any = None,
+                     progress: Any = None) -> None:
             super().__init__()
             self.timeout_sec = timeout_sec
             self.f_build = f_build
+            self.progress = progress
             self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
                                           initializer=_dies_with_this_process())
 
         def build(self, build_inputs: List[Any]) -> List[Any]:
+            if self.progress is not None:
+                self.progress.check_budget()  # stops the tuning between two batches
+            results = self._build(build_inputs)
+            if self.progress is not None:
+                self.progress.built(len(results),
+                                    sum(1 for r in results if r.error_msg is not None))
+            return results
+
+        def _build(self, build_inputs: List[Any]) -> List[Any]:
             results = []
             args = [(self.f_build, None, b.mod, b.target, _serialize_params(b.params))
                     for b in build_inputs]
@@ -220,17 +250,37 @@ def _progress_callback_class() -> Any:
                 secs = [float(s) for s in r.run_secs]
                 ok.append(sum(secs) / len(secs))
             self.on_batch(int(task_id), len(measure_candidates), ok, failed, error)
+            self.on_batch.check_budget()  # after the records are saved: nothing is lost
 
     _classes["progress"] = ProgressCallback
     return ProgressCallback
 
 
+class BudgetSpent(Exception):
+    """Raised inside MetaSchedule's loop (from the builder or a measure callback) when the
+    step's ``max_s`` is spent: TVM's task scheduler has no deadline of its own."""
+
+    MARK = "buildgraph: the tuning budget max_s is spent"
+
+    def __init__(self) -> None:
+        super().__init__(self.MARK)
+
+
 class _Progress:
-    """Per-task trial counts and best latencies; logs one line per batch and publishes the
-    records measured so far to the shared area."""
+    """Per-task trial counts and best latencies; logs one line per measured batch, a heartbeat
+    line whenever 10 s pass without one, publishes the records measured so far to the shared
+    area, and enforces the wall-clock budget.
+
+    The heartbeat matters because MetaSchedule's gradient scheduler gives every task one batch
+    before it measures any: with 28 CUDA tasks that first round (design spaces, search, nvcc
+    for every candidate) printed nothing for minutes on the H200. The builder reports each
+    batch it builds, so the heartbeat can say what is going on in that round too."""
 
     def __init__(self, task: Task, names: List[str], hashes: List[str], budget: List[int],
-                 total: int, publish: Any):
+                 total: int, publish: Any, max_s: Optional[float] = None,
+                 interval: float = 10.0):
+        import threading
+
         self.task = task
         self.names = names
         self.hashes = hashes
@@ -241,24 +291,62 @@ class _Progress:
         self.failed = [0] * len(names)
         self.publish = publish
         self.start = time.monotonic()
+        self.deadline = self.start + max_s if max_s else None
+        self.max_s = max_s
+        self.interval = interval
         self.publish_errors = 0
         self.errors_logged = 0
+        self.ids: List[int] = list(range(len(names)))
+        """Task ids of the current ``tune_tasks`` call -> indices in ``names``."""
+        self.current: Optional[int] = None
+        self.candidates_built = 0
+        self.builds_failed = 0
+        self.stopped = False
+        self.default: Dict[int, float] = {}
+        """Seconds of DLight's default schedule per task (GPU targets; by task index)."""
+        self.last_line = self.start
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    # --- the budget --------------------------------------------------------------------------
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def check_budget(self) -> None:
+        if self.spent():
+            self.stopped = True
+            raise BudgetSpent()
+
+    # --- what MetaSchedule reports -------------------------------------------------------------
+    def built(self, n: int, failed: int) -> None:
+        with self.lock:
+            self.candidates_built += n
+            self.builds_failed += failed
 
     def __call__(self, task_id: int, n: int, ok: List[float], failed: int,
                  error: str = "") -> None:
-        self.trials[task_id] += n
-        self.failed[task_id] += failed
+        index = self.ids[task_id] if task_id < len(self.ids) else task_id
+        with self.lock:
+            self._batch(index, n, ok, failed, error)
+        try:
+            self.publish(self.hashes[index], n)
+        except Exception as exc:  # noqa: BLE001 - sharing must not kill a tuning run
+            self.publish_errors += 1
+            if self.publish_errors == 1:
+                self.task.log(f"warning: cannot publish records to the shared area: {exc}")
+
+    def _batch(self, index: int, n: int, ok: List[float], failed: int, error: str) -> None:
+        self.trials[index] += n
+        self.failed[index] += failed
         if ok:
             b = min(ok)
-            self.best[task_id] = b if self.best[task_id] is None else min(b, self.best[task_id])
+            self.best[index] = b if self.best[index] is None else min(b, self.best[index])
         done = sum(1 for t, cap in zip(self.trials, self.budget) if t >= cap)
         measured = sum(1 for b in self.best if b is not None)
-        best = self.best[task_id]
-        self.task.log(
-            f"[{time.monotonic() - self.start:6.1f} s] trials {sum(self.trials)}/{self.total}"
-            f"  task {task_id + 1}/{len(self.names)} {self.names[task_id]}: "
-            f"{self.trials[task_id]} trials, best "
-            + (f"{best * 1e6:.3g} us" if best is not None else "-")
+        self._log(
+            f"trials {sum(self.trials)}/{self.total}  task {index + 1}/{len(self.names)} "
+            f"{self.names[index]}: {self.trials[index]} trials, best {self._us(index)}"
             + (f" ({failed} of {n} failed)" if failed else "")
             + f"; tasks with a record {measured}/{len(self.names)}"
             + (f", at their cap {done}" if done else ""))
@@ -266,12 +354,67 @@ class _Progress:
             self.errors_logged += 1
             lines = [ln for ln in error.strip().splitlines() if ln.strip()]
             self.task.log("  a failed candidate: " + " | ".join(lines[:2] + lines[-3:])[:1500])
-        try:
-            self.publish(self.hashes[task_id], n)
-        except Exception as exc:  # noqa: BLE001 - sharing must not kill a tuning run
-            self.publish_errors += 1
-            if self.publish_errors == 1:
-                self.task.log(f"warning: cannot publish records to the shared area: {exc}")
+
+    # --- the log -----------------------------------------------------------------------------
+    def _us(self, index: int) -> str:
+        best = self.best[index]
+        return f"{best * 1e6:.3g} us" if best is not None else "-"
+
+    def _log(self, text: str) -> None:
+        now = time.monotonic()
+        self.last_line = now
+        self.task.log(f"[{now - self.start:6.1f} s] {text}")
+
+    def status(self) -> str:
+        """One line saying what the tuning is doing now (the heartbeat's)."""
+        if self.current is not None:
+            i = self.current
+            where = (f"task {i + 1}/{len(self.names)} {self.names[i]}: {self.trials[i]}/"
+                     f"{self.budget[i]} trials, best {self._us(i)}")
+        else:
+            where = (f"tasks with a record {sum(1 for b in self.best if b is not None)}/"
+                     f"{len(self.names)}")
+            if not any(self.trials):
+                where += " (first round: every task gets one batch before any is measured)"
+        left = ""
+        if self.deadline is not None:
+            rest = self.deadline - time.monotonic()
+            left = (f"; {rest:.0f} s of max_s {self.max_s:g} left" if rest > 0 else
+                    f"; max_s {self.max_s:g} spent: stopping after the batch in flight")
+        return (f"still tuning: trials measured {sum(self.trials)}/{self.total}, candidates "
+                f"built {self.candidates_built}"
+                + (f" ({self.builds_failed} failed)" if self.builds_failed else "")
+                + f"; {where}{left}")
+
+    def heartbeat(self) -> None:
+        while not self.done.wait(min(1.0, self.interval / 4)):
+            with self.lock:
+                if time.monotonic() - self.last_line >= self.interval:
+                    self._log(self.status())
+
+    def reorder(self, order: List[int], wanted: List[int]) -> None:
+        """Put the per-task lists (kept in tuning order) in ``wanted``'s order."""
+        perm = [order.index(i) for i in wanted]
+        for name in ("names", "hashes", "budget", "trials", "best", "failed"):
+            values = getattr(self, name)
+            setattr(self, name, [values[k] for k in perm])
+
+    def __enter__(self) -> "_Progress":
+        """Start the clock (max_s is the search's: setting up pools is not in it) and the
+        heartbeat."""
+        import threading
+
+        self.start = self.last_line = time.monotonic()
+        self.deadline = self.start + self.max_s if self.max_s else None
+        self.thread = threading.Thread(target=self.heartbeat, name="buildgraph-tune-progress",
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
 
 
 def skip_budget(trials: int, per_task: Optional[int], tasks: int) -> int:
@@ -300,6 +443,363 @@ def remaining_budget(trials: int, per_task: Optional[int], budget: int, spent: L
         return total, max(deficits)
     total = max(rest, min(trials, len(spent)))
     return total, total
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of a tuning run
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Tasks:
+    """The tuning tasks of a model: MetaSchedule's extracted tasks, their names, workload
+    hashes and modules, and the work each stands for (FLOPs times calls per inference)."""
+
+    extracted: List[Any]
+    names: List[str]
+    hashes: List[str]
+    workloads: Dict[str, str]
+    work: List[float]
+
+
+@dataclass
+class TaskPlan:
+    """What a run does with each task (``status``: reused, tune, not selected), the trials
+    already spent on those it tunes, and the budget left for them."""
+
+    status: Dict[int, str]
+    spent: Dict[int, int]
+    to_tune: List[int]
+    reused: List[int]
+    trials: int
+    per_task: int
+    found: Dict[str, Any] = field(default_factory=dict)
+    """The shared records of the model's workloads (by hash)."""
+
+
+def extract_tasks(task: Task, ms: Any, model_path: Path, dims: Dict[str, int], target: Any
+                  ) -> Tasks:
+    """Import and fuse the model as tvm.compile does, and extract the tasks to tune."""
+    start = time.monotonic()
+    mod = load_relax(model_path, dims)
+    dynamic = symbolic_dims(mod)
+    if dynamic:
+        raise StepFailed("tuning needs static shapes; the model has dynamic dims "
+                         + ", ".join(dynamic) + ": bind them, e.g. dims: {"
+                         + f"{dynamic[0]}: 1" + "}, and compile with the same dims")
+    fused = prepare(mod, target)
+    extracted = [t for t in ms.relax_integration.extract_tasks(fused, target)
+                 if not t.mod.attrs.get("tirx.is_scheduled", False)]
+    names = [str(t.task_name) for t in extracted]
+    workloads: Dict[str, str] = {}
+    hashes: List[str] = []
+    for t in extracted:
+        shash, module = ms.database.Workload(t.dispatched[0]).as_json()
+        hashes.append(str(shash))
+        workloads[str(shash)] = str(module)
+    task.log(f"{len(extracted)} tasks extracted in {time.monotonic() - start:.1f} s: "
+             + ", ".join(names))
+    return Tasks(extracted, names, hashes, workloads, [_work(t) for t in extracted])
+
+
+def _work(extracted: Any) -> float:
+    """FLOPs of one call of the task's kernel times the calls per inference (0 if unknown)."""
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        return float(estimate_tir_flops(extracted.dispatched[0])) * float(extracted.weight)
+    except Exception:  # noqa: BLE001 - only an order of tuning
+        return 0.0
+
+
+def selected_tasks(p: TvmTuneParams, tasks: Tasks) -> List[int]:
+    """The tasks ``ops`` and ``heaviest`` select (all by default)."""
+    chosen = [i for i, name in enumerate(tasks.names)
+              if not p.ops or any(op in name for op in p.ops)]
+    if p.heaviest:
+        chosen = sorted(sorted(chosen, key=lambda i: -tasks.work[i])[:p.heaviest])
+    return chosen
+
+
+def plan_tasks(task: Task, p: TvmTuneParams, tasks: Tasks, found: Dict[str, Any]) -> TaskPlan:
+    """Reuse what the shared records cover; tune the selected rest for the difference."""
+    selected = selected_tasks(p, tasks)
+    budget = skip_budget(p.trials, p.trials_per_task, len(selected))
+    status: Dict[int, str] = {}
+    spent: Dict[int, int] = {}
+    for i, (name, shash) in enumerate(zip(tasks.names, tasks.hashes)):
+        entry = found.get(shash)
+        if entry is not None and entry.valid >= p.reuse_min_records and entry.trials >= budget:
+            status[i] = "reused"
+            best = entry.best
+            task.log(f"  skip {name}: {entry.valid} records in the cache, {entry.trials} "
+                     f"trials measured (this step's budget: {budget} per task)"
+                     + (f", best {best * 1e6:.3g} us" if best else ""))
+        elif i not in selected:
+            status[i] = "not selected"
+        else:
+            status[i] = "tune"
+            if entry is not None and entry.valid:
+                spent[i] = entry.trials
+                task.log(f"  tune {name} for the difference: {entry.trials} of {budget} "
+                         f"trials measured, {entry.valid} records to start from")
+    to_tune = [i for i in range(len(tasks.names)) if status[i] == "tune"]
+    reused = [i for i in range(len(tasks.names)) if status[i] == "reused"]
+    if p.heaviest:
+        task.log(f"heaviest {p.heaviest}: " + ", ".join(
+            f"{tasks.names[i]} ({tasks.work[i] / 1e6:.3g} MFLOP)" for i in selected))
+    task.log(f"{len(reused)} of {len(tasks.names)} tasks already tuned for this target, "
+             f"{len(to_tune)} to tune")
+    trials, per_task = remaining_budget(p.trials, p.trials_per_task, budget,
+                                        [spent.get(i, 0) for i in to_tune],
+                                        sum(1 for i in reused if i in selected))
+    return TaskPlan(status, spent, to_tune, reused, trials, per_task, found)
+
+
+def warm_start(task: Task, tasks: Tasks, plan: TaskPlan, ms_dir: Path,
+               effective: Dict[str, Any]) -> None:
+    """The best shared records of the tasks to tune seed the search."""
+    from buildgraph.backends.tvm.records import TuneDatabase, merge, write_db
+
+    seed = TuneDatabase()
+    for i in plan.to_tune:
+        entry = plan.found.get(tasks.hashes[i])
+        if entry is not None and entry.records:
+            seed.workloads[tasks.hashes[i]] = tasks.workloads[tasks.hashes[i]]
+            seed.records.extend((tasks.hashes[i], r) for r in entry.records)
+    if seed.records:
+        write_db(merge([seed], target=effective, valid_only=True), ms_dir)
+        task.log(f"warm start: {len(seed.records)} records of "
+                 f"{len(seed.workloads)} tasks seed the search")
+
+
+class _Search:
+    """MetaSchedule's search over the tuning contexts, all at once (its gradient scheduler
+    shares the trials) or, with a wall-clock budget, one task at a time; the budget, raised
+    inside TVM's loop as :class:`BudgetSpent`, ends it with the records saved so far."""
+
+    def __init__(self, ms: Any, contexts: List[Any], weights: List[Any], trials: int,
+                 per_task: int, per_iter: int, cost_model: str, ms_dir: Path, builder: Any,
+                 runner: Any, progress: "_Progress"):
+        self.ms, self.contexts, self.weights = ms, contexts, weights
+        self.trials, self.per_task, self.per_iter = trials, per_task, per_iter
+        self.cost_model, self.ms_dir = cost_model, ms_dir
+        self.builder, self.runner, self.progress = builder, runner, progress
+        self.callbacks = list(ms.MeasureCallback.create("default")) + \
+            [_progress_callback_class()(progress)]
+
+    def all_tasks(self) -> None:
+        self._until_budget(lambda: self._tune(list(range(len(self.contexts))), self.trials))
+
+    def one_task_at_a_time(self) -> None:
+        def each() -> None:
+            for i in range(len(self.contexts)):
+                self.progress.check_budget()
+                self.progress.current = i
+                self._tune([i], min(self.per_task, self.trials - sum(self.progress.trials)))
+                if sum(self.progress.trials) >= self.trials:
+                    break
+
+        self._until_budget(each)
+
+    def _until_budget(self, search: Any) -> None:
+        try:
+            search()
+        except Exception as exc:  # noqa: BLE001 - the budget, raised inside TVM's loop
+            if BudgetSpent.MARK not in str(exc) and not isinstance(exc, BudgetSpent):
+                raise
+            self.progress.stopped = True
+        self.progress.deadline = None  # what follows the search is not part of it
+
+    def _tune(self, ids: List[int], trials: int) -> None:
+        self.progress.ids = ids
+        ms = self.ms
+        ms.tune_tasks(tasks=[self.contexts[i] for i in ids],
+                      task_weights=[self.weights[i] for i in ids], work_dir=str(self.ms_dir),
+                      max_trials_global=trials, max_trials_per_task=self.per_task,
+                      num_trials_per_iter=self.per_iter, builder=self.builder,
+                      runner=self.runner,
+                      database=ms.database.JSONDatabase(work_dir=str(self.ms_dir)),
+                      cost_model=self.cost_model, measure_callbacks=self.callbacks,
+                      task_scheduler="gradient")
+
+
+def default_schedule_seconds(task: Task, ms: Any, tasks: Tasks, ids: List[int], target: Any,
+                             builder: Any, runner: Any) -> Dict[int, float]:
+    """Measure DLight's default GPU schedule of each task in ``ids``, the schedule tvm.compile
+    gives a function without a record, with the same builder and runner as the candidates.
+
+    A few trials per task do not always beat DLight (its matmul rule already schedules
+    convolutions well): a record slower than the default must not replace it, or "tuned" is
+    slower than untuned. Failures here only mean no comparison (the records are kept)."""
+    from tvm.s_tir import dlight as dl
+
+    out: Dict[int, float] = {}
+    if not ids:
+        return out
+    try:
+        inputs, funcs = [], []
+        for i in ids:
+            with target:
+                mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())(
+                    tasks.extracted[i].dispatched[0])
+            inputs.append(ms.builder.BuilderInput(mod, target))
+            funcs.append(next(iter(mod.functions.values())))
+        built = builder.build(inputs)
+        runs, where = [], []
+        for i, b, f in zip(ids, built, funcs):
+            if b.error_msg is None:
+                runs.append(ms.runner.RunnerInput(b.artifact_path, device_type=str(target.kind.name),
+                                                  args_info=ms.arg_info.ArgInfo.from_prim_func(f)))
+                where.append(i)
+        for i, future in zip(where, runner.run(runs)):
+            result = future.result()
+            if result.error_msg is None and result.run_secs:
+                secs = [float(x) for x in result.run_secs]
+                out[i] = sum(secs) / len(secs)
+    except Exception as exc:  # noqa: BLE001 - a missing comparison keeps the records
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        task.log(f"warning: could not measure the default schedules: {type(exc).__name__}: "
+                 f"{(lines[-1] if lines else '')[:300]}")
+    return out
+
+
+def slower_than_default(task: Task, tasks: Tasks, progress: Optional["_Progress"],
+                        plan: TaskPlan) -> List[str]:
+    """Workload hashes whose best record is slower than DLight's default schedule: their
+    records stay out of the output (and the library keeps the default schedule)."""
+    if progress is None or not progress.default:
+        return []
+    slower = []
+    for k, i in enumerate(plan.to_tune):
+        best, default = progress.best[k], progress.default.get(i)
+        if best is None or default is None:
+            continue
+        verdict = "kept" if best < default else "dropped: the default schedule stays"
+        task.log(f"  {tasks.names[i]}: tuned {best * 1e6:.3g} us, default schedule "
+                 f"{default * 1e6:.3g} us - {verdict}")
+        if best >= default:
+            slower.append(tasks.hashes[i])
+    return slower
+
+
+def write_output_db(task: Task, p: TvmTuneParams, tasks: Tasks, ms_dir: Path, shared: Any,
+                    version: str, effective: Dict[str, Any], exclude: List[str] = []) -> Any:
+    """Publish this run's records and write the output database: this model's tasks, tuned
+    now or reused, the ``keep`` fastest per workload."""
+    from buildgraph.backends.tvm.records import TuneDatabase, merge, read_db, write_db
+
+    own = read_db(ms_dir) if (ms_dir / "database_workload.json").exists() else TuneDatabase()
+    if p.share and own.records:
+        shared.publish(version, own, tasks=dict(zip(tasks.hashes, tasks.names)))
+    sources = [own]
+    if p.reuse:
+        sources.append(_shared_subset(shared, version, effective, tasks.hashes))
+    sources.append(TuneDatabase(dict(tasks.workloads), []))
+    out_db = merge(sources, top_k=p.keep, target=effective, workloads=tasks.hashes,
+                   valid_only=True)
+    out_db.workloads = {h: out_db.workloads.get(h, tasks.workloads[h]) for h in tasks.hashes}
+    out_db.records = [(h, r) for h, r in out_db.records if h not in exclude]
+    write_db(out_db, task.outputs["database"])
+    return out_db
+
+
+def task_rows(tasks: Tasks, plan: TaskPlan, out_db: Any, progress: Optional["_Progress"],
+              slower: List[str] = []) -> List[Dict[str, Any]]:
+    """One row per task for the manifest and the summary."""
+    rows = []
+    for i, (name, shash) in enumerate(zip(tasks.names, tasks.hashes)):
+        best = out_db.best(shash)
+        st = plan.status[i]
+        if st == "tune":
+            st = "tuned" if out_db.valid_count(shash) else "no valid record"
+            if shash in slower:
+                st = "default faster"
+        rows.append({"task": name, "workload": shash, "weight": int(tasks.extracted[i].weight),
+                     "status": st, "trials": progress.trials[plan.to_tune.index(i)]
+                     if progress is not None and i in plan.to_tune else 0,
+                     "records": out_db.valid_count(shash),
+                     "best_us": round(best * 1e6, 3) if best else None})
+    return rows
+
+
+def _shared_db(task: Task, p: TvmTuneParams) -> Any:
+    from buildgraph.backends.tvm.shared import AREA, SharedTuneDB
+
+    shared = SharedTuneDB(task.areas[AREA], top_k=max(p.keep, 32))
+    task.log(f"shared tuning records: {shared.root}")
+    return shared
+
+
+def _strategy(ms: Any, p: TvmTuneParams) -> Any:
+    if p.strategy == "evolutionary":
+        return ms.search_strategy.EvolutionarySearch(
+            population_size=p.population, init_min_unmeasured=min(50, p.population))
+    return p.strategy
+
+
+def _trials_per_iter(task: Task, wanted: int, trials: int, n_tasks: int) -> int:
+    """The gradient scheduler first gives every task one batch: with a budget smaller than
+    that, the last tasks would get no trial at all."""
+    if trials >= n_tasks * wanted:
+        return wanted
+    per_iter = max(1, trials // n_tasks)
+    task.log(f"trials_per_iter {wanted} -> {per_iter} so that all {n_tasks} tasks get trials "
+             f"out of {trials}")
+    if trials < n_tasks:
+        task.log(f"warning: {trials} trials for {n_tasks} tasks: {n_tasks - trials} tasks "
+                 "will get none")
+    return per_iter
+
+
+def _publisher(p: TvmTuneParams, tasks: Tasks, ms_dir: Path, shared: Any, version: str) -> Any:
+    """Publishes one task's records after each measured batch (a kill keeps them)."""
+    from buildgraph.backends.tvm.records import TuneDatabase, read_db
+
+    def publish(shash: str, n: int) -> None:
+        if not p.share:
+            return
+        db = read_db(ms_dir)
+        db = TuneDatabase({shash: tasks.workloads[shash]},
+                          [(h, r) for h, r in db.records if h == shash])
+        shared.publish(version, db, tasks={shash: tasks.names[tasks.hashes.index(shash)]},
+                       trials={shash: n})
+
+    return publish
+
+
+def _runner(ms: Any, p: TvmTuneParams, device: Optional[Dict[str, Any]]) -> Any:
+    evaluator = ms.runner.EvaluatorConfig(
+        number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms,
+        enable_cpu_cache_flush=p.cpu_cache_flush)
+    if p.runner is not None:
+        return _rpc_runner(ms, p.runner, evaluator, max(1, int((device or {}).get("devices") or 1)))
+    return ms.runner.LocalRunner(timeout_sec=p.timeout, initializer=_dies_with_this_process(),
+                                 evaluator_config=evaluator)
+
+
+def _progress_interval() -> float:
+    """Seconds between progress lines while nothing else is logged: 10, or
+    ``BUILDGRAPH_PROGRESS_S`` (not a parameter: it changes no result, so no key)."""
+    try:
+        return max(0.2, float(os.environ.get("BUILDGRAPH_PROGRESS_S", "10")))
+    except ValueError:
+        return 10.0
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts the search like Ctrl-C (the records so far are kept)."""
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (thread isolation): no handler
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,132 +861,81 @@ class TvmTuneExecutor(Executor):
             raise tvm_failure(exc, "tvm.tune", task.log) from None
 
     def _run(self, task: Task) -> Optional[Dict[str, Any]]:
-        from buildgraph.backends.tvm.records import TuneDatabase, merge, read_db, write_db
-        from buildgraph.backends.tvm.shared import AREA, SharedTuneDB
-
         p = TvmTuneParams(**task.params)
-        canonical = tvmtarget.canonical_target(p.target)
+        canonical = dict(p.target)  # canonical already: the params validator made it so
         model_path = find_model(task, p.model)
         check_ffi_for_tuning()
         tvm = import_tvm()
         from tvm.s_tir import meta_schedule as ms
 
-        device: Optional[Dict[str, Any]] = None
+        device, target, effective = self._target(task, p, tvm, canonical)
+        version = tvm_versions()["apache-tvm"]
+        task.log(f"tvm {tvm.__version__}: tuning {model_path.name} for "
+                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})"
+                 + (f"; measuring on device {_rpc().device_text(device)} through tracker "
+                    f"{p.runner.tracker}" if device is not None and p.runner else ""))
+        tasks = extract_tasks(task, ms, model_path, p.dims, target)
+        shared = _shared_db(task, p)
+        plan = plan_tasks(task, p, tasks, shared.lookup(version, effective, tasks.hashes)
+                          if p.reuse else {})
+        ms_dir = Path(task.work_dir) / "ms"
+        ms_dir.mkdir(parents=True, exist_ok=True)
+        progress: Optional[_Progress] = None
+        tune_s = 0.0
+        if plan.to_tune and plan.trials > 0:
+            warm_start(task, tasks, plan, ms_dir, effective)
+            progress, tune_s = self._tune(task, p, ms, tasks, plan, effective, ms_dir,
+                                          shared, version, device)
+        elif plan.to_tune:
+            task.log("trials: 0 - nothing is tuned; the output holds the records found")
+        slower = slower_than_default(task, tasks, progress, plan)
+        out_db = write_output_db(task, p, tasks, ms_dir, shared, version, effective, slower)
+        rows = task_rows(tasks, plan, out_db, progress, slower)
+        self._write_manifest(task, p, canonical, effective, model_path, version, rows, device)
+        self._summary(task, rows)
+        with_records = sum(1 for r in rows if r["records"])
+        measured = progress is not None and any(b is not None for b in progress.best)
+        if plan.to_tune and p.trials > 0 and not measured \
+                and not any(rows[i]["records"] for i in plan.to_tune) \
+                and not (progress is not None and progress.stopped):
+            raise StepFailed(f"no candidate of the {len(plan.to_tune)} tuned tasks built and ran "
+                             "(every measurement failed); see the log for the builder/runner "
+                             "errors (timeout: / build_timeout: may be too short)")
+        estimate = sum(r["weight"] * r["best_us"] for r in rows if r["best_us"])
+        return {"tasks": len(rows), "tuned": sum(1 for r in rows if r["status"] == "tuned"),
+                "reused": len(plan.reused), "skipped_tasks": [rows[i]["task"] for i in plan.reused],
+                "untuned": len(rows) - with_records,
+                "trials": sum(r["trials"] for r in rows), "tune_s": round(tune_s, 2),
+                "stopped_by_max_s": bool(progress is not None and progress.stopped),
+                "records": len(out_db.records), "estimated_latency_us": round(estimate, 2),
+                "target": canonical, "tvm": version,
+                **({"tvm_target": effective} if effective.get("kind") == "cuda" else {}),
+                **({"device": _rpc().scope_fields(device), "device_scope": effective["model"]}
+                   if device is not None else {})}
+
+    def _target(self, task: Task, p: TvmTuneParams, tvm: Any, canonical: Dict[str, Any]
+                ) -> Tuple[Optional[Dict[str, Any]], Any, Dict[str, Any]]:
+        """(remote device or None, TVM Target, effective dict) of the measurements: on the
+        device behind ``runner:``, else here (CUDA targets completed like tvm.compile's)."""
         if p.runner is not None:
             device = self._device(task, p.runner)
-            target, effective = remote_target(tvm, canonical, device)
-        elif not tvmtarget.is_host_target(canonical) and canonical.get("kind") != "cuda":
+            return (device, *remote_target(tvm, canonical, device))
+        if not tvmtarget.is_host_target(canonical) and canonical.get("kind") != "cuda":
             raise StepFailed(f"tuning measures candidates on this machine, and "
                              f"{tvmtarget.target_text(canonical)} does not run here "
                              f"({tvmtarget.runnable_here(canonical)[1]}); measure on the device "
                              "through a TVM RPC tracker (runner: {tracker: host:9190, key: "
                              "...}), or tune on the device itself and import its records with "
                              "`buildgraph tune-db import`")
-        else:
-            target, effective = make_target(canonical)
-        version = tvm_versions()["apache-tvm"]
-        start = time.monotonic()
-        task.log(f"tvm {tvm.__version__}: tuning {model_path.name} for "
-                 f"{tvmtarget.target_text(canonical)} (TVM target {json.dumps(effective)})"
-                 + (f"; measuring on device {_rpc().device_text(device)} through tracker "
-                    f"{p.runner.tracker}" if device is not None and p.runner else ""))
-        mod = load_relax(model_path, p.dims)
-        dynamic = symbolic_dims(mod)
-        if dynamic:
-            raise StepFailed("tuning needs static shapes; the model has dynamic dims "
-                             + ", ".join(dynamic) + ": bind them, e.g. dims: {"
-                             + f"{dynamic[0]}: 1" + "}, and compile with the same dims")
-        fused = prepare(mod, target)
-        extracted = [t for t in ms.relax_integration.extract_tasks(fused, target)
-                     if not t.mod.attrs.get("tirx.is_scheduled", False)]
-        names = [str(t.task_name) for t in extracted]
-        workloads: Dict[str, str] = {}
-        hashes: List[str] = []
-        for t in extracted:
-            shash, module = ms.database.Workload(t.dispatched[0]).as_json()
-            hashes.append(str(shash))
-            workloads[str(shash)] = str(module)
-        task.log(f"{len(extracted)} tasks extracted in {time.monotonic() - start:.1f} s: "
-                 + ", ".join(names))
+        from buildgraph.backends.tvm.compile import complete_target
 
-        shared = SharedTuneDB(task.areas[AREA], top_k=max(p.keep, 32))
-        found = shared.lookup(version, effective, hashes) if p.reuse else {}
-        selected = [i for i, name in enumerate(names)
-                    if not p.ops or any(op in name for op in p.ops)]
-        budget = skip_budget(p.trials, p.trials_per_task, len(selected))
-        status: Dict[int, str] = {}
-        spent: Dict[int, int] = {}
-        for i, (name, shash) in enumerate(zip(names, hashes)):
-            entry = found.get(shash)
-            if entry is not None and entry.valid >= p.reuse_min_records \
-                    and entry.trials >= budget:
-                status[i] = "reused"
-                best = entry.best
-                task.log(f"  skip {name}: {entry.valid} records in the cache, {entry.trials} "
-                         f"trials measured (this step's budget: {budget} per task)"
-                         + (f", best {best * 1e6:.3g} us" if best else ""))
-            elif i not in selected:
-                status[i] = "not selected"
-            else:
-                status[i] = "tune"
-                if entry is not None and entry.valid:
-                    spent[i] = entry.trials
-                    task.log(f"  tune {name} for the difference: {entry.trials} of {budget} "
-                             f"trials measured, {entry.valid} records to start from")
-        to_tune = [i for i in range(len(extracted)) if status[i] == "tune"]
-        reused = [i for i in range(len(extracted)) if status[i] == "reused"]
-        task.log(f"shared tuning records: {shared.root}; {len(reused)} of "
-                 f"{len(extracted)} tasks already tuned for this target, {len(to_tune)} to tune")
-        trials, per_task = remaining_budget(p.trials, p.trials_per_task, budget,
-                                            [spent.get(i, 0) for i in to_tune],
-                                            sum(1 for i in reused if i in selected))
+        return (None, *make_target(complete_target(tvm, canonical, task.log)))
 
-        ms_dir = Path(task.work_dir) / "ms"
-        ms_dir.mkdir(parents=True, exist_ok=True)
-        progress: Optional[_Progress] = None
-        tune_s = 0.0
-        if to_tune and trials > 0:
-            seed = TuneDatabase()
-            for i in to_tune:
-                entry = found.get(hashes[i])
-                if entry is not None and entry.records:
-                    seed.workloads[hashes[i]] = workloads[hashes[i]]
-                    seed.records.extend((hashes[i], r) for r in entry.records)
-            if seed.records:  # warm start: the best records known seed the search
-                write_db(merge([seed], target=effective, valid_only=True), ms_dir)
-                task.log(f"warm start: {len(seed.records)} records of "
-                         f"{len(seed.workloads)} tasks seed the search")
-            progress, tune_s = self._tune(task, p, ms, extracted, to_tune, names,
-                                          hashes, workloads, effective, ms_dir,
-                                          shared, version, trials, per_task, device)
-        elif to_tune:
-            task.log("trials: 0 - nothing is tuned; the output holds the records found")
-
-        own = read_db(ms_dir) if (ms_dir / "database_workload.json").exists() else TuneDatabase()
-        if p.share and own.records:
-            shared.publish(version, own, tasks=dict(zip(hashes, names)))
-        sources = [own]
-        if p.reuse:
-            sources.append(_shared_subset(shared, version, effective, hashes))
-        sources.append(TuneDatabase(dict(workloads), []))
-        out_db = merge(sources, top_k=p.keep, target=effective, workloads=hashes,
-                       valid_only=True)
-        out_db.workloads = {h: out_db.workloads.get(h, workloads[h]) for h in hashes}
-        out_dir = task.outputs["database"]
-        write_db(out_db, out_dir)
-
-        rows = []
-        for i, (name, shash) in enumerate(zip(names, hashes)):
-            best = out_db.best(shash)
-            st = status[i]
-            if st == "tune":
-                st = "tuned" if out_db.valid_count(shash) else "no valid record"
-            rows.append({"task": name, "workload": shash, "weight": int(extracted[i].weight),
-                         "status": st, "trials": progress.trials[to_tune.index(i)]
-                         if progress is not None and i in to_tune else 0,
-                         "records": out_db.valid_count(shash),
-                         "best_us": round(best * 1e6, 3) if best else None})
-        estimate = sum(r["weight"] * r["best_us"] for r in rows if r["best_us"])
+    @staticmethod
+    def _write_manifest(task: Task, p: TvmTuneParams, canonical: Dict[str, Any],
+                        effective: Dict[str, Any], model_path: Path, version: str,
+                        rows: List[Dict[str, Any]], device: Optional[Dict[str, Any]]) -> None:
+        """``tunedb.json`` beside the records: which tasks were tuned, reused, left alone."""
         manifest = {"schema": MANIFEST_SCHEMA, "tvm": version, "target": canonical,
                     "target_text": tvmtarget.target_text(canonical), "tvm_target": effective,
                     "identity": tvmtarget.target_identity(effective), "model": model_path.name,
@@ -495,22 +944,8 @@ class TvmTuneExecutor(Executor):
             manifest["device"] = _rpc().scope_fields(device)
             manifest["device_scope"] = effective["model"]
             manifest["tracker"] = p.runner.tracker
-        (out_dir / "tunedb.json").write_text(json.dumps(manifest, indent=1, sort_keys=True)
-                                             + "\n", encoding="utf-8")
-        self._summary(task, rows)
-        with_records = sum(1 for r in rows if r["records"])
-        if to_tune and p.trials > 0 and not any(rows[i]["records"] for i in to_tune):
-            raise StepFailed(f"no candidate of the {len(to_tune)} tuned tasks built and ran "
-                             "(every measurement failed); see the log for the builder/runner "
-                             "errors (timeout: / build_timeout: may be too short)")
-        return {"tasks": len(rows), "tuned": sum(1 for r in rows if r["status"] == "tuned"),
-                "reused": len(reused), "skipped_tasks": [rows[i]["task"] for i in reused],
-                "untuned": len(rows) - with_records,
-                "trials": sum(r["trials"] for r in rows), "tune_s": round(tune_s, 2),
-                "records": len(out_db.records), "estimated_latency_us": round(estimate, 2),
-                "target": canonical, "tvm": version,
-                **({"device": _rpc().scope_fields(device), "device_scope": effective["model"]}
-                   if device is not None else {})}
+        (task.outputs["database"] / "tunedb.json").write_text(
+            json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
     @staticmethod
     def _device(task: Task, runner: RunnerParams) -> Dict[str, Any]:
@@ -534,106 +969,78 @@ class TvmTuneExecutor(Executor):
         return now
 
     # ----------------------------------------------------------------------------------------
-    def _tune(self, task: Task, p: TvmTuneParams, ms: Any, extracted: List[Any],
-              to_tune: List[int], names: List[str], hashes: List[str],
-              workloads: Dict[str, str], effective: Dict[str, Any], ms_dir: Path,
-              shared: Any, version: str, trials: int, per_task: int,
+    def _tune(self, task: Task, p: TvmTuneParams, ms: Any, tasks: "Tasks", plan: "TaskPlan",
+              effective: Dict[str, Any], ms_dir: Path, shared: Any, version: str,
               device: Optional[Dict[str, Any]] = None) -> Tuple[_Progress, float]:
+        """Measure the planned tasks; returns the progress record and the seconds spent."""
         import logging
-
-        from buildgraph.backends.tvm.records import TuneDatabase, read_db
 
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         threads = max(1, task.threads)
         light_tensor_intrin(effective)
-        if p.strategy == "evolutionary":
-            strategy: Any = ms.search_strategy.EvolutionarySearch(
-                population_size=p.population, init_min_unmeasured=min(50, p.population))
-        else:
-            strategy = p.strategy
+        to_tune = plan.to_tune
+        if p.max_s:  # one task at a time, heaviest first: a cut leaves the heavy ones done
+            to_tune = sorted(to_tune, key=lambda i: -tasks.work[i])
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [extracted[i] for i in to_tune], str(ms_dir), space="post-order-apply",
-            strategy=strategy, num_threads=threads, seed=p.seed)
-        per_iter = p.trials_per_iter
-        if trials < len(contexts) * per_iter:
-            # the gradient scheduler first gives every task one batch: with a budget smaller
-            # than that, the last tasks would get no trial at all
-            per_iter = max(1, trials // len(contexts))
-            task.log(f"trials_per_iter {p.trials_per_iter} -> {per_iter} so that all "
-                     f"{len(contexts)} tasks get trials out of {trials}")
-            if trials < len(contexts):
-                task.log(f"warning: {trials} trials for {len(contexts)} tasks: "
-                         f"{len(contexts) - trials} tasks will get none")
-        budget = [per_task] * len(contexts)
-        tuned_names = [names[i] for i in to_tune]
-        tuned_hashes = [hashes[i] for i in to_tune]
-
-        def publish(shash: str, n: int) -> None:
-            if not p.share:
-                return
-            db = read_db(ms_dir)
-            db = TuneDatabase({shash: workloads[shash]},
-                              [(h, r) for h, r in db.records if h == shash])
-            shared.publish(version, db, tasks={shash: names[hashes.index(shash)]},
-                           trials={shash: n})
-
-        progress = _Progress(task, tuned_names, tuned_hashes, budget, trials, publish)
+            [tasks.extracted[i] for i in to_tune], str(ms_dir), space=_space(ms, effective),
+            strategy=_strategy(ms, p), num_threads=threads, seed=p.seed)
+        per_iter = _trials_per_iter(task, p.trials_per_iter, plan.trials, len(contexts))
+        per_task = plan.per_task
+        if p.max_s and not p.trials_per_task:
+            per_task = max(per_iter, plan.trials // len(contexts))
+        progress = _Progress(task, [tasks.names[i] for i in to_tune],
+                             [tasks.hashes[i] for i in to_tune], [per_task] * len(contexts),
+                             plan.trials, _publisher(p, tasks, ms_dir, shared, version),
+                             max_s=p.max_s, interval=_progress_interval())
         builder = _persistent_builder_class()(max_workers=p.workers or threads,
                                               timeout_sec=p.build_timeout,
-                                              f_build=fast_build if _cpu(effective) else None)
-        evaluator = ms.runner.EvaluatorConfig(
-            number=p.number, repeat=p.repeat, min_repeat_ms=p.min_repeat_ms,
-            enable_cpu_cache_flush=p.cpu_cache_flush)
-        if p.runner is not None:
-            runner: Any = _rpc_runner(ms, p.runner, evaluator,
-                                      max(1, int((device or {}).get("devices") or 1)))
-        else:
-            runner = ms.runner.LocalRunner(timeout_sec=p.timeout,
-                                           initializer=_dies_with_this_process(),
-                                           evaluator_config=evaluator)
-        callbacks = list(ms.MeasureCallback.create("default")) + \
-            [_progress_callback_class()(progress)]
-        task.log(f"tuning {len(contexts)} tasks: {trials} trials in all, up to {per_task} "
+                                              f_build=fast_build,
+                                              progress=progress)
+        runner = _runner(ms, p, device)
+        task.log(f"tuning {len(contexts)} tasks: {plan.trials} trials in all, up to {per_task} "
                  f"per task, {per_iter} per batch; measure number={p.number} "
-                 f"repeat={p.repeat} min_repeat_ms={p.min_repeat_ms}; {threads} threads")
-        interrupted = False
+                 f"repeat={p.repeat} min_repeat_ms={p.min_repeat_ms}; {threads} threads"
+                 + (f"; one task at a time, heaviest first, for at most {p.max_s:g} s"
+                    if p.max_s else ""))
+        search = _Search(ms, contexts, weights, plan.trials, per_task, per_iter, p.cost_model,
+                         ms_dir, builder, runner, progress)
         start = time.monotonic()
-        old = signal.getsignal(signal.SIGTERM)
         try:
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-        except ValueError:  # not the main thread (thread isolation): no handler
-            old = None
-        try:
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(ms_dir),
-                          max_trials_global=trials, max_trials_per_task=per_task,
-                          num_trials_per_iter=per_iter, builder=builder,
-                          runner=runner,
-                          database=ms.database.JSONDatabase(work_dir=str(ms_dir)),
-                          cost_model=p.cost_model, measure_callbacks=callbacks,
-                          task_scheduler="gradient")
+            with _sigterm_interrupts(), progress:
+                search.one_task_at_a_time() if p.max_s else search.all_tasks()
+            if effective.get("kind") == "cuda" and p.runner is None:
+                tuned = [to_tune[k] for k, b in enumerate(progress.best) if b is not None]
+                progress.default = default_schedule_seconds(
+                    task, ms, tasks, tuned, contexts[0].target, builder, runner)
         except KeyboardInterrupt:
-            interrupted = True
-            task.log("interrupted: keeping the records measured so far")
+            self._interrupted(task, p, ms_dir, shared, version, tasks)
         finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
             try:
                 builder.shutdown()
             except Exception:  # noqa: BLE001
                 pass
         tune_s = time.monotonic() - start
-        task.log(f"tuning took {tune_s:.1f} s for {sum(progress.trials)} trials")
-        if interrupted:
-            if p.share:
-                try:
-                    own = read_db(ms_dir)
-                    shared.publish(version, own, tasks=dict(zip(hashes, names)))
-                except Exception:  # noqa: BLE001
-                    pass
-            raise StepFailed("interrupted; the records measured so far are kept in the "
-                             "cache's shared tuning records, and the next run skips the "
-                             "tasks they cover")
+        task.log(f"tuning took {tune_s:.1f} s for {sum(progress.trials)} trials"
+                 + (f"; stopped: max_s {p.max_s:g} s spent, the records measured so far are "
+                    "the output" if progress.stopped else ""))
+        progress.reorder(to_tune, plan.to_tune)
         return progress, tune_s
+
+    @staticmethod
+    def _interrupted(task: Task, p: TvmTuneParams, ms_dir: Path, shared: Any, version: str,
+                     tasks: "Tasks") -> None:
+        from buildgraph.backends.tvm.records import read_db
+
+        task.log("interrupted: keeping the records measured so far")
+        if p.share:
+            try:
+                shared.publish(version, read_db(ms_dir),
+                               tasks=dict(zip(tasks.hashes, tasks.names)))
+            except Exception:  # noqa: BLE001
+                pass
+        raise StepFailed("interrupted; the records measured so far are kept in the "
+                         "cache's shared tuning records, and the next run skips the "
+                         "tasks they cover")
 
     @staticmethod
     def _summary(task: Task, rows: List[Dict[str, Any]]) -> None:
@@ -686,6 +1093,19 @@ def _rpc_runner(ms: Any, runner: RunnerParams, evaluator: Any, devices: int) -> 
         rpc_config=config, evaluator_config=evaluator, max_workers=devices,
         f_create_session=functools.partial(_rpc().create_session, wait=runner.timeout),
         initializer=_dies_with_this_process())
+
+
+def _space(ms: Any, target: Dict[str, Any]) -> Any:
+    """The design space: MetaSchedule's default for the target, except on CUDA, where the
+    default (``from-target``) adds the tensor-core rules. Those need every CUDA tensor
+    intrinsic registered first (``tvm.s_tir.tensor_intrin.cuda``: 40-48 s of import, measured
+    here and on an H200 host) and apply only to fp16/int8 matmuls and convolutions, so a CUDA
+    tune uses the plain ``cuda`` rules: multi-level tiling, inlining, cross-thread reduction,
+    unrolling, thread binding."""
+    if target.get("kind") == "cuda":
+        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda",
+                                                 mutator_probs="cuda")
+    return "post-order-apply"
 
 
 def _cpu(target: Dict[str, Any]) -> bool:

@@ -363,7 +363,11 @@ class RayRunner:
         for path in inputs.values():
             self._collect(path, tree(path), files)
         upstream: Dict[str, Dict[str, str]] = {}
+        from buildgraph.engine.executor import FAILED_UPSTREAM
+
         for up in step.upstream:
+            if ((decision.parts or {}).get("upstream") or {}).get(up) == FAILED_UPSTREAM:
+                continue  # failed, and the step runs without it (--keep-going)
             outs = s.graph.steps[up].outputs
             upstream[up] = {n: f"build/{up}/{f}" for n, f in outs.items()}
             for n, f in outs.items():
@@ -383,6 +387,9 @@ class RayRunner:
             "upstream_kinds": {u: s.graph.steps[u].kind for u in step.upstream},
             "recipe_dir": tree(recipe_dir), "files": refs, "areas": list(description.areas),
             "threads": max(1, int(options.get("num_cpus") or 1)), "timeout": step.timeout,
+            # upstream steps pulled unsigned: the node must not unpickle them either
+            "untrusted": sorted(u for u in step.upstream
+                                if u in s.pulled_untrusted),
         }
 
     @staticmethod

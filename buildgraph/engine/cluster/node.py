@@ -222,7 +222,9 @@ def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path:
                 data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
                 step_id=spec["step"], work_dir=work_dir, recipe_dir=recipe_dir,
                 log_path=log_path, threads=int(spec.get("threads") or 1),
-                timeout=spec.get("timeout"), areas={a: store.area(a) for a in areas})
+                timeout=spec.get("timeout"), areas={a: store.area(a) for a in areas},
+                untrusted=tuple(str(p) for u in spec.get("untrusted") or ()
+                                for p in upstream.get(u, {}).values()))
     where = node.get("host", "?") + (f" ({node['ray_node_id'][:12]})"
                                      if node.get("ray_node_id") else "")
     log_path.write_text(f"# step {spec['step']} ({spec['kind']}) key {key}\n"
@@ -263,7 +265,7 @@ def _build(spec: Dict[str, Any], store: Any, team: Any, scratch: Path, log_path:
                            "log": store.put_bytes(log_path.read_bytes()), "meta": meta,
                            "wall_s": round(wall, 3), "created": time.time()})
     pushed = team.push(key, store, force=bool(spec.get("force")))  # blobs, then the entry
-    if pushed not in ("pushed", "present"):
+    if pushed not in ("pushed", "present", "healed"):
         return _failure(f"could not push the result to the {team.label()} ({pushed})",
                         log_path, node)
     if areas:

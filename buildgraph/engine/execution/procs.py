@@ -11,6 +11,7 @@ group (TVM's builder and runner processes), as soon as the run is gone.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -90,8 +91,18 @@ def run_logged(argv: Sequence[str], log: IO[bytes], cwd: str, env: Optional[dict
 
     if _cancelled.is_set():
         raise StepFailed("cancelled")
-    proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError as exc:
+        if exc.errno == errno.E2BIG:
+            size = sum(len(a) for a in argv) + sum(len(k) + len(v) for k, v in (env or {}).items())
+            raise StepFailed(f"{what} is too long for the operating system to start "
+                             f"({size} bytes of arguments and environment; one argument may "
+                             "hold at most 128 KiB on Linux): put it in a script file and run "
+                             "that") from None
+        raise StepFailed(f"cannot start {what}: {exc.strerror or exc}") from None
     register(proc)
     try:
         try:
@@ -101,6 +112,9 @@ def run_logged(argv: Sequence[str], log: IO[bytes], cwd: str, env: Optional[dict
             proc.wait()
             raise StepFailed(f"{what} timed out after {timeout:g} s and was killed") from None
     finally:
+        # the step is over, whatever its outcome: what it left running in its group (a
+        # `sleep 120 &`) must not outlive it
+        kill_group(proc, signal.SIGKILL)
         unregister(proc)
     if _cancelled.is_set():
         raise StepFailed("cancelled")

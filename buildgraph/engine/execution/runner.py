@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Protocol
+from typing import Any, Dict, List, Protocol, Set, Tuple
 
 from buildgraph.engine.execution import procs
-from buildgraph.engine.executor import Description, Task, jsonable_meta, load_executor
+from buildgraph.engine.executor import (FAILED_UPSTREAM, Description, Task, jsonable_meta,
+                                        load_executor)
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.planner import CACHED, RESTORE, Decision
 from buildgraph.engine.references import expand_runtime
@@ -39,6 +40,9 @@ class RunContext:
     after a build."""
     jobs: int
     build_dir: Path
+    pulled_untrusted: Set[str] = field(default_factory=set)
+    """Steps whose outputs came from the team cache unsigned by a trusted key (the set fills
+    as hits are restored)."""
 
     @property
     def log_dir(self) -> Path:
@@ -82,9 +86,10 @@ class LocalRunner:
         return jobs
 
     def needs(self, step: StepNode) -> Dict[str, int]:
+        from buildgraph.engine.slots import cpu_slots
+
         need = dict(step.resources)
-        cpu = need.get("cpu", 1)
-        need["cpu"] = self.run.jobs if cpu == -1 or cpu > self.run.jobs else max(cpu, 0)
+        need["cpu"] = cpu_slots(need.get("cpu", 1), self.run.jobs)
         return need
 
     def prepare(self) -> None:
@@ -132,8 +137,10 @@ class LocalRunner:
         out_dir, work_dir, log_path = scratch / "out", scratch / "work", scratch / "log.txt"
         out_dir.mkdir()
         work_dir.mkdir()
+        parts = decision.parts or {}
         upstream = {u: {n: run.build_dir / u / f for n, f in run.graph.steps[u].outputs.items()}
-                    for u in step.upstream}
+                    for u in step.upstream
+                    if (parts.get("upstream") or {}).get(u) != FAILED_UPSTREAM}
         outputs = {n: out_dir / f for n, f in step.outputs.items()}
         description = decision.description or Description()
         inputs = {n: Path(p) for n, p in step.inputs.items()}
@@ -147,19 +154,29 @@ class LocalRunner:
                                     {u: {n: str(p) for n, p in o.items()}
                                      for u, o in upstream.items()},
                                     {n: str(p) for n, p in outputs.items()})
-        parts = decision.parts or {}
         task = Task(kind=step.kind, params=params, inputs=inputs, upstream=upstream,
                     outputs=outputs,
                     upstream_kinds={u: run.graph.steps[u].kind for u in step.upstream},
                     data=dict(parts.get("data") or {}), env=dict(parts.get("env") or {}),
                     step_id=step.id, work_dir=work_dir, recipe_dir=run.graph.recipe_dir,
                     log_path=log_path, threads=threads, timeout=step.timeout,
-                    areas={a: run.store.area(a) for a in description.areas})
+                    areas={a: run.store.area(a) for a in description.areas},
+                    untrusted=self._untrusted_inputs(upstream))
         log_path.write_text(f"# step {step.id} ({step.kind}) key {decision.key or ''}\n"
                             f"# why: {'; '.join(decision.reasons)}\n"
                             + "".join(f"# team records: {line}\n" for line in team_records),
                             encoding="utf-8")
         return task
+
+    def _untrusted_inputs(self, upstream: Dict[str, Dict[str, Path]]) -> Tuple[str, ...]:
+        """The upstream outputs that came from the team cache unsigned by a trusted key;
+        marked in this process too (in-process executors), see ``engine.origin``."""
+        from buildgraph.engine import origin
+
+        paths = tuple(str(p) for u, outs in upstream.items() if u in self.run.pulled_untrusted
+                      for p in outs.values())
+        origin.mark(paths)
+        return paths
 
     def _commit(self, step: StepNode, decision: Decision, task: Task, meta: Any, start: float,
                 final_log: Path) -> StepResult:
@@ -244,6 +261,9 @@ def restore(run: "RunContext", step: StepNode, decision: Decision, note: str = "
     """A cache hit's result: its outputs placed in the build directory (RESTORE) and its
     entry marked used."""
     entry = decision.entry or {}
+    found_origin = entry.get("origin")
+    if isinstance(found_origin, dict) and not found_origin.get("trusted"):
+        run.pulled_untrusted.add(step.id)
     try:
         if decision.action == RESTORE:
             for name, filename in step.outputs.items():

@@ -58,7 +58,9 @@ def _call_one(target: str, payload: object, log_path: str, devnull: int) -> tupl
 def _run_one(kind: str, task: object, devnull: int) -> tuple:
     def run() -> object:
         from buildgraph.engine import executor as executors
+        from buildgraph.engine import origin
 
+        origin.mark(getattr(task, "untrusted", ()))
         return executors.load_executor(kind)().run(task)  # type: ignore[arg-type]
 
     return _logged(task.log_path, task.work_dir, devnull, run)  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ from buildgraph.engine.files import atomic_write, rmtree_writable  # noqa: F401 
 from buildgraph.engine.store.memo import Memo
 from buildgraph.registry import RECORD_AREAS
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest
+from buildgraph.engine.names import InvalidName, check_digest, check_rel_path
 
 ACTION_SCHEMA = 1
 
@@ -80,6 +81,12 @@ class Store:
 
     # --- blobs ----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
+        """Where blob ``digest`` lives. Anything but an xxh3-128 digest is refused
+        (CacheError): a name from the team cache never becomes a path elsewhere."""
+        try:
+            check_digest(digest, "xxh3", "blob name")
+        except InvalidName as exc:
+            raise CacheError(str(exc)) from None
         return self.objects / digest[:2] / digest[2:]
 
     def put_file(self, src: Path, move: bool = True) -> Tuple[str, int]:
@@ -134,9 +141,18 @@ class Store:
             return digest
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".tmp-{os.urandom(16).hex()}"
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
+        try:
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave a 0-byte temp behind
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheError(f"no space left for the cache in {self.root} "
+                                 f"({len(data)} bytes to write)",
+                                 hint="free some space, or `buildgraph cache gc "
+                                      "--max-size SIZE`") from None
+            raise
         self._verified[digest] = True
         return digest
 
@@ -177,14 +193,36 @@ class Store:
         return {"type": "file", "digest": digest, "size": size, "exec": exec_bit}
 
     def tree(self, entry: Dict[str, Any]) -> Optional[Dict[str, Dict[str, Any]]]:
-        data = self.read_bytes(entry["manifest"])
-        if data is None:
-            return None
+        """A directory output's manifest (relative path -> file entry), or None when it is
+        missing, does not match the output's digest, or names a path or digest that is not
+        safe (see :func:`tree_problem`)."""
+        manifest, _ = self.tree_checked(entry)
+        return manifest
+
+    def tree_checked(self, entry: Dict[str, Any]
+                     ) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
+        """(manifest, "") or (None, why)."""
         try:
-            manifest = json.loads(data)
-        except ValueError:
-            return None
-        return manifest if tree_digest(manifest) == entry["digest"] else None
+            data = self.read_bytes(entry["manifest"])
+        except (CacheError, KeyError, TypeError):
+            return None, "its manifest name is not a digest"
+        if data is None:
+            return None, "its manifest is missing"
+        from buildgraph.engine.names import parse_json
+
+        try:
+            manifest = parse_json(data)
+        except InvalidName as exc:
+            return None, f"its manifest is unreadable: {exc}"
+        try:
+            if tree_digest(manifest) != entry["digest"]:
+                return None, "its manifest does not match its digest"
+        except (ValueError, TypeError):
+            return None, "its manifest is unreadable"
+        why = tree_problem(manifest)
+        if why:
+            return None, why
+        return manifest, ""
 
     def check_blob(self, digest: str) -> bool:
         """True if the blob exists and its content matches its name.
@@ -194,7 +232,11 @@ class Store:
         """
         if self._verified.get(digest):
             return True
-        path = self.blob_path(digest)
+        try:
+            path = self.blob_path(digest)
+        except CacheError as exc:  # never hash, let alone delete, what a bad name points at
+            self._warn(f"ignored a blob reference: {exc}")
+            return False
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -234,13 +276,21 @@ class Store:
             if entry["type"] == "file":
                 self._place(entry["digest"], entry.get("exec", False), tmp, link)
             else:
-                manifest = self.tree(entry)
+                manifest, why = self.tree_checked(entry)
                 if manifest is None:
-                    raise CacheError(f"tree manifest of {dest.name} is missing from the cache")
+                    raise CacheError(f"tree manifest of {dest.name} refused: {why}")
                 tmp.mkdir()
+                base = os.path.realpath(tmp) + os.sep
+                checked = set()
                 for rel, file_entry in manifest.items():
-                    target = tmp / rel
+                    target = tmp / rel  # rel was checked as a string (tree_problem)
                     target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.parent not in checked:  # second line: the resolved folder
+                        real = os.path.realpath(target.parent) + os.sep
+                        if not real.startswith(base):
+                            raise CacheError(f"output {dest.name}: manifest path {rel!r} "
+                                             "resolves outside its directory")
+                        checked.add(target.parent)
                     self._place(file_entry["digest"], file_entry.get("exec", False), target, link)
             if dest.is_dir() and not dest.is_symlink():
                 # A directory cannot be renamed over a non-empty one. Swap the two in one
@@ -310,10 +360,19 @@ class Store:
 
     # --- actions -----------------------------------------------------------------------------
     def action_path(self, key: str) -> Path:
+        """Where action ``key``'s entry lives; anything but an xxh3-128 key is refused."""
+        try:
+            check_digest(key, "xxh3", "action key")
+        except InvalidName as exc:
+            raise CacheError(str(exc)) from None
         return self.actions / key[:2] / f"{key[2:]}.json"
 
     def get_action(self, key: str) -> Optional[Dict[str, Any]]:
-        path = self.action_path(key)
+        try:
+            path = self.action_path(key)
+        except CacheError as exc:
+            self._warn(f"ignored a cache entry: {exc}")
+            return None
         try:
             data = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
@@ -463,6 +522,29 @@ class Store:
     def close(self) -> None:
         self.stat_cache.close()
         self.memo.close()
+
+
+def tree_problem(manifest: Any) -> str:
+    """Why a directory manifest is not safe to materialise ("" when it is): every path
+    relative and normalised (no ``..``, NUL, backslash, absolute or empty parts), no path
+    both a file and a directory, every digest an xxh3-128 digest."""
+    if not isinstance(manifest, dict):
+        return "its manifest is not a mapping"
+    paths = set(manifest)
+    for rel, file_entry in manifest.items():
+        try:
+            check_rel_path(rel, "manifest path")
+            if not isinstance(file_entry, dict):
+                raise InvalidName(f"manifest entry {rel!r} is not a mapping")
+            check_digest(file_entry.get("digest"), "xxh3", f"digest of {rel!r}")
+        except InvalidName as exc:
+            return str(exc)
+        parent = rel.rpartition("/")[0]
+        while parent:
+            if parent in paths:
+                return f"manifest path {parent!r} is both a file and a directory"
+            parent = parent.rpartition("/")[0]
+    return ""
 
 
 def _files(root: Path) -> Iterator[Tuple[str, Path, None]]:

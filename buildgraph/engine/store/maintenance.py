@@ -73,11 +73,30 @@ def usage(store: "Store") -> Dict[str, int]:
     actions = sum(1 for _ in store.iter_actions())
     return {"bytes": size, "objects": count, "actions": actions}
 
+def sweep_object_temps(store: "Store") -> int:
+    """Remove ``objects/xx/.tmp-*`` files that a killed run or a full disk left behind. gc
+    holds the store exclusively, so no run is writing one now. Returns how many."""
+    removed = 0
+    if not store.objects.is_dir():
+        return 0
+    for sub in store.objects.iterdir():
+        if not sub.is_dir():
+            continue
+        for f in sub.glob(".tmp-*"):
+            try:
+                f.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def gc(store: "Store", max_size: Optional[int] = None) -> Dict[str, int]:
     """Drop least-recently-used actions until blobs fit ``max_size``; then unreferenced blobs."""
     actions = [(st.st_mtime, key, entry) for key, entry, st in store.iter_actions()]
     actions.sort(key=lambda a: a[0])
-    sizes = {d: p.stat().st_size for d, p in store.iter_blobs()}
+    paths = dict(store.iter_blobs())
+    sizes = {d: p.stat().st_size for d, p in paths.items()}
     refs: Dict[str, int] = {}
     per_action: Dict[str, List[str]] = {}
     removed_actions = 0
@@ -107,10 +126,10 @@ def gc(store: "Store", max_size: Optional[int] = None) -> Dict[str, int]:
     removed_blobs = freed = 0
     for digest, size in sizes.items():
         if digest not in refs:
-            store.blob_path(digest).unlink(missing_ok=True)
+            paths[digest].unlink(missing_ok=True)  # a stray name too (not a digest)
             removed_blobs += 1
             freed += size
-    tmp = store.clean_tmp()
+    tmp = store.clean_tmp() + sweep_object_temps(store)
     store.memo.clear()  # memoised descriptions and views: regenerable, and never pruned else
     for regenerable in ("recipes", "derived"):  # resolved recipes, memoised digests
         shutil.rmtree(store.root / regenerable, ignore_errors=True)

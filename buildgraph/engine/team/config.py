@@ -29,6 +29,7 @@ and ``trust add``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -83,21 +84,58 @@ class ProjectConfig:
 
 def find_config(start: Optional[Path] = None) -> Optional[Path]:
     """The nearest ``buildgraph.toml``, or ``pyproject.toml`` with a ``[tool.buildgraph]``
-    table, in ``start`` or a directory above it. A few ``stat`` calls; a pyproject is read as
-    bytes and only searched for the table's name, never parsed here."""
+    table, in ``start`` or a directory above it, up to the repository root (a directory
+    holding ``.git``) or the home directory, whichever comes first: a config planted in a
+    shared parent (``/tmp``) never steers a project. A file owned by another user, or
+    writable by group or others, is skipped with a warning (git's ``safe.directory``
+    reasoning): whoever can write it could pick the remote results are pushed to. A few
+    ``stat`` calls; a pyproject is read as bytes and only searched for the table's name."""
     here = Path(start if start is not None else Path.cwd()).absolute()
+    try:
+        home: Optional[Path] = Path.home().absolute()
+    except (KeyError, RuntimeError):
+        home = None
     for directory in (here, *here.parents):
         candidate = directory / CONFIG_FILE
-        if candidate.is_file():
+        if candidate.is_file() and _safe(candidate):
             return candidate
         pyproject = directory / PYPROJECT
         try:
             data = pyproject.read_bytes()
         except OSError:
-            continue
-        if b"tool.buildgraph" in data:
+            data = b""
+        if b"tool.buildgraph" in data and _safe(pyproject):
             return pyproject
+        if directory == home or (directory / ".git").exists():
+            break  # the repository root (or home): nothing above is the project's
     return None
+
+
+_WARNED: set = set()
+
+
+def _safe(path: Path) -> bool:
+    """May this config file be used? Not when another user owns it or group/others can
+    write it (then one warning per process on stderr, naming the fix)."""
+    if not hasattr(os, "geteuid"):
+        return True
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    why = ""
+    if st.st_uid != os.geteuid():
+        why = f"it is owned by another user (uid {st.st_uid})"
+    elif st.st_mode & 0o022:
+        why = "it is writable by group or others"
+    if not why:
+        return True
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        fix = "chmod go-w" if "writable" in why else "chown it to yourself"
+        print(f"buildgraph: warning: ignoring {path}: {why}, so whoever can write it could "
+              f"choose where results are pushed; {fix} if it is yours", file=sys.stderr)
+    return False
 
 
 def _parse_toml(path: Path) -> Dict[str, Any]:

@@ -307,22 +307,34 @@ class RemoteFS:
                         pass
 
     # --- large objects -----------------------------------------------------------------
-    def download(self, rpath: str, dest: Path, size: int,
+    def download(self, rpath: str, dest: Path, size: Optional[int],
                  progress: Optional[Callable[[int], None]] = None) -> Tuple[str, str, int]:
         """Stream ``rpath`` into ``dest``; returns (BLAKE3, xxh3-128, bytes) of what was
-        written, computed as it arrived. The caller compares them with the names it expects."""
+        written, computed as it arrived. The caller compares them with the names it expects.
+
+        ``size`` is what the entry declares: at most ``size + 1`` bytes are read (the one
+        more tells an object that is longer than declared), so an entry that lies about a
+        small blob cannot make a client pull gigabytes. ``None``: no declared size (``remote
+        verify --all`` of an object no entry names)."""
         import blake3
         import xxhash
 
         progress = progress or (lambda n: None)
-        if self.ranged and size >= PARALLEL_MIN:
+        if self.ranged and size is not None and size >= PARALLEL_MIN:
+            actual = self.size(rpath)
+            if actual is not None and actual != size:
+                raise IntegrityError(f"{rpath}: {actual} bytes, its entry says {size}")
             return self._ranged(rpath, dest, size, progress, blake3, xxhash)
+        limit = None if size is None else size + 1
 
         def attempt() -> Tuple[str, str, int]:
             b3, xx, written = blake3.blake3(), xxhash.xxh3_128(), 0
             with open(dest, "wb") as out:
-                if self.ranged:  # a small object: one GET
-                    data = self._lane().cat_file(rpath)
+                if self.ranged:  # a small object: one GET (a ranged one when capped)
+                    if limit is None:
+                        data = self._lane().cat_file(rpath)
+                    else:
+                        data = self._lane().cat_file(rpath, start=0, end=limit)[:limit]
                     b3.update(data)
                     xx.update(data)
                     out.write(data)
@@ -330,8 +342,9 @@ class RemoteFS:
                     progress(written)
                 else:
                     with self.fs.open(rpath, "rb", block_size=CHUNK) as src:
-                        while True:
-                            data = src.read(CHUNK)
+                        while limit is None or written < limit:
+                            want = CHUNK if limit is None else min(CHUNK, limit - written)
+                            data = src.read(want)
                             if not data:
                                 break
                             b3.update(data)
@@ -343,6 +356,9 @@ class RemoteFS:
 
         result = self.call("download", attempt)
         self.bytes_down += result[2]
+        if limit is not None and result[2] > size:
+            raise IntegrityError(f"{rpath} is longer than the {size} bytes its entry says "
+                                 f"(stopped after {result[2]})")
         return result
 
     def _ranged(self, rpath: str, dest: Path, size: int, progress: Callable[[int], None],

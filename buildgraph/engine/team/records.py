@@ -17,20 +17,20 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from buildgraph.engine.hashing import canonical_json
-from buildgraph.engine.team.remote import (AREA_SYNC, COMPACT_AT, RECORDS_FORMAT, SCHEMA, _HEX64,
-                                      _SCOPE_RE, b3_bytes, producer, signed_payload)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from buildgraph.engine.team.remote import TeamCache
+from buildgraph.engine.names import InvalidName, check_scope, is_digest
+from buildgraph.engine.remote_docs import (AREA_SYNC, COMPACT_AT, RECORDS_FORMAT, SCHEMA,
+                                           b3_bytes, parse_record_doc, producer, signed_payload)
 
 
 class RecordAreas:
     """Pull and push the record areas of one team cache (see the module's doc)."""
 
-    def __init__(self, team: "TeamCache"):
+    def __init__(self, team: Any):
+        """``team``: the :class:`buildgraph.engine.team.remote.TeamCache` these areas belong to
+        (not imported: remote imports this module, never the other way round)."""
         self.team = team
         self._lock = threading.Lock()
         self._areas_pulled: Set[str] = set()
@@ -86,9 +86,12 @@ class RecordAreas:
         for path, info in self.team.rfs.find(prefix).items():
             rel = path[len(prefix):].strip("/")
             scope, _, name = rel.rpartition("/")
-            if not name.endswith(".json") or not _SCOPE_RE.match(scope) \
-                    or ".." in scope.split("/") or not _HEX64.match(name[:-5]):
+            if not name.endswith(".json") or not is_digest(name[:-5], "blake3"):
                 continue
+            try:
+                check_scope(scope)
+            except InvalidName:
+                continue  # never a path of ours: nothing is built from it
             scopes.setdefault(scope, {})[name[:-5]] = dict(info, path=path)
         return scopes
 
@@ -107,6 +110,8 @@ class RecordAreas:
                 mine = b3_bytes(canonical_json(before)) if before is not None else None
                 clean = mine is None or mine in seen or mine == state.synced.get(scope)
                 payloads = []
+                if set(segments) - seen:
+                    self.team._say_unsigned()
                 for name in sorted(set(segments) - seen):
                     payload, why = self._read_segment(area, scope, name,
                                                       segments[name]["path"])
@@ -134,18 +139,21 @@ class RecordAreas:
             return None, ""
         why = ""
         try:
-            doc = json.loads(data)
+            doc = parse_record_doc(data)  # limits (NaN, nesting, numbers), strict schema
             payload = doc["payload"]
-            if doc.get("format") != RECORDS_FORMAT or doc.get("schema") != SCHEMA \
-                    or doc.get("area") != area or doc.get("scope") != scope:
-                raise ValueError("not a record segment of this scope")
-        except (ValueError, KeyError, TypeError):
-            why = "unreadable, or not a record segment of this scope"
+            if doc.get("area") != area or doc.get("scope") != scope:
+                raise InvalidName("not a record segment of this scope")
+        except InvalidName as exc:
+            why = str(exc)
         else:
-            if b3_bytes(canonical_json(payload)) != name:
-                why = "its content does not match its name (corrupt or replaced)"
-            else:
-                why = self.team.trust().check(signed_payload(doc), doc.get("signature")) or ""
+            try:
+                if b3_bytes(canonical_json(payload)) != name:
+                    why = "its content does not match its name (corrupt or replaced)"
+                else:
+                    why = self.team.trust().check(signed_payload(doc),
+                                                  doc.get("signature")) or ""
+            except (ValueError, TypeError) as exc:
+                why = f"unreadable ({type(exc).__name__})"
         if why:
             message = f"{self.team.label()}: ignored {area} records {scope}/{name[:12]}: {why}"
             self.team.rejected.append(message)
@@ -161,7 +169,9 @@ class RecordAreas:
         with state.locked():
             state.load()
             for scope in handler.scopes():
-                if not _SCOPE_RE.match(scope):
+                try:
+                    check_scope(scope)
+                except InvalidName:
                     continue
                 payload = handler.export(scope)
                 if payload is None:

@@ -34,88 +34,27 @@ cache makes no request and loads none of them.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import platform
-import re
 import shutil
-import socket
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from buildgraph.engine.hashing import canonical_json
+from buildgraph.engine.names import InvalidName, check_digest, is_digest
 from buildgraph.engine.team.config import RemoteSpec
+from buildgraph.engine.remote_docs import (ACTION_FORMAT, AREA_SYNC, COMPACT_AT,  # noqa: F401
+                                           RECORDS_FORMAT, SCHEMA, b3_bytes, b3_file,
+                                           parse_action_doc, producer, signed_payload, who)
 from buildgraph.engine.team.fs import IntegrityError, RemoteFS, RemoteUnavailable
 from buildgraph.engine.sizes import format_size
 from buildgraph.errors import BuildgraphError
 from buildgraph.registry import RECORD_AREAS
 
 LAYOUT = "v1"
-ACTION_FORMAT = "buildgraph-action"
-RECORDS_FORMAT = "buildgraph-records"
-SCHEMA = 1
 EXISTS_CHECK_MIN = 256 << 10
 """Blobs at least this big are looked up before uploading; smaller ones are just written."""
-COMPACT_AT = 8
-"""A record scope with more segments than this is compacted by the next push."""
-
-AREA_SYNC = {name: sync for name, (_, sync) in RECORD_AREAS.items()}
-"""Record areas the team cache synchronises: name -> ``"module:Class"`` with
-``Class(area_dir)``, ``scopes() -> [scope]``, ``export(scope) -> JSON payload or None`` and
-``merge(scope, payloads) -> str`` (a one-line summary). Imported only when used."""
-
-_SCOPE_RE = re.compile(r"^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def b3_bytes(data: bytes) -> str:
-    import blake3
-
-    return blake3.blake3(data).hexdigest()
-
-
-def b3_file(path: Path) -> str:
-    import blake3
-
-    hasher = blake3.blake3()
-    with open(path, "rb", buffering=0) as fh:
-        buffer = bytearray(1 << 20)
-        view = memoryview(buffer)
-        while True:
-            n = fh.readinto(buffer)
-            if not n:
-                break
-            hasher.update(view[:n])
-    return hasher.hexdigest()
-
-
-def producer() -> Dict[str, Any]:
-    """Who made an entry: user, host, buildgraph and Python versions, when."""
-    from buildgraph import __version__
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    return {"user": user, "host": socket.gethostname(), "buildgraph": __version__,
-            "python": platform.python_version(),
-            "platform": f"{platform.system().lower()}-{platform.machine()}",
-            "time": round(time.time(), 3)}
-
-
-def who(doc: Dict[str, Any]) -> str:
-    p = doc.get("producer") if isinstance(doc.get("producer"), dict) else {}
-    return f"{p.get('user', '?')}@{p.get('host', '?')}"
-
-
-def signed_payload(doc: Dict[str, Any]) -> bytes:
-    """What a signature covers: the document without its signature, canonical JSON."""
-    return canonical_json({k: v for k, v in doc.items() if k != "signature"})
 
 
 @dataclass
@@ -173,6 +112,7 @@ class TeamCache:
         self._trusted_keys = list(trusted_keys)
         self._signing_key = signing_key
         self._trust: Any = None
+        self._said_unsigned = False
         self._signer: Any = False  # False: not loaded yet; None: no key
         self.lock = threading.Lock()
         self.down: Optional[str] = None
@@ -184,6 +124,10 @@ class TeamCache:
         self.summary = PushSummary()
         self.pulled_bytes = 0
         self.rejected: List[str] = []
+        self._heal: set = set()
+        """Keys whose remote copy this run rejected as corrupt: the local rebuild replaces
+        them (entry and every blob rewritten, see :meth:`_push`)."""
+        self.healed: List[str] = []
 
     @property
     def remote_id(self) -> str:
@@ -230,6 +174,21 @@ class TeamCache:
             self._trust = load_trust(self._trusted_keys) if self._trusted_keys else Trust()
         return self._trust
 
+    def _say_unsigned(self) -> None:
+        """Once per run, before the first entry is read: without trusted keys, whoever
+        can write the remote decides what its entries say."""
+        if self._said_unsigned:
+            return
+        with self.lock:
+            if self._said_unsigned:
+                return
+            self._said_unsigned = True
+        if not self.trust().required:
+            self.warn(f"{self.label()}: entries are unauthenticated (no [trust] keys): "
+                       "anyone who can write it can hand this machine wrong results; sign "
+                       f"them (buildgraph remote add {self.name} URL --keygen, or "
+                       "buildgraph trust keygen / trust add)")
+
     def signer(self) -> Any:
         if self._signer is False:
             from buildgraph.engine.team.signing import load_signer
@@ -245,9 +204,14 @@ class TeamCache:
 
     # --- paths ---------------------------------------------------------------------------
     def entry_path(self, key: str) -> str:
+        """The remote path of action ``key``'s entry; anything but an xxh3-128 key is
+        refused (InvalidName), never made into a path."""
+        check_digest(key, "xxh3", "action key")
         return self.rfs.path(LAYOUT, "ac", key[:2], f"{key}.json")
 
     def blob_path(self, b3: str) -> str:
+        """The remote path of blob ``b3``; anything but a BLAKE3 digest is refused."""
+        check_digest(b3, "blake3", "remote blob name")
         return self.rfs.path(LAYOUT, "cas", b3[:2], b3)
 
     def records_prefix(self, area: str) -> str:
@@ -264,7 +228,10 @@ class TeamCache:
 
         def look() -> Found:
             data = self.rfs.cat(self.entry_path(key))
-            return Found() if data is None else self.judge(key, data)
+            if data is None:
+                return Found()
+            self._say_unsigned()  # an entry will be used: say what it is worth
+            return self.judge(key, data)
 
         found = self.guard(look, Found())  # a bad trusted key too: a warning, not a failure
         self._found[key] = found
@@ -277,34 +244,26 @@ class TeamCache:
         def ignored(why: str, doc: Optional[Dict[str, Any]] = None) -> Found:
             return Found(None, doc, f"{self.label()} has an entry, ignored: {why}")
 
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return ignored("it is not valid JSON")
-        if not isinstance(doc, dict) or doc.get("format") != ACTION_FORMAT:
-            return ignored("not a buildgraph action entry")
-        if doc.get("schema") != SCHEMA:
-            return ignored(f"entry schema {doc.get('schema')!r} (this buildgraph reads "
-                           f"{SCHEMA})")
-        entry = doc.get("entry")
-        blobs = doc.get("blobs")
-        if doc.get("key") != key or not isinstance(entry, dict) or not isinstance(blobs, dict) \
-                or not isinstance(entry.get("outputs"), dict) \
-                or not isinstance(entry.get("parts"), dict):
-            return ignored("malformed entry", doc)
+        try:  # limits first (NaN, huge numbers, nesting), then the strict schema
+            doc = parse_action_doc(data)
+        except InvalidName as exc:
+            return ignored(str(exc))
+        entry = doc["entry"]
+        blobs = doc["blobs"]
+        if doc["key"] != key:
+            return ignored("it is filed under another key", doc)
         try:
             if action_key(entry["parts"]) != key:
                 return ignored("its key parts do not hash to its key (corrupt or forged)", doc)
             for digest in _entry_blobs(entry):
-                ref = blobs.get(digest)
-                if not isinstance(ref, dict) or not _HEX64.match(str(ref.get("b3", ""))):
+                if digest not in blobs:
                     return ignored(f"it names blob {digest[:12]} without uploading it", doc)
-        except (KeyError, TypeError, ValueError):
-            return ignored("malformed entry", doc)
-        why = self.trust().check(signed_payload(doc), doc.get("signature"))
+            why = self.trust().check(signed_payload(doc), doc.get("signature"))
+        except (KeyError, TypeError, ValueError) as exc:
+            return ignored(f"malformed entry ({type(exc).__name__})", doc)
         if why is not None:
             return ignored(why, doc)
-        size = sum(int(r.get("size", 0)) for r in blobs.values() if isinstance(r, dict))
+        size = sum(r["size"] for r in blobs.values())
         signed = doc.get("signature")
         by = f", signed by {self.trust().signer_label(signed)}" \
             if isinstance(signed, dict) and self.trust().required else ""
@@ -330,6 +289,8 @@ class TeamCache:
             self.warn(message)
             self._found[key] = Found(None, found.doc, f"{self.label()} has an entry, "
                                                       f"rejected: {exc}")
+            with self.lock:
+                self._heal.add(key)
             return None
         if result is False:
             return None
@@ -358,15 +319,14 @@ class TeamCache:
                     return
                 self._get_blob(digest, blobs[digest], store, scratch, advance)
 
-            direct = _entry_blobs(entry)
+            direct = list(dict.fromkeys(_entry_blobs(entry)))  # one download per blob
             self.parallel(get, direct)
             files: List[str] = []
             for name, out in entry["outputs"].items():
                 if out.get("type") == "dir":
-                    manifest = store.tree(out)
+                    manifest, why = store.tree_checked(out)
                     if manifest is None:
-                        raise _Corrupt(f"the manifest of output {name} does not match its "
-                                       "digest")
+                        raise _Corrupt(f"output {name}: {why}")
                     for rel, f in manifest.items():
                         if f["digest"] not in blobs:
                             raise _Corrupt(f"output {name}/{rel} names a blob the entry does "
@@ -376,8 +336,12 @@ class TeamCache:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         local = {k: v for k, v in entry.items() if k not in ("schema", "key")}
+        signature = doc.get("signature") or {}
+        # trusted: a key this project trusts signed it (checked in judge); only then may a
+        # pickle among its outputs be loaded as code (see engine.origin)
         local["origin"] = {"remote": self.name, "producer": doc.get("producer"),
-                           "signature": (doc.get("signature") or {}).get("key")}
+                           "signature": signature.get("key"),
+                           "trusted": bool(self.trust().required and signature)}
         store.put_action(key, local)  # last: the blobs are all in place
         return store.get_action(key)
 
@@ -400,7 +364,14 @@ class TeamCache:
 
     def _get_blob(self, digest: str, ref: Dict[str, Any], store: Any, scratch: Path,
                   advance: Callable[[int], None]) -> None:
-        b3, size = str(ref["b3"]), int(ref.get("size", 0))
+        try:
+            check_digest(digest, "xxh3", "blob name")
+            b3 = check_digest(ref.get("b3"), "blake3", "remote blob name")
+        except InvalidName as exc:
+            raise _Corrupt(str(exc)) from None
+        size = ref.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _Corrupt(f"blob {b3[:16]} has no valid size")
         tmp = scratch / f"{digest}.part"
         try:
             got_b3, got_xx, n = self.rfs.download(self.blob_path(b3), tmp, size, advance)
@@ -453,6 +424,9 @@ class TeamCache:
         entry = store.get_action(key)
         if entry is None:
             return "missing"
+        with self.lock:
+            heal = key in self._heal
+        force = force or heal  # the remote's copy is corrupt: rewrite it with good bytes
         if not force:
             existing = self.rfs.cat(self.entry_path(key))
             if existing is not None and self.judge(key, existing).entry is not None:
@@ -473,7 +447,7 @@ class TeamCache:
             b3 = b3_file(path)
             refs_entry = {"b3": b3, "size": size}
             rpath = self.blob_path(b3)
-            if size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
+            if heal or size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
                 self.rfs.put_file(path, rpath)
                 with lock:
                     sent[0] += 1
@@ -492,7 +466,14 @@ class TeamCache:
             self.summary.entries += 1
             self.summary.blobs += sent[0]
             self.summary.bytes += sent[1]
+            if heal:
+                self._heal.discard(key)
+                self.healed.append(key)
         self._found.pop(key, None)
+        if heal:
+            self.warn(f"{self.label()}: replaced the corrupt entry of {entry.get('step')} "
+                       "with the bytes built here")
+            return "healed"
         return "pushed"
 
     def push_later(self, key: str, store: Any, areas: Iterable[str] = ()) -> None:
@@ -564,7 +545,7 @@ class TeamCache:
         prefix = self.rfs.path(LAYOUT, "cas")
         return {path.rsplit("/", 1)[-1]: dict(info, path=path)
                 for path, info in self.rfs.find(prefix).items()
-                if _HEX64.match(path.rsplit("/", 1)[-1])}
+                if is_digest(path.rsplit("/", 1)[-1], "blake3")}
 
     def read_docs(self, keys: Sequence[str]) -> Dict[str, Found]:
         """The judged entries of ``keys`` (read in parallel)."""
@@ -584,9 +565,13 @@ class TeamCache:
                    digest: Optional[str] = None) -> Optional[str]:
         """Download one blob and check it against its name (and local digest); the problem,
         or None."""
+        if not is_digest(b3, "blake3") or (digest is not None and not is_digest(digest)):
+            return "its name is not a digest"
+        if size is not None and (not isinstance(size, int) or size < 0):
+            return "its size is not a number of bytes"
         tmp = scratch / f"{b3}.check"
         try:
-            got_b3, got_xx, n = self.rfs.download(self.blob_path(b3), tmp, size or 0)
+            got_b3, got_xx, n = self.rfs.download(self.blob_path(b3), tmp, size)
         except FileNotFoundError:
             return "missing"
         except IntegrityError as exc:

@@ -1,0 +1,72 @@
+"""A tuning run is visibly alive and stops on time: progress lines at a steady pace (the
+heartbeat, also while MetaSchedule's first round measures nothing), and ``max_s`` really
+ends the search, whose records so far compile into a tuned library. Real MetaSchedule on the
+CPU with a tiny model; the GPU check (tools/gpu_check.sh) does the same on CUDA."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tvm_helpers import TUNE, log_of, needs_tvm, run, write_project
+
+needs_tvm()
+pytest.importorskip("torch")
+pytest.importorskip("xgboost")
+
+
+def test_max_s_stops_a_big_budget_and_progress_lines_keep_coming(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUILDGRAPH_PROGRESS_S", "1")
+    tune = dict(TUNE, trials=2000, max_s=4, heaviest=2)
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: net_a, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(tune)}}}
+lib: {{uses: tvm.compile, from: [onnx, tune], with: {{target: native, dims: {{batch: 1}}}}}}
+""")
+    result = run(recipe, tmp_path)
+    for sid in ("onnx", "tune", "lib"):
+        assert result[sid].ok, (sid, result[sid].message, result[sid].log_tail)
+    meta = result["tune"].meta
+    assert meta["stopped_by_max_s"] is True
+    assert 0 < meta["trials"] < 2000
+    # the cut comes after the batch in flight (here the first: the builder processes start
+    # with it, which takes long on a loaded 2-core machine)
+    assert meta["tune_s"] < 4 + 40, meta
+    log = log_of(result, "tune")
+    assert "heaviest 2:" in log and "one task at a time, heaviest first" in log
+    assert "stopped: max_s 4 s spent" in log
+    # a line at least every interval: the stamps of the tuning lines never jump far
+    stamps = [float(m) for m in re.findall(r"^\S*\s*\[\s*([\d.]+) s\]", log, re.M)]
+    assert len(stamps) >= 3, log
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 1 + 12, stamps
+    assert "still tuning: trials measured 0/2000" in log  # the heartbeat, before any batch
+    assert "stopping after the batch in flight" in log
+    # only the heaviest tasks were tuned (the matmul of net_a is the lightest); the library
+    # applied the records measured before the cut
+    assert "fused_matmul_add1                not selected" in log
+    assert meta["tasks"] - meta["untuned"] <= 2
+    assert result["lib"].meta["with_record"] >= 1
+
+
+def test_records_slower_than_the_default_schedule_are_dropped():
+    """The GPU guard's decision (the measuring itself needs a GPU: tests/test_tvm_gpu.py)."""
+    from types import SimpleNamespace
+
+    from buildgraph.backends.tvm.tune import TaskPlan, Tasks, slower_than_default
+
+    lines = []
+    task = SimpleNamespace(log=lines.append)
+    tasks = Tasks(extracted=[None] * 4, names=["conv_a", "conv_b", "mean", "dense"],
+                  hashes=["ha", "hb", "hm", "hd"], workloads={}, work=[4.0, 3.0, 1.0, 2.0])
+    plan = TaskPlan(status={0: "tune", 1: "tune", 2: "not selected", 3: "tune"}, spent={},
+                    to_tune=[0, 1, 3], reused=[], trials=24, per_task=8)
+    # per tuned task in plan order: best record; default schedule measured by task index
+    progress = SimpleNamespace(best=[20e-6, 50e-6, None], default={0: 30e-6, 1: 40e-6, 3: 9e-6})
+    assert slower_than_default(task, tasks, progress, plan) == ["hb"]
+    assert "  conv_a: tuned 20 us, default schedule 30 us - kept" in lines
+    assert "  conv_b: tuned 50 us, default schedule 40 us - dropped: the default schedule " \
+           "stays" in lines
+    assert not any("dense" in ln for ln in lines)  # no record: nothing to compare
+    assert slower_than_default(task, tasks, SimpleNamespace(best=[1.0], default={}), plan) == []
