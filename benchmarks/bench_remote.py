@@ -136,9 +136,9 @@ def mib_s(size: int, seconds: float) -> str:
 def bench_pull(s3, work: Path, size_mib: int, repeat: int) -> Dict[str, float]:
     import boto3
 
-    from buildgraph.engine.remote import TeamCache
-    from buildgraph.engine.remote_config import RemoteSpec
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.team.remote import TeamCache
+    from buildgraph.engine.team.config import RemoteSpec
+    from buildgraph.engine.store.cache import Store
 
     project = work / "big"
     project.mkdir()

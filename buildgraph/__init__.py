@@ -4,7 +4,7 @@ deep-learning models.
 The Python API mirrors the CLI::
 
     import buildgraph
-    result = buildgraph.run("recipes/hello.yaml", targets=["upper"], set={"greeting": "hey"})
+    result = buildgraph.run("recipes/hello.yaml", targets=["upper"], overrides={"greeting": "hey"})
     result.ok, result["upper"].outputs
 
 Importing this package imports no heavy ML library; executors import theirs when they run.

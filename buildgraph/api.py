@@ -14,44 +14,61 @@ if TYPE_CHECKING:  # pragma: no cover
     from buildgraph.engine.graph import Graph
     from buildgraph.engine.planner import Decision
     from buildgraph.engine.scheduler import RunResult
-    from buildgraph.report import Reporter
+    from buildgraph.reporters import Reporter
 
 Overrides = Union[Mapping[str, Any], Sequence[str], None]
 
 
-def load(recipe: Union[str, Path], set: Overrides = None,  # noqa: A002 - mirrors --set
-         cache_dir: Optional[Union[str, Path]] = None, use_cache: bool = True) -> Graph:
+def _overrides(overrides: Overrides, legacy: Mapping[str, Any], function: str) -> Overrides:
+    """``overrides``, or what the older spelling ``set=`` (the README's until the rename: a
+    parameter named ``set`` hid the builtin in these functions) gave."""
+    unknown = [k for k in legacy if k != "set"]
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument '{unknown[0]}'")
+    if "set" in legacy:
+        if overrides is not None:
+            raise TypeError(f"{function}(): give overrides= or set=, not both")
+        return legacy["set"]
+    return overrides
+
+
+def load(recipe: Union[str, Path], overrides: Overrides = None,
+         cache_dir: Optional[Union[str, Path]] = None, use_cache: bool = True,
+         **legacy: Any) -> Graph:
     """Load and validate a recipe (raises RecipeError with file:line on problems).
+    ``overrides``: recipe variables, as ``--set`` gives them (a mapping or ``NAME=VALUE``
+    strings; ``set=`` is the older spelling).
 
     Resolved recipes are cached in the cache directory (see ``recipe.cache``)."""
+    overrides = _overrides(overrides, legacy, "load")
     if not use_cache:
         from buildgraph.recipe.load import load_recipe
 
-        return load_recipe(recipe, set)
-    from buildgraph.engine.store import default_cache_dir
+        return load_recipe(recipe, overrides)
+    from buildgraph.engine.store.cache import default_cache_dir
     from buildgraph.recipe.cache import load_graph
 
-    return load_graph(recipe, set, Path(cache_dir) if cache_dir else default_cache_dir())
+    return load_graph(recipe, overrides, Path(cache_dir) if cache_dir else default_cache_dir())
 
 
-def _graph(recipe: Union[str, Path, Graph], set: Overrides,  # noqa: A002
+def _graph(recipe: Union[str, Path, Graph], overrides: Overrides,
            cache_dir: Optional[Union[str, Path]]) -> Graph:
     from buildgraph.engine.graph import Graph
 
-    return recipe if isinstance(recipe, Graph) else load(recipe, set, cache_dir)
+    return recipe if isinstance(recipe, Graph) else load(recipe, overrides, cache_dir)
 
 
-def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overrides = None,  # noqa: A002
+def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), overrides: Overrides = None,
         jobs: int = 0, keep_going: bool = False, force: Iterable[str] = (),
         no_cache: bool = False, cache_dir: Optional[Union[str, Path]] = None,
         build_dir: Optional[Union[str, Path]] = None, link: str = "hardlink",
         reporter: Optional[Reporter] = None, remote: Optional[str] = None,
         remote_read_only: bool = False, rebench: bool = False, frozen: bool = False,
-        locked: bool = False, cluster: Optional[str] = None) -> RunResult:
+        locked: bool = False, cluster: Optional[str] = None, **legacy: Any) -> RunResult:
     """Build ``targets`` (default: every step) of ``recipe``; returns per-step results.
 
     ``remote`` names the team cache (a configured name or a URL; default: the project's, see
-    ``engine.remote_config``); ``remote_read_only`` reads it without writing. ``rebench``:
+    ``engine.team.config``); ``remote_read_only`` reads it without writing. ``rebench``:
     measure again (every selected ``benchmark`` step runs) without building anything else;
     raises :class:`BuildgraphError` naming the steps that would have to be built first. Steps
     that consume the measurements (``release``) follow as usual. ``frozen``: refuse to build
@@ -62,19 +79,19 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
     ``$RAY_ADDRESS`` / the project's ``cluster =``; see ``engine.cluster``); needs a writable
     team cache."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
-    from buildgraph.engine.store import Store
-    from buildgraph.report import Reporter
+    from buildgraph.engine.store.cache import Store
+    from buildgraph.reporters import Reporter
 
-    graph = _graph(recipe, set, cache_dir)
+    graph = _graph(recipe, _overrides(overrides, legacy, "run"), cache_dir)
     if rebench:
-        force = set_of(force) | rebench_steps(graph, targets, cache_dir, build_dir)
+        force = set(force) | rebench_steps(graph, targets, cache_dir, build_dir)
     reporter = reporter or Reporter()
     store = Store(Path(cache_dir) if cache_dir else None, warn=reporter.warning)
     if cluster is not None:
-        from buildgraph.engine.cluster import resolve_address
+        from buildgraph.engine.cluster.driver import resolve_address
 
         cluster = resolve_address(cluster, graph.recipe_dir)
-    options = RunOptions(jobs=jobs, keep_going=keep_going, force=set_of(force),
+    options = RunOptions(jobs=jobs, keep_going=keep_going, force=set(force),
                          no_cache=no_cache, link=link,
                          build_dir=Path(build_dir) if build_dir else None,
                          frozen=frozen, locked=locked, cluster=cluster)
@@ -87,39 +104,39 @@ def run(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overr
 
 def team_cache(start: Path, remote: Optional[str] = None, read_only: bool = False,
                warn: Any = None, strict: bool = False) -> Any:
-    """The team cache (``engine.remote.TeamCache``) the project configures, or None. Only
-    ``engine.remote_config`` is imported to find out (a few ``stat`` calls when there is no
+    """The team cache (``engine.team.remote.TeamCache``) the project configures, or None. Only
+    ``engine.team.config`` is imported to find out (a few ``stat`` calls when there is no
     config file); the remote itself is opened on first use."""
     import os
 
-    from buildgraph.engine.remote_config import ENV_REMOTE, find_config
+    from buildgraph.engine.team.config import ENV_REMOTE, find_config
 
     if remote is None and not os.environ.get(ENV_REMOTE) and find_config(start) is None:
         return None
-    from buildgraph.engine.remote import open_team_cache
+    from buildgraph.engine.team.remote import open_team_cache
 
     return open_team_cache(Path(start), remote, read_only, warn=warn, strict=strict)
 
 
-def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), set: Overrides = None,  # noqa: A002
+def plan(recipe: Union[str, Path, Graph], targets: Sequence[str] = (), overrides: Overrides = None,
          force: Iterable[str] = (), no_cache: bool = False,
          cache_dir: Optional[Union[str, Path]] = None,
          build_dir: Optional[Union[str, Path]] = None, remote: Optional[str] = None,
-         warn: Any = None) -> Dict[str, Decision]:
+         warn: Any = None, **legacy: Any) -> Dict[str, Decision]:
     """What ``run`` would do for each selected step, and why (asking the team cache, when
     one is configured, about what is not in the local one)."""
     from buildgraph.engine.lockfile import lock_path, read_lock
     from buildgraph.engine.planner import Planner
     from buildgraph.engine.scheduler import default_build_dir
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
-    graph = _graph(recipe, set, cache_dir)
+    graph = _graph(recipe, _overrides(overrides, legacy, "plan"), cache_dir)
     store = Store(Path(cache_dir) if cache_dir else None)
     team = team_cache(graph.recipe_dir, remote, True, warn)
     try:
         planner = Planner(graph, store, Path(build_dir) if build_dir else
                           default_build_dir(graph).absolute(),
-                          read_lock(lock_path(graph.recipe_path)), force=set_of(force),
+                          read_lock(lock_path(graph.recipe_path)), force=set(force),
                           no_cache=no_cache, remote=team)
         return planner.plan(graph.select(targets))
     finally:
@@ -157,19 +174,14 @@ def rebench_steps(graph: Graph, targets: Sequence[str] = (),
     return set(bench)
 
 
-def set_of(items: Iterable[str]) -> set:
-    return {i for i in items}
-
-
 def repro(recipe: Union[str, Path, Graph], targets: Sequence[str] = (),
-          set: Overrides = None,  # noqa: A002
-          cache_dir: Optional[Union[str, Path]] = None,
+          overrides: Overrides = None, cache_dir: Optional[Union[str, Path]] = None,
           build_dir: Optional[Union[str, Path]] = None, jobs: int = 0,
-          reporter: Optional[Reporter] = None, keep: bool = False) -> Any:
+          reporter: Optional[Reporter] = None, keep: bool = False, **legacy: Any) -> Any:
     """Rebuild ``targets`` (default: what the release depends on) with the cache bypassed, into
     a scratch store, and compare every output with the cached build's (a ``ReproResult``)."""
     from buildgraph.repro import repro as run_repro
 
-    graph = _graph(recipe, set, cache_dir)
+    graph = _graph(recipe, _overrides(overrides, legacy, "repro"), cache_dir)
     return run_repro(graph, targets, Path(cache_dir) if cache_dir else None,
                      Path(build_dir) if build_dir else None, jobs, reporter, keep)

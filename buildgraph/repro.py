@@ -96,8 +96,8 @@ def repro(graph: Any, targets: Sequence[str] = (), cache_dir: Optional[Path] = N
     from buildgraph.engine.lockfile import lock_path, read_lock
     from buildgraph.engine.planner import CACHED, RESTORE, Planner
     from buildgraph.engine.scheduler import default_build_dir
-    from buildgraph.engine.store import Store
-    from buildgraph.report import Reporter
+    from buildgraph.engine.store.cache import Store
+    from buildgraph.reporters import Reporter
 
     reporter = reporter or Reporter()
     selected = graph.select(list(targets)) if targets else default_targets(graph)
@@ -151,7 +151,7 @@ def _rebuild(graph: Any, where: Path, targets: Sequence[str], seeded: Sequence[s
     """A run of ``targets`` on an empty store under ``where`` holding only the cached build's
     results of the ``seeded`` steps (hits, so their outputs are the cached ones)."""
     from buildgraph.engine.scheduler import RunOptions, Scheduler
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     fresh = Store(where / "cache", warn=reporter.warning)
     try:
@@ -198,7 +198,7 @@ class _Comparer:
             self.pool.close()
 
     def rows(self, sids: Sequence[str], rebuilt: Any, where: Path) -> List[ReproRow]:
-        from buildgraph.engine.store import Store
+        from buildgraph.engine.store.cache import Store
 
         fresh = Store(where / "cache")
         try:
@@ -235,7 +235,7 @@ class _Comparer:
                        "info_new": str(build / sid / step.outputs["info"])
                        if "info" in step.outputs else None}
             if self.pool is None:
-                from buildgraph.engine.workers import WorkerPool
+                from buildgraph.engine.execution.pool import WorkerPool
 
                 self.pool = WorkerPool(1)
             status, payload = self.pool.call_function(DRIFT, request,

@@ -93,8 +93,8 @@ def team(tmp_path: Path, remote, names=("a", "b"), extra: str = "") -> List[Mach
 
 
 def open_remote(remote, **kw):
-    from buildgraph.engine.remote import TeamCache
-    from buildgraph.engine.remote_config import RemoteSpec
+    from buildgraph.engine.team.remote import TeamCache
+    from buildgraph.engine.team.config import RemoteSpec
 
     url, options, env = remote  # credentials: in the environment (the s3_server fixture)
     return TeamCache(RemoteSpec("team", url, False, options), strict=True, **kw)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from buildgraph.engine.store import Store
+from buildgraph.engine.store.cache import Store
 from buildgraph.errors import CacheError
 
 
@@ -69,8 +69,10 @@ def test_a_full_disk_in_put_bytes_leaves_no_temp_and_says_one_line(tmp_path, mon
     # and what an older run (or a kill) left is swept by gc
     (store.objects / "ab").mkdir(parents=True, exist_ok=True)
     (store.objects / "ab" / ".tmp-0123").write_bytes(b"")
+    from buildgraph.engine.store import maintenance
+
     with store.using(exclusive=True):
-        result = store.gc()
+        result = maintenance.gc(store)
     assert result["removed_tmp"] >= 1
     assert not list(store.objects.rglob(".tmp-*"))
     store.close()
@@ -146,5 +148,5 @@ def test_the_validators_stand_alone_and_remote_records_does_not_import_remote():
         return found
 
     assert not {m for m in imports("names.py") if m.startswith("buildgraph")}
-    assert "buildgraph.engine.remote" not in imports("remote_records.py")
-    assert "buildgraph.engine.remote_records" not in imports("remote_docs.py")
+    assert "buildgraph.engine.team.remote" not in imports("team/records.py")
+    assert "buildgraph.engine.team.records" not in imports("remote_docs.py")

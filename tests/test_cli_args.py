@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from buildgraph import cli
+from buildgraph.cli import run
 
 AGREES = [
     ["run", "r.yaml"],
@@ -40,14 +41,14 @@ LEFT_TO_ARGPARSE = [
 
 @pytest.mark.parametrize("argv", AGREES, ids=" ".join)
 def test_fast_run_args_equal_argparse(argv):
-    fast = cli._fast_run_args(argv)
+    fast = run.fast_args(argv)
     assert fast is not None
     assert vars(fast) == vars(cli._parse(list(argv)))
 
 
 @pytest.mark.parametrize("argv", LEFT_TO_ARGPARSE, ids=" ".join)
 def test_unusual_command_lines_go_to_argparse(argv):
-    assert cli._fast_run_args(argv) is None
+    assert run.fast_args(argv) is None
 
 
 def test_fast_table_covers_every_run_option():
@@ -57,7 +58,7 @@ def test_fast_table_covers_every_run_option():
     parser = cli._parser("run")
     sub = next(a for a in parser._actions if a.dest == "command").choices["run"]
     strings = {s for a in sub._actions for s in a.option_strings} - {"-h", "--help"}
-    assert strings == set(cli._RUN_OPTIONS)
+    assert strings == set(run.RUN_OPTIONS)
 
 
 def test_bad_run_options_keep_argparse_messages(capsys):

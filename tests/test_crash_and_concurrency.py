@@ -171,7 +171,7 @@ def test_replacing_a_directory_output_never_leaves_it_missing(tmp_path):
     replaced never finds it missing, and nothing is left beside it."""
     import threading
 
-    from buildgraph.engine.store import Store, _renameat2
+    from buildgraph.engine.store.cache import Store, _renameat2
 
     if _renameat2() is None:
         pytest.skip("no renameat2 here: the two-rename fallback has a window (swept later)")
@@ -205,7 +205,7 @@ def test_replacing_a_directory_output_never_leaves_it_missing(tmp_path):
 
 
 def test_scratch_of_a_live_run_survives_the_sweep_and_a_dead_ones_goes(project):
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     store = Store(project.cache)
     dead = _dead_pid()
@@ -225,7 +225,7 @@ def test_a_key_committed_after_planning_is_not_built_again(project):
     """Process B plans a miss; process A builds and commits the key; B then takes the lock
     without waiting. B must look at the cache again rather than build a second time."""
     from buildgraph import api
-    from buildgraph.report import Reporter
+    from buildgraph.reporters import Reporter
 
     counter = project.root / "executions.log"
     project.write("r.yaml", f"""

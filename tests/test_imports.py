@@ -29,7 +29,7 @@ def test_import_buildgraph_cli_is_light(tmp_path):
 def test_import_api_leaves_the_engine_to_its_functions(tmp_path):
     mods = _modules_after("import buildgraph.api", tmp_path)
     for name in ("buildgraph.engine.planner", "buildgraph.engine.scheduler",
-                 "buildgraph.engine.store", "sqlite3"):
+                 "buildgraph.engine.store.cache", "sqlite3"):
         assert name not in mods, name
 
 
@@ -37,7 +37,7 @@ def test_import_api_leaves_the_engine_to_its_functions(tmp_path):
 # (run's command line is read directly), no thread pool, no worker machinery, no error helpers.
 NOT_ON_THE_NO_OP_PATH = ("yaml", "pydantic", "rich", "argparse", "concurrent.futures",
                          "logging", "difflib", "filelock", "subprocess", "shutil",
-                         "buildgraph.engine.workers",
+                         "buildgraph.engine.execution.pool",
                          "buildgraph.recipe.load")
 
 
@@ -61,14 +61,14 @@ REMOTE_LIBS = ("fsspec", "s3fs", "botocore", "aiobotocore", "aiohttp", "blake3",
 
 def test_no_team_cache_library_is_imported_unless_a_remote_is_used(project):
     mods = _modules_after("import buildgraph, buildgraph.cli, buildgraph.api", project.root)
-    assert not [m for m in REMOTE_LIBS + ("tomllib", "buildgraph.engine.remote")
+    assert not [m for m in REMOTE_LIBS + ("tomllib", "buildgraph.engine.team.remote")
                 if m in mods]
     project.write("r.yaml", "steps:\n  a: {uses: shell, with: {cmd: 'echo > ${out.o}'},"
                             " outputs: [o]}\n")
     project.run()
     mods = _modules_after("from buildgraph.cli import run_cli\n"
                           "assert run_cli(['run', 'r.yaml']) == 0", project.root)
-    assert not [m for m in REMOTE_LIBS + ("tomllib", "buildgraph.engine.remote") if m in mods]
+    assert not [m for m in REMOTE_LIBS + ("tomllib", "buildgraph.engine.team.remote") if m in mods]
 
 
 def test_a_cached_run_with_a_remote_configured_makes_no_request(project):
@@ -91,7 +91,7 @@ def test_a_cached_run_with_a_remote_configured_makes_no_request(project):
             "assert 'warning' not in err.getvalue(), err.getvalue()\n"
             "assert 'cached' in err.getvalue(), err.getvalue()")
     mods = _modules_after(code, project.root)
-    assert "buildgraph.engine.remote" in mods  # the remote is configured...
+    assert "buildgraph.engine.team.remote" in mods  # the remote is configured...
     assert not [m for m in REMOTE_LIBS if m in mods]  # ...and never opened
 
 
@@ -118,7 +118,7 @@ def test_plan_of_a_tensorflow_recipe_imports_no_tensorflow(project):
         assert name not in mods, name
 
 
-CLUSTER_MODULES = ("ray", "buildgraph.engine.cluster", "buildgraph.engine.cluster_node")
+CLUSTER_MODULES = ("ray", "buildgraph.engine.cluster.driver", "buildgraph.engine.cluster.node")
 
 
 def test_nothing_of_ray_is_imported_without_cluster(project):

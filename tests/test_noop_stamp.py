@@ -154,7 +154,8 @@ def test_an_answered_run_imports_no_engine(stamped):
     # the stamp holds the command line `run r.yaml`, as run_cli got it here
     out = subprocess.run([sys.executable, "-c", code], cwd=stamped.root, env=env,
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(["buildgraph", "buildgraph.cli", "buildgraph.engine",
+    assert out.stdout.strip() == str(["buildgraph", "buildgraph.cli", "buildgraph.cli.run",
+                                      "buildgraph.engine",
                                       "buildgraph.engine.noop"]), out.stdout
     assert "0 built, 3 cached" in out.stderr
 

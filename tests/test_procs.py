@@ -64,7 +64,7 @@ def _started_tree(project, proc: subprocess.Popen):
         time.sleep(0.05)
     tree = descendants(proc.pid)
     commands = [cmdline(pid) for pid, _ in tree]
-    assert any("buildgraph.engine.worker" in c for c in commands), commands
+    assert any("buildgraph.engine.execution.worker_main" in c for c in commands), commands
     assert int(marker.read_text()) in [pid for pid, _ in tree], commands
     return tree
 
@@ -126,7 +126,7 @@ def test_a_worker_whose_parent_died_before_it_could_watch_ends_at_once(tmp_path)
     told. The worker compares its parent with the pid the run wrote down, and ends."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                BUILDGRAPH_PARENT_PID=str(os.getpid() + 10**6))  # not our pid: "already gone"
-    worker = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
+    worker = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.execution.worker_main"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               start_new_session=True, env=env)
     try:

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from buildgraph.engine.store import maintenance
 from conftest import REPO
 from remote_helpers import Machine, config, open_remote, team
 
@@ -99,10 +100,10 @@ def test_a_corrupt_object_on_the_server_is_rejected_reported_and_never_used(tmp_
     rejected = [w for w in warnings if "rejected" in w]
     assert "rejected the entry of upper" in rejected[0], warnings
     assert all("does not match its name" in w for w in rejected) and len(rejected) <= 2
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     store = Store(b.cache)
-    assert store.verify().ok  # nothing corrupt reached the local cache
+    assert maintenance.verify(store).ok  # nothing corrupt reached the local cache
     assert all(b"MALLO" not in p.read_bytes() for _, p in store.iter_blobs())
     # b rebuilt upper and pushed the good bytes back (issue 19: heal): the next teammate
     # restores it without a rejection
@@ -295,7 +296,7 @@ def test_remote_ls_and_gc(tmp_path, remote):
 # --- configuration -------------------------------------------------------------------------------
 
 def test_config_errors_and_sources(tmp_path, monkeypatch):
-    from buildgraph.engine.remote_config import RemoteConfigError, load_config, resolve
+    from buildgraph.engine.team.config import RemoteConfigError, load_config, resolve
 
     (tmp_path / "buildgraph.toml").write_text(
         'default_remote = "teem"\n[remotes.team]\nurl = "s3://b/p"\n')
@@ -361,7 +362,7 @@ def test_streamed_pull_keeps_memory_flat(tmp_path, s3_remote):
     print(f"peak RSS grew by {grown_mib:.0f} MiB pulling 256 MiB")
     assert grown_mib < 160, f"peak RSS grew by {grown_mib:.0f} MiB pulling 256 MiB"
     assert "pulled 1 results (256.0 MiB)" in proc.stdout, proc.stdout
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     digest = json.loads((a.root / "r.lock.json").read_text())["steps"]["big"]["outputs"]
     assert Store(b.cache).check_blob(digest["bin"]["digest"])

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 from buildgraph.engine.hashing import digest_bytes, tree_digest
 from buildgraph.engine.keys import action_key
-from buildgraph.engine.remote import TeamCache, b3_bytes
-from buildgraph.engine.remote_config import RemoteSpec
-from buildgraph.engine.store import Store
+from buildgraph.engine.team.remote import TeamCache, b3_bytes
+from buildgraph.engine.team.config import RemoteSpec
+from buildgraph.engine.store.cache import Store
 from buildgraph.errors import BuildgraphError
 
 EXAMPLES = {"file": 40, "s3": 6}

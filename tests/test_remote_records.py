@@ -53,14 +53,14 @@ def _publish(cache: Path, shash: str, n: int, base: float, trials: int) -> None:
 
 
 def _store(root: Path) -> Any:
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     return Store(root)
 
 
 def test_concurrent_record_pushes_lose_nothing_and_compaction_keeps_the_union(tmp_path, remote):
     from buildgraph.backends.tvm.shared import SharedTuneDB
-    from buildgraph.engine import remote as remote_mod
+    from buildgraph.engine.team import remote as remote_mod
 
     caches = [tmp_path / f"m{i}" for i in range(6)]
     for i, cache in enumerate(caches):

@@ -100,7 +100,7 @@ check: {{uses: verify, from: evil, with: {{model: tiny, random: 1}}}}
 
 def test_config_discovery_stops_at_the_repository_and_skips_unsafe_files(tmp_path, capsys):
     """Defect 8: a buildgraph.toml in any parent (``/tmp``) set the remote results went to."""
-    from buildgraph.engine import remote_config
+    from buildgraph.engine.team import config as remote_config
 
     outer = tmp_path / "outer"
     repo = outer / "repo"

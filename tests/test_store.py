@@ -9,7 +9,7 @@ import os
 
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, path_digest
 from buildgraph.engine.sizes import parse_size
-from buildgraph.engine.store import Store
+from buildgraph.engine.store.cache import Store
 
 RECIPE = """
 steps:
@@ -151,7 +151,7 @@ def test_parse_size():
 
 
 def test_gc_max_size_and_tensorrt_pools_read_sizes_alike():
-    from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
+    from buildgraph.backends.tensorrt.build_params import TensorRTBuildParams
 
     params = TensorRTBuildParams.model_validate({"workspace": "5G"})
     assert params.workspace == "5G"  # validated by the same reader as `cache gc --max-size`

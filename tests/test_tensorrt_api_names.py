@@ -42,8 +42,8 @@ from conftest import REPO
 DATA = REPO / "tests" / "data"
 TRT = REPO / "buildgraph" / "backends" / "tensorrt"
 SOURCES = [TRT / "builder.py", TRT / "build.py", TRT / "refit.py", TRT / "runtime.py",
-           TRT / "plugins.py"]
-SPEC = TRT / "spec.py"
+           TRT / "plugins.py", TRT / "trt_logging.py", TRT / "timing_cache.py"]
+SPEC = TRT / "build_params.py"
 
 # The class of the TensorRT object each variable holds in those files (``tensorrt``: the module).
 OWNERS: Dict[str, str] = {
@@ -152,7 +152,7 @@ def used_names(source: str, file: str = "<test>") -> List[Use]:
 
 def description_members() -> List[Use]:
     """Enum members a BuildDescription can name, with their enum."""
-    from buildgraph.backends.tensorrt import spec as trt_spec
+    from buildgraph.backends.tensorrt import build_params as trt_spec
 
     out: List[Use] = []
     for enum, mapping in (("MemoryPoolType", trt_spec.MEMORY_POOLS),

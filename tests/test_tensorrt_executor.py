@@ -19,7 +19,7 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
 from buildgraph.engine.executor import Task
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
-from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
+from buildgraph.backends.tensorrt.build_params import TensorRTBuildParams
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
 from trt_fake import make_test_onnx
 from buildgraph.backends.tensorrt.structure import structure_digest

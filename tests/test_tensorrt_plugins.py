@@ -27,7 +27,7 @@ from buildgraph.backends.tensorrt import plugins as trt_plugins
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
 from buildgraph.backends.tensorrt.runtime import TensorRTRuntime
-from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
+from buildgraph.backends.tensorrt.build_params import TensorRTBuildParams
 from buildgraph.engine.executor import Task
 from buildgraph.engine.runtime import RuntimeContext, artifact_info
 from buildgraph.errors import StepFailed

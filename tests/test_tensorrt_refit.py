@@ -17,7 +17,7 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor, TensorRTRefitParams
 from buildgraph.backends.tensorrt.runtime import TensorRTRuntime
-from buildgraph.backends.tensorrt.spec import TensorRTBuildParams
+from buildgraph.backends.tensorrt.build_params import TensorRTBuildParams
 from buildgraph.engine.executor import DescribeContext, Task
 from buildgraph.errors import RecipeError, StepFailed
 from trt_fake import make_test_onnx

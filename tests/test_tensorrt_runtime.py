@@ -19,7 +19,7 @@ from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
 from buildgraph.backends.tensorrt.builder import configure
 from buildgraph.backends.tensorrt.refit import TensorRTRefitExecutor
 from buildgraph.backends.tensorrt.runtime import BUFFERS_ENV, TensorRTRuntime
-from buildgraph.backends.tensorrt.spec import BuildDescription, TensorRTBuildParams, describe_build
+from buildgraph.backends.tensorrt.build_params import BuildDescription, TensorRTBuildParams, describe_build
 from buildgraph.engine.executor import DescribeContext, Task
 from buildgraph.engine.runtime import RuntimeContext, artifact_info
 from buildgraph.errors import StepFailed

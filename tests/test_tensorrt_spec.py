@@ -14,7 +14,7 @@ from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.errors import StepFailed
 from buildgraph.backends.tensorrt.builder import ParserIssue, engine_precision, layer_summary, parser_failure
 from trt_fake import make_test_onnx
-from buildgraph.backends.tensorrt.spec import DescriptionError, InputSpec, ShapeRange, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, parse_size, tactic_flags
+from buildgraph.backends.tensorrt.build_params import DescriptionError, InputSpec, ShapeRange, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, parse_size, tactic_flags
 from buildgraph.backends.tensorrt.structure import structure_digest, weight_names
 
 BATCH = {"x": {"min": [1, 3, 16, 16], "opt": [8, 3, 16, 16], "max": [32, 3, 16, 16]}}

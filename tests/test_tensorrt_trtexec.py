@@ -24,7 +24,7 @@ import pytest
 from pydantic import ValidationError
 
 from buildgraph.backends.tensorrt import env as trt_env
-from buildgraph.backends.tensorrt.spec import DescriptionError, TensorRTBuildParams, describe_build
+from buildgraph.backends.tensorrt.build_params import DescriptionError, TensorRTBuildParams, describe_build
 from buildgraph.backends.tensorrt.trtexec import TrtexecExecutor, _versions, trtexec_args, version_from_output
 from buildgraph.engine.executor import DescribeContext, Task
 from buildgraph.errors import RecipeError, StepFailed

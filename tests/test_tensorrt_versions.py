@@ -19,7 +19,7 @@ import pytest
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt.build import TensorRTBuildExecutor
-from buildgraph.backends.tensorrt.spec import VERSION_TABLE, DescriptionError, TensorRTBuildParams, describe_build, parse_version, version_problems
+from buildgraph.backends.tensorrt.build_params import VERSION_TABLE, DescriptionError, TensorRTBuildParams, describe_build, parse_version, version_problems
 from buildgraph.engine.executor import DescribeContext
 from buildgraph.errors import RecipeError
 from conftest import REPO

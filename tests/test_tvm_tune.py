@@ -271,7 +271,7 @@ def test_sigkill_of_a_tuning_run_leaves_no_process(tmp_path: Path):
     tree: List[Tuple[int, int]] = []
     try:
         tree = _tuning_with_popen_workers(proc)
-        assert any("buildgraph.engine.worker" in cmdline(pid) for pid, _ in tree)
+        assert any("buildgraph.engine.execution.worker_main" in cmdline(pid) for pid, _ in tree)
         proc.kill()
         proc.wait()
         left = wait_gone(tree, 2.0)

@@ -66,7 +66,7 @@ def test_workers_let_openmp_threads_sleep_unless_the_user_chose(project, monkeyp
 def test_a_fresh_worker_runs_one_call_and_ends(tmp_path):
     """``Executor.fresh_worker``: a new worker per call, never reused (a library with
     process-wide counters, like TensorFlow's function names, then starts from zero)."""
-    from buildgraph.engine.workers import WorkerPool
+    from buildgraph.engine.execution.pool import WorkerPool
 
     pool = WorkerPool(2)
     log = str(tmp_path / "log.txt")

@@ -35,7 +35,7 @@ Tables written, one entry a line under a header naming their sources:
     option (or enumerated value) that is not in all of the releases from 8.6 to the newest,
     the first and last release (major.minor) whose sources have it. Read from the sources
     alone, one release tag after another (:data:`RELEASE_TAGS`: 8.6 to 11.1): a test checks
-    the version table of ``buildgraph/backends/tensorrt/spec.py`` and the fake's against it.
+    the version table of ``buildgraph/backends/tensorrt/build_params.py`` and the fake's against it.
 
 The sources' release may trail the wheel's (11.1 sources for the 11.4 wheel: the newest
 published): a member added since then is missing (a test fails: the safe side), and one removed

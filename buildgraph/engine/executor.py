@@ -29,56 +29,26 @@ strings and imports a module only when a recipe uses that kind (doit's plugin pa
 
 from __future__ import annotations
 
-import importlib
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, Mapping, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Tuple, Type, Union
 
 from buildgraph.errors import BuildgraphError, StepFailed
+from buildgraph.registry import STEP_KINDS, import_object
+
+# Helpers for step kinds that lived here before the interface was split from them; modules
+# written since import them from where they live (engine/artifacts, engine/timed).
+from buildgraph.engine.artifacts import (MODEL_SUFFIXES, artifact_of, find_artifact,  # noqa: F401,E402
+                                         model_spec, out_path, single_upstream, write_json)
+from buildgraph.engine.timed import Timed  # noqa: F401,E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
 
 ENTRY_POINT_GROUP = "buildgraph.executors"
 
-# One block per area so that each can be edited on its own.
-_GENERIC_KINDS: Dict[str, str] = {
-    "shell": "buildgraph.backends.generic.shell:ShellExecutor",
-    "python": "buildgraph.backends.generic.python:PythonExecutor",
-}
-_TORCH_KINDS: Dict[str, str] = {
-    "torch.save": "buildgraph.backends.torch.save:TorchSaveExecutor",
-    "torchscript": "buildgraph.backends.torch.torchscript:TorchScriptExecutor",
-    "torch.export": "buildgraph.backends.torch.export:TorchExportExecutor",
-    "torch.aoti": "buildgraph.backends.torch.aoti:TorchAotiExecutor",
-    "onnx.export": "buildgraph.backends.torch.onnx_export:OnnxExportExecutor",
-    "onnx.simplify": "buildgraph.backends.onnx.simplify:OnnxSimplifyExecutor",
-    "verify": "buildgraph.backends.evaluate.verify:VerifyExecutor",
-    "benchmark": "buildgraph.backends.evaluate.benchmark:BenchmarkExecutor",
-    "release": "buildgraph.backends.evaluate.release:ReleaseExecutor",
-}
-_TVM_KINDS: Dict[str, str] = {
-    "tvm.compile": "buildgraph.backends.tvm.compile:TvmCompileExecutor",
-    "tvm.tune": "buildgraph.backends.tvm.tune:TvmTuneExecutor",
-}
-_TENSORRT_KINDS: Dict[str, str] = {
-    "tensorrt.build": "buildgraph.backends.tensorrt.build:TensorRTBuildExecutor",
-    "tensorrt.refit": "buildgraph.backends.tensorrt.refit:TensorRTRefitExecutor",
-    "trtexec": "buildgraph.backends.tensorrt.trtexec:TrtexecExecutor",
-    "onnx.autocast": "buildgraph.backends.onnx.precision:AutocastExecutor",
-    "onnx.quantize": "buildgraph.backends.onnx.precision:QuantizeExecutor",
-}
-_TENSORFLOW_KINDS: Dict[str, str] = {
-    "keras.export": "buildgraph.backends.tensorflow.export:KerasExportExecutor",
-    "tf2onnx.convert": "buildgraph.backends.tensorflow.convert:Tf2OnnxExecutor",
-}
-_CPP_KINDS: Dict[str, str] = {
-    "cpp.check": "buildgraph.backends.cpp.check:CppCheckExecutor",
-}
-BUILTIN_KINDS: Dict[str, str] = {**_GENERIC_KINDS, **_TORCH_KINDS, **_TVM_KINDS,
-                                 **_TENSORRT_KINDS, **_TENSORFLOW_KINDS, **_CPP_KINDS}
+BUILTIN_KINDS: Dict[str, str] = STEP_KINDS
+"""Step kind -> ``"module:Class"``: the table is :data:`buildgraph.registry.STEP_KINDS`."""
 
 NONDETERMINISTIC_KINDS: Dict[str, str] = {
     "benchmark": "timings: every run measures this machine anew",
@@ -245,46 +215,6 @@ def task_fields() -> Tuple[str, ...]:
     return tuple(f.name for f in fields(Task))
 
 
-MODEL_SUFFIXES = (".onnx", ".pt2", ".ts", ".pt", ".pth", ".safetensors", ".so", ".tar",
-                  ".engine", ".plan")
-"""File endings of model artifacts, for telling a step's model output from its reports."""
-
-
-def find_artifact(task: Task, what: str, suffixes: Optional[Tuple[str, ...]] = None,
-                  steps: Optional[Tuple[str, ...]] = None, skip_kinds: Tuple[str, ...] = ()
-                  ) -> Path:
-    """The one model artifact among the upstream outputs (of ``steps``, default all).
-
-    Per step: its output named ``model`` (when it ends in one of ``suffixes``, if given), else
-    its only output (when no suffixes are asked for), else its outputs ending in a model suffix.
-    Exactly one must remain; otherwise the error names what was found and how to choose."""
-    wanted = suffixes or MODEL_SUFFIXES
-    found: list = []
-    for step in (steps if steps is not None else tuple(task.upstream)):
-        if task.upstream_kinds.get(step) in skip_kinds:
-            continue
-        outs = task.upstream[step]
-        if "model" in outs and (suffixes is None or str(outs["model"]).endswith(suffixes)):
-            found.append((f"{step}.model", outs["model"]))
-        elif suffixes is None and len(outs) == 1:
-            found.extend((f"{step}.{n}", p) for n, p in outs.items())
-        else:
-            found.extend((f"{step}.{n}", p) for n, p in outs.items() if str(p).endswith(wanted))
-    if len(found) == 1:
-        return found[0][1]
-    kinds = "/".join(suffixes) if suffixes else "model"
-    if not found:
-        have = ", ".join(f"{s}.{n}" for s in (steps or task.upstream)
-                         for n in task.upstream.get(s, {})) or "none"
-        raise StepFailed(f"{what} needs an upstream {kinds} artifact; found none (upstream "
-                         f"outputs: {have})",
-                         hint="name the model output 'model', or list the step under 'from:'")
-    raise StepFailed(f"{what} needs exactly one upstream {kinds} artifact; found "
-                     f"{len(found)}: " + ", ".join(label for label, _ in found),
-                     hint="say which with model: ${in.STEP.OUTPUT}, or name only one "
-                          "model output 'model'")
-
-
 class Executor:
     """Base class of step kinds. Subclasses set the class attributes and implement ``run``."""
 
@@ -326,76 +256,6 @@ class Executor:
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-# --- helpers shared by step kinds ------------------------------------------------------------
-
-class Timed:
-    """Mixin for executors: records the time of library calls by phase (see ``seconds``), so
-    a benchmark can tell buildgraph's overhead from the tools' own time."""
-
-    @property
-    def seconds(self) -> Dict[str, float]:
-        """Time spent in library calls, by phase (returned as metadata ``seconds``): the step's
-        wall time minus their sum is buildgraph's overhead."""
-        if not hasattr(self, "_seconds"):
-            self._seconds: Dict[str, float] = {}
-        return self._seconds
-
-    @contextmanager
-    def timed(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = round(self.seconds.get(phase, 0.0)
-                                        + time.perf_counter() - start, 4)
-
-
-def artifact_of(task: Task, step: str) -> Path:
-    """The model artifact upstream ``step`` produced (see ``find_artifact``)."""
-    return find_artifact(task, f"step '{task.step_id}'", steps=(step,))
-
-
-def single_upstream(task: Task, what: str) -> str:
-    """The id of the step's only upstream step."""
-    if len(task.upstream) != 1:
-        have = ", ".join(task.upstream) or "none"
-        raise StepFailed(f"{what} takes exactly one upstream step (from: STEP); got {have}")
-    return next(iter(task.upstream))
-
-
-def out_path(task: Task, name: str = "model") -> Path:
-    """Where the declared output ``name`` goes; a clear error when the recipe renamed it."""
-    try:
-        return task.outputs[name]
-    except KeyError:
-        raise StepFailed(f"this step must declare an output named '{name}' (declared: "
-                         + ", ".join(task.outputs) + ")") from None
-
-
-def model_spec(models: Mapping[str, Any], name: str) -> Dict[str, Any]:
-    """The named model of the recipe (``DescribeContext.models``) as plain data, whether it is
-    a ModelSpec or a dict; an unknown name is a RecipeError with a suggestion."""
-    if name not in models:
-        from buildgraph.errors import RecipeError, did_you_mean
-
-        known = sorted(models)
-        raise RecipeError(f"unknown model '{name}'{did_you_mean(name, known)}",
-                          hint=("models in this recipe: " + ", ".join(known)) if known else
-                          "declare it under the top-level 'models:' section")
-    spec = models[name]
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump(mode="json")
-    return dict(spec)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """A JSON report output, indented for people."""
-    import json
-
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n",
-                    encoding="utf-8")
 
 
 def jsonable_meta(meta: Any) -> Any:
@@ -448,18 +308,6 @@ def load_executor(kind: str) -> Type[Executor]:
                               "Executor subclass")
     _cache[kind] = cls
     return cls
-
-
-def import_object(target: str, what: str) -> Any:
-    """Import ``"module:attr"``; a failure names the plugin, not just the module."""
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr) if attr else module
-    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
-        raise BuildgraphError(f"cannot load {what} from '{target}': {type(exc).__name__}: {exc}",
-                              hint="is the package that provides it installed in this "
-                                   "environment?") from None
 
 
 __all__ = ["Executor", "Task", "Description", "DescribeContext", "no_params_model", "StepFailed", "known_kinds",

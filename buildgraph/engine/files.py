@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 ARCHIVE_MTIME = 315532800
 """1980-01-01 00:00:00 UTC, the earliest time a zip can hold (and what torch writes in its
@@ -70,3 +70,14 @@ def write_tar_gz(src: Path, dest: Path, top: Optional[str] = None, compresslevel
             info.mode = 0o755 if st.st_mode & 0o100 else 0o644
             with open(path, "rb") as fh:
                 tar.addfile(info, fh)
+
+
+def rmtree_writable(path: Path) -> None:
+    """Remove a tree even where a step left read-only folders in it (tools do)."""
+    import shutil
+
+    def onerror(func: Any, p: str, _: Any) -> None:
+        os.chmod(os.path.dirname(p), 0o755)
+        func(p)
+
+    shutil.rmtree(path, onerror=onerror)

@@ -199,3 +199,71 @@ def entries_digest(steps: Mapping[str, Mapping[str, Any]]) -> str:
                    for name, out in (entry.get("outputs") or {}).items()}
         canonical[sid] = {"key": entry.get("key"), "outputs": outputs}
     return digest_json(canonical)
+
+
+# --- what a run checks against the lock file, and what it writes ---------------------------------
+
+def lock_label(path: Path) -> str:
+    """``path`` as a user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def check_frozen(planner: Any, selected: List[str], path: Path) -> None:
+    """``--frozen``: before anything runs, every selected step's key, computed as if its
+    upstream outputs were those the lock records, must be the lock's key (else LockMismatch,
+    whose text is the plan's diff)."""
+    differences = planner.lock_differences(selected)
+    if not differences:
+        return
+    from buildgraph.errors import LockMismatch
+
+    lines = []
+    for sid, reasons in differences.items():
+        lines.append(f"run     {sid}  ({planner.graph.steps[sid].kind})")
+        lines.extend(f"          - {r}" for r in reasons)
+    raise LockMismatch(
+        f"--frozen: {len(differences)} of {len(selected)} steps differ from "
+        f"{lock_label(path)}; nothing was built\n" + "\n".join(lines),
+        hint="run without --frozen to build and update the lock file, review its diff "
+             "and commit it")
+
+
+def frozen_refusal(planner: Any, step: Any, decision: Any, path: Path) -> Optional[str]:
+    """``--frozen``: why a step whose key, now that its upstream ran, is not the lock's (an
+    upstream rebuilt to other bytes) is not built; None when it is the lock's."""
+    from buildgraph.engine.keys import explain_difference
+
+    entry = planner.lock.get(step.id)
+    locked = entry.get("key") if isinstance(entry, dict) else None
+    if decision.key is None or decision.key == locked:
+        return None
+    previous = entry.get("parts") if isinstance(entry, dict) else None
+    reasons = explain_difference(previous, decision.parts or {}, planner.labels(step))
+    return (f"--frozen: key differs from {lock_label(path)} (" + "; ".join(reasons)
+            + "); not built")
+
+
+def lock_updates(store: Any, steps: Mapping[str, Any], results: Mapping[str, Any]
+                 ) -> Dict[str, Dict[str, Any]]:
+    """The lock entries of a run's successful steps (``results``: step id -> StepResult)."""
+    updates: Dict[str, Dict[str, Any]] = {}
+    for sid, result in results.items():
+        if not result.ok or not result.key:
+            continue
+        entry = store.get_action(result.key)
+        if entry is None:
+            continue
+        step = steps[sid]
+        # no wall time and no path outside the build directory: a lock changes only
+        # when a key or an output does
+        updates[sid] = {
+            "uses": step.kind, "key": result.key, "parts": entry.get("parts"),
+            "inputs": dict(sorted(step.input_labels.items())),
+            "outputs": {n: {"path": f"{sid}/{step.outputs[n]}",
+                            "type": o["type"], "digest": o["digest"], "size": o["size"]}
+                        for n, o in entry["outputs"].items() if n in step.outputs},
+        }
+    return updates

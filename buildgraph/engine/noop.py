@@ -131,3 +131,48 @@ def write_stamp(argv, cache_dir: str, summary: str, inputs, products, entries,
         return False
     return True
 
+
+
+def watch(run, planner, selected, steps, lock_file):
+    """What an all-cached run's decisions read, for :func:`write_stamp`: (inputs, products,
+    cache entries, environment variables), or None when one of them must be asked again next
+    time (a volatile description that does not name what it read). ``run`` is the
+    ``engine.execution.runner.RunContext``, ``steps`` the run's step results."""
+    from pathlib import Path
+
+    from buildgraph.engine.environment import environment_paths
+    from buildgraph.engine.team.config import CONFIG_FILE, PYPROJECT
+    from buildgraph.engine.runrecord import record_path
+
+    graph, store, build_dir = run.graph, run.store, run.build_dir
+    watched = []
+    for sid in selected:
+        description = planner.describe(graph.steps[sid])
+        if description.volatile:
+            if not description.watch:
+                return None  # it must be asked again: only the full decision can
+            watched.extend(description.watch)
+    products = [str(lock_file.absolute()), str(build_dir), str(record_path(build_dir))]
+    for sid in selected:  # outputs in place: every folder of them (a file added or gone)
+        step_dir = build_dir / sid
+        products.append(str(step_dir))
+        for name in graph.steps[sid].outputs.values():
+            out = step_dir / name
+            products.append(str(out))
+            if out.is_dir() and not out.is_symlink():
+                products += [root for root, _, _ in os.walk(out)]
+    made = (str(build_dir), str(store.root.absolute()))
+    inputs = [str(graph.recipe_path.absolute())]
+    inputs += [str(Path(p).absolute()) for step in graph.steps.values()
+               for p in step.inputs.values()]
+    inputs += environment_paths()
+    here = Path(graph.recipe_dir).absolute()
+    for directory in (here, *here.parents):
+        inputs += [str(directory / CONFIG_FILE), str(directory / PYPROJECT)]
+    for path in store.stat_cache.consulted:  # read by descriptions, or checked outputs
+        absolute = os.path.abspath(path)
+        (products if absolute.startswith(made) else inputs).append(absolute)
+    inputs += [os.path.abspath(w) for w in watched if not w.startswith("$")]
+    variables = sorted({w[1:] for w in watched if w.startswith("$")})
+    entries = [str(store.action_path(r.key or "")) for r in steps.values()]
+    return inputs, products, entries, variables

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from buildgraph.errors import BuildgraphError, RecipeError, StepFailed
-from buildgraph.engine.executor import (DescribeContext, Description, import_object, load_executor,
-                                       nondeterminism)
+from buildgraph.engine.executor import DescribeContext, Description, load_executor, nondeterminism
 from buildgraph.engine.graph import Graph, StepNode
 from buildgraph.engine.hashing import digest_json, path_digest
 from buildgraph.engine.keys import action_key, explain_difference, make_parts
-from buildgraph.engine.store import Store
+from buildgraph.engine.store.cache import Store
+from buildgraph.registry import import_object
 
 CACHED = "cached"      # in the cache and in the build directory: nothing to do
 RESTORE = "restore"    # in the cache; the build directory copy is missing or changed
@@ -58,7 +58,7 @@ class Planner:
         self.force = force
         self.no_cache = no_cache
         self.remote = remote
-        """The team cache (``engine.remote.TeamCache``), asked only on a local miss."""
+        """The team cache (``engine.team.remote.TeamCache``), asked only on a local miss."""
         self._described: Dict[str, Tuple[Description, Dict[str, str]]] = {}
         self._keys: Dict[str, str] = {}
         self._outputs: Dict[str, Dict[str, str]] = {}

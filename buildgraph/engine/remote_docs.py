@@ -1,8 +1,8 @@
 """The team cache's documents: formats, the producer stamp, what a signature covers, and the
 strict schema every action entry is parsed with before anything uses it.
 
-Both :mod:`buildgraph.engine.remote` (entries, blobs) and
-:mod:`buildgraph.engine.remote_records` (record segments) depend on this module, and it on
+Both :mod:`buildgraph.engine.team.remote` (entries, blobs) and
+:mod:`buildgraph.engine.team.records` (record segments) depend on this module, and it on
 neither: the two stay out of each other's imports.
 
 An entry comes from whoever can write the bucket. It is parsed with
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from buildgraph.engine.hashing import canonical_json
+from buildgraph.registry import RECORD_AREAS
 from buildgraph.engine.names import InvalidName, parse_json
 
 ACTION_FORMAT = "buildgraph-action"
@@ -32,8 +33,7 @@ SCHEMA = 1
 COMPACT_AT = 8
 """A record scope with more segments than this is compacted by the next push."""
 
-AREA_SYNC = {"tvm-tunedb": "buildgraph.backends.tvm.shared:RecordSync",
-             "trt-timing": "buildgraph.backends.tensorrt.timing_cache:RecordSync"}
+AREA_SYNC = {name: sync for name, (_, sync) in RECORD_AREAS.items()}
 """Record areas the team cache synchronises: name -> ``"module:Class"`` with
 ``Class(area_dir)``, ``scopes() -> [scope]``, ``export(scope) -> JSON payload or None`` and
 ``merge(scope, payloads) -> str`` (a one-line summary). Imported only when used."""

@@ -15,7 +15,7 @@ Origins:
 * ``local``: served from this machine's cache (``--cache-dir``);
 * ``remote``: served from a team cache. Nothing sets it yet: the remote-cache feature marks its
   hits by giving the step's result ``origin = "remote"``
-  (:attr:`buildgraph.engine.scheduler.StepResult.origin`).
+  (:attr:`buildgraph.engine.results.StepResult.origin`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def read_record(build_dir: Path) -> Dict[str, Any]:
 
 def write_record(build_dir: Path, recipe: str, results: Mapping[str, Any],
                  keep: Iterable[str]) -> bool:
-    """Merge this run's step results (:class:`~buildgraph.engine.scheduler.StepResult`) into
+    """Merge this run's step results (:class:`~buildgraph.engine.results.StepResult`) into
     the record; True when the file changed. A cached step's ``wall_s`` is how long its build
     took (from its action entry), a built one's how long it took now."""
     from buildgraph.engine.files import atomic_write

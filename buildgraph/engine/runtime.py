@@ -40,49 +40,8 @@ from buildgraph.errors import StepFailed
 
 ENTRY_POINT_GROUP = "buildgraph.runtimes"
 
-RUNTIMES: Dict[str, str] = {
-    "torch.eager": "buildgraph.backends.torch.runtime:EagerRuntime",
-    "torch.save": "buildgraph.backends.torch.runtime:TorchSaveRuntime",
-    "torchscript": "buildgraph.backends.torch.runtime:TorchScriptRuntime",
-    "torch.export": "buildgraph.backends.torch.runtime:ExportedProgramRuntime",
-    "torch.aoti": "buildgraph.backends.torch.aoti_runtime:AotiRuntime",
-    "onnxruntime": "buildgraph.backends.onnx.runtime:OnnxRuntime",
-    "onnxruntime.fp32": "buildgraph.backends.onnx.runtime:OnnxReferenceRuntime",
-    "tensorflow": "buildgraph.backends.tensorflow.runtime:TensorFlowRuntime",
-    "tvm.relax": "buildgraph.backends.tvm.runtime:TvmRuntime",
-    "tensorrt": "buildgraph.backends.tensorrt.runtime:TensorRTRuntime",
-}
-"""Runtime name -> ``"module:Class"``."""
-
-KIND_RUNTIMES: Dict[str, str] = {
-    "torch.save": "torch.save",
-    "torchscript": "torchscript",
-    "torch.export": "torch.export",
-    "torch.aoti": "torch.aoti",
-    "onnx.export": "onnxruntime",
-    "onnx.simplify": "onnxruntime",
-    "onnx.autocast": "onnxruntime",
-    "onnx.quantize": "onnxruntime",
-    "tvm.compile": "tvm.relax",
-    "tensorrt.build": "tensorrt",
-    "tensorrt.refit": "tensorrt",
-    "tf2onnx.convert": "onnxruntime",
-    "keras.export": "tensorflow",
-}
-"""Step kind -> the runtime that loads its ``model`` output."""
-
-SUFFIX_RUNTIMES: Dict[str, str] = {
-    ".onnx": "onnxruntime",
-    ".pt2": "torch.export",
-    ".ts": "torchscript",
-    ".pt": "torch.save",
-    ".pth": "torch.save",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-    ".keras": "tensorflow",
-    ".h5": "tensorflow",
-}
-"""File suffix -> runtime, for artifacts of other step kinds (``python``, ``shell``)."""
+# The tables: buildgraph.registry (one line per runtime, per kind, per file suffix).
+from buildgraph.registry import KIND_RUNTIMES, RUNTIMES, SUFFIX_RUNTIMES  # noqa: E402
 
 
 def register_runtime(name: str, target: str, kinds: Sequence[str] = (),

@@ -367,7 +367,7 @@ def build(recipe: Any, overrides: Any = None, cache_dir: Optional[str] = None,
     from buildgraph.engine.lockfile import lock_path, read_lock
     from buildgraph.engine.runrecord import read_record
     from buildgraph.engine.scheduler import default_build_dir
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     graph = api.load(recipe, overrides, cache_dir)
     lock = read_lock(lock_file or lock_path(graph.recipe_path))

@@ -46,7 +46,7 @@ def run(args: Any) -> int:
                               hint=f"run 'buildgraph run {args.recipe}' first")
     diff: Optional[dict] = None
     if args.compare:
-        from buildgraph.engine.store import Store
+        from buildgraph.engine.store.cache import Store
         from buildgraph.html_report.compare import compare, load_other
 
         store = Store(Path(args.cache_dir) if args.cache_dir else None)

@@ -353,7 +353,7 @@ def _sweep(runtime: Any, spec: Mapping[str, Any], seed: int, base: Dict[str, int
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from buildgraph.engine import procs
+    from buildgraph.engine.execution import procs
 
     procs.die_with_parent()  # the benchmark step's process: never outlive it
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))

@@ -274,8 +274,8 @@ class BenchmarkExecutor(ModelExecutor):
                  sweep: Optional[Dict[str, Any]], spec: Mapping[str, Any],
                  entry: Dict[str, Any]) -> Dict[str, Any]:
         """Run one artifact's runner and fold its events into ``entry``."""
-        from buildgraph.engine.procs import PARENT_ENV, run_logged
-        from buildgraph.engine.workers import OMP_POLICY_SET
+        from buildgraph.engine.execution.procs import PARENT_ENV, run_logged
+        from buildgraph.engine.execution.pool import OMP_POLICY_SET
 
         job = {**job, "threads": threads, "policy": policy, "settings": settings,
                "sweep": sweep, "seed": int(spec.get("seed", 0)),

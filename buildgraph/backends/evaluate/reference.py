@@ -31,7 +31,7 @@ from buildgraph.errors import StepFailed
 REFERENCE_DISTS = {"onnx": ("onnx", "onnxruntime", "numpy"),
                    "tensorflow": ("numpy",)}
 """Libraries an ONNX or TensorFlow model's reference needs (TensorFlow's own versions come
-from :func:`buildgraph.backends.tensorflow.spec.tf_versions`)."""
+from :func:`buildgraph.backends.tensorflow.model_key.tf_versions`)."""
 
 
 def describe_model_any(name: str, ctx: DescribeContext, torch_dists: Tuple[str, ...],
@@ -50,7 +50,7 @@ def describe_model_any(name: str, ctx: DescribeContext, torch_dists: Tuple[str, 
         files, data = describe_onnx_source(name, ctx.models, ctx.recipe_dir)
         env = package_versions(*REFERENCE_DISTS["onnx"])
     else:
-        from buildgraph.backends.tensorflow.spec import describe_tf_source, tf_versions
+        from buildgraph.backends.tensorflow.model_key import describe_tf_source, tf_versions
 
         files, data = describe_tf_source(name, ctx.models, ctx.recipe_dir,
                                          need_inputs=need_inputs)

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 from pydantic import Field
 
-from buildgraph.engine.procs import run_logged
+from buildgraph.engine.execution.procs import run_logged
 from buildgraph.engine.references import expand_runtime
 from buildgraph.engine.executor import Executor, Task
 from buildgraph.engine.params import StrictParams

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from buildgraph.errors import RecipeError, did_you_mean
 
 
-def _module_file(name: str, roots: Sequence[Path]) -> List[Path]:
+def module_file(name: str, roots: Sequence[Path]) -> List[Path]:
     """Files that importing dotted ``name`` executes, for the first root that has it."""
     parts = name.split(".")
     for root in roots:
@@ -41,7 +41,7 @@ def _module_file(name: str, roots: Sequence[Path]) -> List[Path]:
     return []
 
 
-def _imports(path: Path) -> List[Tuple[int, str, Tuple[str, ...]]]:
+def imports_of(path: Path) -> List[Tuple[int, str, Tuple[str, ...]]]:
     """(level, module, names) for each import statement in ``path``."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -68,18 +68,18 @@ def local_sources(entry: Path, roots: Iterable[Path]) -> List[Path]:
         if path in seen:
             continue
         seen[path] = None
-        for level, module, names in _imports(path):
+        for level, module, names in imports_of(path):
             if level:
                 base = path.parent
                 for _ in range(level - 1):
                     base = base.parent
-                candidates = _module_file(module, [base]) if module else []
+                candidates = module_file(module, [base]) if module else []
                 for n in names:
-                    candidates += _module_file(f"{module}.{n}" if module else n, [base])
+                    candidates += module_file(f"{module}.{n}" if module else n, [base])
             else:
-                candidates = _module_file(module, search)
+                candidates = module_file(module, search)
                 for n in names:
-                    candidates += _module_file(f"{module}.{n}", search)
+                    candidates += module_file(f"{module}.{n}", search)
             stack.extend(c.resolve() for c in candidates if c.resolve() not in seen)
     return sorted(seen)
 
@@ -103,7 +103,7 @@ def resolve_callable(ref: str, recipe_dir: Path, what: str = "function"
                               f"{did_you_mean(path.name, siblings)}")
         _check_attr(path, attr, what)
         return path.resolve(), path.stem, attr
-    files = _module_file(module, [recipe_dir])
+    files = module_file(module, [recipe_dir])
     if files:
         _check_attr(files[-1], attr, what)
         return files[-1].resolve(), module, attr

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from buildgraph.backends.onnx.modelspec import model_framework
 from buildgraph.backends.onnx.source import model_spec
-from buildgraph.backends.tensorflow.spec import describe_tf_source, tf_versions
+from buildgraph.backends.tensorflow.model_key import describe_tf_source, tf_versions
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, Timed
 from buildgraph.engine.params import StrictParams
 from buildgraph.errors import RecipeError, StepFailed

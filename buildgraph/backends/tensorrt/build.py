@@ -3,9 +3,9 @@ engine through the ``tensorrt`` Python API (Builder, NetworkDefinition, OnnxPars
 BuilderConfig), not a shell-out.
 
 This module is the executor: parameters, what the step adds to its key, the shared timing-cache
-store and the outputs. :mod:`buildgraph.backends.tensorrt.spec` validates the parameters, checks
+store and the outputs. :mod:`buildgraph.backends.tensorrt.build_params` validates the parameters, checks
 the optimization profiles against the ONNX model's inputs and translates everything into a
-:class:`~buildgraph.backends.tensorrt.spec.BuildDescription` in TensorRT's own member names;
+:class:`~buildgraph.backends.tensorrt.build_params.BuildDescription` in TensorRT's own member names;
 :func:`buildgraph.backends.tensorrt.builder.build_engine` applies that description to the API in
 the order of NVIDIA's samples and of polygraphy's loaders (logger, plugins, builder, network,
 parser, config, profiles, timing cache, build, inspector).
@@ -28,9 +28,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt import plugins as trt_plugins
-from buildgraph.backends.tensorrt.builder import NO_QUERY_KEYS, BuildResult, build_engine, cache_keys, capture, layer_summary, trt_combiner
+from buildgraph.backends.tensorrt.builder import BuildResult, build_engine, layer_summary
+from buildgraph.backends.tensorrt.timing_cache import NO_QUERY_KEYS, cache_keys, trt_combiner
+from buildgraph.backends.tensorrt.trt_logging import capture
 from buildgraph.errors import RecipeError, StepFailed
-from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major, version_problems
+from buildgraph.backends.tensorrt.build_params import BuildDescription, DescriptionError, InputSpec, TensorRTBuildParams, check_profiles, default_profiles, describe_build, model_spec_inputs, onnx_inputs, tactic_flags, trt_major, version_problems
 from buildgraph.backends.onnx.source import describe_onnx_source
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task, find_artifact
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from buildgraph.backends.tensorrt import plugins
 from buildgraph.backends.tensorrt.plugins import PluginLibrary
-from buildgraph.backends.tensorrt.spec import BuildDescription
+from buildgraph.backends.tensorrt.build_params import BuildDescription
+from buildgraph.backends.tensorrt.timing_cache import NO_QUERY_KEYS, cache_keys, trt_combiner  # noqa: F401 - re-exported
+from buildgraph.backends.tensorrt.trt_logging import SEVERITIES, Sink, capture, errors_in, worker_logger  # noqa: F401 - re-exported
 from buildgraph.errors import StepFailed
 
 
@@ -102,97 +103,6 @@ def _datatype(fmt: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The layer that talks to TensorRT
 # --------------------------------------------------------------------------------------------
-
-SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
-"""TensorRT's severities, most severe first."""
-
-Sink = List[Tuple[str, str]]
-
-
-@dataclass
-class _Route:
-    sink: Sink
-    limit: int
-
-
-class _Routing:
-    """Where this process's TensorRT messages go now.
-
-    TensorRT keeps a single logger pointer while any Builder, Runtime or Refitter exists and
-    ignores a new one meanwhile (NVIDIA/TensorRT issue 1475), so a worker that serves several
-    steps must hand TensorRT one logger for its whole life and switch where that logger writes:
-    to the step that holds the current :func:`capture`. Messages from the thread that opened
-    the capture go to it; messages from TensorRT's own threads go to the most recent capture;
-    messages outside every capture are kept in ``stray`` (the last 200)."""
-
-    def __init__(self) -> None:
-        import collections
-        import threading
-
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.latest: Optional[_Route] = None
-        self.stray: Any = collections.deque(maxlen=200)
-        self.loggers: Dict[int, Tuple[Any, Any]] = {}
-
-    def route(self) -> Optional[_Route]:
-        stack = getattr(self.local, "stack", None)
-        return stack[-1] if stack else self.latest
-
-    def write(self, severity: str, msg: str) -> None:
-        with self.lock:
-            route = self.route()
-            if route is None:
-                self.stray.append((severity, msg))
-            elif severity in SEVERITIES and SEVERITIES.index(severity) <= route.limit:
-                route.sink.append((severity, msg))
-
-
-_ROUTING = _Routing()
-
-
-def worker_logger(trt: Any) -> Any:
-    """This process's one ``ILogger`` for the ``trt`` module (made on first use)."""
-    held = _ROUTING.loggers.get(id(trt))
-    if held is not None and held[0] is trt.ILogger:  # (a reloaded module has a new class)
-        return held[1]
-
-    class RoutingLogger(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, sev: Any, msg: str) -> None:
-            _ROUTING.write(getattr(sev, "name", str(sev)).split(".")[-1], str(msg))
-
-    logger = RoutingLogger()
-    _ROUTING.loggers[id(trt)] = (trt.ILogger, logger)
-    return logger
-
-
-@contextmanager
-def capture(trt: Any, severity: str, sink: Sink) -> Iterator[Any]:
-    """Route TensorRT's messages at ``severity`` or worse into ``sink`` while the block runs;
-    yields the process's logger (:func:`worker_logger`), the only one to hand TensorRT."""
-    logger = worker_logger(trt)
-    route = _Route(sink, SEVERITIES.index(severity))
-    stack = getattr(_ROUTING.local, "stack", None)
-    if stack is None:
-        stack = _ROUTING.local.stack = []
-    with _ROUTING.lock:
-        stack.append(route)
-        previous, _ROUTING.latest = _ROUTING.latest, route
-    try:
-        yield logger
-    finally:
-        with _ROUTING.lock:
-            stack.pop()
-            if _ROUTING.latest is route:
-                _ROUTING.latest = previous
-
-
-def errors_in(sink: Sink) -> List[str]:
-    return [m for s, m in sink if s in ("ERROR", "INTERNAL_ERROR")]
-
 
 def _enum(trt: Any, enum_name: str, member: str) -> Any:
     return getattr(getattr(trt, enum_name), member)
@@ -282,40 +192,6 @@ def attach_timing_cache(config: Any, blob: Optional[bytes]) -> Tuple[Any, str]:
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     return cache, status
-
-
-def cache_keys(cache: Any) -> Optional[Set[str]]:
-    """The keys a timing cache holds; None where this TensorRT cannot list them
-    (``ITimingCache.queryKeys`` is bound from 10.8 on)."""
-    if cache is None:
-        return set()
-    query = getattr(cache, "queryKeys", None)
-    if query is None:
-        return None
-    return {str(k) for k in query()}
-
-
-NO_QUERY_KEYS = ("this TensorRT cannot list a timing cache's keys (ITimingCache.queryKeys "
-                 "comes with 10.8), so the hit rate is not known")
-
-
-def trt_combiner(config: Any) -> Callable[[bytes, bytes], bytes]:
-    """``ITimingCache.combine`` on blobs, for :meth:`TimingCacheStore.merge`."""
-    from buildgraph.backends.tensorrt.timing_cache import CacheRejected
-
-    def combine(base: bytes, new: bytes) -> bytes:
-        try:
-            merged = config.create_timing_cache(base)
-            incoming = config.create_timing_cache(new)
-        except Exception as exc:  # noqa: BLE001
-            raise CacheRejected(f"TensorRT cannot read it: {exc}") from None
-        if merged is None or incoming is None:
-            raise CacheRejected("TensorRT cannot read it")
-        if not merged.combine(incoming, False):
-            raise CacheRejected("TensorRT refused to combine it (another device or version)")
-        return bytes(merged.serialize())
-
-    return combine
 
 
 def build_engine(trt: Any, desc: BuildDescription, onnx_path: Path, sink: Sink,

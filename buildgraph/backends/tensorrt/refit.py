@@ -41,8 +41,9 @@ from pydantic import Field
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt import plugins as trt_plugins
 from buildgraph.backends.tensorrt.build import ENGINE_SUFFIXES
-from buildgraph.backends.tensorrt.builder import ParserIssue, capture, engine_precision, errors_in, layer_summary, open_runtime
-from buildgraph.backends.tensorrt.spec import version_problems
+from buildgraph.backends.tensorrt.builder import ParserIssue, engine_precision, layer_summary, open_runtime
+from buildgraph.backends.tensorrt.trt_logging import capture, errors_in
+from buildgraph.backends.tensorrt.build_params import version_problems
 from buildgraph.engine.executor import DescribeContext, Description, Executor, Task
 from buildgraph.engine.params import StrictParams
 from buildgraph.engine.runtime import artifact_info

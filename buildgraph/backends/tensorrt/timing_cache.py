@@ -32,7 +32,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from buildgraph.engine.files import atomic_write
 
@@ -102,7 +102,7 @@ class Merged:
 def default_root(cache_dir: Optional[Path] = None) -> Path:
     """``<cache dir>/trt-timing`` (the store's ``trt-timing`` area), for tools outside a run;
     steps get the area from the store (``task.areas``)."""
-    from buildgraph.engine.store import default_cache_dir
+    from buildgraph.engine.store.cache import default_cache_dir
 
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / DIRNAME
 
@@ -335,7 +335,7 @@ def learned_needed(before: Optional[Set[str]], after: Optional[Set[str]],
 # --- the team cache's entry points ---------------------------------------------------------
 
 class RecordSync:
-    """The team cache's view of this area (``buildgraph.engine.remote.AREA_SYNC``): one scope
+    """The team cache's view of this area (``buildgraph.engine.team.remote.AREA_SYNC``): one scope
     per scope directory, exported as its cache blob (base64) with its scope and checksum, and
     merged back with TensorRT's own ``combine``.
 
@@ -410,13 +410,47 @@ class RecordSync:
         return f"timing cache {outcome.status} ({outcome.size} bytes{note})"
 
 
+# --- TensorRT's side of a timing cache (its ``ITimingCache``) -------------------------------
+
+def cache_keys(cache: Any) -> Optional[Set[str]]:
+    """The keys a timing cache holds; None where this TensorRT cannot list them
+    (``ITimingCache.queryKeys`` is bound from 10.8 on)."""
+    if cache is None:
+        return set()
+    query = getattr(cache, "queryKeys", None)
+    if query is None:
+        return None
+    return {str(k) for k in query()}
+
+
+NO_QUERY_KEYS = ("this TensorRT cannot list a timing cache's keys (ITimingCache.queryKeys "
+                 "comes with 10.8), so the hit rate is not known")
+
+
+def trt_combiner(config: Any) -> Callable[[bytes, bytes], bytes]:
+    """``ITimingCache.combine`` on blobs, for :meth:`TimingCacheStore.merge`."""
+    def combine(base: bytes, new: bytes) -> bytes:
+        try:
+            merged = config.create_timing_cache(base)
+            incoming = config.create_timing_cache(new)
+        except Exception as exc:  # noqa: BLE001
+            raise CacheRejected(f"TensorRT cannot read it: {exc}") from None
+        if merged is None or incoming is None:
+            raise CacheRejected("TensorRT cannot read it")
+        if not merged.combine(incoming, False):
+            raise CacheRejected("TensorRT refused to combine it (another device or version)")
+        return bytes(merged.serialize())
+
+    return combine
+
+
 def _team_combiner() -> Tuple[Optional[Callable[[bytes, bytes], bytes]],
                               Optional[Callable[[bytes], Optional[int]]]]:
     """TensorRT's ``combine`` and an entry counter, or (None, None) where TensorRT cannot be
     loaded (a machine that does not build engines only adopts a cache it lacks)."""
     try:
         from buildgraph.backends.tensorrt import env as trt_env
-        from buildgraph.backends.tensorrt.builder import cache_keys, trt_combiner, worker_logger
+        from buildgraph.backends.tensorrt.trt_logging import worker_logger
 
         trt = trt_env.load_tensorrt(trt_env.probe())
         config = trt.Builder(worker_logger(trt)).create_builder_config()

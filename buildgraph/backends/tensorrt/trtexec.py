@@ -41,7 +41,7 @@ from pydantic import model_validator
 from buildgraph.backends.tensorrt import env as trt_env
 from buildgraph.backends.tensorrt import plugins as trt_plugins
 from buildgraph.errors import RecipeError, StepFailed
-from buildgraph.backends.tensorrt.spec import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, parse_version, tactic_flags
+from buildgraph.backends.tensorrt.build_params import BuildDescription, DescriptionError, TensorRTBuildParams, describe_build, parse_version, tactic_flags
 from buildgraph.engine.executor import DescribeContext, Description, Task
 from buildgraph.backends.tensorrt.build import TIMING_AREA, TensorRTBuildExecutor, engine_info, source_onnx, write_info
 
@@ -210,7 +210,7 @@ class TrtexecExecutor(TensorRTBuildExecutor):
                 if problem:
                     raise RecipeError(f"profiles[{i}].{name}: {problem}")
         if params.model and params.model in ctx.models:
-            from buildgraph.backends.tensorrt.spec import model_spec_inputs
+            from buildgraph.backends.tensorrt.build_params import model_spec_inputs
 
             for name in model_spec_inputs(ctx.models[params.model]):
                 problem = name_problem(name)
@@ -219,7 +219,7 @@ class TrtexecExecutor(TensorRTBuildExecutor):
         return super().describe(params, ctx)
 
     def run(self, task: Task) -> Optional[Dict[str, Any]]:
-        from buildgraph.engine.procs import run_logged
+        from buildgraph.engine.execution.procs import run_logged
         from buildgraph.backends.tensorrt import timing_cache as tc
 
         assert self.Params is not None

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
-from buildgraph.backends.torch.spec import _rel_label
+from buildgraph.backends.torch.model_key import rel_label
 from buildgraph.errors import short_error  # noqa: F401 - part of this module's interface
 
 
@@ -26,13 +26,13 @@ def _user_frames(tb: Any, roots: Sequence[Path]) -> List[Tuple[str, int, str, st
             continue
         for root in roots:
             if path.is_relative_to(Path(root).resolve()):
-                frames.append((_rel_label(path, Path(roots[0])), frame.lineno or 0, frame.name,
+                frames.append((rel_label(path, Path(roots[0])), frame.lineno or 0, frame.name,
                                (frame.line or "").strip()))
                 break
     return frames
 
 
-def _user_frame(tb: Any, roots: Sequence[Path]) -> str:
+def user_frame(tb: Any, roots: Sequence[Path]) -> str:
     """``file:line`` of the innermost traceback frame in a file under ``roots``."""
     frames = _user_frames(tb, roots)
     return f"{frames[-1][0]}:{frames[-1][1]}" if frames else ""

@@ -13,7 +13,7 @@ does not.
 
 The other process-wide source, Python's per-process string hash seed (TorchScript writes a
 module's ``__constants__`` set in iteration order), is fixed by the engine for every worker
-(``PYTHONHASHSEED``; see ``engine/workers.py``).
+(``PYTHONHASHSEED``; see ``engine/execution/pool.py``).
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def build_model(name: str, spec: Mapping[str, Any], recipe_dir: Path,
                 with_weights: bool = True) -> Any:
     """The model: ``from_config`` (seeded by the caller), or ``from_pretrained`` of a local
     weights directory when ``with_weights``; never a download."""
-    from buildgraph.backends.torch.failures import short_error
+    from buildgraph.errors import short_error
 
     cls_name = str(spec["source"]).partition(":")[2]
     try:

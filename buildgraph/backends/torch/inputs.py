@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from buildgraph.backends.onnx.modelspec import dim_sizes, input_shapes, input_specs  # noqa: F401
-from buildgraph.backends.torch.failures import _user_frame, log_failure, short_error
+from buildgraph.backends.torch.failures import user_frame, log_failure, short_error
 from buildgraph.errors import StepFailed, did_you_mean
 
 
@@ -114,7 +114,7 @@ def run_eager(name: str, spec: Mapping[str, Any], model: Any, tensors: Sequence[
     except Exception as exc:  # noqa: BLE001 - user code
         if recipe_dir:
             log_failure(exc, [recipe_dir])
-        where = _user_frame(exc.__traceback__, [recipe_dir]) if recipe_dir else ""
+        where = user_frame(exc.__traceback__, [recipe_dir]) if recipe_dir else ""
         raise StepFailed(f"model '{name}' rejects its example inputs ({describe_inputs(spec, tensors)})"
                          f"{' at ' + where if where else ''}: {short_error(exc)}") from None
 

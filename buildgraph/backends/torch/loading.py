@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from buildgraph.backends.torch.failures import _user_frame, log_failure, short_error
-from buildgraph.backends.torch.spec import HUBS, saved_format, source_kind
+from buildgraph.backends.torch.failures import user_frame, log_failure, short_error
+from buildgraph.backends.torch.model_key import HUBS, saved_format, source_kind
 from buildgraph.backends.torch.weights import load_weights
 from buildgraph.errors import RecipeError, StepFailed, did_you_mean
 
@@ -94,7 +94,7 @@ def _factory(name: str, spec: Mapping[str, Any], recipe_dir: Path) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the user's module
         log_failure(exc, [recipe_dir])
-        where = _user_frame(exc.__traceback__, [recipe_dir])
+        where = user_frame(exc.__traceback__, [recipe_dir])
         raise StepFailed(f"model '{name}': importing {path.name if path else module_name} "
                          f"failed{' at ' + where if where else ''}: {short_error(exc)}") from None
     try:
@@ -178,7 +178,7 @@ def load_model(name: str, spec: Mapping[str, Any], recipe_dir: Path,
             model = factory(**(spec.get("kwargs") or {}))
         except Exception as exc:  # noqa: BLE001 - user code
             log_failure(exc, [recipe_dir])
-            where = _user_frame(exc.__traceback__, [recipe_dir])
+            where = user_frame(exc.__traceback__, [recipe_dir])
             raise StepFailed(f"model '{name}': {source}(**kwargs) raised "
                              f"{short_error(exc)}{' at ' + where if where else ''}") from None
     elif kind == "transformers":

@@ -4,7 +4,7 @@ A recipe's ``models:`` section names each model once (:class:`buildgraph.recipe.
 and steps refer to it by name (``with: {model: resnet}``). This module is the one import the
 step kinds, runtimes and tests use; the work is split by seam:
 
-* :mod:`~buildgraph.backends.torch.spec` (**resolve time**, no torch, no numpy): the files and
+* :mod:`~buildgraph.backends.torch.model_key` (**resolve time**, no torch, no numpy): the files and
   settings of a model that enter the key of every step using it (:func:`model_extra_inputs`,
   :func:`model_key_data`, :func:`model_spec`). Errors are :class:`RecipeError`.
 * :mod:`~buildgraph.backends.torch.loading` (**run time**, inside a worker): importing the
@@ -38,7 +38,7 @@ from buildgraph.backends.torch.outputs import (NAMES_FILE, call_model, export_mo
                                                flatten_outputs, named_outputs, names_record,
                                                output_leaves, read_names_record,
                                                select_outputs)
-from buildgraph.backends.torch.spec import (HUBS, code_globals, model_extra_inputs,
+from buildgraph.backends.torch.model_key import (HUBS, code_globals, model_extra_inputs,
                                             model_key_data, model_spec, package_versions,
                                             pickle_globals, saved_format, source_kind)
 from buildgraph.backends.torch.weights import load_weights, read_safetensors, read_state_dict

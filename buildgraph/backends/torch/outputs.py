@@ -151,7 +151,7 @@ def named_outputs(out: Any, spec: Mapping[str, Any], what: Optional[str] = None
 def keyword_call(spec: Mapping[str, Any]) -> bool:
     """Are inputs passed by name? Yes for Hugging Face models, whose forward() has optional
     arguments between the usual ones (GPT-2: ``input_ids, cache, attention_mask``)."""
-    from buildgraph.backends.torch.spec import source_kind
+    from buildgraph.backends.torch.model_key import source_kind
 
     return source_kind(str(spec.get("source", ""))) == "transformers"
 

@@ -268,7 +268,7 @@ def describe_device(runner: RunnerParams) -> Dict[str, Any]:
     import os
     import subprocess
 
-    from buildgraph.engine import procs
+    from buildgraph.engine.execution import procs
 
     host, port = runner.address()
     argv = [sys.executable, "-m", "buildgraph.backends.tvm.rpc", host, str(port), runner.key,

@@ -17,7 +17,7 @@ step killed mid-way: records are published after every measured batch) never lea
 file. Before tuning, ``tvm.tune`` looks every extracted task up here and tunes only those that
 lack records. ``buildgraph tune-db`` lists, merges, prunes, imports and exports databases.
 
-With a team cache (:mod:`buildgraph.engine.remote`), :class:`RecordSync` exchanges each
+With a team cache (:mod:`buildgraph.engine.team.remote`), :class:`RecordSync` exchanges each
 (TVM version, target identity) directory with the team: records are united and cut to the best
 ``top_k`` per workload, and trials are counted per contributing cache (the maximum each one
 reported), so that merging the same records twice, or in another order, gives the same file.
@@ -72,7 +72,7 @@ class SharedTuneDB:
     def __init__(self, root: Optional[Path] = None, top_k: int = 32):
         """``root``: the store's ``tvm-tunedb`` area (default: the default cache's)."""
         if root is None:
-            from buildgraph.engine.store import Store
+            from buildgraph.engine.store.cache import Store
 
             root = Store().area(AREA)
         self.root = Path(root).absolute()
@@ -270,7 +270,7 @@ def tvm_version() -> str:
 
 
 class RecordSync:
-    """The team cache's view of this area (see :data:`buildgraph.engine.remote.AREA_SYNC`):
+    """The team cache's view of this area (see :data:`buildgraph.engine.team.remote.AREA_SYNC`):
     one scope per (TVM version, target identity) directory, exported as one JSON payload and
     merged back deterministically (best ``top_k`` records, trials per contributor)."""
 

@@ -1057,7 +1057,7 @@ def _dies_with_this_process() -> Any:
     covers this process alone being killed (the OOM killer), when they would go on building."""
     import functools
 
-    from buildgraph.engine.procs import die_with_parent
+    from buildgraph.engine.execution.procs import die_with_parent
 
     return functools.partial(die_with_parent, os.getpid())
 

@@ -1,5 +1,5 @@
 """``buildgraph tune-db``: list, merge, prune, import and export tuning databases and the
-shared area. Registered with the CLI by the TVM backend (``buildgraph.cli.BACKEND_COMMANDS``)."""
+shared area. The TVM backend's command, registered in ``buildgraph.registry.COMMANDS``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ from buildgraph.backends.tvm.records import (TuneDbError, merge, merge_dirs, rea
                                              write_db)
 from buildgraph.backends.tvm.target import canonical_target, target_text
 from buildgraph.backends.tvm.shared import AREA, SharedTuneDB, tvm_version  # noqa: F401
+
+HELP = "list, merge, prune, import and export TVM tuning databases"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's arguments (the CLI's registration interface, :mod:`buildgraph.cli`)."""
+    _fill_parser(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_command(args)
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``tune-db`` to an argparse subparsers object (the ``buildgraph`` CLI)."""
@@ -55,7 +67,7 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace, out: Any = None) -> int:
     """Run a parsed ``tune-db`` command; returns the exit status."""
     out = out or sys.stdout
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     cache_dir = getattr(args, "cache_dir", None)
     shared = SharedTuneDB(Store(Path(cache_dir) if cache_dir else None).area(AREA))

@@ -117,7 +117,7 @@ def code_globals(globals_: Iterable[Tuple[str, str]]) -> List[str]:
     return code
 
 
-def _rel_label(path: Path, recipe_dir: Path) -> str:
+def rel_label(path: Path, recipe_dir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(recipe_dir.resolve()))
     except ValueError:
@@ -143,7 +143,7 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
 
     The model's settings themselves enter the key through :func:`model_key_data`.
     """
-    from buildgraph.backends.generic.sources import _module_file, local_sources, resolve_callable
+    from buildgraph.backends.generic.sources import module_file, local_sources, resolve_callable
 
     spec = model_spec(models, name)
     recipe_dir = Path(recipe_dir)
@@ -153,7 +153,7 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
 
     def add_sources(entry: Path) -> None:
         for p in local_sources(entry, [recipe_dir]):
-            files[f"model:{name}:source:{_rel_label(p, recipe_dir)}"] = p
+            files[f"model:{name}:source:{rel_label(p, recipe_dir)}"] = p
 
     if kind == "callable":
         try:
@@ -210,7 +210,7 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
                          "author; torch.load refuses it too by default (weights_only=True)")
             for dotted in code:
                 module = dotted.rsplit(".", 1)[0]
-                for found in _module_file(module, [recipe_dir, path.parent]):
+                for found in module_file(module, [recipe_dir, path.parent]):
                     add_sources(found)
     if spec.get("signature"):
         raise RecipeError(f"model '{name}': signature: names a TensorFlow SavedModel's "
@@ -238,9 +238,9 @@ def model_extra_inputs(name: str, models: Mapping[str, Any], recipe_dir: Path,
 def _refuse_keras_factory(name: str, source: str, paths: List[Path]) -> None:
     """A factory whose code imports TensorFlow/Keras and not torch is a Keras model the
     recipe forgot to mark: say so, instead of failing in torch at run time."""
-    from buildgraph.backends.generic.sources import _imports
+    from buildgraph.backends.generic.sources import imports_of
 
-    tops = {module.split(".")[0] for p in paths for _, module, _ in _imports(p) if module}
+    tops = {module.split(".")[0] for p in paths for _, module, _ in imports_of(p) if module}
     if tops & {"tensorflow", "keras", "tf_keras"} and "torch" not in tops:
         raise RecipeError(f"model '{name}': {source} imports TensorFlow/Keras, not torch",
                           hint="a factory returning a tf.keras.Model says framework: "

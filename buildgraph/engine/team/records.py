@@ -29,7 +29,7 @@ class RecordAreas:
     """Pull and push the record areas of one team cache (see the module's doc)."""
 
     def __init__(self, team: Any):
-        """``team``: the :class:`buildgraph.engine.remote.TeamCache` these areas belong to
+        """``team``: the :class:`buildgraph.engine.team.remote.TeamCache` these areas belong to
         (not imported: remote imports this module, never the other way round)."""
         self.team = team
         self._lock = threading.Lock()
@@ -56,7 +56,7 @@ class RecordAreas:
             with self._area_lock(area):
                 if area in self._areas_pulled and not force:
                     continue
-                got = self.team._guard(lambda: self._pull_area(store, area), None)
+                got = self.team.guard(lambda: self._pull_area(store, area), None)
                 self._areas_pulled.add(area)
                 lines.extend(got or [])
         return lines
@@ -71,8 +71,8 @@ class RecordAreas:
             if area not in AREA_SYNC:
                 continue
             with self._area_lock(area):
-                written += self.team._guard(lambda: self._push_area(store, area), 0) or 0
-        with self.team._lock:
+                written += self.team.guard(lambda: self._push_area(store, area), 0) or 0
+        with self.team.lock:
             self.team.summary.records += written
         return written
 
@@ -157,7 +157,7 @@ class RecordAreas:
         if why:
             message = f"{self.team.label()}: ignored {area} records {scope}/{name[:12]}: {why}"
             self.team.rejected.append(message)
-            self.team._warn(message)
+            self.team.warn(message)
             return None, why
         return payload, ""
 
@@ -180,7 +180,7 @@ class RecordAreas:
                 seen = state.seen(scope)
                 if name in seen or state.synced.get(scope) == name:
                     continue  # nothing the team does not have
-                doc = self.team._sign({"format": RECORDS_FORMAT, "schema": SCHEMA, "area": area,
+                doc = self.team.sign({"format": RECORDS_FORMAT, "schema": SCHEMA, "area": area,
                                   "scope": scope, "payload": payload, "producer": producer()})
                 prefix = f"{self.team.records_prefix(area)}/{scope}"
                 self.team.rfs.put_bytes(f"{prefix}/{name}.json",

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from buildgraph.errors import CacheError
-from buildgraph.engine.files import atomic_write
-from buildgraph.engine.memo import Memo
+from buildgraph.engine.files import atomic_write, rmtree_writable  # noqa: F401 - re-exported
+from buildgraph.engine.store.memo import Memo
+from buildgraph.registry import RECORD_AREAS
 from buildgraph.engine.hashing import StatCache, file_digest, hash_file, tree_digest
 from buildgraph.engine.names import InvalidName, check_digest, check_rel_path
 
@@ -47,7 +48,7 @@ def default_cache_dir() -> Path:
     return Path(default_cache_dir_name())
 
 
-AREA_DIRS = {"tvm-tunedb": "tunedb", "trt-timing": "trt-timing"}
+AREA_DIRS = {name: folder for name, (folder, _) in RECORD_AREAS.items()}
 """Shared record areas and their folders under the cache directory; other names (plugins) live
 under ``areas/``. The team cache synchronises these folders."""
 
@@ -63,7 +64,7 @@ class Store:
         self.locks = self.root / "locks"
         self.stat_cache = StatCache(self.root / "stat.db")
         self.memo = Memo(self.root / "memo.db")
-        """Memoised step descriptions and upstream views (see ``engine.memo``)."""
+        """Memoised step descriptions and upstream views (see ``engine.store.memo``)."""
         self._warn = warn or (lambda message: None)
         self._verified: Dict[str, bool] = {}
 
@@ -518,31 +519,6 @@ class Store:
                 removed += 1
         return removed
 
-    # --- maintenance (engine/maintenance.py) ------------------------------------------------
-    def verify(self, repair: bool = False, progress: Optional[Callable[[int], None]] = None
-               ) -> Any:
-        """Re-hash every blob and check every action's references (a ``VerifyReport``)."""
-        from buildgraph.engine import maintenance
-
-        return maintenance.verify(self, repair, progress)
-
-    def usage(self) -> Dict[str, int]:
-        from buildgraph.engine import maintenance
-
-        return maintenance.usage(self)
-
-    def gc(self, max_size: Optional[int] = None) -> Dict[str, int]:
-        """Drop least-recently-used actions until blobs fit ``max_size``; then unreferenced
-        blobs."""
-        from buildgraph.engine import maintenance
-
-        return maintenance.gc(self, max_size)
-
-    def clear(self) -> None:
-        from buildgraph.engine import maintenance
-
-        maintenance.clear(self)
-
     def close(self) -> None:
         self.stat_cache.close()
         self.memo.close()
@@ -632,13 +608,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def rmtree_writable(path: Path) -> None:
-    import shutil
-
-    def onerror(func: Any, p: str, _: Any) -> None:
-        os.chmod(os.path.dirname(p), 0o755)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)

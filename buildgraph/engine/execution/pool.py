@@ -24,14 +24,15 @@ import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from buildgraph.engine import procs
+from buildgraph.engine.execution import procs
 from buildgraph.errors import StepFailed
 
 _HEADER = struct.Struct("!Q")
 TIMEOUT_GRACE_S = 1.0
 
 
-def _send(fd: int, obj: Any) -> None:
+def send(fd: int, obj: Any) -> None:
+    """Write one length-prefixed pickle to ``fd`` (the engine and its workers talk so)."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
@@ -39,7 +40,8 @@ def _send(fd: int, obj: Any) -> None:
         view = view[n:]
 
 
-def _recv(fd: int) -> Any:
+def recv(fd: int) -> Any:
+    """Read one message :func:`send` wrote; None at end of file (the other side is gone)."""
     header = _read_exact(fd, _HEADER.size)
     if header is None:
         return None
@@ -83,7 +85,8 @@ class Worker:
             env["OMP_WAIT_POLICY"] = "PASSIVE"
             env[OMP_POLICY_SET] = "1"
         env[procs.PARENT_ENV] = str(os.getpid())  # the worker dies with this process
-        self.proc = subprocess.Popen([sys.executable, "-m", "buildgraph.engine.worker"],
+        self.proc = subprocess.Popen([sys.executable, "-m",
+                                      "buildgraph.engine.execution.worker_main"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None, start_new_session=True, env=env)
         procs.register(self.proc)
@@ -95,7 +98,7 @@ class Worker:
         """Run a step of ``kind`` (or send ``request``, a ``("call", ...)``) and wait."""
         assert self.proc.stdin and self.proc.stdout
         try:
-            _send(self.proc.stdin.fileno(), request or ("run", kind, task))
+            send(self.proc.stdin.fileno(), request or ("run", kind, task))
         except (BrokenPipeError, OSError):
             raise StepFailed(self._death()) from None
         fd = self.proc.stdout.fileno()
@@ -113,7 +116,7 @@ class Worker:
             if deadline is not None and time.monotonic() >= deadline:
                 self.kill()
                 raise StepFailed(f"timed out after {timeout:g} s and was killed")
-        reply = _recv(fd)
+        reply = recv(fd)
         if reply is None:
             raise StepFailed(self._death())
         self.kinds.add(kind)

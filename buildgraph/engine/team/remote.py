@@ -17,7 +17,7 @@ Integrity: the local store names blobs by xxh3, which is fast but not collision 
 the remote a blob's name is its BLAKE3, and a download is hashed as it arrives, so a blob whose
 bytes do not match its name (a corrupt or replaced object) is rejected, reported and never
 used. An entry's key parts must hash to its key. An entry says who produced it (user, host,
-tool versions) and may be signed with ed25519 (:mod:`buildgraph.engine.signing`); a project
+tool versions) and may be signed with ed25519 (:mod:`buildgraph.engine.team.signing`); a project
 that lists trusted keys ignores any other entry, and ``plan`` says why.
 
 Concurrency: two machines building the same key both upload; each object is written
@@ -43,13 +43,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from buildgraph.engine.names import InvalidName, check_digest, is_digest
-from buildgraph.engine.remote_config import RemoteSpec
+from buildgraph.engine.team.config import RemoteSpec
 from buildgraph.engine.remote_docs import (ACTION_FORMAT, AREA_SYNC, COMPACT_AT,  # noqa: F401
                                            RECORDS_FORMAT, SCHEMA, b3_bytes, b3_file,
                                            parse_action_doc, producer, signed_payload, who)
-from buildgraph.engine.remote_fs import IntegrityError, RemoteFS, RemoteUnavailable
+from buildgraph.engine.team.fs import IntegrityError, RemoteFS, RemoteUnavailable
 from buildgraph.engine.sizes import format_size
 from buildgraph.errors import BuildgraphError
+from buildgraph.registry import RECORD_AREAS
 
 LAYOUT = "v1"
 EXISTS_CHECK_MIN = 256 << 10
@@ -107,13 +108,13 @@ class TeamCache:
         self.rfs = RemoteFS(spec.url, spec.options, workers=workers)
         self.workers = workers
         self.strict = strict
-        self._warn = warn or (lambda message: None)
+        self.warn = warn or (lambda message: None)
         self._trusted_keys = list(trusted_keys)
         self._signing_key = signing_key
         self._trust: Any = None
         self._said_unsigned = False
         self._signer: Any = False  # False: not loaded yet; None: no key
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.down: Optional[str] = None
         self._found: Dict[str, Found] = {}
         self._records: Any = None
@@ -139,7 +140,7 @@ class TeamCache:
         return f"team cache '{self.name}'"
 
     # --- failure policy -------------------------------------------------------------------
-    def _guard(self, fn: Callable[[], Any], default: Any = None) -> Any:
+    def guard(self, fn: Callable[[], Any], default: Any = None) -> Any:
         if self.down is not None:
             if self.strict:
                 raise RemoteUnavailable(self.down)
@@ -158,17 +159,17 @@ class TeamCache:
             return default
 
     def _went_down(self, exc: BuildgraphError) -> None:
-        with self._lock:
+        with self.lock:
             if self.down is not None:
                 return
             self.down = exc.message
         hint = f" ({exc.hint})" if exc.hint else ""
-        self._warn(f"{self.label()} is unavailable: {exc.message}{hint}; going on without it")
+        self.warn(f"{self.label()} is unavailable: {exc.message}{hint}; going on without it")
 
     # --- trust ---------------------------------------------------------------------------
     def trust(self) -> Any:
         if self._trust is None:
-            from buildgraph.engine.signing import Trust, load_trust
+            from buildgraph.engine.team.signing import Trust, load_trust
 
             self._trust = load_trust(self._trusted_keys) if self._trusted_keys else Trust()
         return self._trust
@@ -178,24 +179,24 @@ class TeamCache:
         can write the remote decides what its entries say."""
         if self._said_unsigned:
             return
-        with self._lock:
+        with self.lock:
             if self._said_unsigned:
                 return
             self._said_unsigned = True
         if not self.trust().required:
-            self._warn(f"{self.label()}: entries are unauthenticated (no [trust] keys): "
+            self.warn(f"{self.label()}: entries are unauthenticated (no [trust] keys): "
                        "anyone who can write it can hand this machine wrong results; sign "
                        f"them (buildgraph remote add {self.name} URL --keygen, or "
                        "buildgraph trust keygen / trust add)")
 
     def signer(self) -> Any:
         if self._signer is False:
-            from buildgraph.engine.signing import load_signer
+            from buildgraph.engine.team.signing import load_signer
 
             self._signer = load_signer(self._signing_key) if self._signing_key else None
         return self._signer
 
-    def _sign(self, doc: Dict[str, Any]) -> Dict[str, Any]:
+    def sign(self, doc: Dict[str, Any]) -> Dict[str, Any]:
         signer = self.signer()
         if signer is not None:
             doc["signature"] = signer.sign(signed_payload(doc))
@@ -232,7 +233,7 @@ class TeamCache:
             self._say_unsigned()  # an entry will be used: say what it is worth
             return self.judge(key, data)
 
-        found = self._guard(look, Found())  # a bad trusted key too: a warning, not a failure
+        found = self.guard(look, Found())  # a bad trusted key too: a warning, not a failure
         self._found[key] = found
         return found
 
@@ -281,14 +282,14 @@ class TeamCache:
             return None
         step = found.entry.get("step", key[:12])
         try:
-            result = self._guard(lambda: self._fetch(key, found, store, progress), False)
+            result = self.guard(lambda: self._fetch(key, found, store, progress), False)
         except _Corrupt as exc:
             message = f"{self.label()}: rejected the entry of {step}: {exc}; building it here"
             self.rejected.append(message)
-            self._warn(message)
+            self.warn(message)
             self._found[key] = Found(None, found.doc, f"{self.label()} has an entry, "
                                                       f"rejected: {exc}")
-            with self._lock:
+            with self.lock:
                 self._heal.add(key)
             return None
         if result is False:
@@ -319,7 +320,7 @@ class TeamCache:
                 self._get_blob(digest, blobs[digest], store, scratch, advance)
 
             direct = list(dict.fromkeys(_entry_blobs(entry)))  # one download per blob
-            self._parallel(get, direct)
+            self.parallel(get, direct)
             files: List[str] = []
             for name, out in entry["outputs"].items():
                 if out.get("type") == "dir":
@@ -331,7 +332,7 @@ class TeamCache:
                             raise _Corrupt(f"output {name}/{rel} names a blob the entry does "
                                            "not upload")
                         files.append(f["digest"])
-            self._parallel(get, sorted(set(files) - set(direct)))
+            self.parallel(get, sorted(set(files) - set(direct)))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         local = {k: v for k, v in entry.items() if k not in ("schema", "key")}
@@ -344,7 +345,7 @@ class TeamCache:
         store.put_action(key, local)  # last: the blobs are all in place
         return store.get_action(key)
 
-    def _parallel(self, fn: Callable[[str], None], items: Sequence[str]) -> None:
+    def parallel(self, fn: Callable[[str], None], items: Sequence[str]) -> None:
         if len(items) <= 1:
             for item in items:
                 fn(item)
@@ -395,7 +396,7 @@ class TeamCache:
         rpath = self.blob_path(b3)
         if size < EXISTS_CHECK_MIN or self.rfs.size(rpath) != size:
             self.rfs.put_file(path, rpath)
-            with self._lock:
+            with self.lock:
                 self.summary.blobs += 1
                 self.summary.bytes += size
         return {"b3": b3, "size": size}
@@ -416,20 +417,20 @@ class TeamCache:
         pushed, present, missing, read-only, down)."""
         if self.read_only:
             return "read-only"
-        result = self._guard(lambda: self._push(key, store, force), "down")
+        result = self.guard(lambda: self._push(key, store, force), "down")
         return result
 
     def _push(self, key: str, store: Any, force: bool) -> str:
         entry = store.get_action(key)
         if entry is None:
             return "missing"
-        with self._lock:
+        with self.lock:
             heal = key in self._heal
         force = force or heal  # the remote's copy is corrupt: rewrite it with good bytes
         if not force:
             existing = self.rfs.cat(self.entry_path(key))
             if existing is not None and self.judge(key, existing).entry is not None:
-                with self._lock:
+                with self.lock:
                     self.summary.skipped += 1
                 return "present"
         digests = sorted(set(store.referenced_blobs(entry)))
@@ -454,14 +455,14 @@ class TeamCache:
             with lock:
                 refs[digest] = refs_entry
 
-        self._parallel(upload, digests)
+        self.parallel(upload, digests)
         doc = {"format": ACTION_FORMAT, "schema": SCHEMA, "key": key,
                "entry": {k: v for k, v in entry.items()
                          if k not in ("schema", "key", "origin")},
                "blobs": dict(sorted(refs.items())), "producer": producer()}
-        self.rfs.put_bytes(self.entry_path(key), json.dumps(self._sign(doc), sort_keys=True,
+        self.rfs.put_bytes(self.entry_path(key), json.dumps(self.sign(doc), sort_keys=True,
                                                              indent=1).encode())
-        with self._lock:
+        with self.lock:
             self.summary.entries += 1
             self.summary.blobs += sent[0]
             self.summary.bytes += sent[1]
@@ -470,7 +471,7 @@ class TeamCache:
                 self.healed.append(key)
         self._found.pop(key, None)
         if heal:
-            self._warn(f"{self.label()}: replaced the corrupt entry of {entry.get('step')} "
+            self.warn(f"{self.label()}: replaced the corrupt entry of {entry.get('step')} "
                        "with the bytes built here")
             return "healed"
         return "pushed"
@@ -480,7 +481,7 @@ class TeamCache:
         if self.read_only or self.down is not None:
             return
         areas = [a for a in areas if a in AREA_SYNC]
-        with self._lock:
+        with self.lock:
             if self._push_pool is None:
                 self._push_pool = ThreadPoolExecutor(max_workers=2,
                                                      thread_name_prefix="buildgraph-push")
@@ -500,21 +501,21 @@ class TeamCache:
                 future.result()
             except Exception as exc:  # noqa: BLE001 - a push never fails a build
                 self.summary.problems.append(str(exc))
-                self._warn(f"{self.label()}: could not push: {exc}")
+                self.warn(f"{self.label()}: could not push: {exc}")
         self._pending.clear()
         if self._push_pool is not None:
             self._push_pool.shutdown(wait=True)
             self._push_pool = None
         return self.summary
 
-    # --- shared records (engine/remote_records.py) ------------------------------------------
+    # --- shared records (engine/team/records.py) ------------------------------------------
     @property
     def records(self) -> Any:
         """The record-area synchroniser of this remote (created on first use)."""
         if self._records is None:
-            from buildgraph.engine.remote_records import RecordAreas
+            from buildgraph.engine.team.records import RecordAreas
 
-            with self._lock:
+            with self.lock:
                 if self._records is None:
                     self._records = RecordAreas(self)
         return self._records
@@ -557,7 +558,7 @@ class TeamCache:
             with lock:
                 found[key] = result
 
-        self._parallel(read, list(keys))
+        self.parallel(read, list(keys))
         return found
 
     def check_blob(self, b3: str, size: Optional[int], scratch: Path,
@@ -594,7 +595,7 @@ def open_team_cache(start: Path, name: Optional[str] = None, read_only: bool = F
                     warn: Optional[Callable[[str], None]] = None, strict: bool = False,
                     workers: int = 8) -> Optional[TeamCache]:
     """The team cache a run or command uses (see :mod:`remote_config`), or None."""
-    from buildgraph.engine.remote_config import find_config, load_config, resolve, \
+    from buildgraph.engine.team.config import find_config, load_config, resolve, \
         signing_key_path
 
     config_path = find_config(start)

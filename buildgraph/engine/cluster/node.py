@@ -1,6 +1,6 @@
 """The node side of a cluster build: one step, run on a Ray worker node from a small spec.
 
-The driver (:mod:`buildgraph.engine.cluster`) sends a JSON-able spec, never file contents:
+The driver (:mod:`buildgraph.engine.cluster.driver`) sends a JSON-able spec, never file contents:
 what to build (kind, key, params, key parts), where each file the step reads goes (paths
 relative to a scratch root, with their xxh3 digest and BLAKE3 name on the team remote), and
 which remote to use. Here the node:
@@ -9,7 +9,7 @@ which remote to use. Here the node:
    against both names) and lays them out under one root that mirrors the recipe directory's
    relative layout, so relative references (a model's ``source: models/net.py``) resolve;
 2. runs the executor in a persistent worker process, exactly as a local run does
-   (:mod:`buildgraph.engine.workers`: the worker dies with this Ray worker process, kills the
+   (:mod:`buildgraph.engine.execution.pool`: the worker dies with this Ray worker process, kills the
    commands it started, enforces the step's timeout);
 3. moves the outputs into its store, writes the entry (same format as a local build, plus the
    node in ``meta``), and pushes blobs first and the entry last;
@@ -67,8 +67,8 @@ def _team(remote: Dict[str, Any]) -> Any:
     """The team cache the spec names, opened once per Ray worker process. Strict: a failing
     remote fails the step (a node cannot build what it cannot fetch, nor keep what it built).
     Entries are signed with the node's own ``BUILDGRAPH_SIGNING_KEY`` when it has one."""
-    from buildgraph.engine.remote import TeamCache
-    from buildgraph.engine.remote_config import RemoteSpec, signing_key_path
+    from buildgraph.engine.team.remote import TeamCache
+    from buildgraph.engine.team.config import RemoteSpec, signing_key_path
 
     ident = repr(sorted(remote.items(), key=lambda kv: kv[0]))
     team = _remotes.get(ident)
@@ -83,7 +83,7 @@ def _team(remote: Dict[str, Any]) -> Any:
 def _workers() -> Any:
     global _pool
     if _pool is None:
-        from buildgraph.engine.workers import WorkerPool
+        from buildgraph.engine.execution.pool import WorkerPool
 
         _pool = WorkerPool(1)  # a Ray worker process runs one task at a time
     return _pool
@@ -154,7 +154,7 @@ def run_step(spec: Dict[str, Any], sink: Any = None) -> Dict[str, Any]:
     ``{"status": "ok", "key", "node", "wall_s", "reused"}`` or ``{"status": "failed" |
     "recipe", "message", "hint", "log_tail", "node"}``. ``sink``: the driver's
     :class:`LogSink`, which the step's log is streamed to while it runs."""
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
     from buildgraph.errors import BuildgraphError
 
     start = time.monotonic()

@@ -8,7 +8,7 @@ decides, and local or team-cache hits never reach here. For a step that must run
    description names (model source, weights) and its upstream outputs. Each is uploaded once
    per run, and not at all when the remote has it (outputs the cluster built are known by
    their entries);
-2. submits a Ray task with a small JSON-able spec (:mod:`buildgraph.engine.cluster_node`),
+2. submits a Ray task with a small JSON-able spec (:mod:`buildgraph.engine.cluster.node`),
    asking for the step's ``resources:`` (``cpu`` -> ``num_cpus``, ``gpu`` -> ``num_gpus``, any
    other pool -> a custom resource of that name, which selects the nodes offering it);
 3. waits for the key; the node has pushed the outputs, then the entry, to the remote. The entry
@@ -34,13 +34,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from buildgraph.engine import procs
+from buildgraph.engine.execution import procs
 from buildgraph.errors import BuildgraphError
 
 if TYPE_CHECKING:  # pragma: no cover
     from buildgraph.engine.graph import StepNode
     from buildgraph.engine.planner import Decision
-    from buildgraph.engine.scheduler import Scheduler, StepResult
+    from buildgraph.engine.results import StepResult
+    from buildgraph.engine.execution.runner import RunContext
 
 ENV_RETRIES = "BUILDGRAPH_CLUSTER_RETRIES"
 DEFAULT_RETRIES = 3
@@ -67,7 +68,7 @@ def resolve_address(value: Optional[str], start: Path) -> str:
     if not address:
         address, source = os.environ.get("RAY_ADDRESS", "").strip(), "$RAY_ADDRESS"
     if not address:
-        from buildgraph.engine.remote_config import find_config, load_config
+        from buildgraph.engine.team.config import find_config, load_config
 
         path = find_config(start)
         if path is not None:
@@ -122,8 +123,8 @@ def step_resources(resources: Mapping[str, int], node_cpus: float) -> Dict[str, 
 class RayRunner:
     """The scheduler's runner for ``--cluster`` (see the module's doc)."""
 
-    def __init__(self, scheduler: "Scheduler", address: str):
-        remote = scheduler.remote
+    def __init__(self, run: "RunContext", address: str):
+        remote = run.remote
         if remote is None:
             raise ClusterError("--cluster needs a team cache that this machine and the "
                                "cluster's nodes can both reach; none is configured",
@@ -133,7 +134,7 @@ class RayRunner:
             raise ClusterError(f"--cluster needs to write to the {remote.label()}, which is "
                                "read-only here", hint="drop --remote-read-only (or "
                                                       "BUILDGRAPH_REMOTE_READ_ONLY)")
-        self.scheduler = scheduler
+        self.run = run
         self.address = address
         self.remote = remote
         self.retries = _retries()
@@ -197,7 +198,7 @@ class RayRunner:
         finally:
             if signal.getsignal(signal.SIGTERM) is not previous and previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        from buildgraph.engine.cluster_node import LogSink, run_step
+        from buildgraph.engine.cluster.node import LogSink, run_step
 
         self._fn = ray.remote(run_step)
         try:  # created in the background; until it is up, logs simply arrive at the end
@@ -205,7 +206,7 @@ class RayRunner:
         except Exception:  # noqa: BLE001 - streaming logs is a convenience
             self._sink = None
         self._ray = ray
-        self.scheduler.reporter.info(f"cluster: connected to {self.address} "
+        self.run.reporter.info(f"cluster: connected to {self.address} "
                                      f"({len(self._nodes)} nodes)")
 
     def close(self) -> None:
@@ -218,7 +219,7 @@ class RayRunner:
                 pass
             self._sink = None
         if self.dispatched:
-            self.scheduler.reporter.info(f"cluster: {self.dispatched} steps ran on "
+            self.run.reporter.info(f"cluster: {self.dispatched} steps ran on "
                                          f"{self.address}")
         if self._owns_ray:
             self._ray.shutdown()
@@ -227,9 +228,9 @@ class RayRunner:
     # --- one step ---------------------------------------------------------------------------
     def build(self, step: "StepNode", decision: "Decision", threads: int, start: float
               ) -> "StepResult":
-        from buildgraph.engine.scheduler import BUILT, CANCELLED, FAILED, StepResult
+        from buildgraph.engine.results import BUILT, CANCELLED, FAILED, StepResult
 
-        s = self.scheduler
+        s = self.run
         key = decision.key or ""
         final_log = s.log_dir / f"{step.id}.log"
         options = step_resources(step.resources, max([n.get("CPU", 0) for n in self._nodes]
@@ -324,7 +325,7 @@ class RayRunner:
 
     def _failed(self, step: "StepNode", key: str, reply: Dict[str, Any], final_log: Path,
                 start: float) -> "StepResult":
-        from buildgraph.engine.scheduler import FAILED, StepResult
+        from buildgraph.engine.results import FAILED, StepResult
         from buildgraph.errors import RecipeError
 
         log = str(reply.get("log") or "")
@@ -344,10 +345,10 @@ class RayRunner:
     def _spec(self, step: "StepNode", decision: "Decision", options: Dict[str, Any]
               ) -> Dict[str, Any]:
         """The step as JSON data, after pushing every file it reads to the remote."""
-        from buildgraph.engine.cluster_node import SPEC_VERSION
+        from buildgraph.engine.cluster.node import SPEC_VERSION
         from buildgraph.engine.executor import Description, load_executor
 
-        s = self.scheduler
+        s = self.run
         description = decision.description or Description()
         inputs = {n: Path(os.path.abspath(p)) for n, p in step.inputs.items()}
         inputs.update({n: Path(os.path.abspath(p)) for n, p in description.inputs.items()})
@@ -375,7 +376,7 @@ class RayRunner:
         parts = decision.parts or {}
         return {
             "version": SPEC_VERSION, "key": decision.key,
-            "force": s._forced(step),  # noqa: SLF001 - the runner is the scheduler's own part
+            "force": s.options.forces(step),
             "remote": {"name": self.remote.spec.name, "url": self.remote.spec.url,
                        "options": dict(self.remote.spec.options)},
             "step": step.id, "recipe": s.graph.name, "kind": step.kind, "parts": parts,
@@ -388,7 +389,7 @@ class RayRunner:
             "threads": max(1, int(options.get("num_cpus") or 1)), "timeout": step.timeout,
             # upstream steps pulled unsigned: the node must not unpickle them either
             "untrusted": sorted(u for u in step.upstream
-                                if u in s._pulled_untrusted),  # noqa: SLF001
+                                if u in s.pulled_untrusted),
         }
 
     @staticmethod
@@ -408,7 +409,7 @@ class RayRunner:
 
         from buildgraph.engine.hashing import file_digest
 
-        cache = self.scheduler.store.stat_cache
+        cache = self.run.store.stat_cache
 
         def ref(item: Tuple[str, Path]) -> Dict[str, Any]:
             rel, path = item

@@ -1,4 +1,4 @@
-"""Entry point of a persistent worker process: ``python -m buildgraph.engine.worker``.
+"""Entry point of a persistent worker process: ``python -m buildgraph.engine.execution.worker_main``.
 
 Reads ``("run", kind, task)`` requests and answers ``("ok", metadata)``,
 ``("failed", message)`` for a clean step failure, or ``("error", message)`` for an unexpected
@@ -15,7 +15,7 @@ import traceback
 
 
 def main() -> None:
-    from buildgraph.engine import procs
+    from buildgraph.engine.execution import procs
 
     # Keep the protocol on private descriptors; fd 0/1/2 belong to the running step.
     proto_in = os.dup(0)
@@ -24,14 +24,14 @@ def main() -> None:
     procs.die_with_parent(pipe=proto_in)
     procs.end_on_sigterm()
 
-    from buildgraph.engine.workers import _recv, _send
+    from buildgraph.engine.execution.pool import recv, send
 
     proto_out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     while True:
-        request = _recv(proto_in)
+        request = recv(proto_in)
         if request is None or request[0] not in ("run", "call"):
             # An idle worker holds nothing to finalize; tearing down torch & co. takes up to a
             # second per worker, which every run would wait for at its end.
@@ -40,15 +40,15 @@ def main() -> None:
             os._exit(0)
         if request[0] == "call":
             _, target, payload, log_path = request
-            _send(proto_out, _call_one(target, payload, log_path, devnull))
+            send(proto_out, _call_one(target, payload, log_path, devnull))
             continue
         _, kind, task = request
-        _send(proto_out, _run_one(kind, task, devnull))
+        send(proto_out, _run_one(kind, task, devnull))
 
 
 def _call_one(target: str, payload: object, log_path: str, devnull: int) -> tuple:
     def call() -> object:
-        from buildgraph.engine.executor import import_object
+        from buildgraph.registry import import_object
 
         return import_object(target, what=f"function '{target}'")(payload)
 

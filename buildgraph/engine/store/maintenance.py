@@ -1,6 +1,6 @@
 """Cache maintenance: verify, usage, LRU garbage collection, clear.
 
-Kept apart from :mod:`buildgraph.engine.store` (what a build needs: put, get, materialize) because
+Kept apart from :mod:`buildgraph.engine.store.cache` (what a build needs: put, get, materialize) because
 these walk the whole cache and run only from ``buildgraph cache ...``.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from buildgraph.engine.hashing import hash_file
-from buildgraph.engine.store import rmtree_writable
+from buildgraph.engine.files import rmtree_writable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The team cache's commands: ``remote``, ``trust``, ``cache push`` and ``cache pull``.
 
-Registered with the CLI like a backend's commands and imported only when one is used::
+Commands of the CLI (:mod:`buildgraph.cli`), imported only when one is used::
 
     buildgraph remote add team s3://ml-builds/buildgraph [-o endpoint_url=...] [--read-only]
     buildgraph remote ls [NAME]                 # configured remotes / one remote's entries
@@ -11,9 +11,9 @@ Registered with the CLI like a backend's commands and imported only when one is 
     buildgraph cache push [RECIPE] [STEP...]    # upload what was built here
     buildgraph cache pull [RECIPE] [STEP...]    # download what the team built
 
-The engine side (protocol, verification, records) is :mod:`buildgraph.engine.remote`; this
-module parses arguments and prints. Errors are one block and exit status 2, like the rest of
-the CLI; a verification that finds a problem exits 1.
+The engine side (protocol, verification, records) is :mod:`buildgraph.engine.team.remote`; this
+module parses arguments and prints. Errors are one block and exit status 2 (the CLI's one
+error handler); a verification that finds a problem exits 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, TextIO
 
 from buildgraph.errors import BuildgraphError
 
@@ -46,21 +46,6 @@ def parse_age(text: str) -> float:
     if value < 0:
         raise BuildgraphError(f"{text!r}: an age cannot be negative")
     return value * AGE_UNITS[unit]
-
-
-def _run(fn: Callable[[argparse.Namespace, TextIO], int], args: argparse.Namespace) -> int:
-    try:
-        return fn(args, sys.stdout)
-    except BuildgraphError as exc:
-        if os.environ.get("BUILDGRAPH_DEBUG"):
-            raise
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
 
 
 def _warn(message: str) -> None:
@@ -86,10 +71,13 @@ def _size(n: int) -> str:
 
 # --- buildgraph remote -----------------------------------------------------------------------
 
-def remote_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="buildgraph remote", description="The team cache: "
-                                "artifacts, TVM tuning records and TensorRT timing caches shared "
-                                "through S3, GCS or a shared directory.")
+HELP = "the team cache: add, ls, verify, gc"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("The team cache: artifacts, TVM tuning records and TensorRT timing caches "
+                     "shared through S3, GCS or a shared directory.")
+    p.set_defaults(usage=p.format_help)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     add = sub.add_parser("add", help="configure a remote in buildgraph.toml")
     add.add_argument("name")
@@ -128,12 +116,14 @@ def remote_main(argv: Sequence[str]) -> int:
     gc.add_argument("--grace", default="1d", help="keep unreferenced objects younger than "
                     "this: a push uploads objects before its entry (default 1d)")
     gc.add_argument("--dry-run", action="store_true", help="say what would go")
-    args = p.parse_args(list(argv))
+
+
+def main(args: argparse.Namespace) -> int:
     if args.action is None:
-        p.print_help(sys.stderr)
+        sys.stderr.write(args.usage())
         return 2
-    return _run({"add": _remote_add, "remove": _remote_remove, "ls": _remote_ls,
-                 "verify": _remote_verify, "gc": _remote_gc}[args.action], args)
+    return {"add": _remote_add, "remove": _remote_remove, "ls": _remote_ls,
+            "verify": _remote_verify, "gc": _remote_gc}[args.action](args, sys.stdout)
 
 
 def _options(items: List[str]) -> Dict[str, Any]:
@@ -149,7 +139,7 @@ def _options(items: List[str]) -> Dict[str, Any]:
 
 
 def _remote_add(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import RemoteSpec, add_remote, normalize_url, \
+    from buildgraph.engine.team.config import RemoteSpec, add_remote, normalize_url, \
         writable_config
 
     if not args.name.replace("-", "").replace("_", "").isalnum():
@@ -158,7 +148,7 @@ def _remote_add(args: argparse.Namespace, out: TextIO) -> int:
     path = writable_config()
     url = normalize_url(args.url, Path.cwd())
     if not args.no_check:
-        from buildgraph.engine.remote import TeamCache
+        from buildgraph.engine.team.remote import TeamCache
 
         team = TeamCache(RemoteSpec(args.name, url, args.read_only, options), strict=True)
         team.rfs.create_root()
@@ -178,8 +168,8 @@ def _register_signing_key(out: TextIO) -> None:
     import getpass
     import socket
 
-    from buildgraph.engine.remote_config import signing_key_path, user_config_dir
-    from buildgraph.engine.signing import keygen, load_signer
+    from buildgraph.engine.team.config import signing_key_path, user_config_dir
+    from buildgraph.engine.team.signing import keygen, load_signer
 
     key = signing_key_path()
     if key is None:
@@ -198,7 +188,7 @@ def _register_signing_key(out: TextIO) -> None:
 
 
 def _remote_remove(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import find_config, remove_remote
+    from buildgraph.engine.team.config import find_config, remove_remote
 
     path = find_config()
     if path is None or not remove_remote(path, args.name):
@@ -209,7 +199,7 @@ def _remote_remove(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _remote_ls(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import ENV_REMOTE, load_config, signing_key_path
+    from buildgraph.engine.team.config import ENV_REMOTE, load_config, signing_key_path
 
     if args.name is None:
         config = load_config()
@@ -309,7 +299,7 @@ def _remote_verify(args: argparse.Namespace, out: TextIO) -> int:
                     if why != "missing" or info["keys"]:
                         bad_entries.extend(info["keys"])
 
-        team._parallel(check, sorted(blobs))
+        team.parallel(check, sorted(blobs))
     for line in sorted(problems):
         print(line, file=out)
     print(f"checked {len(keys)} of {len(entries)} entries and {len(blobs)} objects: "
@@ -365,9 +355,13 @@ def _remote_gc(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- buildgraph trust ------------------------------------------------------------------------
 
-def trust_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="buildgraph trust", description="Who may put artifacts "
-                                "in the team cache: ed25519 keys (OpenSSH format).")
+TRUST_HELP = "signing keys for the team cache: keygen, add, ls"
+
+
+def add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    """``buildgraph trust``'s arguments (the command is :mod:`buildgraph.cli.trust`)."""
+    p.description = "Who may put artifacts in the team cache: ed25519 keys (OpenSSH format)."
+    p.set_defaults(usage=p.format_help)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     add = sub.add_parser("add", help="trust entries signed by this public key")
     add.add_argument("key", help="an OpenSSH ed25519 public key file (alice.pub)")
@@ -378,19 +372,21 @@ def trust_main(argv: Sequence[str]) -> int:
                         "~/.config/buildgraph/signing_key; the public key goes beside it)")
     keygen.add_argument("--comment", help="who it is (default: user@host)")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
-    args = p.parse_args(list(argv))
+
+
+def trust_main(args: argparse.Namespace) -> int:
     if args.action is None:
-        p.print_help(sys.stderr)
+        sys.stderr.write(args.usage())
         return 2
-    return _run({"add": _trust_add, "ls": _trust_ls, "keygen": _trust_keygen}[args.action],
-                args)
+    return {"add": _trust_add, "ls": _trust_ls, "keygen": _trust_keygen}[args.action](
+        args, sys.stdout)
 
 
 def _trust_add(args: argparse.Namespace, out: TextIO) -> int:
     import shutil
 
-    from buildgraph.engine.remote_config import add_trusted_key, writable_config
-    from buildgraph.engine.signing import read_public_key
+    from buildgraph.engine.team.config import add_trusted_key, writable_config
+    from buildgraph.engine.team.signing import read_public_key
 
     key = read_public_key(Path(args.key))
     path = writable_config()
@@ -414,8 +410,8 @@ def _trust_add(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _trust_ls(args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote_config import load_config, signing_key_path
-    from buildgraph.engine.signing import read_public_key
+    from buildgraph.engine.team.config import load_config, signing_key_path
+    from buildgraph.engine.team.signing import read_public_key
 
     config = load_config()
     for path in config.trusted_keys:
@@ -425,7 +421,7 @@ def _trust_ls(args: argparse.Namespace, out: TextIO) -> int:
         print("no trusted keys: entries are not required to be signed", file=out)
     own = signing_key_path()
     if own is not None:
-        from buildgraph.engine.signing import load_signer
+        from buildgraph.engine.team.signing import load_signer
 
         print(f"your signing key: {load_signer(own).key_id} ({own})", file=out)
     return 0
@@ -435,8 +431,8 @@ def _trust_keygen(args: argparse.Namespace, out: TextIO) -> int:
     import getpass
     import socket
 
-    from buildgraph.engine.remote_config import user_config_dir
-    from buildgraph.engine.signing import keygen
+    from buildgraph.engine.team.config import user_config_dir
+    from buildgraph.engine.team.signing import keygen
 
     path = Path(args.out) if args.out else user_config_dir() / "signing_key"
     comment = args.comment or f"{getpass.getuser()}@{socket.gethostname()}"
@@ -466,7 +462,7 @@ def add_transfer_args(sp: argparse.ArgumentParser) -> None:
 
 def cache_transfer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``cache push`` / ``cache pull`` (called by the CLI's cache command)."""
-    from buildgraph.engine.store import Store
+    from buildgraph.engine.store.cache import Store
 
     store = Store(Path(args.cache_dir) if args.cache_dir else None, warn=_warn)
     recipe = args.recipe
@@ -488,7 +484,7 @@ def cache_transfer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _push(team: Any, store: Any, recipe: Optional[str], targets: List[str],
           args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote import AREA_SYNC
+    from buildgraph.engine.team.remote import AREA_SYNC
 
     if team.read_only:
         raise BuildgraphError(f"remote '{team.name}' is read-only",
@@ -535,7 +531,7 @@ def _push(team: Any, store: Any, recipe: Optional[str], targets: List[str],
 
 def _pull(team: Any, store: Any, recipe: Optional[str], targets: List[str],
           args: argparse.Namespace, out: TextIO) -> int:
-    from buildgraph.engine.remote import AREA_SYNC
+    from buildgraph.engine.team.remote import AREA_SYNC
 
     areas: set = set() if recipe is not None or args.no_records else set(AREA_SYNC)
     pulled = failed = local = missing = 0
