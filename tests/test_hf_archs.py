@@ -90,6 +90,15 @@ def test_exporter_auto_records_the_exporter_that_wrote_the_file(spread):
     again = _build(root, ARCHS, EXTRA_STEPS, targets=["swin_onnx"])
     assert again["swin_onnx"].status == "cached" and again["swin_onnx"].key == lock["key"]
     assert again["swin_onnx"].meta["exporter"] == "legacy"
+    # the report shows which exporter wrote each ONNX file
+    from buildgraph.html_report.collect import build
+    from buildgraph.html_report.render import html_page
+
+    doc, _ = build(root / "r.yaml", cache_dir=str(root / "cache"),
+                   build_dir=str(root / "build"))
+    assert doc["steps"]["swin_onnx"]["exporter"] == "legacy"
+    assert doc["steps"]["bert_onnx"]["exporter"] == "dynamo"
+    assert "onnx.export (legacy)" in html_page(doc)
 
 
 def test_torch_export_records_dim_names_and_tvm_binds_them(spread):

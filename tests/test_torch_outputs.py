@@ -146,7 +146,9 @@ def test_dict_outputs_export_in_the_selected_order_and_verify_by_name(built):
     assert [o.name for o in model.graph.output] == ["b", "a"]
     with zipfile.ZipFile(result["ep_ba"].outputs["model"]) as zf:
         record = next(n for n in zf.namelist() if n.endswith("buildgraph_outputs.json"))
-        assert json.loads(zf.read(record)) == {"inputs": ["x"], "outputs": ["b", "a"]}
+        # with where each named dim sits (input 0, axis 0), so TVM can bind it by name
+        assert json.loads(zf.read(record)) == {"inputs": ["x"], "outputs": ["b", "a"],
+                                               "dims": {"batch": [[0, 0]]}}
 
 
 def test_a_scripted_dict_model_keeps_its_control_flow_and_names(built):

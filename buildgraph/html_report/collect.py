@@ -69,6 +69,7 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
     from buildgraph.engine.environment import host_cpu
 
     steps = _steps(graph, lock, decisions, record.get("steps") or {})
+    _exporters(steps, outputs.store)
     reports: Dict[str, Any] = {}
     for sid, entry in lock.items():
         kind = entry.get("uses")
@@ -83,6 +84,10 @@ def collect(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
         else:
             steps[sid]["note"] = "its report is not in this cache"
     models = _models(graph, lock, steps, reports)
+    for m in models.values():
+        for cand, a in m["artifacts"].items():
+            if (steps.get(cand) or {}).get("exporter"):
+                a["exporter"] = steps[cand]["exporter"]
     releases = _releases(graph, steps, reports, models)
     counts: Dict[str, int] = {"built": 0, "local": 0, "remote": 0}
     for s in steps.values():
@@ -157,6 +162,23 @@ def _steps(graph: Any, lock: Mapping[str, Any], decisions: Mapping[str, Any],
                         for n, o in sorted((locked.get("outputs") or {}).items())},
         }
     return out
+
+
+def _exporters(steps: Dict[str, Any], store: Any) -> None:
+    """Which exporter wrote each ONNX file (``exporter: auto`` tries dynamo, dynamo with
+    static shapes, then the legacy one): the choice is an outcome recorded in the step's
+    action entry, not a parameter, so it is read from the store."""
+    if store is None:
+        return
+    for s in steps.values():
+        if s["kind"] != "onnx.export" or not s.get("key"):
+            continue
+        try:
+            meta = (store.get_action(s["key"]) or {}).get("meta") or {}
+        except Exception:  # noqa: BLE001 - a damaged or foreign entry shows nothing
+            continue
+        if isinstance(meta.get("exporter"), str):
+            s["exporter"] = meta["exporter"]
 
 
 def _artifact_size(step: Mapping[str, Any], digest: Optional[str]) -> Optional[int]:

@@ -192,7 +192,7 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
         else:
             vcell = f'<td class="{"ok" if v["passed"] else "bad"}">{"passed" if v["passed"] else "FAILED"}</td>'
         tpath = base + ("threads",) if a.get("_ref") else base + ("benchmark", "threads")
-        cells = [f"<td><code>{_esc(cand)}</code></td>", f"<td>{_esc(a.get('kind') or '')}</td>",
+        cells = [f"<td><code>{_esc(cand)}</code></td>", f"<td>{_esc(_kind_label(a))}</td>",
                  f"<td>{_esc(a.get('runtime') or '')}</td>", _device_cell(a, b),
                  _threads(tpath, b.get("threads")),
                  f"<td>{_esc(a.get('precision') or '')}</td>", vcell,
@@ -236,6 +236,12 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
     if len(batches) > 1:
         out.append(_batch_table(model, m, batches))
     return "\n".join(out)
+
+
+def _kind_label(a: Mapping[str, Any]) -> str:
+    """The artifact's step kind, and for an ONNX export the exporter that wrote the file."""
+    kind = a.get("kind") or ""
+    return f"{kind} ({a['exporter']})" if a.get("exporter") else kind
 
 
 def _device_cell(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:

@@ -56,7 +56,7 @@ MANIFEST_SCHEMA = 1
 
 class TvmParams(StrictParams):
     target: Union[str, Dict[str, Any]] = Field(
-        "native", description="'native', 'llvm -mcpu=skylake', 'llvm -mtriple=aarch64-linux-gnu',"
+        "native", validate_default=True, description="'native', 'llvm -mcpu=skylake', 'llvm -mtriple=aarch64-linux-gnu',"
         " 'cuda -arch=sm_90', or TVM's JSON form {kind: llvm, mcpu: ...}; kept normalised")
     model: Optional[str] = Field(None, description="an ONNX model of the recipe's 'models:', "
                                  "or an .onnx or .pt2 file (default: the upstream step's "
