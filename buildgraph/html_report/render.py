@@ -36,6 +36,7 @@ tr.best td{background:#eafbea}
 .legend span{display:inline-block;margin-right:14px;font-size:12.5px}
 .legend i{display:inline-block;width:12px;height:12px;border:1px solid #7b8794;margin-right:4px;
  vertical-align:-2px;border-radius:3px}
+.tablewrap{overflow-x:auto}
 .dagwrap{overflow-x:auto;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:6px}
 code{font-size:12px;background:#eff2f5;padding:0 3px;border-radius:3px}
 ul.reasons{margin:6px 0 0 0;padding-left:20px}
@@ -220,8 +221,10 @@ def _model(model: str, m: Mapping[str, Any]) -> str:
               "p50", "p99", "items/s", "spread", "vs eager", "peak RSS", "size", "C++"]
     where = f" at batch {main_batch}" if main_batch is not None else ""
     out.append(f"<h3>Artifacts{where}</h3>")
-    out.append("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header)
-               + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    # a wide table (device, C++ columns) scrolls in its own box: the page keeps its width
+    out.append('<div class="tablewrap"><table><thead><tr>'
+               + "".join(f"<th>{h}</th>" for h in header)
+               + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
     if unstable:
         out.append('<div class="warn">Not stable within the time cap (consecutive windows '
                    "still disagreed): " + ", ".join(_esc(u) for u in unstable)
