@@ -5,8 +5,8 @@ Runs, alternating, ``--repeat`` times each:
 * ``buildgraph run recipes/resnet_cpu.yaml`` cold (fresh cache and build directories), and
 * a hand-written sequential Python script (``sequential()`` below) making the same library
   calls on the same model with the same outputs: torch.save x3, trace (+ its second-input
-  check), script, torch.export, both ONNX exporters (+ checker and shape inference), onnxsim x2,
-  and the verification of all ten artifacts on the same inputs,
+  check), script, torch.export, AOTInductor, both ONNX exporters (+ checker and shape inference), onnxsim x2,
+  and the verification of all eleven artifacts on the same inputs,
 
 then prints the medians, their ratio (target <= 0.85: independent steps run in parallel), the
 cached re-run time, and per step the step's wall time, the library calls' own time (measured
@@ -104,6 +104,8 @@ def sequential(out: Path) -> dict:
         m = model
         ep = torch.export.export(m, (x2,), dynamic_shapes=({0: batch},))
         torch.export.save(ep, str(out / "model.pt2"))
+    with section("aoti"):
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(out / "model.aoti.pt2"))
     with section("onnx"):
         m = model
         prog = torch.onnx.export(m, (x2,), dynamo=True, opset_version=18, input_names=["x"],
@@ -150,6 +152,7 @@ def sequential(out: Path) -> dict:
         runners.append(torch.jit.load(str(out / "trace.ts")))
         runners.append(torch.jit.load(str(out / "script.ts")))
         runners.append(torch.export.load(str(out / "model.pt2")).module())
+        runners.append(torch._inductor.aoti_load_package(str(out / "model.aoti.pt2")))
         errors = []
         for r in runners:
             with torch.inference_mode():
