@@ -186,37 +186,26 @@ def _reason(exc: Any) -> str:
 def parse_action_doc(data: bytes) -> Dict[str, Any]:
     """An action entry document, parsed and validated (a plain dict, as it was written);
     raises :class:`InvalidName` with the reason."""
-    from pydantic import ValidationError
-
-    doc = parse_json(data)
-    if not isinstance(doc, dict):
-        raise InvalidName("not a buildgraph action entry")
-    if doc.get("format") != ACTION_FORMAT:
-        raise InvalidName("not a buildgraph action entry")
-    if doc.get("schema") != SCHEMA:
-        raise InvalidName(f"entry schema {str(doc.get('schema'))[:20]!r} (this buildgraph "
-                          f"reads {SCHEMA})")
-    ActionDoc, _ = _models()
-    try:
-        ActionDoc.model_validate(doc)
-    except ValidationError as exc:
-        raise InvalidName(_reason(exc)) from None
-    return doc
+    return _parse_doc(data, ACTION_FORMAT, "not a buildgraph action entry", "entry", 0)
 
 
 def parse_record_doc(data: bytes) -> Dict[str, Any]:
     """A record segment document, parsed and validated; raises :class:`InvalidName`."""
+    return _parse_doc(data, RECORDS_FORMAT, "not a record segment", "segment", 1)
+
+
+def _parse_doc(data: bytes, fmt: str, not_it: str, what: str, model: int) -> Dict[str, Any]:
+    """Parse with limits, check format and schema, then validate against ``_models()[model]``."""
     from pydantic import ValidationError
 
     doc = parse_json(data)
-    if not isinstance(doc, dict) or doc.get("format") != RECORDS_FORMAT:
-        raise InvalidName("not a record segment")
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise InvalidName(not_it)
     if doc.get("schema") != SCHEMA:
-        raise InvalidName(f"segment schema {str(doc.get('schema'))[:20]!r} (this buildgraph "
+        raise InvalidName(f"{what} schema {str(doc.get('schema'))[:20]!r} (this buildgraph "
                           f"reads {SCHEMA})")
-    _, RecordDoc = _models()
     try:
-        RecordDoc.model_validate(doc)
+        _models()[model].model_validate(doc)
     except ValidationError as exc:
         raise InvalidName(_reason(exc)) from None
     return doc
