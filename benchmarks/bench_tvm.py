@@ -114,7 +114,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64: the "
                                                           "standard model)")
     ap.add_argument("--trials", type=int, default=300, help="MetaSchedule trial budget")
-    ap.add_argument("--trials-per-iter", type=int, default=8)
+    ap.add_argument("--trials-per-iter", type=int, default=64,
+                    help="candidates per batch (capped at each task's share, like tvm.tune)")
     ap.add_argument("--population", type=int, default=256,
                     help="evolutionary search population per batch")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -28,7 +28,7 @@ def test_the_gpu_recipe_plans_here(tmp_path):
     steps = data["steps"]
     assert not any(s["uses"].startswith("tensorrt") for s in steps.values())  # no TensorRT
     assert steps["verify"]["with"]["device"] == steps["benchmark"]["with"]["device"] == "cuda"
-    assert steps["tvm_tune"]["with"]["max_s"] <= 90  # the GPU check's time budget
+    assert steps["tvm_tune"]["with"]["max_s"] <= 180  # within the GPU check's recipe limit
     assert set(steps["release"]["from"]) >= {"benchmark", "verify", "tvm_tuned", "tvm_untuned"}
 
 

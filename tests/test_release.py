@@ -191,6 +191,27 @@ def test_loaders_run_each_artifact_from_the_extracted_archive(built, tmp_path):
             in proc.stdout
 
 
+@pytest.mark.parametrize("bad", ["../../outside.onnx", "/etc/passwd", "artifacts/../../x",
+                                 "a\\b", "", 7])
+def test_a_loader_refuses_a_manifest_path_outside_the_bundle(built, tmp_path, bad):
+    """A bundle that was copied or downloaded is data: a manifest whose path leads out of the
+    bundle makes its loader stop in one line before it opens anything."""
+    built.run("--set", "select=all_passed", "ship")
+    with tarfile.open(built.ship / "bundle.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    bundle = tmp_path / "tiny"
+    (tmp_path / "outside.onnx").write_bytes(b"not the bundle's")  # what '../../' names
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    art = next(a for a in manifest["artifacts"] if a["runtime"] == "onnxruntime")
+    art["path"] = bad
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, str(bundle / art["loader"]), art["step"]],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("refusing manifest path"), proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_default_recipe_release_is_a_byte_identical_bundle(tmp_path):
     """The README's first command, cold, then the release rebuilt from the same inputs: the

@@ -70,3 +70,37 @@ def test_records_slower_than_the_default_schedule_are_dropped():
            "stays" in lines
     assert not any("dense" in ln for ln in lines)  # no record: nothing to compare
     assert slower_than_default(task, tasks, SimpleNamespace(best=[1.0], default={}), plan) == []
+
+
+def test_a_batch_takes_what_a_task_may_measure_up_to_trials_per_iter():
+    """One evolutionary search costs the same for 8 candidates as for 64
+    (benchmarks/bench_tune_search.py), so the batch is as big as the budget allows."""
+    from types import SimpleNamespace
+
+    from buildgraph.backends.tvm.tune import TvmTuneParams, _trials_per_iter
+
+    lines = []
+    task = SimpleNamespace(log=lines.append)
+    assert TvmTuneParams().trials_per_iter == 64
+    # max_s or trials_per_task: one task at a time, each batch capped at the task's budget
+    assert _trials_per_iter(task, 64, 384, 3, per_task=128) == 64
+    assert _trials_per_iter(task, 64, 48, 6, per_task=8) == 8
+    # the gradient scheduler's first round gives every task a batch: the budget is shared
+    assert _trials_per_iter(task, 64, 2000, 28, per_task=2000) == 64
+    assert _trials_per_iter(task, 64, 64, 19, per_task=64) == 3  # the default recipe
+    assert lines == ["trials_per_iter 64 -> 3 so that all 19 tasks get trials out of 64"]
+    assert _trials_per_iter(task, 2, 6, 3) == 2  # what was asked, when it fits
+
+
+def test_by_default_one_batch_holds_a_tasks_whole_budget(tmp_path):
+    tune = {k: v for k, v in TUNE.items() if k != "trials_per_iter"}
+    tune.update(trials=8, trials_per_task=4, heaviest=2)
+    recipe = write_project(tmp_path, f"""
+onnx: {{uses: onnx.export, with: {{model: net_a, exporter: legacy, opset: 18}}}}
+tune: {{uses: tvm.tune, from: onnx, with: {json.dumps(tune)}}}
+""")
+    result = run(recipe, tmp_path)
+    assert result["tune"].ok, (result["tune"].message, result["tune"].log_tail)
+    log = log_of(result, "tune")
+    assert "up to 4 per task, 4 per batch" in log, log[-2000:]
+    assert result["tune"].meta["trials"] == 8

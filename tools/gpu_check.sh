@@ -4,14 +4,14 @@
 # runs recipes/resnet50_gpu.yaml cold with -j 8, then the gpu-marked tests, then prints a
 # compact summary (per-step status and time, verify errors, the benchmark with device and
 # provider, TVM tuned vs untuned). Logs and reports go to $OUT. Every phase has a timeout; the
-# total stays under ~6 minutes (GPU_CHECK_RECIPE_S, GPU_CHECK_TESTS_S change the limits).
+# total stays under ~9 minutes (GPU_CHECK_RECIPE_S, GPU_CHECK_TESTS_S change the limits).
 # Without a GPU it stops at once with one line.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu/out}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 RECIPE=${GPU_CHECK_RECIPE:-recipes/resnet50_gpu.yaml}
-RECIPE_S=${GPU_CHECK_RECIPE_S:-240}
+RECIPE_S=${GPU_CHECK_RECIPE_S:-420}
 TESTS_S=${GPU_CHECK_TESTS_S:-120}
 t0=$(date +%s)
 note() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }

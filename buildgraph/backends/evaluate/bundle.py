@@ -390,6 +390,26 @@ def artifact(step=None):
     raise SystemExit(f"no artifact for this loader: {{step or {runtime!r}}}")
 
 
+def inside(folder, name):
+    """FOLDER/NAME, refused unless NAME is a plain relative path that stays inside FOLDER: the
+    manifest is data, and a copied or downloaded bundle must not make this script open files
+    elsewhere."""
+    parts = pathlib.PurePosixPath(name).parts if isinstance(name, str) else ()
+    if not parts or name.startswith("/") or "\\\\" in name or ".." in parts \
+            or any(ord(c) < 32 for c in name):
+        raise SystemExit(f"refusing manifest path {{name!r}}: not a relative path inside the "
+                         "bundle")
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise SystemExit(f"refusing manifest path {{name!r}}: it leads outside the bundle")
+    return path
+
+
+def artifact_path(entry):
+    """The artifact's file or folder inside this bundle (checked, see inside())."""
+    return inside(BUNDLE, entry.get("path"))
+
+
 def example_inputs(entry):
     """Random arrays of the artifact's input shapes; a dynamic dim takes its 'opt' (or min)."""
     rng = np.random.default_rng(0)
@@ -414,7 +434,7 @@ _BODIES = {
 def load(entry):
     import tensorflow as tf
 
-    path = BUNDLE / entry["path"]
+    path = artifact_path(entry)
     if path.is_dir():
         return tf.saved_model.load(str(path)).signatures["serving_default"]
     import keras
@@ -438,7 +458,7 @@ def run(model, entry, arrays):
 def load(entry):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(BUNDLE / entry["path"]), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(artifact_path(entry)), providers=["CPUExecutionProvider"])
 
 
 def run(model, entry, arrays):
@@ -450,7 +470,7 @@ def run(model, entry, arrays):
 def load(entry):
     import torch
 
-    return torch.jit.load(str(BUNDLE / entry["path"]), map_location="cpu").eval()
+    return torch.jit.load(str(artifact_path(entry)), map_location="cpu").eval()
 
 
 def run(model, entry, arrays):
@@ -464,7 +484,7 @@ def run(model, entry, arrays):
 def load(entry):
     import torch
 
-    return torch.export.load(str(BUNDLE / entry["path"])).module()
+    return torch.export.load(str(artifact_path(entry))).module()
 
 
 def run(model, entry, arrays):
@@ -479,7 +499,7 @@ def run(model, entry, arrays):
 def load(entry):
     import torch
 
-    path = BUNDLE / entry["path"]
+    path = artifact_path(entry)
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     source = (MANIFEST.get("model") or {}).get("source")
     kwargs = (MANIFEST.get("model") or {}).get("kwargs")
@@ -504,7 +524,7 @@ def run(model, entry, arrays):
 def load(entry):
     import torch
 
-    return torch._inductor.aoti_load_package(str(BUNDLE / entry["path"]))
+    return torch._inductor.aoti_load_package(str(artifact_path(entry)))
 
 
 def run(model, entry, arrays):
@@ -521,9 +541,9 @@ def load(entry):
     import tvm
     from tvm import relax
 
-    folder = BUNDLE / entry["path"]
+    folder = artifact_path(entry)
     library = json.loads((folder / "model.json").read_text())["library"]
-    return relax.VirtualMachine(tvm.runtime.load_module(str(folder / library)), tvm.cpu())
+    return relax.VirtualMachine(tvm.runtime.load_module(str(inside(folder, library))), tvm.cpu())
 
 
 def run(model, entry, arrays):
@@ -539,7 +559,7 @@ def load(entry):
     import tensorrt as trt
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine((BUNDLE / entry["path"]).read_bytes())
+    engine = runtime.deserialize_cuda_engine((artifact_path(entry)).read_bytes())
     if engine is None:
         raise SystemExit("TensorRT could not load the engine (another GPU or TensorRT version?)")
     return engine

@@ -258,7 +258,7 @@ def compare_with_onnx(engine: Path, onnx_path: Path, info: Dict[str, Any],
             arrays = []
             for name in rt.inputs:
                 _, opt, _ = rt.shape_range(name)
-                np_dtype, _ = rt._dtype(name)
+                np_dtype, _ = rt.tensor_dtype(name)
                 if np.dtype(np_dtype).kind == "f":
                     arrays.append(rng.standard_normal(opt).astype(np_dtype))
                 else:

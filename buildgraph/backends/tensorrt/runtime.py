@@ -215,7 +215,8 @@ class TensorRTRuntime(Runtime):
         except OSError:
             return "tf32"
 
-    def _dtype(self, name: str) -> Tuple[str, str]:
+    def tensor_dtype(self, name: str) -> Tuple[str, str]:
+        """(numpy dtype, torch dtype) names of engine tensor ``name``."""
         dtype = self.engine.get_tensor_dtype(name)
         key = getattr(dtype, "name", str(dtype)).split(".")[-1]
         if key not in DTYPES:
@@ -238,7 +239,7 @@ class TensorRTRuntime(Runtime):
                              f"({', '.join(self.inputs)}); got {len(inputs)}")
         keep = []
         for name, value in zip(self.inputs, inputs):
-            np_dtype, tdtype = self._dtype(name)
+            np_dtype, tdtype = self.tensor_dtype(name)
             address, handle = self.memory.upload(value, tdtype)
             keep.append(handle)
             shape = tuple(int(d) for d in getattr(value, "shape", ()))
@@ -249,7 +250,7 @@ class TensorRTRuntime(Runtime):
             self._address(name, address)
         outs = []
         for name in self.outputs:
-            _, tdtype = self._dtype(name)
+            _, tdtype = self.tensor_dtype(name)
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
             address, handle = self.memory.empty(shape, tdtype)
             self._address(name, address)
@@ -329,7 +330,7 @@ def benchmark_step(inputs: Dict[str, Path], outputs: Dict[str, Path],
                 for name in rt.inputs:
                     _, opt, _ = rt.shape_range(name)
                     shape = (batch,) + tuple(opt[1:])
-                    np_dtype, _ = rt._dtype(name)
+                    np_dtype, _ = rt.tensor_dtype(name)
                     arrays.append(rng.standard_normal(shape).astype(np_dtype))
                 stats = rt.benchmark(arrays, warmup, iterations)
                 stats["images_per_s"] = batch * 1000.0 / stats["median_ms"]

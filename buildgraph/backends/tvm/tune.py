@@ -59,8 +59,10 @@ class TvmTuneParams(TvmParams):
     trials_per_task: Optional[int] = Field(None, ge=1, description="cap per task (default: "
                                            "none; the gradient scheduler shares 'trials' "
                                            "among tasks by how much each still improves)")
-    trials_per_iter: int = Field(8, ge=1, description="candidates measured per batch; the "
-                                 "scheduler gives every task one batch first, so keep it small")
+    trials_per_iter: int = Field(64, ge=1, description="candidates searched, built and "
+                                 "measured per batch (capped at a task's budget). A batch's "
+                                 "evolutionary search costs about the same for 8 candidates as "
+                                 "for 64, so bigger batches measure far more per second")
     number: int = Field(3, ge=1, description="runs averaged into one measurement")
     repeat: int = Field(1, ge=1, description="measurements per candidate")
     min_repeat_ms: int = Field(100, ge=0, description="raise 'number' until one measurement "
@@ -738,9 +740,16 @@ def _strategy(ms: Any, p: TvmTuneParams) -> Any:
     return p.strategy
 
 
-def _trials_per_iter(task: Task, wanted: int, trials: int, n_tasks: int) -> int:
-    """The gradient scheduler first gives every task one batch: with a budget smaller than
-    that, the last tasks would get no trial at all."""
+def _trials_per_iter(task: Task, wanted: int, trials: int, n_tasks: int,
+                     per_task: Optional[int] = None) -> int:
+    """Candidates per batch: what was asked, capped at one task's budget, since one
+    evolutionary search costs about the same whatever the batch size (one 3x3 conv on 2 cores:
+    50 s for 8 candidates and 52 s for 64 on cuda, 15 s for either on llvm;
+    ``.probe``-style timings in docs/gpu.md), so a batch should take all a task may measure.
+    The gradient scheduler first gives every task one batch: with a budget smaller than that,
+    the last tasks would get no trial at all."""
+    if per_task and wanted > per_task:
+        wanted = per_task
     if trials >= n_tasks * wanted:
         return wanted
     per_iter = max(1, trials // n_tasks)
@@ -984,7 +993,8 @@ class TvmTuneExecutor(Executor):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks.extracted[i] for i in to_tune], str(ms_dir), space=_space(ms, effective),
             strategy=_strategy(ms, p), num_threads=threads, seed=p.seed)
-        per_iter = _trials_per_iter(task, p.trials_per_iter, plan.trials, len(contexts))
+        per_iter = _trials_per_iter(task, p.trials_per_iter, plan.trials, len(contexts),
+                                    plan.per_task)
         per_task = plan.per_task
         if p.max_s and not p.trials_per_task:
             per_task = max(per_iter, plan.trials // len(contexts))
