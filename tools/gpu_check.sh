@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on a GPU host, through ../shared/gpu/run.sh:
 #     bash .gpu/b/run.sh -- bash tools/gpu_check.sh
-# runs recipes/resnet50_gpu.yaml cold with -j 8, then the gpu-marked tests, then prints a
+# runs recipes/resnet50_gpu.yaml cold with -j <cores> (GPU_CHECK_JOBS), then the gpu-marked tests, then prints a
 # compact summary (per-step status and time, verify errors, the benchmark with device and
 # provider, TVM tuned vs untuned). Logs and reports go to $OUT. Every phase has a timeout; the
 # total stays under ~9 minutes (GPU_CHECK_RECIPE_S, GPU_CHECK_TESTS_S change the limits).
@@ -13,6 +13,8 @@ PY=${PYTHON:-python3}
 RECIPE=${GPU_CHECK_RECIPE:-recipes/resnet50_gpu.yaml}
 RECIPE_S=${GPU_CHECK_RECIPE_S:-420}
 TESTS_S=${GPU_CHECK_TESTS_S:-120}
+# every core: the tune's search threads and nvcc builder processes are its slots less one
+JOBS=${GPU_CHECK_JOBS:-$(nproc)}
 t0=$(date +%s)
 note() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
@@ -34,8 +36,8 @@ nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.s
 work=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export BUILDGRAPH_CACHE_DIR="$work/cache" BUILDGRAPH_BUILD_DIR="$work/build"
 name=$(sed -n 's/^name: *//p' "$RECIPE" | head -n 1)
-note "recipe $RECIPE (-j 8, cold, at most ${RECIPE_S}s)"
-timeout -k 10 "$RECIPE_S" "$PY" -m buildgraph run "$RECIPE" -j 8 --keep-going \
+note "recipe $RECIPE (-j $JOBS, cold, at most ${RECIPE_S}s)"
+timeout -k 10 "$RECIPE_S" "$PY" -m buildgraph run "$RECIPE" -j "$JOBS" --keep-going \
   > "$OUT/recipe.log" 2>&1
 rc_recipe=$?
 [ $rc_recipe -eq 124 ] && echo "gpu_check: the recipe ran past ${RECIPE_S}s and was stopped"
