@@ -150,6 +150,45 @@ def test_trace_divergence_can_be_a_warning(project, capsys):
     assert "TracerWarning: models/tiny.py:" in log and "warning: traced module diverges" in log
 
 
+def test_a_program_that_does_not_load_back_fails_its_export_in_one_line(project, capsys):
+    """torch.export succeeds on a model with a submodule named ``meta``, but the program does
+    not unlift (torch 2.13): the export step says so and why, instead of every consumer of the
+    .pt2 failing later with torch's traceback."""
+    write_recipe(project.root, "ep: {uses: torch.export, with: {model: m}}",
+                 {"m": model(source="models/tiny.py:meta_named", kwargs={})})
+    program = torch.export.export(load_model("m", model(source="models/tiny.py:meta_named",
+                                                        kwargs={}), project.root),
+                                  (torch.randn(2, 3, 16, 16),))
+    try:
+        program.module()
+        loads_back = True
+    except RuntimeError:
+        loads_back = False
+    result = buildgraph.run("r.yaml", cache_dir=project.cache, build_dir=project.build)
+    if loads_back:  # a torch that fixed it: the step builds
+        assert result.ok
+        return
+    assert not result.ok
+    message = result["ep"].message
+    assert message.startswith("torch.export made a program that does not load back")
+    assert "submodule named 'meta'" in message and "rename it" in message
+    assert "\n" not in message and "Traceback" not in capsys.readouterr().err
+
+
+def test_an_artifact_its_library_cannot_load_is_one_line_naming_it(tmp_path):
+    """A library's own error while loading (a truncated .pt2 here) becomes a StepFailed naming
+    the file: verify records it against that candidate and checks the others."""
+    from buildgraph.engine.runtime import RuntimeContext, load_runtime
+    from buildgraph.errors import StepFailed
+
+    bad = tmp_path / "model.pt2"
+    bad.write_bytes(b"PK\x03\x04 not a zip archive")
+    with pytest.raises(StepFailed) as info:
+        load_runtime(bad, RuntimeContext(kind="torch.export"))
+    assert "cannot load model.pt2: " in info.value.message
+    assert "\n" not in info.value.message
+
+
 def test_saved_files_are_model_sources(built, project):
     """TorchScript, .pt2 and (trusted) whole-model files feed later steps like code does."""
     root, _ = built

@@ -108,6 +108,23 @@ class TwoOutputs(nn.Module):
 
 def two_outputs():
     return TwoOutputs()
+
+
+class MetaNamed(nn.Module):
+    """A submodule called ``meta``: torch.export captures it, but torch 2.13 cannot turn the
+    program back into a module (GraphModule.meta shadows it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.meta = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.meta(self.conv(x).mean(dim=(2, 3)))
+
+
+def meta_named():
+    return MetaNamed()
 '''
 
 MODEL = {

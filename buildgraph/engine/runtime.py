@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
-from buildgraph.errors import StepFailed
+from buildgraph.errors import StepFailed, short_error
 
 ENTRY_POINT_GROUP = "buildgraph.runtimes"
 
@@ -231,6 +231,14 @@ def runtime_for(kind: Optional[str], path: Path) -> str:
 
 
 def load_runtime(path: Path, ctx: RuntimeContext, name: Optional[str] = None) -> Runtime:
-    """Load ``path`` with runtime ``name`` (default: chosen from ``ctx.kind`` and the suffix)."""
+    """Load ``path`` with runtime ``name`` (default: chosen from ``ctx.kind`` and the suffix).
+    A library's own error while loading becomes one line naming the file, so that verify
+    records it against that candidate and goes on with the others."""
     cls = runtime_class(name or runtime_for(ctx.kind, path))
-    return cls.load(path, ctx)
+    try:
+        return cls.load(path, ctx)
+    except StepFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch, onnxruntime, TVM: no common error type
+        raise StepFailed(f"{cls.name} cannot load {Path(path).name}: "
+                         f"{short_error(exc)[:300]}") from None

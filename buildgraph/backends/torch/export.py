@@ -26,6 +26,29 @@ from buildgraph.backends.torch.base import ModelExecutor, ModelParams, out_path
 from buildgraph.backends.torch.portable import portable_program
 
 
+# Attributes every torch.fx.GraphModule has: a submodule or parameter path through one of these
+# names is shadowed when torch turns the program back into a module.
+_GRAPH_MODULE_ATTRS = ("meta", "graph", "code", "forward", "training")
+
+
+def check_unlifts(program: Any) -> None:
+    """Fail now, in one line, when the program cannot be turned back into a module: every
+    consumer of the ``.pt2`` (verify, benchmark, ``tvm.compile``, a user's
+    ``torch.export.load(...).module()``) would fail on it later, far from the cause. torch 2.13
+    cannot do it for a submodule named ``meta`` (``GraphModule.meta`` shadows it)."""
+    try:
+        program.module()
+    except Exception as exc:  # noqa: BLE001 - torch's unlift errors have no common type
+        clash = sorted({part for name in program.state_dict
+                        for part in name.split(".")[:-1] if part in _GRAPH_MODULE_ATTRS})
+        hint = (f"; the model has a submodule named {', '.join(map(repr, clash))}, which "
+                "torch.fx.GraphModule's attribute of that name shadows: rename it"
+                if clash else "")
+        raise StepFailed("torch.export made a program that does not load back as a module "
+                         f"(ExportedProgram.module()): {torchmodel.short_error(exc)[:300]}"
+                         f"{hint}") from None
+
+
 class TorchExportParams(ModelParams):
     dynamic: Optional[Dict[str, Dict[int, str]]] = Field(
         None, description="{input: {axis: dim name}}; default: the named dims of the model's "
@@ -92,6 +115,8 @@ class TorchExportExecutor(ModelExecutor):
         with self.timed("export"):
             program, dynamic, example, names = export_program(task, p.model, spec, model,
                                                               p.dynamic, p.strict)
+        with self.timed("check"):
+            check_unlifts(program)
         dest = out_path(task)
         with self.timed("save"):
             portable_program(program, task.recipe_dir)

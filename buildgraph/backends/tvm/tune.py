@@ -75,9 +75,12 @@ class TvmTuneParams(TvmParams):
                                    "CPU slots the step holds)")
     cost_model: Literal["xgb", "mlp", "random"] = "xgb"
     strategy: Literal["evolutionary", "replay-trace", "replay-func"] = "evolutionary"
-    population: int = Field(512, ge=4, description="evolutionary search: candidates "
-                            "sampled and evolved per batch (smaller: faster batches, less "
-                            "explored)")
+    population: Optional[int] = Field(None, ge=4, description="evolutionary search: "
+                                      "candidates sampled and evolved per batch (smaller: "
+                                      "faster batches, less explored). Default 512, or twice "
+                                      "a batch (at least 32) for a tune whose every batch is "
+                                      "picked before the cost model has learned anything "
+                                      "(xgb: at most 100 trials; random)")
     seed: int = Field(0, description="seed of the search")
     ops: Optional[List[str]] = Field(None, description="tune only tasks whose name contains "
                                      "one of these (e.g. [conv2d])")
@@ -297,6 +300,8 @@ class _Progress:
         self.max_s = max_s
         self.interval = interval
         self.publish_errors = 0
+        self.model_measurements: Optional[int] = None
+        """What the step's one cost model was trained on at the end (xgb: its data_size)."""
         self.errors_logged = 0
         self.ids: List[int] = list(range(len(names)))
         """Task ids of the current ``tune_tasks`` call -> indices in ``names``."""
@@ -584,7 +589,13 @@ class _Search:
                  runner: Any, progress: "_Progress"):
         self.ms, self.contexts, self.weights = ms, contexts, weights
         self.trials, self.per_task, self.per_iter = trials, per_task, per_iter
-        self.cost_model, self.ms_dir = cost_model, ms_dir
+        # one cost model for the whole step, as tune_tasks keeps one for its tasks: tuned one
+        # task at a time (max_s), each task would otherwise start from an untrained model,
+        # which picks at random for its first 100 measurements (XGB_WARMUP)
+        self.cost_model = ms.cost_model.CostModel.create(
+            cost_model, num_tuning_cores=max(1, contexts[0].num_threads if contexts else 1),
+            tree_method="auto")
+        self.ms_dir = ms_dir
         self.builder, self.runner, self.progress = builder, runner, progress
         self.callbacks = list(ms.MeasureCallback.create("default")) + \
             [_progress_callback_class()(progress)]
@@ -733,10 +744,35 @@ def _shared_db(task: Task, p: TvmTuneParams) -> Any:
     return shared
 
 
-def _strategy(ms: Any, p: TvmTuneParams) -> Any:
+# MetaSchedule's XGBModel scores candidates at random until it holds this many measurements
+# (its num_warmup_samples): until then the search picks its batch blindly from the population.
+XGB_WARMUP = 100
+DEFAULT_POPULATION = 512
+
+
+def _population(task: Task, p: TvmTuneParams, trials: int, per_iter: int) -> int:
+    """The population of each batch's evolutionary search: what was asked, else 512, unless
+    every batch of this tune is picked before the cost model can rank anything: xgb's
+    predictions are uniform noise for its first 100 measurements (and ``random`` always is),
+    so evolving 512 candidates only to pick a few of them at random costs the whole search
+    time (about linear in the population: docs/tvm.md) and buys nothing."""
+    if p.population is not None:
+        return p.population
+    if p.strategy == "evolutionary" and (p.cost_model == "random" or
+                                         (p.cost_model == "xgb" and trials <= XGB_WARMUP)):
+        small = min(DEFAULT_POPULATION, max(32, 2 * per_iter))
+        task.log(f"population {small}: all {trials} trials are picked before the cost model "
+                 + ("ranks anything (cost_model random)" if p.cost_model == "random" else
+                    f"has learned (xgb ranks from {XGB_WARMUP} measurements on)")
+                 + f", so a population of {DEFAULT_POPULATION} would buy nothing")
+        return small
+    return DEFAULT_POPULATION
+
+
+def _strategy(ms: Any, p: TvmTuneParams, population: int) -> Any:
     if p.strategy == "evolutionary":
         return ms.search_strategy.EvolutionarySearch(
-            population_size=p.population, init_min_unmeasured=min(50, p.population))
+            population_size=population, init_min_unmeasured=min(50, population))
     return p.strategy
 
 
@@ -819,7 +855,7 @@ class TvmTuneExecutor(Executor):
     """MetaSchedule tuning with a shared, target-keyed record store."""
 
     kind = "tvm.tune"
-    version = "1"
+    version = "2"  # 2: one cost model for the whole step; population by budget
     nondeterministic = ("MetaSchedule keeps the schedules that measured fastest on this CPU: "
                         "timings vary, so the records (and a library compiled from them) "
                         "differ run to run")
@@ -916,6 +952,7 @@ class TvmTuneExecutor(Executor):
                 "untuned": len(rows) - with_records,
                 "trials": sum(r["trials"] for r in rows), "tune_s": round(tune_s, 2),
                 "stopped_by_max_s": bool(progress is not None and progress.stopped),
+                "cost_model_measurements": getattr(progress, "model_measurements", None),
                 "records": len(out_db.records), "estimated_latency_us": round(estimate, 2),
                 "target": canonical, "tvm": version,
                 **({"tvm_target": effective} if effective.get("kind") == "cuda" else {}),
@@ -990,11 +1027,12 @@ class TvmTuneExecutor(Executor):
         to_tune = plan.to_tune
         if p.max_s:  # one task at a time, heaviest first: a cut leaves the heavy ones done
             to_tune = sorted(to_tune, key=lambda i: -tasks.work[i])
+        per_iter = _trials_per_iter(task, p.trials_per_iter, plan.trials, len(to_tune),
+                                    plan.per_task)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks.extracted[i] for i in to_tune], str(ms_dir), space=_space(ms, effective),
-            strategy=_strategy(ms, p), num_threads=threads, seed=p.seed)
-        per_iter = _trials_per_iter(task, p.trials_per_iter, plan.trials, len(contexts),
-                                    plan.per_task)
+            strategy=_strategy(ms, p, _population(task, p, plan.trials, per_iter)),
+            num_threads=threads, seed=p.seed)
         per_task = plan.per_task
         if p.max_s and not p.trials_per_task:
             per_task = max(per_iter, plan.trials // len(contexts))
@@ -1018,6 +1056,7 @@ class TvmTuneExecutor(Executor):
         try:
             with _sigterm_interrupts(), progress:
                 search.one_task_at_a_time() if p.max_s else search.all_tasks()
+            progress.model_measurements = getattr(search.cost_model, "data_size", None)
             if effective.get("kind") == "cuda" and p.runner is None:
                 tuned = [to_tune[k] for k, b in enumerate(progress.best) if b is not None]
                 progress.default = default_schedule_seconds(
